@@ -1,0 +1,45 @@
+"""The ``gcd`` command.
+
+``gcd data ...`` builds and inspects datasets. Errors caused by the user's input (a bad file, option or
+config) print one line ``gcd: error: ...`` and exit with status 2; bugs still show their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from lightning_gcd.errors import GcdError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gcd", description="Grand canonical voxel and particle diffusion for atomic structures")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from lightning_gcd.cli_data import add_data_parser
+
+    add_data_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "data":
+            from lightning_gcd.cli_data import run_data
+
+            return run_data(args)
+        parser.error(f"unknown command {args.command}")
+    except GcdError as exc:
+        print(f"gcd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gcd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

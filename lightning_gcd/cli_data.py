@@ -1,0 +1,107 @@
+"""``gcd data ...``: build, inspect and merge datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from lightning_gcd.errors import GcdError
+
+
+def _key_values(items: list[str] | None, cast: type, option: str) -> dict[str, Any]:
+    """Parse ``phase=value`` pairs (``--element fcc=Al``)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise GcdError(f"{option} expects PHASE=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = cast(value)
+        except ValueError:
+            raise GcdError(f"{option}: cannot read '{value}' as {cast.__name__}") from None
+    return out
+
+
+def _spacing(text: str) -> float | None:
+    if text == "auto":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("spacing must be positive")
+    return value
+
+
+def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="build, inspect and merge HDF5 datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    build = dsub.add_parser("build", help="build a dataset file")
+    bsub = build.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="output HDF5 file")
+    common.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    common.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                        help="split fractions (default 0.8 0.1 0.1)")
+    common.add_argument("--voxels", action="append", default=[], choices=["occupancy", "gaussian"],
+                        help="also cache voxel grids of this encoding (repeatable)")
+    common.add_argument("--spacing", type=_spacing, default=None,
+                        help="voxel spacing in Å, or 'auto' (default: coarsest grid with one atom per voxel)")
+    common.add_argument("--sigma", type=float, default=None, help="Gaussian width in Å for --voxels gaussian (default 0.5)")
+    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    crystals = bsub.add_parser("crystals", parents=[common], help="rattled supercells of simple crystal phases")
+    crystals.add_argument("--phases", nargs="+", default=["sc", "fcc", "bcc", "hcp", "diamond", "rocksalt"],
+                          choices=["sc", "fcc", "bcc", "hcp", "diamond", "rocksalt"])
+    crystals.add_argument("--element", action="append", metavar="PHASE=EL",
+                          help="element per phase, e.g. fcc=Al or rocksalt=MgO (defaults: sc Po, fcc Cu, bcc W, hcp Mg, diamond Si, rocksalt NaCl)")
+    crystals.add_argument("--lattice", action="append", metavar="PHASE=A",
+                          help="lattice constant a in Å per phase (default: ASE's reference state)")
+    crystals.add_argument("--repeat", type=int, nargs=3, default=[2, 2, 2], help="supercell of the conventional cell (default 2 2 2)")
+    crystals.add_argument("--sigma-thermal", type=float, default=0.05, dest="thermal", help="thermal displacement σ in Å (default 0.05)")
+    crystals.add_argument("--count", type=int, default=32, help="structures per phase (default 32)")
+    crystals.add_argument("--no-translate", action="store_true", help="keep crystals at the origin (default: random translation)")
+
+    files = bsub.add_parser("from-files", parents=[common], help="structures from any ASE-readable files")
+    files.add_argument("files", nargs="+", help="files or globs (extxyz, POSCAR, CIF, LAMMPS dump, ...)")
+    files.add_argument("--format", default=None, help="ASE format name when the file name does not tell")
+    files.add_argument("--index", default=":", help="frames to read, ASE syntax (default ':' = all)")
+
+    inspect = dsub.add_parser("inspect", help="summarize a dataset file")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run_data(args: argparse.Namespace) -> int:
+    if args.data_command == "build":
+        return _run_build(args)
+    if args.data_command == "inspect":
+        from datamodules.inspect import format_summary, summarize
+
+        summary = summarize(args.file)
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+        return 0
+    raise GcdError(f"unknown data command {args.data_command}")
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from datamodules.builders import build_dataset
+
+    progress = not args.no_progress
+    if args.kind == "crystals":
+        options = dict(
+            phases=args.phases,
+            elements=_key_values(args.element, str, "--element"),
+            lattice=_key_values(args.lattice, float, "--lattice"),
+            repeat=args.repeat,
+            thermal_sigma=args.thermal,
+            count=args.count,
+            translate=not args.no_translate,
+        )
+    else:
+        options = dict(patterns=args.files, index=args.index, fmt=args.format)
+    out = build_dataset(args.kind, args.out, split=args.split, seed=args.seed, voxels=args.voxels,
+                        spacing=args.spacing, sigma=args.sigma, progress=progress, **options)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

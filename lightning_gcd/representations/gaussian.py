@@ -87,8 +87,11 @@ class GaussianDensityEncoding(VoxelEncoding):
 
     def _check_grid(self, batch: StructureBatch, cell: torch.Tensor, dims: torch.Tensor) -> None:
         """Refuse grids where a peak could be missed or two peaks could merge."""
-        half_diag = torch.linalg.norm(cell / dims[None, :, None], dim=-1).sum(-1) / 2  # (B,) Å, upper bound
-        worst_peak = torch.exp(-half_diag ** 2 / (2 * self.sigma ** 2))
+        edges = cell / dims[None, :, None]  # (B, 3, 3) voxel edge vectors
+        signs = torch.tensor([[1, 1, 1], [1, 1, -1], [1, -1, 1], [1, -1, -1]], dtype=cell.dtype, device=cell.device)
+        diagonals = torch.linalg.norm(torch.einsum("sk,bkj->bsj", signs, edges), dim=-1)  # (B, 4)
+        centre_gap = diagonals.min(dim=1).values / 2  # distance from a voxel centre to its nearest corner
+        worst_peak = torch.exp(-centre_gap ** 2 / (2 * self.sigma ** 2))
         if (worst_peak <= self.threshold).any():
             raise EncodingError(
                 f"grid too coarse for sigma={self.sigma} Å: an atom between grid points would peak below the "

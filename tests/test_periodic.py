@@ -1,0 +1,206 @@
+"""Periodic neighbour search against ASE and a brute-force search, including small and triclinic cells."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+from lightning_gcd.periodic import (
+    minimum_image,
+    neighbor_pairs,
+    perpendicular_widths,
+    radius_graph,
+)
+
+METHODS = ["dense", "cell_list"]
+
+
+def random_cell(rng: np.random.Generator, kind: str, scale: tuple[float, float]) -> np.ndarray:
+    lengths = rng.uniform(*scale, size=3)
+    cell = np.diag(lengths)
+    if kind == "triclinic":
+        # strong shear: off-diagonal tilts up to ~60% of the lengths
+        cell[1, 0] = rng.uniform(-0.6, 0.6) * lengths[0]
+        cell[2, 0] = rng.uniform(-0.6, 0.6) * lengths[0]
+        cell[2, 1] = rng.uniform(-0.6, 0.6) * lengths[1]
+    return cell
+
+
+def ase_pairs(pos: np.ndarray, cell: np.ndarray, cutoff: float):
+    atoms = Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=cell, pbc=True)
+    return neighbor_list("ijdDS", atoms, cutoff, self_interaction=False)
+
+
+def brute_force(frac: np.ndarray, cell: np.ndarray, cutoff: float):
+    """All (i, j, S) with |r_j + S cell - r_i| < cutoff, over a generous range of shifts."""
+    widths = perpendicular_widths(torch.as_tensor(cell)[None])[0].numpy()
+    reach = np.ceil(cutoff / widths).astype(int) + 2  # frac may lie in [-0.5, 1.5)
+    pos = frac @ cell
+    out = []
+    ranges = [range(-r, r + 1) for r in reach]
+    for s in itertools.product(*ranges):
+        vec = pos[None, :, :] + np.array(s) @ cell - pos[:, None, :]
+        d = np.linalg.norm(vec, axis=-1)
+        for i, j in zip(*np.nonzero(d < cutoff)):
+            if i == j and s == (0, 0, 0):
+                continue
+            out.append((int(i), int(j), tuple(int(x) for x in s)))
+    return Counter(out)
+
+
+def as_counter(i, j, s) -> Counter:
+    return Counter(zip(np.asarray(i).tolist(), np.asarray(j).tolist(), [tuple(x) for x in np.asarray(s).tolist()]))
+
+
+CASES = [
+    # (kind, cell length range, n atoms, cutoff): small cells have cutoff > half (or > whole) width
+    ("orthorhombic", (6.0, 10.0), 30, 3.0),
+    ("triclinic", (6.0, 10.0), 30, 3.0),
+    ("orthorhombic", (2.5, 4.0), 5, 3.0),
+    ("triclinic", (2.5, 4.0), 5, 3.0),
+    ("orthorhombic", (1.5, 2.5), 2, 4.0),
+    ("triclinic", (1.8, 3.0), 3, 4.5),
+    ("orthorhombic", (11.0, 13.0), 120, 3.5),  # several bins per axis in the cell list
+    ("triclinic", (12.0, 14.0), 120, 3.0),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_neighbor_pairs_match_ase_and_brute_force(case: int, method: str) -> None:
+    kind, scale, n, cutoff = CASES[case]
+    rng = np.random.default_rng(100 + case)
+    cell = random_cell(rng, kind, scale)
+    frac = rng.uniform(-0.5, 1.5, size=(n, 3))  # unwrapped on purpose: shifts are relative to input
+    pos = frac @ cell
+    i_a, j_a, d_a, d_vec_a, s_a = ase_pairs(pos, cell, cutoff)
+    i, j, d, vec, s = neighbor_pairs(pos, cell, cutoff, method=method, return_shifts=True)
+    assert isinstance(i, np.ndarray) and i.dtype == np.int64 and d.dtype == np.float64
+    assert as_counter(i, j, s) == as_counter(i_a, j_a, s_a)
+    if n <= 30:
+        assert as_counter(i, j, s) == brute_force(frac, cell, cutoff)
+    np.testing.assert_allclose(np.sort(d), np.sort(d_a), atol=1e-9)
+    np.testing.assert_allclose(vec, pos[j] + s @ cell - pos[i], atol=1e-9)
+    np.testing.assert_allclose(d, np.linalg.norm(vec, axis=1), atol=1e-12)
+    assert np.all(np.diff(i) >= 0)  # sorted by i
+    if scale[1] < 2 * cutoff:
+        # small cell: some pair must appear with several different shifts
+        assert max(Counter(zip(i.tolist(), j.tolist())).values()) > 1
+
+
+def test_single_atom_sees_its_own_images() -> None:
+    cell = np.eye(3) * 2.0
+    i, j, d, _ = neighbor_pairs(np.zeros((1, 3)), cell, 3.0)
+    assert np.all(i == 0) and np.all(j == 0)
+    assert len(d) == 6 + 12  # 6 at 2 Å, 12 at 2.83 Å; 8 at 3.46 Å are beyond the cutoff
+    np.testing.assert_allclose(np.sort(d)[:6], 2.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_radius_graph_padded_batch(method: str) -> None:
+    rng = np.random.default_rng(7)
+    specs = [("orthorhombic", (7.0, 9.0), 20), ("triclinic", (2.5, 3.5), 3), ("triclinic", (8.0, 10.0), 37),
+             ("orthorhombic", (4.0, 5.0), 0)]
+    n_max = 40
+    b = len(specs)
+    frac = torch.zeros(b, n_max, 3, dtype=torch.float64)
+    mask = torch.zeros(b, n_max, dtype=torch.bool)
+    cell = torch.zeros(b, 3, 3, dtype=torch.float64)
+    for k, (kind, scale, n) in enumerate(specs):
+        cell[k] = torch.as_tensor(random_cell(rng, kind, scale))
+        frac[k, :n] = torch.as_tensor(rng.uniform(0, 1, size=(n, 3)))
+        # padding slots carry garbage coordinates that must be ignored
+        frac[k, n:] = torch.as_tensor(rng.uniform(0, 1, size=(n_max - n, 3)))
+        mask[k, :n] = True
+    cutoff = 3.2
+    g = radius_graph(frac, cell, mask, cutoff, method=method)
+    assert torch.all(mask.reshape(-1)[g.src]) and torch.all(mask.reshape(-1)[g.dst])
+    assert torch.equal(g.batch, g.src // n_max) and torch.equal(g.batch, g.dst // n_max)
+    assert torch.all(g.distances < cutoff)
+    for k, (_, _, n) in enumerate(specs):
+        sel = g.batch == k
+        pos = (frac[k, :n] @ cell[k]).numpy()
+        i_a, j_a, _, _, s_a = ase_pairs(pos, cell[k].numpy(), cutoff) if n else ([], [], [], [], np.zeros((0, 3)))
+        got = as_counter((g.src[sel] - k * n_max).numpy(), (g.dst[sel] - k * n_max).numpy(), g.shifts[sel].numpy())
+        assert got == as_counter(i_a, j_a, s_a)
+
+
+def test_methods_agree_float32_and_auto() -> None:
+    torch.manual_seed(0)
+    b, n = 3, 80
+    frac = torch.rand(b, n, 3)
+    cell = torch.diag_embed(torch.full((b, 3), 10.0)) + 0.8 * torch.randn(b, 3, 3)
+    mask = torch.rand(b, n) > 0.2
+    graphs = [radius_graph(frac, cell, mask, 3.0, method=m) for m in ("dense", "cell_list", "auto")]
+    for g in graphs[1:]:
+        assert torch.equal(g.src, graphs[0].src) and torch.equal(g.dst, graphs[0].dst)
+        assert torch.allclose(g.distances, graphs[0].distances, atol=1e-5)
+        assert as_counter(g.src, g.dst, g.shifts) == as_counter(graphs[0].src, graphs[0].dst, graphs[0].shifts)
+
+
+def test_cell_list_sparse_huge_cell_is_cheap() -> None:
+    # 5 atoms in a 1000 Å box: bins are capped at the atom count, not (1000/3)^3
+    frac = torch.rand(1, 5, 3, dtype=torch.float64) * 0.004
+    cell = torch.eye(3, dtype=torch.float64)[None] * 1000.0
+    g = radius_graph(frac, cell, None, 3.0, method="cell_list")
+    ref = radius_graph(frac, cell, None, 3.0, method="dense")
+    assert as_counter(g.src, g.dst, g.shifts) == as_counter(ref.src, ref.dst, ref.shifts)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_flow(method: str) -> None:
+    torch.manual_seed(1)
+    frac = torch.rand(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    cell = (torch.eye(3, dtype=torch.float64) * 3.0 + 0.3 * torch.randn(3, 3, dtype=torch.float64))[None].repeat(2, 1, 1)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+
+    def f(x):
+        g = radius_graph(x, cell, mask, 2.9, method=method)
+        return g.distances, g.vectors
+
+    torch.autograd.gradcheck(f, (frac,))
+    # neighbor_pairs with torch positions is differentiable too
+    pos = (frac.detach()[0] @ cell[0]).requires_grad_(True)
+    _, _, d, _ = neighbor_pairs(pos, cell[0], 2.9, method=method)
+    d.sum().backward()
+    assert pos.grad is not None and torch.isfinite(pos.grad).all() and pos.grad.abs().sum() > 0
+
+
+def test_minimum_image() -> None:
+    cell = torch.diag(torch.tensor([4.0, 5.0, 6.0]))
+    dfrac = torch.tensor([[0.9, -0.7, 0.2], [0.5, -0.5, 0.0]])
+    out = minimum_image(dfrac, cell)
+    torch.testing.assert_close(out, torch.tensor([[-0.4, 1.5, 1.2], [-2.0, -2.5, 0.0]]))
+    # batched cell broadcasting
+    out_b = minimum_image(dfrac[None], cell[None, None])
+    torch.testing.assert_close(out_b[0], out)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError):
+        radius_graph(torch.rand(1, 3, 3), torch.eye(3)[None], None, 3.0, method="octree")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        radius_graph(torch.rand(1, 3, 3), torch.zeros(1, 3, 3), None, 3.0)
+    with pytest.raises(ValueError):
+        radius_graph(torch.rand(1, 3, 3), torch.eye(3)[None], None, -1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    torch.manual_seed(0)
+    frac = torch.rand(2, 100, 3)
+    cell = torch.eye(3)[None].repeat(2, 1, 1) * 9.0
+    cell[1, 2, 0] = 2.0
+    mask = torch.ones(2, 100, dtype=torch.bool)
+    for method in METHODS:
+        g_cpu = radius_graph(frac, cell, mask, 3.0, method=method)
+        g_gpu = radius_graph(frac.cuda(), cell.cuda(), mask.cuda(), 3.0, method=method)
+        assert as_counter(g_cpu.src, g_cpu.dst, g_cpu.shifts) == as_counter(
+            g_gpu.src.cpu(), g_gpu.dst.cpu(), g_gpu.shifts.cpu())

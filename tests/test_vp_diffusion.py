@@ -1,0 +1,301 @@
+"""Tests of the VP schedules, the Gaussian diffusion conversions, loss and DDPM/DDIM samplers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_gcd.diffusion import GaussianDiffusion, VPSchedule, respaced_timesteps
+from lightning_gcd.nets import PeriodicUNet3d
+
+# ---------------------------------------------------------------- schedules
+
+
+@pytest.mark.parametrize("name", ["cosine", "linear"])
+@pytest.mark.parametrize("T", [1000, 50, 1])
+def test_schedule_alphas_cumprod_monotone_in_unit_interval(name, T):
+    s = VPSchedule.from_name(name, T)
+    ac = s.alphas_cumprod
+    assert s.T == T == ac.shape[0]
+    assert ac.dtype == torch.float64 and s.betas.dtype == torch.float64
+    assert (ac > 0).all() and (ac <= 1).all()
+    assert (ac[1:] < ac[:-1]).all()
+    assert (s.betas <= 0.999).all()
+    if T == 1000:
+        assert ac[0] > 0.999 and ac[-1] < 1e-3
+
+
+def test_unknown_schedule_raises():
+    with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'"):
+        VPSchedule.from_name("quadratic", 100)
+    with pytest.raises(ValueError, match="unknown noise schedule"):
+        GaussianDiffusion(schedule="nope")
+    with pytest.raises(ValueError, match="prediction"):
+        GaussianDiffusion(prediction="score")
+
+
+def test_respaced_timesteps():
+    assert respaced_timesteps(1000, 1) == [999]
+    for steps in (2, 5, 50, 999, 1000):
+        ts = respaced_timesteps(1000, steps)
+        assert len(ts) == len(set(ts)) == steps
+        assert ts[0] == 999 and ts[-1] == 0
+        assert all(a > b for a, b in zip(ts, ts[1:]))
+    with pytest.raises(ValueError):
+        respaced_timesteps(10, 11)
+    with pytest.raises(ValueError):
+        respaced_timesteps(10, 0)
+
+
+# ---------------------------------------------------------------- conversions
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_conversions_are_mutual_inverses(schedule):
+    d = GaussianDiffusion("x0", schedule, 1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 2, 4, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(6, 2, 4, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 17, 500, 998, 999])
+    x_t = d.q_sample(x0, t, eps)
+    v = d.v_from_x0_eps(x0, eps, t)
+    tol = dict(atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(d.x0_from_eps(x_t, t, eps), x0, **tol)
+    torch.testing.assert_close(d.eps_from_x0(x_t, t, x0), eps, **tol)
+    torch.testing.assert_close(d.x0_from_v(x_t, t, v), x0, **tol)
+    torch.testing.assert_close(d.eps_from_v(x_t, t, v), eps, **tol)
+    for prediction in ("eps", "x0", "v"):
+        d.prediction = prediction
+        x0_hat, eps_hat = d.split_prediction(d.target(x0, eps, t), x_t, t)
+        torch.testing.assert_close(x0_hat, x0, **tol)
+        torch.testing.assert_close(eps_hat, eps, **tol)
+    # A scalar step index broadcasts like a full batch of it.
+    torch.testing.assert_close(d.q_sample(x0, 300, eps), d.q_sample(x0, torch.full((6,), 300), eps))
+
+
+def test_time_convention():
+    d = GaussianDiffusion(T=1000)
+    assert d.time(999).item() == 1.0
+    assert d.time(0).item() == pytest.approx(1e-3)
+    torch.testing.assert_close(d.time(torch.tensor([0, 499])), torch.tensor([0.001, 0.5]))
+
+
+# ---------------------------------------------------------------- training loss
+
+
+class _Recorder:
+    """A model that records its inputs and returns a fixed value."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+        self.calls: list[tuple] = []
+
+    def __call__(self, x, t, cond, keep):
+        self.calls.append((x.shape, t.clone(), None if cond is None else cond.clone(),
+                           None if keep is None else keep.clone()))
+        return torch.full_like(x, self.value)
+
+
+def test_training_loss_targets_weights_and_cond_dropout():
+    x0 = torch.ones(4, 2, 4, 4, 4)
+    d = GaussianDiffusion("x0", "cosine", 100)
+    # x0-prediction with a model that outputs x0 exactly: zero loss.
+    assert d.training_loss(_Recorder(1.0), x0).item() == 0.0
+    # Channel weights: channel 0 weighted 0, channel 1 weighted 1 -> half the unweighted loss.
+    rec = _Recorder(0.0)
+    w = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1)
+    assert d.training_loss(rec, x0, weights=w).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="broadcast"):
+        d.training_loss(rec, x0, weights=torch.ones(3))
+    # t in (0, 1], one per sample.
+    t = rec.calls[-1][1]
+    assert t.shape == (4,) and (t > 0).all() and (t <= 1).all()
+    # Condition dropout: prob 1 drops all, prob 0 passes keep=None (keep all).
+    cond = torch.randn(4, 3)
+    d.training_loss(rec, x0, cond=cond, cond_drop_prob=1.0)
+    assert rec.calls[-1][3] is not None and not rec.calls[-1][3].any()
+    d.training_loss(rec, x0, cond=cond, cond_drop_prob=0.0)
+    assert rec.calls[-1][3] is None and torch.equal(rec.calls[-1][2], cond)
+    # Same generator seed, same loss.
+    net = PeriodicUNet3d(2, base_channels=8, channel_mults=(1, 2), attention=False)
+    la = d.training_loss(net, torch.randn(2, 2, 8, 8, 8), generator=torch.Generator().manual_seed(5))
+    lb = d.training_loss(net, torch.randn(2, 2, 8, 8, 8), generator=torch.Generator().manual_seed(5))
+    assert la.ndim == 0 and torch.isfinite(la)
+    assert lb.ndim == 0
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def _tiny_net(cond_dim: int = 0, seed: int = 0) -> PeriodicUNet3d:
+    torch.manual_seed(seed)
+    net = PeriodicUNet3d(1, base_channels=8, channel_mults=(1, 2), attention=True, attention_heads=2,
+                         cond_dim=cond_dim)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # leave the zero init so the output depends on the input and the condition
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("steps", [1, 5, 50])
+def test_samplers_run_with_any_number_of_steps(sampler, steps):
+    d = GaussianDiffusion("x0", "cosine", 1000)
+    net = _tiny_net()
+    x = d.sample(net, (2, 1, 8, 8, 8), sampler=sampler, steps=steps, eta=0.5,
+                 generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 8, 8, 8) and x.dtype == torch.float32
+    assert torch.isfinite(x).all()
+
+
+def test_one_model_call_per_step_without_condition():
+    d = GaussianDiffusion("eps", "linear", 100)
+    rec = _Recorder(0.0)
+    d.sample(rec, (3, 5), sampler="ddpm", steps=7)
+    assert len(rec.calls) == 7 and all(c[0] == (3, 5) for c in rec.calls)
+    times = [c[1][0].item() for c in rec.calls]
+    assert times[0] == 1.0 and times == sorted(times, reverse=True)
+    # With a condition and guidance != 0, 1: one batched call of size 2B per step.
+    rec = _Recorder(0.0)
+    d.sample(rec, (3, 5), steps=4, cond=torch.randn(3, 2), guidance_scale=2.0)
+    assert len(rec.calls) == 4 and all(c[0] == (6, 5) for c in rec.calls)
+    assert rec.calls[0][3].tolist() == [True] * 3 + [False] * 3
+
+
+def test_ddim_eta0_is_deterministic():
+    d = GaussianDiffusion("x0", "cosine", 1000)
+    net = _tiny_net()
+    a = d.sample(net, (2, 1, 8, 8, 8), "ddim", steps=10, eta=0.0, generator=torch.Generator().manual_seed(1))
+    b = d.sample(net, (2, 1, 8, 8, 8), "ddim", steps=10, eta=0.0, generator=torch.Generator().manual_seed(1))
+    c = d.sample(net, (2, 1, 8, 8, 8), "ddim", steps=10, eta=0.0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    # eta = 0 draws only the initial noise: the generator's state after sampling is the same for any steps.
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    d.sample(net, (1, 1, 8, 8, 8), "ddim", steps=3, generator=g1)
+    d.sample(net, (1, 1, 8, 8, 8), "ddim", steps=6, generator=g2)
+    assert torch.equal(torch.randn(4, generator=g1), torch.randn(4, generator=g2))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0)])
+def test_exact_model_recovers_gaussian_data(prediction, sampler, eta):
+    """With the exact posterior mean of N(mu, s^2) data, the samplers reproduce that distribution."""
+    mu, s = 1.5, 0.3
+    d = GaussianDiffusion(prediction, "cosine", 1000)
+
+    def exact(x_t, t, cond, keep):
+        t_index = (t.double() * d.T).round().long() - 1
+        a = d.schedule.alphas_cumprod[t_index].to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
+        x0 = mu + a.sqrt() * s**2 / (a * s**2 + 1 - a) * (x_t - a.sqrt() * mu)
+        return d.target(x0, d.eps_from_x0(x_t, t_index, x0), t_index)
+
+    x = d.sample(exact, (4000, 1), sampler=sampler, steps=50, eta=eta, dtype=torch.float64,
+                 generator=torch.Generator().manual_seed(0))
+    assert x.mean().item() == pytest.approx(mu, abs=0.03)
+    assert x.std().item() == pytest.approx(s, rel=0.1)
+
+
+def test_guidance_zero_equals_unconditional_sampling():
+    d = GaussianDiffusion("x0", "cosine", 1000)
+    net = _tiny_net(cond_dim=4)
+    cond = torch.randn(2, 4, generator=torch.Generator().manual_seed(9))
+    for sampler in ("ddim", "ddpm"):
+        kw = dict(sampler=sampler, steps=8, eta=1.0)
+        uncond = d.sample(net, (2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(4), **kw)
+        guided0 = d.sample(net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=0.0,
+                           generator=torch.Generator().manual_seed(4), **kw)
+        conditional = d.sample(net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=1.0,
+                               generator=torch.Generator().manual_seed(4), **kw)
+        assert torch.equal(uncond, guided0)
+        assert not torch.allclose(uncond, conditional)
+
+
+def test_guidance_formula():
+    d = GaussianDiffusion("eps", "cosine", 1000)
+    net = _tiny_net(cond_dim=4)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 1, 8, 8, 8, generator=g)
+    cond = torch.randn(2, 4, generator=g)
+    t = d.time(400).expand(2)
+    with torch.no_grad():
+        u = net(x, t, None)
+        c = net(x, t, cond)
+        guided = d._model_prediction(net, x, 400, cond, 3.0)
+    torch.testing.assert_close(guided, u + 3.0 * (c - u), atol=1e-5, rtol=1e-5)
+
+
+def test_inpainting_with_full_mask_returns_known():
+    d = GaussianDiffusion("x0", "cosine", 1000)
+    net = _tiny_net()
+    known = torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(7))
+    full = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool)
+    for sampler in ("ddim", "ddpm"):
+        x = d.sample(net, known.shape, sampler=sampler, steps=5, known=known, known_mask=full,
+                     generator=torch.Generator().manual_seed(0))
+        assert torch.equal(x, known)
+    # A half mask: the known half is exact, the other half is generated.
+    half = torch.zeros(1, 1, 8, 1, 1, dtype=torch.bool)
+    half[:, :, :4] = True
+    x = d.sample(net, known.shape, steps=5, known=known, known_mask=half, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x[:, :, :4], known[:, :, :4])
+    assert not torch.allclose(x[:, :, 4:], known[:, :, 4:])
+    with pytest.raises(ValueError, match="both"):
+        d.sample(net, known.shape, steps=2, known=known)
+
+
+def test_clip_x0_progress_and_argument_errors(capsys):
+    d = GaussianDiffusion("x0", "cosine", 100)
+    x = d.sample(_Recorder(5.0), (2, 3), steps=4, clip_x0=(-1.0, 1.0), progress=True)
+    assert torch.equal(x, torch.ones(2, 3))  # the final sample is the clipped x0 prediction
+    assert "ddim sampling" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="sampler"):
+        d.sample(_Recorder(), (2, 3), sampler="euler")
+    with pytest.raises(ValueError, match="steps"):
+        d.sample(_Recorder(), (2, 3), steps=101)
+
+
+# ---------------------------------------------------------------- training sanity
+
+
+def test_training_reduces_loss_and_samples_reproduce_pattern():
+    """A tiny U-Net learns one fixed 8³ pattern; x0-prediction DDIM samples reproduce it.
+
+    The net commutes with circular shifts (by multiples of 2 here), and at the noise end its input carries no
+    information about where the pattern sits, so a sample is the pattern up to a circular translation, just as
+    a generated crystal is the crystal up to the choice of origin: the error is the minimum over translations.
+    """
+    torch.manual_seed(0)
+    r = torch.cos(2 * math.pi * torch.arange(8.0) / 8)
+    pattern = ((r[:, None, None] + r[None, :, None] + r[None, None, :]) / 1.5)[None, None]  # (1,1,8,8,8)
+    data = pattern.expand(8, -1, -1, -1, -1)
+    net = PeriodicUNet3d(1, base_channels=16, channel_mults=(1, 2), attention=False)
+    d = GaussianDiffusion("x0", "cosine", 1000)
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return sum(d.training_loss(net, data, generator=torch.Generator().manual_seed(100 + k)).item()
+                       for k in range(4)) / 4
+
+    loss_before = eval_loss()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        loss = d.training_loss(net, data, generator=gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loss_after = eval_loss()
+    assert loss_after < 0.25 * loss_before
+
+    net.eval()
+    samples = d.sample(net, (8, 1, 8, 8, 8), "ddim", steps=20, generator=torch.Generator().manual_seed(1))
+    shifts = [(a, b, c) for a in range(8) for b in range(8) for c in range(8)]
+    err = torch.stack([((samples - torch.roll(pattern, s, dims=(2, 3, 4))) ** 2).mean(dim=(1, 2, 3, 4))
+                       for s in shifts]).min(dim=0).values  # (8,) best-translation MSE per sample
+    var = pattern.var().item()
+    assert err.mean().item() < 0.1 * var, err
+    assert err.max().item() < 0.3 * var, err

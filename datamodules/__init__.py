@@ -1,6 +1,26 @@
-"""HDF5 datasets, the shared AtomsDataModule, and dataset builders."""
+"""HDF5 datasets, the shared AtomsDataModule, and dataset builders.
 
-from datamodules.datamodule import AtomsDataModule
-from datamodules.h5format import AtomsH5, DatasetRecords, validate_file, write_dataset
+Imports are lazy so that ``gcd data ...`` does not pay for importing Lightning.
+"""
 
-__all__ = ["AtomsDataModule", "AtomsH5", "DatasetRecords", "validate_file", "write_dataset"]
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "AtomsDataModule": "datamodules.datamodule",
+    "AtomsH5": "datamodules.h5format",
+    "DatasetRecords": "datamodules.h5format",
+    "validate_file": "datamodules.h5format",
+    "write_dataset": "datamodules.h5format",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

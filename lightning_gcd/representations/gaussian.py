@@ -98,19 +98,24 @@ class GaussianDensityEncoding(VoxelEncoding):
                 f"threshold {self.threshold}; use a finer grid or a larger sigma"
             )
         frac = torch.remainder(batch.frac_coords.double(), 1.0)
-        for i in range(len(batch)):
-            m = batch.mask[i]
-            if int(m.sum()) < 2:
-                continue
-            f = frac[i, m]
-            d = f[:, None, :] - f[None, :, :]
-            d = d - torch.round(d)  # minimum image in fractional space, (n, n, 3)
+        n = frac.shape[1]
+        eye = torch.eye(n, dtype=torch.bool, device=frac.device)
+        chunk = max(1, 4_000_000 // max(1, n * n))  # structures per pairwise block (bounded memory)
+        for start in range(0, len(batch), chunk):
+            f = frac[start:start + chunk]  # (b, N, 3)
+            m = batch.mask[start:start + chunk]
+            valid = m[:, :, None] & m[:, None, :] & ~eye  # (b, N, N)
+            d = f[:, :, None, :] - f[:, None, :, :]
+            d = d - torch.round(d)  # minimum image in fractional space, (b, N, N, 3)
             cheb = (d.abs() * dims).amax(-1)
-            dist = torch.linalg.norm(d @ cell[i], dim=-1)
-            off_diag = ~torch.eye(len(f), dtype=torch.bool, device=f.device)
-            if ((cheb < 2.0) & off_diag).any():
+            dist = torch.linalg.norm(torch.einsum("bnmi,bij->bnmj", d, cell[start:start + chunk]), dim=-1)
+            close = ((cheb < 2.0) & valid).flatten(1).any(1)
+            if close.any():
+                i = start + int(torch.nonzero(close)[0])
                 raise EncodingError(f"grid too coarse: two atoms lie within one voxel of each other in structure {i}")
-            if ((dist < _MERGE_SIGMAS * self.sigma) & off_diag).any():
+            merged = ((dist < _MERGE_SIGMAS * self.sigma) & valid).flatten(1).any(1)
+            if merged.any():
+                i = start + int(torch.nonzero(merged)[0])
                 raise EncodingError(f"sigma={self.sigma} Å too wide: atoms closer than {_MERGE_SIGMAS}σ in structure {i} would merge")
 
     # ----------------------------------------------------------------------------------------------

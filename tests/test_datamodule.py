@@ -1,0 +1,127 @@
+"""AtomsDataModule: both views, workers, exact translations, conditions, DDP sharding, default build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.geometry import get_distances
+from torch.utils.data import DistributedSampler
+
+from datamodules import AtomsDataModule, AtomsH5
+from lightning_gcd.errors import DatasetFormatError, GcdError
+from lightning_gcd.structures import StructureBatch
+
+
+def _pairwise(frac: torch.Tensor, cell: torch.Tensor) -> np.ndarray:
+    pos = (frac.double() @ cell.double()).numpy()
+    _, d = get_distances(pos, cell=cell.double().numpy(), pbc=True)
+    return np.sort(d.ravel())
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("view", ["voxel", "particle"])
+def test_views_and_workers(fcc_h5: Path, view: str, num_workers: int) -> None:
+    dm = AtomsDataModule(str(fcc_h5), view=view, batch_size=4, num_workers=num_workers)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert sum(len(b["index"]) for b in batches) == len(dm.splits["train"])
+    b = batches[0]
+    assert b["frac_coords"].shape == (4, 32, 3) and b["mask"].all() and b["cell"].shape == (4, 3, 3)
+    assert b["frac_coords"].min() >= 0 and b["frac_coords"].max() < 1
+    if view == "voxel":
+        assert dm.grid_shape == (8, 8, 8)
+        assert b["grid"].shape == (4, 4, 8, 8, 8)
+        decoded = dm.encoding.decode(b["grid"], b["cell"])
+        assert decoded.n_atoms.tolist() == [32] * 4
+    else:
+        assert "grid" not in b
+
+
+def test_translation_is_exact(fcc_h5: Path) -> None:
+    """A translated item has the same periodic geometry as the stored structure; its grid decodes to it."""
+    dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=2, translate=True)
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader()))
+    with AtomsH5(fcc_h5) as data:
+        for k in range(2):
+            i = int(b["index"][k])
+            stored = torch.as_tensor(data.frac_coords(i))
+            assert not torch.allclose(stored.float(), b["frac_coords"][k], atol=1e-3)  # it did move
+            np.testing.assert_allclose(_pairwise(b["frac_coords"][k], b["cell"][k]), _pairwise(stored, b["cell"][k]), atol=1e-4)
+    decoded = dm.encoding.decode(b["grid"], b["cell"])
+    for k in range(2):
+        np.testing.assert_allclose(_pairwise(decoded.frac_coords[k], b["cell"][k]), _pairwise(b["frac_coords"][k], b["cell"][k]), atol=1e-4)
+
+
+def test_cached_grid_matches_on_the_fly(crystals_h5: Path) -> None:
+    cached = AtomsDataModule(str(crystals_h5), view="voxel", batch_size=6, translate=False)
+    fresh = AtomsDataModule(str(crystals_h5), view="voxel", batch_size=6, translate=False, use_voxel_cache=False,
+                            grid_shape=None)
+    cached.setup(), fresh.setup()
+    assert cached._cache_name == "occupancy" and fresh._cache_name is None
+    a, b = next(iter(cached.val_dataloader())), next(iter(fresh.val_dataloader()))
+    if fresh.grid_shape == cached.grid_shape:
+        torch.testing.assert_close(a["grid"], b["grid"], atol=1e-5, rtol=0)
+    # cached grids roll by whole voxels under translation and still decode to the item's atoms
+    moving = AtomsDataModule(str(crystals_h5), view="voxel", batch_size=6, translate=True)
+    moving.setup()
+    m = next(iter(moving.train_dataloader()))
+    decoded = moving.encoding.decode(m["grid"], m["cell"])
+    for k in range(6):
+        n = int(m["mask"][k].sum())
+        assert int(decoded.n_atoms[k]) == n
+        np.testing.assert_allclose(np.sort(decoded.frac_coords[k, :n].numpy(), axis=0),
+                                   np.sort(m["frac_coords"][k, :n].numpy(), axis=0), atol=1e-5)
+
+
+def test_conditions_and_missing_property(crystals_h5: Path) -> None:
+    dm = AtomsDataModule(str(crystals_h5), view="particle", batch_size=4, conditions=["phase_onehot", "lattice_a"])
+    dm.setup()
+    assert dm.cond_dim == 7
+    b = next(iter(dm.train_dataloader()))
+    assert b["cond"].shape == (4, 7)
+    with AtomsH5(crystals_h5) as data:
+        expected = np.concatenate([data.structure_property("phase_onehot", int(b["index"][0])), [data.structure_property("lattice_a", int(b["index"][0]))]])
+    np.testing.assert_allclose(b["cond"][0].numpy(), expected, rtol=1e-6)
+    bad = AtomsDataModule(str(crystals_h5), conditions=["xanes"])
+    with pytest.raises(DatasetFormatError, match="properties/xanes.*missing"):
+        bad.setup()
+
+
+def test_ranks_get_distinct_samples(fcc_h5: Path) -> None:
+    dm = AtomsDataModule(str(fcc_h5), view="particle", batch_size=4)
+    dm.setup()
+    dataset = dm.dataset("train")
+    seen = []
+    for rank in range(2):  # what Lightning's DistributedSampler gives each of two ranks
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        seen.append({int(dataset[i]["index"]) for i in sampler})
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(dm.splits["train"].tolist())
+
+
+def test_builds_default_dataset_when_missing(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "auto.h5"
+    dm = AtomsDataModule(str(path), view="voxel", batch_size=2,
+                         build={"kind": "crystals", "phases": ["bcc"], "count": 5, "progress": False})
+    dm.prepare_data()
+    dm.setup()
+    assert path.exists() and dm.species == [74] and dm.n_max == 16
+    empty = AtomsDataModule(str(tmp_path / "none.h5"), build={})
+    with pytest.raises(GcdError, match="cannot be built"):
+        empty.prepare_data()
+
+
+def test_global_batch_split_over_ranks(fcc_h5: Path) -> None:
+    class FakeTrainer:
+        world_size = 4
+
+    dm = AtomsDataModule(str(fcc_h5), batch_size=8)
+    dm.trainer = FakeTrainer()  # type: ignore[assignment]
+    assert dm.per_rank_batch_size == 2
+    dm.batch_size = 6
+    with pytest.raises(GcdError, match="not divisible"):
+        dm.per_rank_batch_size

@@ -1,6 +1,6 @@
 """The ``gcd`` command.
 
-``gcd data ...`` builds and inspects datasets. Errors caused by the user's input (a bad file, option or
+``gcd data ...`` builds and inspects datasets; ``gcd fit|validate|test|predict`` run LightningCLI. Errors caused by the user's input (a bad file, option or
 config) print one line ``gcd: error: ...`` and exit with status 2; bugs still show their traceback.
 """
 
@@ -18,12 +18,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from lightning_gcd.cli_data import add_data_parser
 
+    from lightning_gcd.cli_sample import add_sample_parser
+
     add_data_parser(sub)
+    add_sample_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("fit", "validate", "test", "predict"):
+        try:
+            from lightning_gcd.cli_train import run_lightning
+
+            return run_lightning(argv)
+        except GcdError as exc:
+            print(f"gcd: error: {exc}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -31,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_gcd.cli_data import run_data
 
             return run_data(args)
+        if args.command == "sample":
+            from lightning_gcd.cli_sample import run_sample
+
+            return run_sample(args)
         parser.error(f"unknown command {args.command}")
     except GcdError as exc:
         print(f"gcd: error: {exc}", file=sys.stderr)

@@ -1,0 +1,281 @@
+"""The LightningModule base shared by the voxel (GCDM) and particle diffusion models.
+
+What it owns, identically for both models: the optimiser and LR schedule, EMA weights (kept in every
+checkpoint, swapped in for validation and sampling), the training/validation loss logging, and the
+sample-and-evaluate step at the end of validation: generate structures, decode them to a
+``StructureBatch``, feed them to the structure metrics, log ``val/<metric>`` and keep the samples for
+the callbacks (W&B tables, extxyz export). Subclasses differ only in representation, network and sampler:
+they implement ``data_info_from``, ``build_network``, ``diffusion_loss`` and ``generate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import abstractmethod
+from typing import Any, Literal, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_gcd.errors import GcdError
+from lightning_gcd.models.ema import EMA
+from lightning_gcd.structures import StructureBatch
+
+Batch = dict[str, torch.Tensor]
+
+
+class DiffusionModule(L.LightningModule):
+    """Base of the diffusion models.
+
+    Args:
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        lr_schedule: "cosine" (decay to ``min_lr_ratio * lr`` over the run) or "constant" after warm-up.
+        min_lr_ratio: final LR as a fraction of ``lr`` for the cosine schedule.
+        ema_decay: EMA decay of the weights; 0 disables EMA.
+        cond_drop_prob: probability of dropping the condition in training (classifier-free guidance).
+        val_samples: structures generated (over all ranks) at the end of each sampled validation.
+        sample_every_n_epochs: generate and evaluate every this many validation epochs (0: never).
+        sample_steps: sampler steps at validation.
+        sampler: sampler used at validation (model specific names).
+        guidance_scale: classifier-free guidance scale at validation (1 = plain conditional).
+        sample_seed: seed of the validation samples (rank r uses seed + r), so runs are comparable.
+        metrics: options of ``StructureMetrics`` (``r_max``, ``n_bins``, ``tolerance``, ...).
+        data_info: filled from the DataModule at the first ``setup`` and stored in checkpoints, so a
+            checkpoint rebuilds its network without the dataset.
+    """
+
+    def __init__(
+        self,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        min_lr_ratio: float = 0.1,
+        ema_decay: float = 0.999,
+        cond_drop_prob: float = 0.1,
+        val_samples: int = 16,
+        sample_every_n_epochs: int = 1,
+        sample_steps: int = 50,
+        sampler: str = "ddim",
+        guidance_scale: float = 1.0,
+        sample_seed: int = 0,
+        metrics: dict[str, Any] | None = None,
+        data_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: nn.Module | None = None
+        self.ema: EMA | None = None
+        self.structure_metrics: nn.Module | None = None
+        self.last_samples: StructureBatch | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.last_curves: dict[str, Any] = {}
+        self._val_templates: list[Batch] = []
+        self._ema_context: Any = None
+        if data_info is not None:
+            self._build(data_info)
+
+    # ------------------------------------------------------------------------------------------------
+    # to implement
+    def data_info_from(self, datamodule: Any) -> dict[str, Any]:
+        """What the network and sampler need to know of the data (JSON-able: lists, numbers, strings).
+
+        Subclasses extend this dict with their representation's needs.
+        """
+        datamodule.setup()
+        train = datamodule.reference_atoms("train", limit=256)
+        counts = [len(a) for a in train]
+        volumes = [a.get_volume() for a in train]
+        return {
+            "species": list(datamodule.species),
+            "conditions": list(datamodule.conditions),
+            "cond_dim": int(datamodule.cond_dim),
+            "reference_cell": np.asarray(train[0].cell[:]).tolist(),
+            "n_atoms_max": int(datamodule.n_max),
+            "number_density": float(np.sum(counts) / np.sum(volumes)),  # atoms / Å^3
+            "composition": {str(z): float(np.mean([np.mean(a.numbers == z) for a in train])) for z in datamodule.species},
+        }
+
+    @abstractmethod
+    def build_network(self, info: dict[str, Any]) -> nn.Module:
+        """The denoising network for this data."""
+
+    @abstractmethod
+    def diffusion_loss(self, batch: Batch) -> torch.Tensor:
+        """Scalar training loss of one batch."""
+
+    @abstractmethod
+    def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
+                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
+                 progress: bool = False) -> StructureBatch:
+        """Generate one structure per row of ``template``.
+
+        ``template`` carries ``cell`` (B,3,3) and optionally ``numbers``/``mask`` (B,N) (the particle model
+        uses them as the atom count and species; the voxel model ignores them: its count is free) and
+        ``cond`` (B,K).
+        """
+
+    # ------------------------------------------------------------------------------------------------
+    def _build(self, info: dict[str, Any]) -> None:
+        self.net = self.build_network(info)
+        self.ema = EMA(self.net, self.hparams.ema_decay) if self.hparams.ema_decay > 0 else None
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.net is None:
+            if datamodule is None:
+                raise GcdError("the model needs a datamodule (data: in the config) to size its network")
+            info = self.data_info_from(datamodule)
+            self.hparams["data_info"] = info
+            self._build(info)
+        if datamodule is not None and self.structure_metrics is None and self.hparams.val_samples > 0:
+            from lightning_gcd.metrics.suite import StructureMetrics
+
+            reference = datamodule.reference_atoms("val")
+            self.structure_metrics = StructureMetrics(reference, **(self.hparams.metrics or {}))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.hparams.data_info
+
+    def network(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        assert self.net is not None, "network not built: call setup() or load a checkpoint"
+        return self.net(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------
+    # training
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["index"]), sync_dist=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        warmup = max(0, int(hp.warmup_steps))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if hp.lr_schedule == "constant":
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------------
+    # validation: loss with EMA weights, then sample and evaluate
+    def on_validation_epoch_start(self) -> None:
+        self._val_templates = []
+        if self.ema is not None:
+            self._ema_context = self.ema.swapped_in(self.net)
+            self._ema_context.__enter__()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.diffusion_loss(batch)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["index"]), sync_dist=True)
+        keep = {k: v for k, v in batch.items() if k in ("cell", "numbers", "mask", "cond", "index")}
+        self._val_templates.append({k: v.detach() for k, v in keep.items()})
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        try:
+            if self._should_sample():
+                self._sample_and_evaluate()
+        finally:
+            if self._ema_context is not None:
+                self._ema_context.__exit__(None, None, None)
+                self._ema_context = None
+
+    def _should_sample(self) -> bool:
+        every = int(self.hparams.sample_every_n_epochs)
+        if self.structure_metrics is None or every <= 0 or not self._val_templates:
+            return False
+        if self.trainer.sanity_checking:
+            return False
+        return self.current_epoch % every == 0 or self.trainer.state.fn != "fit"
+
+    def _templates(self, n: int) -> Batch:
+        """``n`` rows cycled from this rank's validation batches (their cells, counts, conditions)."""
+        rows: dict[str, list[torch.Tensor]] = {}
+        for batch in self._val_templates:
+            for key, value in batch.items():
+                rows.setdefault(key, []).append(value)
+        cat = {key: torch.cat(values) if key not in ("numbers", "mask") else _pad_cat(values) for key, values in rows.items()}
+        size = len(cat["cell"])
+        pick = torch.arange(n, device=cat["cell"].device) % size
+        return {key: value[pick] for key, value in cat.items()}
+
+    @torch.no_grad()
+    def _sample_and_evaluate(self) -> None:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        n_local = int(math.ceil(self.hparams.val_samples / world))
+        generator = torch.Generator(device=self.device).manual_seed(int(self.hparams.sample_seed) + rank)
+        samples = self.generate(self._templates(n_local), generator=generator)
+        metrics = self.structure_metrics
+        metrics.reset()
+        metrics.update(samples)
+        values = metrics.compute()  # synchronised over ranks by torchmetrics
+        self.last_metrics = {k: float(v) for k, v in values.items()}
+        self.last_curves = metrics.curves() if hasattr(metrics, "curves") else {}
+        self.last_samples = samples
+        for name, value in self.last_metrics.items():
+            if np.isfinite(value):
+                self.log(f"val/{name}", value, rank_zero_only=True, sync_dist=False)
+
+    # ------------------------------------------------------------------------------------------------
+    # checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the model class so ``load_model`` can rebuild it without unpickling code."""
+        checkpoint["gcd_model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    # ------------------------------------------------------------------------------------------------
+    # sampling outside training
+    def sample_template(self, n: int, supercell: Sequence[float] = (1, 1, 1), cond: torch.Tensor | None = None) -> Batch:
+        """``n`` rows of the training reference cell scaled by ``supercell`` (and the condition, if any)."""
+        if len(supercell) != 3 or min(supercell) <= 0:
+            raise GcdError(f"supercell needs three positive factors, got {list(supercell)}")
+        cell = torch.as_tensor(self.info["reference_cell"], dtype=torch.float32) * torch.as_tensor(supercell, dtype=torch.float32)[:, None]
+        template: Batch = {"cell": cell.expand(n, 3, 3).clone()}
+        if cond is not None:
+            template["cond"] = cond.float().reshape(1, -1).expand(n, -1).clone()
+        elif self.info.get("cond_dim", 0):
+            raise GcdError("this model was trained with a condition: pass one (--condition-from DATASET:INDEX or --spectrum FILE)")
+        return template
+
+    @torch.no_grad()
+    def sample(self, template: Batch, batch_size: int = 16, steps: int | None = None, sampler: str | None = None,
+               guidance_scale: float | None = None, seed: int = 0, progress: bool = True) -> list:
+        """Generate one structure per template row with the EMA weights; returns ASE ``Atoms``."""
+        from tqdm.auto import tqdm
+
+        self.eval()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        n = len(template["cell"])
+        out: list = []
+        context = self.ema.swapped_in(self.net) if self.ema is not None else contextlib.nullcontext()
+        with context, tqdm(total=n, desc="sampling", unit="structure", disable=not progress) as bar:
+            for start in range(0, n, batch_size):
+                chunk = {k: v[start:start + batch_size].to(self.device) for k, v in template.items()}
+                structures = self.generate(chunk, steps=steps, sampler=sampler, guidance_scale=guidance_scale, generator=generator)
+                out.extend(structures.to_atoms())
+                bar.update(len(chunk["cell"]))
+        return out
+
+
+def _pad_cat(values: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate (b, N_i) tensors along batch, padding N to the largest with zeros."""
+    n = max(v.shape[1] for v in values)
+    return torch.cat([torch.nn.functional.pad(v, (0, n - v.shape[1])) for v in values])

@@ -8,6 +8,15 @@ import torch
 from lightning_gcd.nets.mpnn import PeriodicMPNN
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny kernels: one intra-op thread is faster and far steadier on a shared machine (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_rotation(gen: torch.Generator) -> torch.Tensor:
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))[None, :]

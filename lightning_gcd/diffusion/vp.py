@@ -1,0 +1,359 @@
+"""Variance-preserving discrete-time Gaussian diffusion (DDPM / DDIM) for tensors of any shape.
+
+Used for voxel grids (B, C, D, H, W), but nothing here depends on the layout beyond a leading batch
+dimension. Variance-exploding particle samplers live in their own module beside this one; the only pieces
+meant to be shared are :func:`classifier_free_guidance` and the ``model(x_t, t, cond, cond_keep)`` calling
+convention.
+
+Conventions
+-----------
+- **Step index** ``t_index`` ∈ {0, ..., T-1}: ``x_t = sqrt(ā[t]) x0 + sqrt(1 - ā[t]) eps`` with
+  ``ā = schedule.alphas_cumprod``. Index 0 is the least noisy step, ``T-1`` the noisiest. (``t_index = i``
+  is step ``i + 1`` in the notation of Ho et al.)
+- **Network time** ``t = (t_index + 1) / T`` ∈ (0, 1]: 1 is the noise end, → 0 the data end, for any T and
+  for respaced samplers alike (see :meth:`GaussianDiffusion.time`). This is what the model receives.
+- **Model** is any callable ``model(x_t, t, cond, cond_keep) -> prediction`` with ``x_t`` shaped like the
+  data, ``t`` (B,) float, ``cond`` (B, ...) or None, ``cond_keep`` (B,) bool or None (None keeps all).
+- **prediction** names what the model outputs and hence the regression target of the loss:
+  ``"eps"`` the noise, ``"x0"`` the clean data, ``"v"`` the velocity ``sqrt(ā) eps - sqrt(1-ā) x0``
+  (Salimans & Ho 2022). The loss is the plain mean squared error on that target (optionally weighted).
+- **Guidance** ``pred = uncond + w (cond - uncond)`` is applied to the model's raw output. Every conversion
+  from the raw output to eps (or x0) is affine in the output with coefficients fixed by ``x_t`` and ``t``, and
+  the guidance weights (1 - w, w) sum to one, so this is exactly guidance on eps, whatever ``prediction`` is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from lightning_gcd.diffusion.schedules import VPSchedule
+
+__all__ = ["GaussianDiffusion", "classifier_free_guidance", "respaced_timesteps", "Prediction", "Sampler"]
+
+Prediction = Literal["eps", "x0", "v"]
+Sampler = Literal["ddpm", "ddim"]
+Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
+
+
+def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): ``uncond + scale * (cond - uncond)``.
+
+    ``scale = 0`` is the unconditional prediction, 1 the conditional one, > 1 pushes further toward the condition.
+    """
+    return uncond + scale * (cond - uncond)
+
+
+def respaced_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` distinct step indices from ``T-1`` down to 0 (or just ``[T-1]``), evenly spaced, descending.
+
+    The first index is always ``T-1`` (sampling starts from pure noise); with ``steps >= 2`` the last is 0.
+    """
+    if not 1 <= steps <= T:
+        raise ValueError(f"the number of sampling steps must be in [1, T={T}], got {steps}")
+    if steps == 1:
+        return [T - 1]
+    # Spacing >= 1 between consecutive reals, so the rounded indices are distinct.
+    return [int(round((T - 1) * (1 - k / (steps - 1)))) for k in range(steps)]
+
+
+def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device,
+           dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise; drawn on the generator's own device (so a CPU generator works for CUDA data)."""
+    if generator is None:
+        return torch.randn(tuple(shape), device=device, dtype=dtype)
+    return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target``."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
+
+
+class GaussianDiffusion:
+    """VP DDPM/DDIM diffusion: forward noising, the training loss, and samplers.
+
+    Args:
+        prediction: what the model predicts: ``"eps"``, ``"x0"`` (default; it worked best for the
+            sparse occupancy grids of the GCDM probe) or ``"v"``.
+        schedule: a schedule name (``"cosine"``, ``"linear"``) or a :class:`VPSchedule`.
+        T: number of discrete training steps (ignored when ``schedule`` is a :class:`VPSchedule`).
+
+    A plain Python object with no parameters or buffers: the float64 schedule stays on the CPU and the few
+    coefficients a call needs are cast to the data's dtype and device (cached per device), so neither
+    ``.half()`` nor ``.to(device)`` of a surrounding module can degrade it.
+    """
+
+    def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000) -> None:
+        if prediction not in ("eps", "x0", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}; choose 'eps', 'x0' or 'v'")
+        self.prediction: Prediction = prediction
+        self.schedule = schedule if isinstance(schedule, VPSchedule) else VPSchedule.from_name(schedule, T)
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"GaussianDiffusion(prediction={self.prediction!r}, schedule={self.schedule.name!r}, T={self.T})"
+
+    @property
+    def T(self) -> int:
+        return self.schedule.T
+
+    # ------------------------------------------------------------------ coefficients
+
+    def time(self, t_index: int | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Network time of a step index: ``(t_index + 1) / T`` ∈ (0, 1]."""
+        # float32 arithmetic (exact for integer indices < 2**24, and available on every backend), then cast.
+        return (torch.as_tensor(t_index).to(torch.float32) + 1.0).div(self.T).to(dtype)
+
+    def _alpha_bar(self, t_index: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """ā at ``t_index`` (int or (B,) tensor) in float64 on ``like``'s device, shaped to broadcast to ``like``."""
+        device = like.device
+        table = self._tables.get(device)
+        if table is None:
+            # MPS has no float64; every other backend keeps the schedule in double precision.
+            table_dtype = torch.float32 if device.type == "mps" else torch.float64
+            table = self._tables[device] = self.schedule.alphas_cumprod.to(device=device, dtype=table_dtype)
+        if isinstance(t_index, int):
+            return table[t_index]
+        t_index = t_index.to(device=device, dtype=torch.long)
+        if t_index.ndim == 0:
+            return table[t_index]
+        if t_index.shape != like.shape[:1]:
+            raise ValueError(f"t_index has shape {tuple(t_index.shape)}, expected ({like.shape[0]},) or a scalar")
+        return table[t_index].reshape(-1, *([1] * (like.ndim - 1)))
+
+    def _coefs(self, t_index: int | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(ā), sqrt(1 - ā)) at ``t_index``, in ``like``'s dtype, broadcastable to ``like``."""
+        a = self._alpha_bar(t_index, like)
+        return a.sqrt().to(like.dtype), (1.0 - a).sqrt().to(like.dtype)
+
+    # ------------------------------------------------------------------ forward process and conversions
+
+    def q_sample(self, x0: torch.Tensor, t_index: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noise clean data to step ``t_index``: ``sqrt(ā) x0 + sqrt(1-ā) noise``."""
+        sa, s1a = self._coefs(t_index, x0)
+        return sa * x0 + s1a * noise
+
+    def x0_from_eps(self, x_t: torch.Tensor, t_index: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        sa, s1a = self._coefs(t_index, x_t)
+        return (x_t - s1a * eps) / sa
+
+    def eps_from_x0(self, x_t: torch.Tensor, t_index: int | torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        sa, s1a = self._coefs(t_index, x_t)
+        return (x_t - sa * x0) / s1a
+
+    def v_from_x0_eps(self, x0: torch.Tensor, eps: torch.Tensor, t_index: int | torch.Tensor) -> torch.Tensor:
+        """Velocity ``sqrt(ā) eps - sqrt(1-ā) x0``."""
+        sa, s1a = self._coefs(t_index, x0)
+        return sa * eps - s1a * x0
+
+    def x0_from_v(self, x_t: torch.Tensor, t_index: int | torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        sa, s1a = self._coefs(t_index, x_t)
+        return sa * x_t - s1a * v
+
+    def eps_from_v(self, x_t: torch.Tensor, t_index: int | torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        sa, s1a = self._coefs(t_index, x_t)
+        return s1a * x_t + sa * v
+
+    def split_prediction(self, pred: torch.Tensor, x_t: torch.Tensor,
+                         t_index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Turn a raw model output (of kind ``self.prediction``) into ``(x0, eps)``."""
+        if self.prediction == "eps":
+            return self.x0_from_eps(x_t, t_index, pred), pred
+        if self.prediction == "x0":
+            return pred, self.eps_from_x0(x_t, t_index, pred)
+        return self.x0_from_v(x_t, t_index, pred), self.eps_from_v(x_t, t_index, pred)
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t_index: int | torch.Tensor) -> torch.Tensor:
+        """What the model should output for ``x_t = q_sample(x0, t_index, eps)``: eps, x0 or v."""
+        if self.prediction == "eps":
+            return eps
+        if self.prediction == "x0":
+            return x0
+        return self.v_from_x0_eps(x0, eps, t_index)
+
+    # ------------------------------------------------------------------ training
+
+    def training_loss(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cond_drop_prob: float = 0.0,
+        generator: torch.Generator | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoising loss: mean squared error between the model output and its target (``self.prediction``).
+
+        Args:
+            model: ``model(x_t, t, cond, cond_keep)``; see the module docstring.
+            x0: (B, ...) clean data.
+            cond: (B, ...) condition, or None.
+            cond_drop_prob: probability of dropping each sample's condition (``cond_keep`` False), so that the
+                same network learns the unconditional prediction used by classifier-free guidance.
+            generator: for the step indices (uniform over {0..T-1}), the noise and the dropout mask.
+            weights: optional tensor broadcastable to ``x0`` (e.g. (1, C, 1, 1, 1) per-channel weights);
+                the loss is ``mean(weights * (pred - target)**2)`` over all elements.
+        Returns:
+            scalar loss.
+        """
+        if not 0.0 <= cond_drop_prob <= 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
+        b, device = x0.shape[0], x0.device
+        gen_device = generator.device if generator is not None else device
+        t_index = torch.randint(0, self.T, (b,), generator=generator, device=gen_device).to(device)
+        noise = _randn(x0.shape, generator, device, x0.dtype)
+        x_t = self.q_sample(x0, t_index, noise)
+        keep = None
+        if cond is not None and cond_drop_prob > 0.0:
+            keep = (torch.rand((b,), generator=generator, device=gen_device) >= cond_drop_prob).to(device)
+        pred = model(x_t, self.time(t_index, x0.dtype), cond, keep)
+        if pred.shape != x0.shape:
+            raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
+        sq = (pred - self.target(x0, noise, t_index)) ** 2
+        if weights is not None:
+            weights = weights.to(device=device, dtype=sq.dtype)
+            if not _broadcasts_to(weights.shape, sq.shape):
+                raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to {tuple(sq.shape)}")
+            sq = sq * weights
+        return sq.mean()
+
+    # ------------------------------------------------------------------ sampling
+
+    def _model_prediction(self, model: Model, x: torch.Tensor, t_index: int, cond: torch.Tensor | None,
+                          guidance_scale: float) -> torch.Tensor:
+        """Raw (guided) model output at step ``t_index`` for the whole batch."""
+        b = x.shape[0]
+        t = self.time(t_index, x.dtype).to(x.device).expand(b)
+        if cond is None or guidance_scale == 0.0:
+            # Unconditional: one call. guidance_scale == 0 takes this path so that it is *exactly* the
+            # unconditional sampler, bit for bit.
+            return model(x, t, None, None)
+        if guidance_scale == 1.0:
+            return model(x, t, cond, None)
+        # One batched call: the first half conditional, the second half with the condition dropped.
+        keep = torch.cat([torch.ones(b, dtype=torch.bool, device=x.device),
+                          torch.zeros(b, dtype=torch.bool, device=x.device)])
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), keep)
+        cond_pred, uncond_pred = out[:b], out[b:]
+        return classifier_free_guidance(uncond_pred, cond_pred, guidance_scale)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Model,
+        shape: Sequence[int],
+        sampler: Sampler = "ddim",
+        steps: int | None = None,
+        eta: float = 0.0,
+        cond: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+        clip_x0: tuple[float, float] | None = None,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Generate samples by ancestral DDPM or DDIM on ``steps`` respaced steps.
+
+        Put the model in eval mode first (dropout); this method only disables autograd.
+
+        Args:
+            model: ``model(x_t, t, cond, cond_keep)``.
+            shape: (B, ...) shape of the samples.
+            sampler: ``"ddpm"`` (ancestral, with the respaced betas ``1 - ā[τ_k]/ā[τ_{k-1}]`` of Nichol &
+                Dhariwal, so any number of steps works) or ``"ddim"`` (Song et al.).
+            steps: number of model evaluations (per guidance branch); default ``T``. Step indices from
+                :func:`respaced_timesteps`.
+            eta: DDIM stochasticity: 0 deterministic, 1 has the DDPM posterior variance. Ignored by ``"ddpm"``.
+            cond: (B, ...) condition or None (then one model call per step).
+            guidance_scale: classifier-free guidance weight ``w`` in ``uncond + w (cond - uncond)`` on the raw
+                model output (equivalently on eps). 0 is exactly the unconditional sampler, 1 the conditional one
+                (one model call per step in both cases); otherwise one batched call of size 2B per step.
+            generator: source of all randomness (initial noise, per-step noise, in-painting noise); noise is drawn
+                on the generator's device and moved to ``device``.
+            device: where to sample; default the model's parameters' device, else the CPU.
+            progress: show a tqdm progress bar.
+            clip_x0: clamp the predicted x0 to ``(low, high)`` at every step (eps is recomputed from it).
+            known: tensor of ``shape`` with known values (in-painting by replacement).
+            known_mask: bool, broadcastable to ``shape``; True where ``known`` applies. At each step those
+                entries of x_t are replaced by ``q_sample(known, t)`` and those of the result by ``known``.
+            dtype: dtype of the samples.
+        Returns:
+            (shape) samples.
+        """
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {sampler!r}; choose 'ddpm' or 'ddim'")
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        if (known is None) != (known_mask is None):
+            raise ValueError("in-painting needs both `known` and `known_mask`")
+        if clip_x0 is not None and not clip_x0[0] < clip_x0[1]:
+            raise ValueError(f"clip_x0 must be (low, high) with low < high, got {clip_x0}")
+        shape = tuple(int(s) for s in shape)
+        timesteps = respaced_timesteps(self.T, self.T if steps is None else int(steps))
+
+        if device is None:
+            params = getattr(model, "parameters", None)
+            first = next(iter(params()), None) if callable(params) else None
+            device = first.device if first is not None else torch.device("cpu")
+        device = torch.device(device)
+        if cond is not None:
+            cond = cond.to(device)
+            if cond.shape[0] != shape[0]:
+                raise ValueError(f"cond has batch size {cond.shape[0]}, samples have {shape[0]}")
+        if known is not None:
+            known = known.to(device=device, dtype=dtype)
+            known_mask = known_mask.to(device=device, dtype=torch.bool)
+            if known.shape != shape:
+                raise ValueError(f"known has shape {tuple(known.shape)}, expected {shape}")
+            if not _broadcasts_to(known_mask.shape, shape):
+                raise ValueError(f"known_mask of shape {tuple(known_mask.shape)} does not broadcast to {shape}")
+
+        ac = self.schedule.alphas_cumprod  # float64, CPU: per-step scalars in double precision
+        x = _randn(shape, generator, device, dtype)  # x at step T-1 ~ N(0, I) (ā[T-1] ≈ 0)
+        iterator = timesteps
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(timesteps, desc=f"{sampler} sampling", total=len(timesteps))
+        for k, i in enumerate(iterator):
+            i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+            a = float(ac[i])
+            a_prev = float(ac[i_prev]) if i_prev >= 0 else 1.0
+            if known is not None:
+                x = torch.where(known_mask, self.q_sample(known, i, _randn(shape, generator, device, dtype)), x)
+
+            pred = self._model_prediction(model, x, i, cond, guidance_scale)
+            x0, eps = self.split_prediction(pred, x, i)
+            if clip_x0 is not None:
+                x0 = x0.clamp(*clip_x0)
+                eps = self.eps_from_x0(x, i, x0)
+
+            if i_prev < 0:
+                # Last step: ā_prev = 1, both samplers return the predicted x0 (no noise).
+                x = x0
+                break
+            if sampler == "ddim":
+                sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
+                x = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+            else:
+                # Posterior q(x_prev | x_t, x0) of the respaced chain with beta = 1 - ā/ā_prev.
+                beta = 1.0 - a / a_prev
+                coef_x0 = math.sqrt(a_prev) * beta / (1.0 - a)
+                coef_xt = math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a)
+                sigma = math.sqrt(beta * (1.0 - a_prev) / (1.0 - a))
+                x = coef_x0 * x0 + coef_xt * x
+            if sigma > 0.0:
+                x = x + sigma * _randn(shape, generator, device, dtype)
+
+        if known is not None:
+            x = torch.where(known_mask, known, x)
+        return x

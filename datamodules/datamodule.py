@@ -12,6 +12,7 @@ from typing import Any, Literal, Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.dataset import AtomsDataset, Collate
@@ -99,6 +100,9 @@ class AtomsDataModule(L.LightningDataModule):
         self.splits: dict[str, np.ndarray] = {}
         self._cache_name: str | None = None
         self._is_setup = False
+        # The train loader's own RNG (shuffling and worker seeds); its state is saved in checkpoints, so
+        # a resumed run sees the same batches as an uninterrupted one.
+        self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
 
     # ------------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -189,6 +193,13 @@ class AtomsDataModule(L.LightningDataModule):
     def collate(self) -> Collate:
         return Collate(self.n_max, self.encoding if self.view == "voxel" else None, self.grid_shape)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "generator" in state_dict:
+            self.generator.set_state(state_dict["generator"])
+
     def _loader(self, split: str, shuffle: bool, translate: bool) -> DataLoader:
         return DataLoader(
             self.dataset(split, translate=translate),
@@ -199,6 +210,7 @@ class AtomsDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            generator=self.generator if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:

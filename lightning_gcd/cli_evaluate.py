@@ -80,8 +80,6 @@ def read_samples(path: str | Path, fmt: str | None = None, index: str = ":") -> 
     if not atoms:
         raise GcdError(f"{path}: no structures in the file")
     for i, a in enumerate(atoms):
-        if len(a) == 0:
-            raise GcdError(f"{path}: structure {i} has no atoms")
         if abs(np.linalg.det(np.asarray(a.cell[:]))) < 1e-6:
             raise GcdError(f"{path}: structure {i} has no periodic cell (the metrics are periodic)")
         if not np.all(np.isfinite(a.positions)):

@@ -1,33 +1,156 @@
 """``gcd fit|validate|test|predict``: LightningCLI over the diffusion models and the AtomsDataModule.
 
 A config composes ``model`` (``class_path`` picks ``GrandCanonicalDiffusion`` or ``ParticleDiffusion``),
-``data`` (``AtomsDataModule``), ``trainer``, logger and callbacks. Unknown keys are rejected by the
-parser with the key's name.
+``data`` (``AtomsDataModule``), ``trainer`` (logger and callbacks included) and ``checkpoint``.
+On top of LightningCLI:
+
+- a stable run directory ``<run_root>/<run_name>`` (run name: ``--run_name``, default the config file's
+  stem); ``trainer.default_root_dir`` and the checkpoints live there, with the resolved ``config.yaml``;
+- checkpoints: ``last.ckpt`` every ``checkpoint.every_n_train_steps`` steps and at each epoch end, written
+  atomically; the resolved config is stored inside every checkpoint;
+- resume: ``gcd fit ... --ckpt_path last``, and automatically when the run directory already holds
+  ``last.ckpt``; model, EMA, optimiser, LR schedule, loop state (global step) and RNG states are restored,
+  checkpoints are loaded weights-only;
+- W&B: a ``WandbLogger`` gets the run name, the run directory as ``save_dir`` and an id kept in
+  ``<run_dir>/wandb_id`` with ``resume="allow"``, so a resumed run continues the same W&B run;
+- preemption: SIGTERM (and SIGUSR1 outside SLURM auto-requeue) saves ``last.ckpt`` and exits with 0.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import secrets
+import string
+import sys
+from pathlib import Path
+from typing import Any, Sequence
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.datamodule import AtomsDataModule
+from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint
 from lightning_gcd.models.base import DiffusionModule
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
+WANDB_ID_FILE = "wandb_id"
+
+
+class GcdSaveConfig(SaveConfigCallback):
+    """Saves the resolved config to the run directory, and into every checkpoint (``gcd_config``)."""
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gcd_config"] = self.parser.dump(self.config, skip_none=False)
 
 
 class GcdCLI(LightningCLI):
-    """LightningCLI with the project's model base class and DataModule."""
+    """LightningCLI with run directories, atomic checkpoints, auto-resume and persistent W&B ids."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.preemption = PreemptionCheckpoint()
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="name of the run directory under run_root (default: the config file's stem)")
+        parser.add_argument("--run_root", type=str, default="runs", help="folder that holds run directories")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.every_n_train_steps": 50,
+            "checkpoint.save_on_train_epoch_end": True,
+            "checkpoint.save_top_k": 1,
+            "checkpoint.filename": "step{step:07d}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+
+    # ------------------------------------------------------------------------------------------------
+    def _section(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def run_dir(self) -> Path:
+        section = self._section()
+        name = section.get("run_name")
+        if not name:
+            configs = section.get("config") or []
+            name = Path(str(configs[-1])).stem if configs else "default"
+        return Path(section.get("run_root") or "runs") / name
+
+    def before_instantiate_classes(self) -> None:
+        section = self._section()
+        run_dir = self.run_dir()
+        section["run_name"] = run_dir.name
+        trainer = section["trainer"]
+        trainer["default_root_dir"] = str(run_dir)
+        if section.get("checkpoint") is not None and not section["checkpoint"].get("dirpath"):
+            section["checkpoint"]["dirpath"] = str(run_dir / "checkpoints")
+        self._configure_wandb(trainer.get("logger"), run_dir)
+
+    def _configure_wandb(self, logger_config: Any, run_dir: Path) -> None:
+        loggers = logger_config if isinstance(logger_config, list) else [logger_config]
+        for logger in loggers:
+            class_path = getattr(logger, "class_path", None) or (logger.get("class_path") if isinstance(logger, dict) else None)
+            if not class_path or not str(class_path).endswith("WandbLogger"):
+                continue
+            init = logger["init_args"]
+            if init.get("save_dir") in (None, "", ".", "./"):  # WandbLogger's default is "."
+                init["save_dir"] = str(run_dir)
+            init["name"] = init.get("name") or run_dir.name
+            init["resume"] = init.get("resume") or "allow"
+            init["id"] = init.get("id") or wandb_run_id(run_dir)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, [*callbacks, self.preemption])
+
+    def before_fit(self) -> None:
+        """Resume automatically from ``<run_dir>/checkpoints/last.ckpt`` when it exists; load weights-only."""
+        last = Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt" if self.trainer.checkpoint_callback else None
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") is None and last is not None and last.exists():
+            print(f"gcd: resuming from {last}", file=sys.stderr)
+            config["ckpt_path"] = str(last)
+        if "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True
+
+
+def wandb_run_id(run_dir: Path) -> str | None:
+    """The W&B run id of this run directory: read from ``wandb_id``, or made and written by global rank 0."""
+    path = run_dir / WANDB_ID_FILE
+    if path.exists():
+        return path.read_text().strip() or None
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0"))))
+    if rank != 0:
+        return None
+    alphabet = string.ascii_lowercase + string.digits
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))  # W&B's own id format
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{WANDB_ID_FILE}.tmp{os.getpid()}")
+    tmp.write_text(run_id)
+    os.replace(tmp, path)
+    return run_id
 
 
 def run_lightning(argv: Sequence[str]) -> int:
-    GcdCLI(
-        DiffusionModule,
-        AtomsDataModule,
-        subclass_mode_model=True,
-        args=list(argv),
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "gcd"},
-    )
+    """Run a LightningCLI subcommand; a SIGTERM-stopped fit saves ``last.ckpt`` and returns 0."""
+    cli: GcdCLI | None = None
+    try:
+        cli = GcdCLI(
+            DiffusionModule,
+            AtomsDataModule,
+            subclass_mode_model=True,
+            args=None if list(argv) == sys.argv[1:] else list(argv),  # LightningCLI warns when given both
+            save_config_callback=GcdSaveConfig,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "gcd"},
+        )
+    except SIGTERMException:
+        where = (cli.preemption.saved_path if cli is not None else None) or PreemptionCheckpoint.last_saved or "none"
+        print(f"gcd: stopped by a termination signal; checkpoint saved: {where}", file=sys.stderr)
+        return 0
     return 0

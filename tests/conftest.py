@@ -14,6 +14,14 @@ from ase.calculators.singlepoint import SinglePointCalculator
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+# One torch thread per test process: CI has two cores, and the DDP tests run two processes; two threads
+# per process there oversubscribe the cores and make small tensor operations 5-10x slower.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def crystals_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -46,6 +54,16 @@ def make_frames(n: int = 5, seed: int = 0) -> list:
         atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * i, forces=rng.normal(size=(len(atoms), 3)))
         frames.append(atoms)
     return frames
+
+
+def run_gcd(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None):
+    """Run the ``gcd`` command as a user would (a subprocess), one torch thread."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lightning_gcd.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
 
 
 @pytest.fixture()

@@ -146,19 +146,23 @@ class VEParticleDiffusion:
         return (w[..., None] * cand).sum(2) / s
 
     def training_loss(self, model: Model, batch: StructureBatch, cond: torch.Tensor | None = None,
-                      cond_drop_prob: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+                      cond_drop_prob: float = 0.0, generator: torch.Generator | None = None,
+                      t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
         """Denoising score-matching loss (masked MSE on eps over real atoms), a scalar.
 
         t ~ U(0, 1) per structure; noisy positions are wrapped into the cell before the model sees them.
         With ``cond`` given, each structure's condition is dropped (null embedding) with probability
-        ``cond_drop_prob`` for classifier-free guidance.
+        ``cond_drop_prob`` for classifier-free guidance. ``t`` (B,) and ``eps`` (B, N, 3) may be given
+        instead of drawn (a deterministic validation loss draws them per structure).
         """
         frac, cell, mask = batch.frac_coords, batch.cell, batch.mask.bool()
         b, n, _ = frac.shape
         device, dtype = frac.device, frac.dtype
-        t = _rand((b,), generator, device, dtype, normal=False)
+        if t is None:
+            t = _rand((b,), generator, device, dtype, normal=False)
         sigma = self.sigma(t)
-        eps = _rand((b, n, 3), generator, device, dtype, normal=True)
+        if eps is None:
+            eps = _rand((b, n, 3), generator, device, dtype, normal=True)
         eps = eps * mask[..., None].to(dtype)
         # Cartesian noise -> fractional: dx = df @ cell  ->  df = dx @ cell^-1
         dfrac = torch.linalg.solve(cell.transpose(1, 2), (sigma[:, None, None] * eps).transpose(1, 2)).transpose(1, 2)

@@ -187,6 +187,8 @@ class GaussianDiffusion:
         cond_drop_prob: float = 0.0,
         generator: torch.Generator | None = None,
         weights: torch.Tensor | None = None,
+        t_index: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoising loss: mean squared error between the model output and its target (``self.prediction``).
 
@@ -199,6 +201,8 @@ class GaussianDiffusion:
             generator: for the step indices (uniform over {0..T-1}), the noise and the dropout mask.
             weights: optional tensor broadcastable to ``x0`` (e.g. (1, C, 1, 1, 1) per-channel weights);
                 the loss is ``mean(weights * (pred - target)**2)`` over all elements.
+            t_index, noise: optional (B,) step indices and x0-shaped noise to use instead of drawing them
+                (a deterministic validation loss draws them per structure from the structure's index).
         Returns:
             scalar loss.
         """
@@ -206,8 +210,10 @@ class GaussianDiffusion:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         b, device = x0.shape[0], x0.device
         gen_device = generator.device if generator is not None else device
-        t_index = torch.randint(0, self.T, (b,), generator=generator, device=gen_device).to(device)
-        noise = _randn(x0.shape, generator, device, x0.dtype)
+        if t_index is None:
+            t_index = torch.randint(0, self.T, (b,), generator=generator, device=gen_device).to(device)
+        if noise is None:
+            noise = _randn(x0.shape, generator, device, x0.dtype)
         x_t = self.q_sample(x0, t_index, noise)
         keep = None
         if cond is not None and cond_drop_prob > 0.0:

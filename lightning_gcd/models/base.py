@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from abc import abstractmethod
 from typing import Any, Literal, Sequence
 
@@ -36,18 +37,25 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: linear warm-up steps.
         lr_schedule: "cosine" (decay to ``min_lr_ratio * lr`` over the run) or "constant" after warm-up.
         min_lr_ratio: final LR as a fraction of ``lr`` for the cosine schedule.
+        lr_total_steps: length of the cosine schedule in optimiser steps (default: the trainer's estimated
+            total, which changes with ``max_epochs``; fix it to extend a run without changing its schedule).
         ema_decay: EMA decay of the weights; 0 disables EMA.
         cond_drop_prob: probability of dropping the condition in training (classifier-free guidance).
         val_samples: structures generated (over all ranks) at the end of each sampled validation.
         sample_every_n_epochs: generate and evaluate every this many validation epochs (0: never).
-        sample_steps: sampler steps at validation.
-        sampler: sampler used at validation (model specific names).
+        sample_steps: sampler steps at validation and the default of ``gcd sample`` (None: the model's
+            ``default_sample_steps``).
+        sampler: sampler used at validation and by default in ``gcd sample`` (model specific names;
+            None: the model's ``default_sampler``).
         guidance_scale: classifier-free guidance scale at validation (1 = plain conditional).
         sample_seed: seed of the validation samples (rank r uses seed + r), so runs are comparable.
         metrics: options of ``StructureMetrics`` (``r_max``, ``n_bins``, ``tolerance``, ...).
         data_info: filled from the DataModule at the first ``setup`` and stored in checkpoints, so a
             checkpoint rebuilds its network without the dataset.
     """
+
+    default_sampler: str = ""
+    default_sample_steps: int = 50
 
     def __init__(
         self,
@@ -56,12 +64,13 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: int = 100,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         min_lr_ratio: float = 0.1,
+        lr_total_steps: int | None = None,
         ema_decay: float = 0.999,
         cond_drop_prob: float = 0.1,
         val_samples: int = 16,
         sample_every_n_epochs: int = 1,
-        sample_steps: int = 50,
-        sampler: str = "ddim",
+        sample_steps: int | None = None,
+        sampler: str | None = None,
         guidance_scale: float = 1.0,
         sample_seed: int = 0,
         metrics: dict[str, Any] | None = None,
@@ -106,8 +115,13 @@ class DiffusionModule(L.LightningModule):
         """The denoising network for this data."""
 
     @abstractmethod
-    def diffusion_loss(self, batch: Batch) -> torch.Tensor:
-        """Scalar training loss of one batch."""
+    def diffusion_loss(self, batch: Batch, fixed_noise: bool = False) -> torch.Tensor:
+        """Scalar training loss of one batch.
+
+        ``fixed_noise=True`` (validation) draws each structure's diffusion time and noise from its dataset
+        index (``structure_noise``), so the validation loss does not depend on batching or on the number of
+        DDP ranks, and is comparable from one epoch to the next.
+        """
 
     @abstractmethod
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
@@ -139,6 +153,12 @@ class DiffusionModule(L.LightningModule):
             reference = datamodule.reference_atoms("val")
             self.structure_metrics = StructureMetrics(reference, **(self.hparams.metrics or {}))
 
+    def sampler_choice(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
+        """The sampler and step count to use: the call's, else the config's, else the model's defaults."""
+        hp = self.hparams
+        return (sampler or hp.sampler or self.default_sampler,
+                int(steps or hp.sample_steps or self.default_sample_steps))
+
     @property
     def info(self) -> dict[str, Any]:
         return self.hparams.data_info
@@ -161,7 +181,10 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        if hp.lr_total_steps:
+            total = int(hp.lr_total_steps)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warmup = max(0, int(hp.warmup_steps))
 
         def factor(step: int) -> float:
@@ -183,8 +206,18 @@ class DiffusionModule(L.LightningModule):
             self._ema_context = self.ema.swapped_in(self.net)
             self._ema_context.__enter__()
 
+    def structure_noise(self, batch: Batch, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-structure (u (B,) uniform in [0, 1), noise (B, *shape) standard normal) seeded by ``batch["index"]``."""
+        us, noises = [], []
+        for index in batch["index"].tolist():
+            generator = torch.Generator().manual_seed(int(self.hparams.sample_seed) * 1_000_003 + int(index))
+            us.append(torch.rand((), generator=generator))
+            noises.append(torch.randn(tuple(shape), generator=generator))
+        device = batch["cell"].device
+        return torch.stack(us).to(device), torch.stack(noises).to(device)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.diffusion_loss(batch)
+        loss = self.diffusion_loss(batch, fixed_noise=True)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["index"]), sync_dist=True)
         keep = {k: v for k, v in batch.items() if k in ("cell", "numbers", "mask", "cond", "index")}
         self._val_templates.append({k: v.detach() for k, v in keep.items()})
@@ -238,8 +271,19 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------------
     # checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the model class so ``load_model`` can rebuild it without unpickling code."""
+        """Record the model class (so ``load_model`` rebuilds it without unpickling code) and the RNG states."""
         checkpoint["gcd_model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["gcd_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states to restore them when training starts (after the sanity check, which draws)."""
+        self._pending_rng = checkpoint.get("gcd_rng")
+
+    def on_train_start(self) -> None:
+        """Restore the checkpoint's RNG states: a resumed run draws the same noise as an uninterrupted one."""
+        if getattr(self, "_pending_rng", None) is not None:
+            restore_rng_state(self._pending_rng, self.trainer.global_rank)
+            self._pending_rng = None
 
     # ------------------------------------------------------------------------------------------------
     # sampling outside training
@@ -273,6 +317,36 @@ class DiffusionModule(L.LightningModule):
                 out.extend(structures.to_atoms())
                 bar.update(len(chunk["cell"]))
         return out
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU, CUDA) RNG states as weights-only-loadable types (tensors, ints)."""
+    version, mt_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+        "numpy": [torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], rank: int = 0) -> None:
+    """Inverse of ``rng_state``; ranks other than 0 then reseed from it so ranks keep distinct streams."""
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt_state.tolist()), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if rank:
+        seed = int(torch.randint(0, 2**62, (1,))) + rank
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
 
 
 def _pad_cat(values: list[torch.Tensor]) -> torch.Tensor:

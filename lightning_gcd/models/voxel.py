@@ -38,6 +38,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
 
+    default_sampler = "ddim"
+    default_sample_steps = 50
+
     def __init__(
         self,
         base_channels: int = 32,
@@ -107,10 +110,15 @@ class GrandCanonicalDiffusion(DiffusionModule):
         w[:, self._n_occupancy:] = self.hparams.offset_weight
         return w
 
-    def diffusion_loss(self, batch: Batch) -> torch.Tensor:
+    def diffusion_loss(self, batch: Batch, fixed_noise: bool = False) -> torch.Tensor:
         x0 = self.to_model_space(batch["grid"])
+        t_index = noise = None
+        if fixed_noise:
+            u, noise = self.structure_noise(batch, x0.shape[1:])
+            t_index = (u * self.diffusion.T).long().clamp(max=self.diffusion.T - 1)
         return self.diffusion.training_loss(self.network, x0, cond=batch.get("cond"),
-                                            cond_drop_prob=self.hparams.cond_drop_prob, weights=self._channel_weights(x0))
+                                            cond_drop_prob=0.0 if fixed_noise else self.hparams.cond_drop_prob,
+                                            weights=self._channel_weights(x0), t_index=t_index, noise=noise)
 
     # ------------------------------------------------------------------------------------------------
     def grid_for_cell(self, cell: torch.Tensor) -> tuple[int, int, int]:
@@ -130,11 +138,12 @@ class GrandCanonicalDiffusion(DiffusionModule):
             raise GcdError(f"one sampling batch must share one grid; these cells give grids {sorted(grids)}")
         grid = grids.pop()
         cond = template.get("cond") if self.info.get("cond_dim", 0) else None
+        sampler, steps = self.sampler_choice(sampler, steps)
         x = self.diffusion.sample(
             self.network,
             (len(cell), self.encoding.n_channels, *grid),
-            sampler=sampler or hp.sampler,
-            steps=steps or hp.sample_steps,
+            sampler=sampler,
+            steps=steps,
             cond=cond,
             guidance_scale=hp.guidance_scale if guidance_scale is None else guidance_scale,
             generator=generator,

@@ -144,3 +144,15 @@ def test_wandb_offline_run_id_is_reused_on_resume(tmp_path: Path) -> None:
     runs = sorted((tmp_path / "runs/wb/wandb").glob("offline-run-*"))
     assert len(runs) == 2
     assert all(r.name.endswith(run_id) for r in runs), [r.name for r in runs]
+
+
+def test_speed_switches_bf16_compile_clip_accumulate(tmp_path: Path) -> None:
+    run = run_gcd("fit", "--config", VOXEL, *QUIET, "--run_name", "fast", "--trainer.max_epochs", "1",
+                  "--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0",
+                  "--trainer.accumulate_grad_batches", "2", "--model.init_args.compile", "true",
+                  "--model.init_args.compile_backend", "eager", "--model.init_args.matmul_precision", "high",
+                  "--model.init_args.val_samples", "2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    checkpoint = torch.load(tmp_path / "runs/fast/checkpoints/last.ckpt", weights_only=True)
+    assert not any("_orig_mod" in k or "_compiled" in k for k in checkpoint["state_dict"])
+    assert checkpoint["global_step"] == 1  # 2 train batches (16 train structures, batch 8) accumulated into 1 step

@@ -50,6 +50,9 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: classifier-free guidance scale at validation (1 = plain conditional).
         sample_seed: seed of the validation samples (rank r uses seed + r), so runs are comparable.
         metrics: options of ``StructureMetrics`` (``r_max``, ``n_bins``, ``tolerance``, ...).
+        compile: opt-in ``torch.compile`` of the network's forward (``compile_backend``); checkpoints keep
+            the plain module's weights.
+        matmul_precision: ``torch.set_float32_matmul_precision`` ("high" enables TF32 on Ampere+ GPUs).
         data_info: filled from the DataModule at the first ``setup`` and stored in checkpoints, so a
             checkpoint rebuilds its network without the dataset.
     """
@@ -74,6 +77,9 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: float = 1.0,
         sample_seed: int = 0,
         metrics: dict[str, Any] | None = None,
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        matmul_precision: Literal["highest", "high", "medium"] | None = None,
         data_info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -140,6 +146,8 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(self.net, self.hparams.ema_decay) if self.hparams.ema_decay > 0 else None
 
     def setup(self, stage: str) -> None:
+        if self.hparams.matmul_precision:
+            torch.set_float32_matmul_precision(self.hparams.matmul_precision)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.net is None:
             if datamodule is None:
@@ -165,6 +173,12 @@ class DiffusionModule(L.LightningModule):
 
     def network(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         assert self.net is not None, "network not built: call setup() or load a checkpoint"
+        if self.hparams.compile:
+            compiled = self.__dict__.get("_compiled_net")
+            if compiled is None:  # kept outside the module tree, so state_dict keys stay those of self.net
+                compiled = torch.compile(self.net, backend=self.hparams.compile_backend)
+                self.__dict__["_compiled_net"] = compiled
+            return compiled(*args, **kwargs)
         return self.net(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------

@@ -18,12 +18,6 @@ from lightning_gcd.errors import GcdError
 PHASES = ("fcc", "bcc", "rocksalt")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def parse(*argv: str) -> argparse.Namespace:

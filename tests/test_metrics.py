@@ -35,13 +35,6 @@ from lightning_gcd.periodic import perpendicular_widths
 from lightning_gcd.structures import StructureBatch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the test machines are shared; torch's intra-op threads oversubscribe them badly
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rattled(atoms: Atoms, sigma: float, seed: int, translate: bool = True, shuffle: bool = False) -> Atoms:

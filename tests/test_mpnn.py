@@ -8,13 +8,6 @@ import torch
 from lightning_gcd.nets.mpnn import PeriodicMPNN
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny kernels: one intra-op thread is faster and far steadier on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_rotation(gen: torch.Generator) -> torch.Tensor:

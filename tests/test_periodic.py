@@ -21,13 +21,6 @@ from lightning_gcd.periodic import (
 METHODS = ["dense", "cell_list"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny kernels: one intra-op thread is faster and far steadier on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_cell(rng: np.random.Generator, kind: str, scale: tuple[float, float]) -> np.ndarray:

@@ -13,13 +13,6 @@ from lightning_gcd.periodic import neighbor_pairs
 from lightning_gcd.structures import StructureBatch
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny kernels: one intra-op thread is faster and far steadier on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cu_batch(copies: int) -> StructureBatch:

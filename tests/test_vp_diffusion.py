@@ -262,17 +262,7 @@ def test_clip_x0_progress_and_argument_errors(capsys):
 # ---------------------------------------------------------------- training sanity
 
 
-@pytest.fixture
-def single_thread():
-    """Run on one intra-op thread: tiny convolutions gain little from two, and on a shared 2-core machine two
-    spinning OpenMP threads can slow a training loop down tenfold."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_training_reduces_loss_and_samples_reproduce_pattern(single_thread):
+def test_training_reduces_loss_and_samples_reproduce_pattern():
     """A tiny U-Net learns one fixed 8³ pattern; x0-prediction DDIM samples reproduce it.
 
     The net commutes with circular shifts (by multiples of 2 here), and at the noise end its input carries no

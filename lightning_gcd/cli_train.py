@@ -109,12 +109,16 @@ class GcdCLI(LightningCLI):
         return super()._instantiate_trainer(config, [*callbacks, self.preemption])
 
     def before_fit(self) -> None:
-        """Resume automatically from ``<run_dir>/checkpoints/last.ckpt`` when it exists; load weights-only."""
-        last = Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt" if self.trainer.checkpoint_callback else None
+        """Resume automatically from the newest of ``last.ckpt`` and SLURM's ``hpc_ckpt_*.ckpt``; load weights-only."""
         config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") is None and last is not None and last.exists():
-            print(f"gcd: resuming from {last}", file=sys.stderr)
-            config["ckpt_path"] = str(last)
+        if config.get("ckpt_path") is None:
+            candidates = list(Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
+            if self.trainer.checkpoint_callback is not None and self.trainer.checkpoint_callback.dirpath:
+                candidates += list(Path(self.trainer.checkpoint_callback.dirpath).glob("last.ckpt"))
+            if candidates:
+                newest = max(candidates, key=lambda p: p.stat().st_mtime)
+                print(f"gcd: resuming from {newest}", file=sys.stderr)
+                config["ckpt_path"] = str(newest)
         if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True
 

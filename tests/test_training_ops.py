@@ -41,9 +41,11 @@ def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:
 
 
 def test_run_directory_config_and_checkpoint_contents(tmp_path: Path) -> None:
-    run = run_gcd("fit", "--config", VOXEL, *QUIET, "--trainer.max_epochs", "1", "--model.init_args.val_samples", "0", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
     run_dir = tmp_path / "runs/smoke_voxel"
+    run = run_gcd("fit", "--config", VOXEL, *QUIET, "--trainer.max_epochs", "1", "--model.init_args.val_samples", "0",
+                  *_csv_logger(run_dir), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (run_dir / "csv/version_0/config.yaml").exists()  # LightningCLI's copy, in the logger's folder
     assert (run_dir / "config.yaml").exists()
     checkpoint = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert "GrandCanonicalDiffusion" in checkpoint["gcd_config"]

@@ -42,11 +42,13 @@ class GcdSaveConfig(SaveConfigCallback):
     """Saves the resolved config to the run directory, and into every checkpoint (``gcd_config``)."""
 
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        """Also write ``config.yaml`` in the run directory when a logger keeps its own log folder."""
+        """Also write ``config.yaml`` in the run directory (a logger may keep its own log folder).
+
+        Runs on rank zero only: no collective calls here (``trainer.log_dir`` broadcasts, and would hang DDP).
+        """
         path = Path(trainer.default_root_dir) / self.config_filename
-        if Path(trainer.log_dir or "").resolve() != path.parent.resolve():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         checkpoint["gcd_config"] = self.parser.dump(self.config, skip_none=False)

@@ -99,9 +99,9 @@ class StructureMetrics(torch.nn.Module):
         self.batch_size = int(batch_size)
         self._reference = ref
 
-        # reference g(r), minimum distance, atom counts
-        rdf = RadialDistribution(self.r_max, self.n_bins, search_dtype=search_dtype)
-        mind = MinDistanceViolations(threshold=1e-3, search_radius=self.r_max, search_dtype=search_dtype)
+        # reference g(r), minimum distance, atom counts: computed on every rank alike, never synchronised
+        rdf = RadialDistribution(self.r_max, self.n_bins, search_dtype=search_dtype, sync_on_compute=False)
+        mind = MinDistanceViolations(threshold=1e-3, search_radius=self.r_max, search_dtype=search_dtype, sync_on_compute=False)
         for batch in _chunks(ref, self.batch_size):
             rdf.update(batch)
             mind.update(batch)
@@ -140,17 +140,19 @@ class StructureMetrics(torch.nn.Module):
         self.metrics = torch.nn.ModuleDict(self._new_metrics())
 
     # ----------------------------------------------------------------------------------------------
-    def _new_metrics(self) -> dict[str, Metric]:
+    def _new_metrics(self, sync: bool = True) -> dict[str, Metric]:
+        """Fresh metric instances; ``sync=False`` for per-rank reference values (no collective calls)."""
+        kw = {"sync_on_compute": sync}
         m: dict[str, Metric] = {
-            "rdf": RadialDistribution(self.r_max, self.n_bins, search_dtype=self.search_dtype),
-            "coordination": CoordinationHistogram(self.coordination_cutoff, self.max_cn, search_dtype=self.search_dtype),
-            "n_atoms": AtomCount(self.max_atoms),
-            "min_distance": MinDistanceViolations(self.min_distance_threshold, search_dtype=self.search_dtype),
+            "rdf": RadialDistribution(self.r_max, self.n_bins, search_dtype=self.search_dtype, **kw),
+            "coordination": CoordinationHistogram(self.coordination_cutoff, self.max_cn, search_dtype=self.search_dtype, **kw),
+            "n_atoms": AtomCount(self.max_atoms, **kw),
+            "min_distance": MinDistanceViolations(self.min_distance_threshold, search_dtype=self.search_dtype, **kw),
         }
         if self.has_carbon:
-            m["sp"] = CoordinationHistogram({(CARBON, CARBON): self.carbon_cutoff}, 8, search_dtype=self.search_dtype)
+            m["sp"] = CoordinationHistogram({(CARBON, CARBON): self.carbon_cutoff}, 8, search_dtype=self.search_dtype, **kw)
         if self.ideal is not None:
-            m["phase"] = PhaseMatch(self.ideal, self.tolerance)
+            m["phase"] = PhaseMatch(self.ideal, self.tolerance, **kw)
         return m
 
     @property
@@ -246,7 +248,7 @@ class StructureMetrics(torch.nn.Module):
     def reference_metrics(self, phase: Sequence[Any] | None = None) -> dict[str, float]:
         """The same dict computed on the reference itself: the scale of every metric on real data
         (``phase_match`` and ``displacement_rms`` of the training-like data, its thermal spread)."""
-        metrics = torch.nn.ModuleDict(self._new_metrics()).to(self.g_reference.device)
+        metrics = torch.nn.ModuleDict(self._new_metrics(sync=False)).to(self.g_reference.device)
         for start in range(0, len(self._reference), self.batch_size):
             chunk = self._reference[start:start + self.batch_size]
             ph = None if phase is None else list(phase)[start:start + self.batch_size]

@@ -68,9 +68,36 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     files.add_argument("--format", default=None, help="ASE format name when the file name does not tell")
     files.add_argument("--index", default=":", help="frames to read, ASE syntax (default ':' = all)")
 
+    ac = bsub.add_parser("amorphous-carbon", parents=[common],
+                         help="melt-quenched a-C (LAMMPS, Tersoff) with per-atom C K-edge XANES (FEFF10); needs the 'amorphous' extra")
+    ac.add_argument("--n-structures", type=int, default=100,
+                    help="structures in the whole build; structure k gets density k mod len(--densities) (default 100)")
+    ac.add_argument("--n-atoms", type=int, default=64, help="atoms per cubic cell (default 64)")
+    ac.add_argument("--densities", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0, 3.5], metavar="G_CM3",
+                    help="densities in g/cm³, cycled over the structures (default 1.5 2.0 2.5 3.0 3.5)")
+    ac.add_argument("--xanes-sites", type=int, default=16, help="atoms per structure that get a FEFF10 spectrum (default 16)")
+    ac.add_argument("--workers", type=int, default=None, help="parallel processes, one LAMMPS/FEFF job each (default: all cores)")
+    ac.add_argument("--shard", default=None, metavar="I/N",
+                    help="build only structures with index = I mod N into --out (join the shard files with gcd data merge)")
+    ac.add_argument("--melt-ps", type=float, default=5.0, help="melt time at 5000 K in ps (default 5)")
+    ac.add_argument("--quench-ps", type=float, default=10.0, help="quench time from 5000 K to 300 K in ps (default 10)")
+    ac.add_argument("--scf-radius", type=float, default=3.0, help="FEFF self-consistency radius in Å (default 3.0)")
+    ac.add_argument("--fms-radius", type=float, default=4.0, help="FEFF full-multiple-scattering radius in Å (default 4.0)")
+    ac.add_argument("--xanes-grid", type=float, nargs=3, default=[275.0, 315.0, 100], metavar=("EMIN", "EMAX", "POINTS"),
+                    help="common energy grid in eV on FEFF's absolute scale (default 275 315 100)")
+
     inspect = dsub.add_parser("inspect", help="summarize a dataset file")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    merge = dsub.add_parser("merge", help="join dataset files (e.g. shards) into one, with new splits")
+    merge.add_argument("files", nargs="+", help="input HDF5 files, joined in this order")
+    merge.add_argument("--out", required=True, help="output HDF5 file")
+    merge.add_argument("--seed", type=int, default=0, help="seed of the new splits (default 0)")
+    merge.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"),
+                       help="split fractions (default 0.8 0.1 0.1)")
+    merge.add_argument("--sort-by", default=None, metavar="PROPERTY",
+                       help="order structures by this per-structure property (e.g. build_index to undo sharding)")
 
 
 def run_data(args: argparse.Namespace) -> int:
@@ -81,6 +108,12 @@ def run_data(args: argparse.Namespace) -> int:
 
         summary = summarize(args.file)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+        return 0
+    if args.data_command == "merge":
+        from datamodules.merge import merge_files
+
+        out = merge_files(args.files, args.out, split=args.split, seed=args.seed, sort_by=args.sort_by)
+        print(f"wrote {out}", file=sys.stderr)
         return 0
     raise GcdError(f"unknown data command {args.data_command}")
 
@@ -98,6 +131,20 @@ def _run_build(args: argparse.Namespace) -> int:
             thermal_sigma=args.thermal,
             count=args.count,
             translate=not args.no_translate,
+        )
+    elif args.kind == "amorphous-carbon":
+        from datamodules.builders.amorphous_carbon import FeffSettings, MeltQuench
+
+        options = dict(
+            n_structures=args.n_structures,
+            n_atoms=args.n_atoms,
+            densities=args.densities,
+            xanes_sites=args.xanes_sites,
+            workers=args.workers,
+            shard=args.shard,
+            md=MeltQuench(melt_time=args.melt_ps, quench_time=args.quench_ps),
+            feff=FeffSettings(scf_radius=args.scf_radius, fms_radius=args.fms_radius),
+            xanes_grid=args.xanes_grid,
         )
     else:
         options = dict(patterns=args.files, index=args.index, fmt=args.format)

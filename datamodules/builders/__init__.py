@@ -18,7 +18,7 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.representations import coarsest_grid_shape, grid_shape_for, make_encoding
 from lightning_gcd.structures import StructureBatch
 
-BUILDERS = ("crystals", "from-files")
+BUILDERS = ("crystals", "from-files", "amorphous-carbon")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
 
@@ -86,6 +86,10 @@ def build_records(kind: str, progress: bool = True, **options: Any) -> DatasetRe
         from datamodules.builders.from_files import files_records
 
         return files_records(progress=progress, **options)
+    if kind == "amorphous-carbon":
+        from datamodules.builders.amorphous_carbon import amorphous_carbon_records
+
+        return amorphous_carbon_records(progress=progress, **options)
     raise GcdError(f"unknown dataset kind '{kind}'; choose one of {', '.join(BUILDERS)}")
 
 
@@ -103,5 +107,8 @@ def build_dataset(
     """Build dataset ``kind`` into ``out`` (see ``build_records`` for the kinds and their options)."""
     if kind == "crystals":
         options.setdefault("seed", seed)
+    if kind == "amorphous-carbon":
+        options.setdefault("seed", seed)
+        options.setdefault("parts_dir", f"{out}.parts")  # finished structures, reused by a rerun (resume)
     records = build_records(kind, progress=progress, **options)
     return write_built(records, out, split, seed, voxels, spacing, sigma, progress)

@@ -18,12 +18,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     from lightning_gcd.cli_data import add_data_parser
 
+    from lightning_gcd.cli_compare import add_compare_parser
     from lightning_gcd.cli_evaluate import add_evaluate_parser
     from lightning_gcd.cli_sample import add_sample_parser
 
     add_data_parser(sub)
     add_sample_parser(sub)
     add_evaluate_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 
@@ -52,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_gcd.cli_evaluate import run_evaluate
 
             return run_evaluate(args)
+        if args.command == "compare":
+            from lightning_gcd.cli_compare import run_compare
+
+            return run_compare(args)
         parser.error(f"unknown command {args.command}")
     except GcdError as exc:
         print(f"gcd: error: {exc}", file=sys.stderr)

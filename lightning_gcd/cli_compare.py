@@ -157,6 +157,17 @@ def _coordination_key(name: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def metric_value(record: dict[str, Any], name: str) -> Any:
+    """``record[name]``; a ``val/coordination/<Z>/<k>`` row missing from a record that has other rows of
+    species Z is 0 (the model logs only the k where samples or reference have atoms)."""
+    if name in record:
+        return record[name]
+    cn = _coordination_key(name)
+    if cn is not None and any(k.startswith(f"val/coordination/{cn[0]}/") for k in record):
+        return 0.0
+    return None
+
+
 def ordered_metric_names(runs: Sequence[Run]) -> list[str]:
     """Union of the last sampled metrics of every run: headline metrics, other metrics, coordination rows."""
     names: list[str] = []
@@ -200,7 +211,8 @@ def table_rows(runs: Sequence[Run]) -> list[tuple[str, list[str]]]:
         ("val/loss (final)", [_fmt(r.final_loss) for r in runs]),
     ]
     for name in ordered_metric_names(runs):
-        rows.append((name, [_fmt(r.last.get(name)) if name in r.last else "–" for r in runs]))
+        values = [metric_value(r.last, name) for r in runs]
+        rows.append((name, ["–" if v is None and name not in r.last else _fmt(v) for r, v in zip(runs, values)]))
     return rows
 
 
@@ -328,7 +340,8 @@ def plot_metrics_vs_epoch(runs: Sequence[Run], path: Path) -> Path:
     for ax, name in zip(axes, names):
         for run, color in zip(runs, colors):
             source = run.records if name == "val/loss" else run.sampled
-            pts = [(r.get("epoch"), r.get(name)) for r in source if r.get(name) is not None and r.get("epoch") is not None]
+            pts = [(r["epoch"], v) for r in source
+                   if (v := metric_value(r, name)) is not None and r.get("epoch") is not None]
             if pts:
                 x, y = zip(*pts)
                 ax.plot(x, y, marker="o", ms=3, lw=1.2, color=color, label=run.label)

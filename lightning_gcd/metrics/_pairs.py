@@ -1,7 +1,7 @@
 """Shared plumbing of the structure metrics: input conversion and an exact float64 pair list.
 
-The pair search itself is ``lightning_gcd.periodic.radius_graph`` (cell lists, any cell shape, small
-cells included). This module only decides the precision: by default the search runs in float32 with
+The pair search itself is ``lightning_gcd.periodic.neighbor_search`` (sorted-column sweep or cell lists,
+any cell shape, small cells included; half lists for symmetric quantities). This module only decides the precision: by default the search runs in float32 with
 a small safety margin on the cutoff and the distances of the edges found are then recomputed in
 float64 from the float64 coordinates and the integer image shifts, so the metrics bin exactly the
 same distances as ASE (float64) while the search pays float32 memory traffic.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from lightning_gcd.periodic import radius_graph
+from lightning_gcd.periodic import _per_structure_matmul, neighbor_search
 from lightning_gcd.structures import StructureBatch
 
 #: What every metric's ``update`` accepts: a batch, one ``Atoms`` or a list of them.
@@ -69,13 +69,15 @@ def element_number(z: int | str) -> int:
 
 @dataclass
 class Pairs:
-    """Directed periodic neighbour pairs of a padded batch (ASE ``neighbor_list`` semantics).
+    """Periodic neighbour pairs of a padded batch (ASE ``neighbor_list`` semantics).
 
     Attributes:
         src, dst: (E,) flat atom indices into ``B * N`` (``b * N + i``).
         batch: (E,) structure index of each pair.
         distances: (E,) float64 Å, ``|r_dst + S @ cell - r_src|``; every pair with ``d < cutoff``.
         n: padded atoms per structure (``N``).
+        half: True when each pair is listed once (as (i, j, S) or as (j, i, -S)); False: every
+            directed pair (both orientations).
     """
 
     src: torch.Tensor
@@ -83,14 +85,21 @@ class Pairs:
     batch: torch.Tensor
     distances: torch.Tensor
     n: int
+    half: bool = False
 
 
-def find_pairs(batch: StructureBatch, cutoff: float, search_dtype: torch.dtype = torch.float32) -> Pairs:
-    """Every directed pair (images included) with ``distance < cutoff`` Å, distances in float64.
+def find_pairs(batch: StructureBatch, cutoff: float, search_dtype: torch.dtype = torch.float32,
+               half: bool = False) -> Pairs:
+    """Every pair (images included) with ``distance < cutoff`` Å, distances in float64, in no particular
+    order (grouped by structure).
 
-    ``search_dtype=torch.float32`` runs ``radius_graph`` in float32 on a cutoff enlarged by a margin
+    ``search_dtype=torch.float32`` runs the neighbour search in float32 on a cutoff enlarged by a margin
     above float32 rounding, then recomputes the distances in float64 and applies the exact cutoff;
-    ``torch.float64`` searches in float64 directly. Both give the same pairs.
+    ``torch.float64`` searches in float64 directly. Both give the same pairs. On the CPU the search is
+    always float64: the candidate tests cost about the same in either precision there, and the float64
+    search returns the exact distances without the recomputation pass (measured 1.5-2x faster in
+    total); ``search_dtype`` matters on GPUs. ``half=True`` lists each pair once (half the work;
+    symmetric quantities count it for both atoms), else every directed pair.
     """
     mask = batch.mask.bool()
     cell = batch.cell.double()
@@ -100,27 +109,29 @@ def find_pairs(batch: StructureBatch, cutoff: float, search_dtype: torch.dtype =
     device = frac.device
     if b == 0 or not bool(mask.any()):
         empty = torch.zeros(0, dtype=torch.long, device=device)
-        return Pairs(empty, empty, empty, torch.zeros(0, dtype=torch.float64, device=device), n)
+        return Pairs(empty, empty, empty, torch.zeros(0, dtype=torch.float64, device=device), n, half)
     with torch.no_grad():
-        if search_dtype == torch.float64:
-            g = radius_graph(frac, cell, mask, cutoff)
-            return Pairs(g.src, g.dst, g.batch, g.distances.detach(), n)
+        if search_dtype == torch.float64 or device.type == "cpu":
+            # on the CPU the float64 search costs no more than a float32 one plus the float64 recomputation
+            found = neighbor_search(frac, cell, mask, cutoff, half=half, shifts=False, distances=True)
+            pair_batch = torch.div(found.src, n, rounding_mode="floor") if b > 1 else torch.zeros_like(found.src)
+            return Pairs(found.src, found.dst, pair_batch, found.distances, n, half)
         # The shifts come back relative to the coordinates as given; the float32 copy differs from the
         # float64 one by rounding only (never by a whole cell, even where 0.99999999 rounds to 1.0),
         # so they apply unchanged to the float64 coordinates.
-        search_frac = frac.to(search_dtype)
         longest = float(cell.norm(dim=-1).sum(dim=-1).max())
         margin = 1e-5 + 64.0 * float(torch.finfo(search_dtype).eps) * (longest + cutoff)
-        g = radius_graph(search_frac, cell.to(search_dtype), mask, cutoff + margin)
+        found = neighbor_search(frac.to(search_dtype), cell.to(search_dtype), mask, cutoff + margin, half=half)
+        src, dst, shifts = found.src, found.dst, found.shifts
+        pair_batch = torch.div(src, n, rounding_mode="floor")
         flat = frac.reshape(-1, 3)
-        dfrac = flat[g.dst] - flat[g.src] + g.shifts.double()
-        # edges are sorted by src, hence grouped by structure: one matmul per structure
-        counts = torch.bincount(g.batch, minlength=b).tolist()
-        parts = [part @ cell[i] for i, part in enumerate(torch.split(dfrac, counts)) if part.shape[0]]
-        vectors = torch.cat(parts) if parts else dfrac
-        distances = vectors.norm(dim=-1)
+        dfrac = flat[dst] - flat[src] + shifts.double()
+        distances = _per_structure_matmul(dfrac, cell, pair_batch).norm(dim=-1)
         keep = distances < cutoff
-        return Pairs(g.src[keep], g.dst[keep], g.batch[keep], distances[keep], n)
+        if not bool(keep.all()):
+            keep = keep.nonzero(as_tuple=True)[0]
+            src, dst, pair_batch, distances = src[keep], dst[keep], pair_batch[keep], distances[keep]
+        return Pairs(src, dst, pair_batch, distances, n, half)
 
 
 def species_counts(batch: StructureBatch) -> torch.Tensor:

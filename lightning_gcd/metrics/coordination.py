@@ -55,14 +55,14 @@ def coordination_numbers(structures: Structures, cutoffs: Cutoffs,
     batch = as_batch(structures)
     top, table = _cutoff_table(cutoffs)
     b, n = batch.numbers.shape
-    found = find_pairs(batch, top, search_dtype=search_dtype)
-    src = found.src
+    found = find_pairs(batch, top, search_dtype=search_dtype, half=True)  # each pair once: count both ends
+    src, dst = found.src, found.dst
     if table is not None:
         z = batch.numbers.reshape(-1).long().clamp(0, MAX_Z)
         table = table.to(found.distances.device)
-        keep = found.distances < table[z[found.src], z[found.dst]]
-        src = src[keep]
-    cn = torch.bincount(src, minlength=b * n).view(b, n)
+        keep = found.distances < table[z[src], z[dst]]  # the table is symmetric
+        src, dst = src[keep], dst[keep]
+    cn = torch.bincount(torch.cat([src, dst]), minlength=b * n).view(b, n)
     return torch.where(batch.mask.bool(), cn, torch.zeros_like(cn))
 
 

@@ -75,29 +75,38 @@ def structure_rdf(structures: Structures, r_max: float = 6.0, n_bins: int = 120,
     b = len(batch)
     device = batch.frac_coords.device
     dr = float(r_max / n_bins)
-    found = find_pairs(batch, r_max * (1.0 + 1e-12), search_dtype=search_dtype)
-    k = torch.ceil(found.distances / dr).long()
-    keep = (k >= 1) & (k <= n_bins)
-    src, dst, eb, k = found.src[keep], found.dst[keep], found.batch[keep], k[keep]
+    # half list: each pair once; a directed count is twice that (i -> j and j -> i, images included)
+    found = find_pairs(batch, r_max * (1.0 + 1e-12), search_dtype=search_dtype, half=True)
     counts_z = species_counts(batch)  # (B, MAX_Z+1)
     if plist is None:
-        p = torch.zeros_like(src)
+        # bin k + 1 of n_bins + 2 per structure: bin 0 takes d = 0, bin n_bins + 1 anything beyond r_max
+        # (no boolean gathers: one bincount over all pairs)
+        k = torch.ceil(found.distances / dr).clamp_(0, n_bins + 1).long()
+        if b > 1:
+            k += found.batch * (n_bins + 2)
+        counts = torch.bincount(k, minlength=b * (n_bins + 2)).view(b, n_bins + 2)[:, 1:n_bins + 1]
+        counts = 2.0 * counts.double().view(b, 1, n_bins)
         n_c = counts_z.sum(1, keepdim=True)  # (B, 1)
         n_p = n_c
     else:
+        k = torch.ceil(found.distances / dr).long()
+        keep = (k >= 1) & (k <= n_bins)
+        src, dst, eb, k = found.src[keep], found.dst[keep], found.batch[keep], k[keep]
         z = batch.numbers.reshape(-1).long().clamp(0, MAX_Z)
         table = torch.full((MAX_Z + 1, MAX_Z + 1), -1, dtype=torch.long, device=device)
         for idx, (z1, z2) in enumerate(plist):
             table[z1, z2] = idx
-        p = table[z[src], z[dst]]
+        zs, zd = z[src], z[dst]
+        # a half pair i-j is the directed pairs (i -> j) and (j -> i): one count for each listed orientation
+        p = torch.cat([table[zs, zd], table[zd, zs]])
+        eb2, k2 = torch.cat([eb, eb]), torch.cat([k, k])
         sel = p >= 0
-        src, eb, k, p = src[sel], eb[sel], k[sel], p[sel]
+        flat = (eb2[sel] * n_pairs + p[sel]) * n_bins + (k2[sel] - 1)
+        counts = torch.bincount(flat, minlength=b * n_pairs * n_bins).double().view(b, n_pairs, n_bins)
         z1 = torch.tensor([a for a, _ in plist], device=device)
         z2 = torch.tensor([c for _, c in plist], device=device)
         n_c = counts_z[:, z1]  # (B, P)
         n_p = counts_z[:, z2]
-    flat = (eb * n_pairs + p) * n_bins + (k - 1)
-    counts = torch.bincount(flat, minlength=b * n_pairs * n_bins).double().view(b, n_pairs, n_bins)
     volume = cell_volumes(batch.cell).to(device)  # (B,)
     shells = torch.as_tensor(_shell_volumes(r_max, n_bins), device=device)
     norm = n_c[..., None] * (n_p / volume[:, None])[..., None] * shells  # (B, P, n_bins)

@@ -156,10 +156,15 @@ class DiffusionModule(L.LightningModule):
             self.hparams["data_info"] = info
             self._build(info)
         if datamodule is not None and self.structure_metrics is None and self.hparams.val_samples > 0:
+            from lightning_gcd.metrics.phase_match import ideal_for_dataset
             from lightning_gcd.metrics.suite import StructureMetrics
 
             reference = datamodule.reference_atoms("val")
-            self.structure_metrics = StructureMetrics(reference, **(self.hparams.metrics or {}))
+            options = dict(self.hparams.metrics or {})
+            ideals = ideal_for_dataset(datamodule.path, strict=False)  # crystal datasets: the unrattled lattice
+            if len(ideals) == 1 and "ideal" not in options:  # one phase: every sample targets it
+                options["ideal"] = next(iter(ideals.values()))
+            self.structure_metrics = StructureMetrics(reference, **options)
 
     def sampler_choice(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
         """The sampler and step count to use: the call's, else the config's, else the model's defaults."""

@@ -283,9 +283,8 @@ class DiffusionModule(L.LightningModule):
         self.last_metrics = {k: float(v) for k, v in values.items()}
         self.last_curves = metrics.curves() if hasattr(metrics, "curves") else {}
         self.last_samples = samples
-        for name, value in self.last_metrics.items():
-            if np.isfinite(value):
-                self.log(f"val/{name}", value, rank_zero_only=True, sync_dist=False)
+        for name, value in self.last_metrics.items():  # NaN too (e.g. no matched sample): same names every time
+            self.log(f"val/{name}", value, rank_zero_only=True, sync_dist=False)
 
     # ------------------------------------------------------------------------------------------------
     # checkpoints

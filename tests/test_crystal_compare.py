@@ -1,0 +1,94 @@
+"""experiments/crystals/compare.py end to end on one phase with a tiny budget: results.json, results.md, PNGs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / "experiments" / "crystals" / "compare.py"
+
+
+def _load_compare():
+    spec = importlib.util.spec_from_file_location("crystals_compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--phases", "fcc", "--steps", "20", "--samples", "2", "--count", "12", "--batch-size", "4",
+        "--voxel-sample-steps", "4", "--particle-sample-steps", "4", "--particle-sampler", "pc",
+        "--extra-samplers", "voxel:ddim-3",
+        "--set", "voxel.model.base_channels=8", "--set", "particle.model.hidden=16", "--set", "particle.model.layers=1",
+        "--threads", "1", "--quiet"]
+
+RUN_FIELDS = ("phase_match", "phase_match_strict", "displacement_rms", "displacement_rms_strict", "rdf_l1",
+              "n_atoms_mean", "n_atoms_error", "n_atoms_target", "n_atoms_hist", "min_distance_violations",
+              "train_seconds", "sample_seconds", "steps", "batch_size", "sampler", "sample_steps", "parameters")
+
+
+def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
+    compare = _load_compare()
+    out = tmp_path / "results"
+    returned = compare.main([*TINY, "--workdir", str(tmp_path / "work"), "--out", str(out)])
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["profile"] == "quick" and results["settings"]["steps"] == 20
+    for key in ("platform", "cpu_count", "torch", "torch_threads", "date"):
+        assert key in results["machine"], key
+    assert results["machine"]["torch_threads"] == 1
+    fcc = results["phases"]["fcc"]
+    assert fcc["element"] == "Cu"
+    data = fcc["data"]
+    assert data["n_atoms"] == 32 and data["phase_match"] == 1.0
+    assert 0.03 < data["displacement_rms"] < 0.15  # σ = 0.05 Å per component: about σ√3
+    assert set(fcc["models"]) == {"voxel", "particle"}
+    for kind, run in fcc["models"].items():
+        missing = [f for f in RUN_FIELDS if f not in run]
+        assert not missing, f"{kind}: missing {missing}"
+        assert run["steps"] == 20 and run["batch_size"] == 4, kind  # the same budget for both models
+        assert sum(run["n_atoms_hist"].values()) == 2, kind
+        assert 0.0 <= run["phase_match"] <= 1.0 and run["phase_match_strict"] <= run["phase_match"]
+        assert run["train_seconds"] > 0 and run["sample_seconds"] > 0
+    assert fcc["models"]["particle"]["n_atoms_hist"] == {"32": 2}  # the particle model's count is fixed
+    assert fcc["models"]["particle"]["sampler"] == "pc" and fcc["models"]["voxel"]["sampler"] == "ddpm"
+    variants = fcc["models"]["voxel"]["variants"]  # the same trained model, another sampler
+    assert [(v["sampler"], v["sample_steps"]) for v in variants] == [("ddim", 3)]
+    assert all(f in variants[0] for f in ("phase_match", "phase_match_strict", "displacement_rms", "n_atoms_hist"))
+    assert fcc["models"]["particle"]["variants"] == []
+    assert returned["phases"]["fcc"]["models"]["voxel"]["steps"] == 20
+
+    md = (out / "results.md").read_text()
+    assert "| phase | model | match 0.5 Å | match 0.2 Å |" in md
+    assert md.count("| fcc Cu |") == 4  # training data, voxel (two samplers), particle rows
+
+    for name in ("phase_match.png", "rdf_fcc.png", "n_atoms_fcc.png"):
+        png = out / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    # --replot rewrites the table and figures from the saved results, with notes
+    (out / "rdf_fcc.png").unlink()
+    compare.main(["--replot", "--out", str(out), "--note", "a measured remark"])
+    assert "- a measured remark" in (out / "results.md").read_text()
+    assert json.loads((out / "results.json").read_text())["notes"] == ["a measured remark"]
+    assert (out / "rdf_fcc.png").is_file()
+    assert Path(fcc["models"]["voxel"]["checkpoint"]).is_file()
+
+
+def test_profiles_and_overrides() -> None:
+    compare = _load_compare()
+    parser = compare.build_parser()
+    quick = compare.resolve_settings(parser.parse_args([]))
+    paper = compare.resolve_settings(parser.parse_args(["--profile", "paper"]))
+    assert quick["phases"] == ["sc", "fcc", "bcc", "hcp", "diamond"] and quick["models"] == ["voxel", "particle"]
+    assert quick["accelerator"] == "cpu" and paper["accelerator"] == "auto"
+    assert paper["steps"] > quick["steps"] and paper["samples"] > quick["samples"]
+    s = compare.resolve_settings(parser.parse_args(["--steps", "7", "--set", "particle.model.hidden=8",
+                                                    "--set", "voxel.model.channel_mults=[1,2,2]"]))
+    assert s["steps"] == 7 and s["particle"]["model"]["hidden"] == 8 and s["voxel"]["model"]["channel_mults"] == [1, 2, 2]
+    with pytest.raises(SystemExit):
+        compare.resolve_settings(parser.parse_args(["--samples", "0"]))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_gcd.errors import EncodingError
+from lightning_gcd.periodic import perpendicular_widths
 from lightning_gcd.representations.base import GridShape, VoxelEncoding, check_cells
 from lightning_gcd.structures import StructureBatch
 
@@ -62,7 +63,7 @@ class GaussianDensityEncoding(VoxelEncoding):
         dims = torch.as_tensor(grid_shape, device=device, dtype=torch.float64)
         self._check_grid(batch, cell, dims)
         channel = self.species_channel(batch.numbers, batch.mask)  # (B, N)
-        widths = _perpendicular_widths(cell)  # (B, 3) Å
+        widths = perpendicular_widths(cell)  # (B, 3) Å
         radius = torch.ceil(_CUTOFF_SIGMAS * self.sigma / (widths / dims)).amax(dim=0).long()  # (3,)
         ranges = [torch.arange(-int(k), int(k) + 1, device=device, dtype=torch.float64) for k in radius]
         window = torch.stack(torch.meshgrid(*ranges, indexing="ij"), dim=-1).reshape(-1, 3)  # (K, 3)
@@ -152,16 +153,4 @@ class GaussianDensityEncoding(VoxelEncoding):
         numbers[bi, slot] = torch.as_tensor(self.species, device=grids.device)[si]
         mask = torch.arange(n_max, device=grids.device)[None, :] < counts[:, None]
         return StructureBatch(frac.to(cell.dtype), numbers, mask, cell)
-
-
-def _perpendicular_widths(cell: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) cells -> (B, 3) distances between opposite faces, Å."""
-    volume = torch.linalg.det(cell).abs()  # (B,)
-    a, b_, c = cell.unbind(1)
-    areas = torch.stack([
-        torch.linalg.norm(torch.cross(b_, c, dim=-1), dim=-1),
-        torch.linalg.norm(torch.cross(c, a, dim=-1), dim=-1),
-        torch.linalg.norm(torch.cross(a, b_, dim=-1), dim=-1),
-    ], dim=-1)
-    return volume[:, None] / areas
 

@@ -1,0 +1,173 @@
+"""Few-step sampling study: phase match of the crystal experiment's voxel models against network evaluations.
+
+Loads the voxel checkpoints that ``experiments/crystals/compare.py`` left in its work folder
+(``<workdir>/runs/<phase>-voxel/last.ckpt``, EMA weights), samples the same number of structures with every
+sampler/step pair given (same seed for all), and scores them exactly as the comparison does (phase match
+at 0.5 Å and 0.2 Å, displacement RMS from ideal sites, atom counts). The first sampler is the reference;
+the JSON says for every other one whether it stays within ``--margin`` points of it on every phase, and
+with how many times fewer network evaluations (NFE = steps: none of these samplers costs an extra call).
+
+    python experiments/crystals/compare.py --profile quick          # trains the models (or reuse a run)
+    python experiments/crystals/few_step.py --out experiments/crystals/results/few_step
+
+Output: ``few_step.json``, ``few_step.md`` and ``few_step.png`` (phase match against NFE per sampler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import PHASES, _jsonable, data_reference, evaluate, machine_info  # noqa: E402
+
+DEFAULT_SAMPLERS = ["ddpm-100", "ddpm-10", "ddim-10", "dpm2m-10", "dpm2m-sde-10", "dpm2m-20", "ddim-20"]
+
+
+def parse_sampler(spec: str) -> tuple[str, int]:
+    """``"dpm2m-sde-10"`` -> ("dpm2m-sde", 10)."""
+    from lightning_gcd.diffusion.vp import SAMPLERS
+
+    name, _, steps = spec.rpartition("-")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise SystemExit(f"sampler {spec!r}: expected SAMPLER-STEPS with SAMPLER one of {', '.join(SAMPLERS)}")
+    return name, int(steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default="runs/crystals_compare", help="compare.py's work folder (default: %(default)s)")
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=None, help="default: every phase with a voxel checkpoint")
+    p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="SAMPLER-STEPS",
+                   help="the first is the reference (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=32, help="structures per sampler and phase (default 32)")
+    p.add_argument("--seed", type=int, default=1, help="sampling seed, the same for every sampler (default 1)")
+    p.add_argument("--margin", type=float, default=0.02, help="allowed drop in phase match (default 0.02 = 2 points)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, help="results folder")
+    return p
+
+
+def _table(results: dict[str, Any]) -> str:
+    samplers = results["samplers"]
+    lines = [
+        "# Few-step sampling of the crystal experiment's voxel models",
+        "",
+        f"{results['samples']} samples per sampler and phase, seed {results['seed']}; checkpoints from "
+        f"`{results['workdir']}`. Phase match at 0.5 Å (0.2 Å in brackets); disp: RMS displacement from ideal "
+        f"sites (Å; training data in the last column). Reference: {samplers[0]}.",
+        f"Machine: {results['machine']['platform']}, {results['machine']['cpu_count']} CPUs, torch "
+        f"{results['machine']['torch']}; {results['machine']['date']}.",
+        "",
+        "| phase | " + " | ".join(samplers) + " | data disp |",
+        "|---|" + "---|" * (len(samplers) + 1),
+    ]
+    for phase, entry in results["phases"].items():
+        cells = []
+        for s in samplers:
+            r = entry["samplers"][s]
+            cells.append(f"{r['phase_match']:.0%} ({r['phase_match_strict']:.0%}), disp {r['displacement_rms']:.3f}")
+        lines.append(f"| {phase} | " + " | ".join(cells) + f" | {entry['data']['displacement_rms']:.3f} |")
+    lines += ["", "| sampler | NFE | NFE saving | worst drop vs reference (points) | within margin on every phase | sample s (all phases) |",
+              "|---|---|---|---|---|---|"]
+    for s, summary in results["summary"].items():
+        lines.append(f"| {s} | {summary['nfe']} | {summary['nfe_saving']:.0f}× | {summary['worst_drop_points']:+.1f} | "
+                     f"{'yes' if summary['within_margin'] else 'no'} | {summary['sample_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    names = sorted({parse_sampler(s)[0] for s in results["samplers"]})
+    for name in names:
+        specs = sorted((parse_sampler(s)[1], s) for s in results["samplers"] if parse_sampler(s)[0] == name)
+        nfe = [n for n, _ in specs]
+        mean = [sum(e["samplers"][s]["phase_match"] for e in results["phases"].values()) / len(results["phases"])
+                for _, s in specs]
+        ax.plot(nfe, [100 * m for m in mean], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per sample")
+    ax.set_ylabel("phase match, mean over phases (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from datamodules.h5format import AtomsH5
+    from lightning_gcd.metrics.phase_match import ideal_for_dataset
+    from lightning_gcd.models.loading import load_model
+
+    torch.set_num_threads(args.threads)
+    specs = [parse_sampler(s) for s in args.samplers]
+    workdir = Path(args.workdir)
+    phases = args.phases or [p for p in PHASES if (workdir / "runs" / f"{p}-voxel" / "last.ckpt").exists()]
+    if not phases:
+        raise SystemExit(f"no voxel checkpoints under {workdir}/runs: run experiments/crystals/compare.py first")
+    settings = {"threads": args.threads, "accelerator": "cpu"}
+    results: dict[str, Any] = {"study": "crystals_few_step", "workdir": str(workdir), "samplers": list(args.samplers),
+                               "samples": args.samples, "seed": args.seed, "margin": args.margin,
+                               "machine": machine_info(settings), "command": [sys.argv[0], *(argv or sys.argv[1:])],
+                               "phases": {}}
+    for phase in phases:
+        ckpt = workdir / "runs" / f"{phase}-voxel" / "last.ckpt"
+        if not ckpt.exists():
+            raise SystemExit(f"{ckpt}: no such checkpoint")
+        model = load_model(ckpt)
+        candidates = sorted((workdir / "data").glob(f"{phase}_*.h5"), key=lambda q: q.stat().st_mtime)
+        if not candidates:
+            raise SystemExit(f"no dataset for {phase} under {workdir}/data")
+        data_path = candidates[-1]  # the newest: the one the checkpoint was trained on
+        ideal = ideal_for_dataset(data_path)[0]
+        with AtomsH5(data_path) as data:
+            train_atoms = [data.atoms(int(k)) for k in data.split("train")]
+        metrics, data_numbers = data_reference(train_atoms, ideal, 0.5, 0.2)
+        entry: dict[str, Any] = {"checkpoint": str(ckpt), "dataset": str(data_path), "data": data_numbers, "samplers": {}}
+        for spec, (sampler, steps) in zip(args.samplers, specs):
+            t0 = time.perf_counter()
+            samples = model.sample(model.sample_template(args.samples), batch_size=min(args.samples, 64), steps=steps,
+                                   sampler=sampler, seed=args.seed, progress=False)
+            seconds = time.perf_counter() - t0
+            res, _ = evaluate(samples, metrics, ideal, 0.2)
+            res.update({"sampler": sampler, "nfe": steps, "sample_seconds": seconds})
+            entry["samplers"][spec] = res
+            print(f"[few-step] {phase} {spec}: match {res['phase_match']:.0%} / {res['phase_match_strict']:.0%}, disp "
+                  f"{res['displacement_rms']:.3f} Å (data {data_numbers['displacement_rms']:.3f}), mean n "
+                  f"{res['n_atoms_mean']:.1f}/{res['n_atoms_target']}, {seconds:.1f} s", flush=True)
+        results["phases"][phase] = entry
+    ref = args.samplers[0]
+    results["summary"] = {}
+    for spec, (_, steps) in zip(args.samplers, specs):
+        drops = [e["samplers"][spec]["phase_match"] - e["samplers"][ref]["phase_match"] for e in results["phases"].values()]
+        results["summary"][spec] = {
+            "nfe": steps, "nfe_saving": specs[0][1] / steps, "worst_drop_points": 100 * min(drops),
+            "within_margin": min(drops) >= -args.margin - 1e-9,
+            "sample_seconds": sum(e["samplers"][spec]["sample_seconds"] for e in results["phases"].values()),
+        }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "few_step.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")
+    (out / "few_step.md").write_text(_table(results))
+    _plot(results, out / "few_step.png")
+    print(_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--supercell", type=float, nargs=3, metavar=("A", "B", "C"),
                       help="multiples of the training cell (default 1 1 1); larger cells are supported")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's sample_steps)")
-    p.add_argument("--sampler", default=None, help="ddpm | ddim (voxel), em | pc (particle); default: the model's")
+    p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm2m | dpm2m-sde (voxel), em | pc (particle); default: the model's")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
     p.add_argument("--condition-from", default=None, metavar="DATASET:INDEX",
                    help="use the conditioning properties of structure INDEX of an HDF5 dataset")

@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None, help="structures per phase dataset (80%% train)")
     p.add_argument("--voxel-sample-steps", type=int, default=None, help="DDIM/DDPM steps of the voxel model")
     p.add_argument("--particle-sample-steps", type=int, default=None, help="noise levels of the particle sampler")
-    p.add_argument("--voxel-sampler", choices=["ddim", "ddpm"], default=None, help="voxel sampler")
+    p.add_argument("--voxel-sampler", choices=["ddim", "ddpm", "dpm2m", "dpm2m-sde"], default=None, help="voxel sampler")
     p.add_argument("--particle-sampler", choices=["em", "pc"], default=None, help="particle sampler")
     p.add_argument("--extra-samplers", nargs="*", default=None, metavar="MODEL:SAMPLER-STEPS",
                    help="more sampler settings evaluated on the same trained models, e.g. voxel:ddim-200 "
@@ -275,7 +275,7 @@ def parse_variant(spec: str) -> tuple[str, str, int]:
         steps_i = int(steps)
     except ValueError:
         raise SystemExit(f"--extra-samplers takes MODEL:SAMPLER-STEPS (e.g. voxel:ddpm-100), got {spec!r}") from None
-    valid = {"voxel": ("ddim", "ddpm"), "particle": ("em", "pc")}
+    valid = {"voxel": ("ddim", "ddpm", "dpm2m", "dpm2m-sde"), "particle": ("em", "pc")}
     if kind not in valid or sampler not in valid[kind] or steps_i < 1:
         raise SystemExit(f"--extra-samplers: {spec!r} is not one of voxel:ddim|ddpm-N, particle:em|pc-N")
     return kind, sampler, steps_i

@@ -329,3 +329,26 @@ def test_training_reduces_loss_and_samples_reproduce_pattern():
     print(f'loss {loss_before:.3f} -> {loss_after:.3f}; best-translation MSE {err.tolist()}, var {var:.3f}')
     assert err.mean().item() < 0.15 * var, err
     assert err.max().item() < 0.3 * var, err
+
+
+def test_per_channel_predictions_round_trip_and_targets():
+    d = GaussianDiffusion("x0", "cosine", 1000)
+    d.set_channel_predictions(["x0", "v", "eps"])
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = d.q_sample(x0, t, eps)
+    target = d.target(x0, eps, t)
+    assert torch.equal(target[:, 0], x0[:, 0])
+    assert torch.allclose(target[:, 1], d.v_from_x0_eps(x0, eps, t)[:, 1])
+    assert torch.equal(target[:, 2], eps[:, 2])
+    x0_back, eps_back = d.split_prediction(target, x_t, t)  # the exact output gives back x0 and eps
+    assert torch.allclose(x0_back[:, :2], x0[:, :2], atol=1e-8)  # eps-channels at t=999 lose x0 precision
+    assert torch.allclose(eps_back, eps, atol=1e-6)
+    with pytest.raises(ValueError, match="per-channel"):
+        d.target(x0[:, :2], eps[:, :2], t)
+    with pytest.raises(ValueError, match="unknown prediction"):
+        d.set_channel_predictions(["x0", "score"])
+    d.set_channel_predictions(["x0"] * 3)  # all equal to `prediction`: back to one kind
+    assert d.channel_predictions is None

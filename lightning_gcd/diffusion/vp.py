@@ -96,9 +96,34 @@ class GaussianDiffusion:
         self.prediction: Prediction = prediction
         self.schedule = schedule if isinstance(schedule, VPSchedule) else VPSchedule.from_name(schedule, T)
         self._tables: dict[torch.device, torch.Tensor] = {}
+        self.channel_predictions: tuple[str, ...] | None = None
+
+    def set_channel_predictions(self, kinds: Sequence[str] | None) -> None:
+        """Predict a different quantity per channel (dim 1): e.g. ``["x0", "v", "v", "v"]``.
+
+        ``None`` (or every entry equal to ``prediction``) returns to one kind for all channels. The
+        conversions are elementwise, so each channel simply follows its own kind in the loss and samplers.
+        """
+        if kinds is None or all(k == self.prediction for k in kinds):
+            self.channel_predictions = None
+            return
+        bad = [k for k in kinds if k not in ("eps", "x0", "v")]
+        if bad:
+            raise ValueError(f"unknown prediction(s) {bad}; choose 'eps', 'x0' or 'v'")
+        self.channel_predictions = tuple(kinds)
+
+    def _channel_mask(self, kind: str, like: torch.Tensor) -> torch.Tensor:
+        """(1, C, 1, ...) bool: the channels that predict ``kind``."""
+        kinds = self.channel_predictions
+        assert kinds is not None
+        if like.ndim < 2 or like.shape[1] != len(kinds):
+            raise ValueError(f"per-channel predictions {kinds} need (B, {len(kinds)}, ...) tensors, got {tuple(like.shape)}")
+        mask = torch.tensor([k == kind for k in kinds], device=like.device)
+        return mask.view(1, -1, *([1] * (like.ndim - 2)))
 
     def __repr__(self) -> str:
-        return f"GaussianDiffusion(prediction={self.prediction!r}, schedule={self.schedule.name!r}, T={self.T})"
+        per_channel = f", channel_predictions={self.channel_predictions!r}" if self.channel_predictions else ""
+        return f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}, schedule={self.schedule.name!r}, T={self.T})"
 
     @property
     def T(self) -> int:
@@ -163,18 +188,38 @@ class GaussianDiffusion:
 
     def split_prediction(self, pred: torch.Tensor, x_t: torch.Tensor,
                          t_index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Turn a raw model output (of kind ``self.prediction``) into ``(x0, eps)``."""
-        if self.prediction == "eps":
+        """Turn a raw model output (of kind ``self.prediction``, or per channel) into ``(x0, eps)``."""
+        if self.channel_predictions is not None:
+            x0, eps = pred.clone(), pred.clone()
+            for kind in set(self.channel_predictions):
+                m = self._channel_mask(kind, pred)
+                k_x0, k_eps = self._split_one(kind, pred, x_t, t_index)
+                x0, eps = torch.where(m, k_x0, x0), torch.where(m, k_eps, eps)
+            return x0, eps
+        return self._split_one(self.prediction, pred, x_t, t_index)
+
+    def _split_one(self, kind: str, pred: torch.Tensor, x_t: torch.Tensor,
+                   t_index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if kind == "eps":
             return self.x0_from_eps(x_t, t_index, pred), pred
-        if self.prediction == "x0":
+        if kind == "x0":
             return pred, self.eps_from_x0(x_t, t_index, pred)
         return self.x0_from_v(x_t, t_index, pred), self.eps_from_v(x_t, t_index, pred)
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t_index: int | torch.Tensor) -> torch.Tensor:
-        """What the model should output for ``x_t = q_sample(x0, t_index, eps)``: eps, x0 or v."""
-        if self.prediction == "eps":
+        """What the model should output for ``x_t = q_sample(x0, t_index, eps)``: eps, x0 or v (per channel
+        when ``channel_predictions`` is set)."""
+        if self.channel_predictions is not None:
+            out = x0.clone()
+            for kind in set(self.channel_predictions):
+                out = torch.where(self._channel_mask(kind, x0), self._target_one(kind, x0, eps, t_index), out)
+            return out
+        return self._target_one(self.prediction, x0, eps, t_index)
+
+    def _target_one(self, kind: str, x0: torch.Tensor, eps: torch.Tensor, t_index: int | torch.Tensor) -> torch.Tensor:
+        if kind == "eps":
             return eps
-        if self.prediction == "x0":
+        if kind == "x0":
             return x0
         return self.v_from_x0_eps(x0, eps, t_index)
 

@@ -35,6 +35,11 @@ class GrandCanonicalDiffusion(DiffusionModule):
             in sampling), "eps" or "v".
         schedule: "cosine" or "linear" VP schedule over ``timesteps`` steps.
         offset_weight: loss weight of the offset channels relative to occupancy.
+        offset_prediction: what the network predicts for the offset channels (default: ``prediction``).
+            ``"v"`` with x0 for occupancy: v's implicit skip connection (x0 = sqrt(ā) x_t - sqrt(1-ā) v)
+            makes the identity the default at low noise, so the atoms keep their own displacements;
+            with x0 everywhere the network outputs ideal offsets there and the samples lose the thermal
+            spread (see the README's crystal experiment).
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
 
@@ -52,6 +57,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         schedule: Literal["cosine", "linear"] = "cosine",
         timesteps: int = 1000,
         offset_weight: float = 1.0,
+        offset_prediction: Literal["x0", "eps", "v"] | None = None,
         **kwargs: Any,
     ) -> None:
         self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps)
@@ -76,6 +82,13 @@ class GrandCanonicalDiffusion(DiffusionModule):
     def build_network(self, info: dict[str, Any]) -> nn.Module:
         self.encoding = make_encoding(info["encoding"], info["species"], **info.get("encoding_options", {}))
         hp = self.hparams
+        if hp.get("offset_prediction") and info["encoding"] != "occupancy":
+            raise GcdError("offset_prediction applies to the occupancy encoding (it has offset channels); "
+                           f"this dataset view uses {info['encoding']!r}")
+        if hp.get("offset_prediction"):
+            n_occ = len(info["species"])
+            self.diffusion.set_channel_predictions(
+                [hp.prediction] * n_occ + [hp.offset_prediction] * (self.encoding.n_channels - n_occ))
         return PeriodicUNet3d(
             in_channels=self.encoding.n_channels,
             base_channels=hp.base_channels,

@@ -208,3 +208,99 @@ def test_cuda_matches_cpu() -> None:
         g_gpu = radius_graph(frac.cuda(), cell.cuda(), mask.cuda(), 3.0, method=method)
         assert as_counter(g_cpu.src, g_cpu.dst, g_cpu.shifts) == as_counter(
             g_gpu.src.cpu(), g_gpu.dst.cpu(), g_gpu.shifts.cpu())
+
+
+# --------------------------------------------------------------------------------------------------
+# The neighbour search behind the metrics' speed: half lists, the column sweep with trimmed windows,
+# unsorted output.
+def _ase_counter(pos: np.ndarray, cell: np.ndarray, cutoff: float):
+    from collections import Counter
+
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    i, j, s = neighbor_list("ijS", Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=cell, pbc=True), cutoff,
+                            self_interaction=False)
+    return Counter(zip(i.tolist(), j.tolist(), map(tuple, s.tolist())))
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_half_lists_and_sweep_match_ase(trim: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
+
+    import torch
+
+    import lightning_gcd.periodic as periodic
+
+    if trim:  # trim every window to the cutoff sphere (by default only long windows are trimmed)
+        monkeypatch.setattr(periodic, "_SWEEP_TRIM_MIN_WINDOW", 0.0)
+    rng = np.random.default_rng(11)
+    used_sweep = 0
+    for case in range(20):
+        lengths = rng.uniform(4.0, 15.0, 3)
+        if case % 4 == 1:
+            lengths[case % 3] = rng.uniform(1.5, 2.5)  # an axis thinner than the cutoff
+        cell = np.diag(lengths)
+        if case % 2:  # strongly sheared
+            cell[1, 0], cell[2, 0], cell[2, 1] = rng.uniform(-0.6, 0.6, 3) * lengths[[0, 0, 1]]
+        n = int(rng.integers(1, 70))
+        cutoff = float(rng.uniform(1.0, 4.0))
+        frac = rng.uniform(-0.5, 1.5, (n, 3))  # unwrapped: shifts are relative to the input
+        if case % 5 == 0:
+            frac[: n // 2, 0] = 0.0  # on a face
+        pos = frac @ cell
+        ref = _ase_counter(pos, cell, cutoff)
+        ft, ct = torch.as_tensor(frac)[None], torch.as_tensor(cell)[None]
+        used_sweep += int(periodic._sweep_applicable(periodic.perpendicular_widths(ct), cutoff)[0])
+        for method in ("cell_list", "dense"):
+            found = periodic.neighbor_search(ft, ct, None, cutoff, method=method, half=True, distances=True)
+            half = Counter(zip(found.src.tolist(), found.dst.tolist(), map(tuple, found.shifts.tolist())))
+            mirror = Counter(zip(found.dst.tolist(), found.src.tolist(), map(tuple, (-found.shifts).tolist())))
+            assert max(half.values(), default=1) == 1 and half + mirror == ref, (case, method)
+            vec = torch.as_tensor(pos)[found.dst] + found.shifts.double() @ ct[0] - torch.as_tensor(pos)[found.src]
+            torch.testing.assert_close(found.distances, vec.norm(dim=1), rtol=0, atol=1e-9)
+            full = periodic.radius_graph(ft, ct, None, cutoff, method=method, sort=False)
+            assert Counter(zip(full.src.tolist(), full.dst.tolist(), map(tuple, full.shifts.tolist()))) == ref
+    assert used_sweep >= 10
+
+
+def test_sweep_padded_mixed_batch_equals_dense() -> None:
+    import torch
+
+    from lightning_gcd.periodic import neighbor_search, radius_graph
+
+    torch.manual_seed(3)
+    b, n = 5, 70
+    frac = torch.rand(b, n, 3, dtype=torch.float64)
+    cell = torch.diag_embed(torch.tensor([[12.0, 9.0, 8.0], [3.0, 3.5, 4.0], [10.0, 10.0, 10.0], [14.0, 2.0, 9.0],
+                                          [9.0, 9.0, 9.0]], dtype=torch.float64))
+    cell[2, 1, 0] = 3.0  # one sheared cell
+    mask = torch.rand(b, n) > 0.25
+    mask[4] = False  # an empty structure
+    for dtype in (torch.float64, torch.float32):
+        sweep = radius_graph(frac.to(dtype), cell.to(dtype), mask, 3.3, method="cell_list")
+        dense = radius_graph(frac.to(dtype), cell.to(dtype), mask, 3.3, method="dense")
+        assert torch.equal(sweep.src, dense.src) and torch.equal(sweep.dst, dense.dst)
+        assert torch.equal(sweep.shifts, dense.shifts)
+    half = neighbor_search(frac, cell, mask, 3.3, half=True, shifts=False, distances=True)
+    assert half.shifts is None and 2 * half.src.numel() == dense.src.numel()
+
+
+def test_sweep_candidates_stay_close_to_pairs() -> None:
+    """Guards the speed of g(r)/coordination: the sweep evaluates few candidates per pair found."""
+    from ase.build import bulk
+
+    import lightning_gcd.periodic as periodic
+    from lightning_gcd.metrics._pairs import as_batch, find_pairs
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (8, 8, 8)  # 2048 atoms
+    atoms.rattle(0.05, seed=0)
+    batch = as_batch(atoms)
+    for cutoff, max_ratio in ((6.0, 5.0), (3.0, 5.0)):
+        periodic._SWEEP_STATS = {}
+        try:
+            pairs = find_pairs(batch, cutoff, half=True)
+            stats = dict(periodic._SWEEP_STATS)
+        finally:
+            periodic._SWEEP_STATS = None
+        assert stats["evaluated"] < max_ratio * pairs.distances.numel(), stats

@@ -92,10 +92,37 @@ def train_step_worker(kind: str, size: int, workdir: str, batch_size: int, steps
     if device == "cuda":
         torch.cuda.synchronize()
     elapsed = (time.perf_counter() - start) / steps
+
+    # the network's own work: its forward + backward on the inputs of a real loss call, plus the optimiser step
+    captured: list[tuple] = []
+    network = model.network
+    model.network = lambda *a, **k: (captured.append((a, k)), network(*a, **k))[1]  # type: ignore[method-assign]
+    model.diffusion_loss(batch)
+    model.network = network  # type: ignore[method-assign]
+    net_args, net_kwargs = captured[0]
+    net_args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in net_args)
+
+    def net_step() -> None:
+        out = network(*net_args, **net_kwargs)
+        optimizer.zero_grad(set_to_none=True)
+        out.square().mean().backward()
+        optimizer.step()
+
+    net_step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        net_step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    net_elapsed = (time.perf_counter() - start) / steps
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
         "model": kind, "size": size, "batch": batch_size, "params": sum(p.numel() for p in model.net.parameters()),
         "s_per_step": round(elapsed, 4), "steps_per_s": round(1 / elapsed, 3), "samples_per_s": round(batch_size / elapsed, 2),
+        "network_only_s_per_step": round(net_elapsed, 4),
+        "non_network_fraction": round(max(0.0, 1.0 - net_elapsed / elapsed), 3),
         "peak_memory_mb": round(peak / 2**20, 1), "peak_memory_kind": "cuda max allocated" if device == "cuda" else "process max RSS",
         "malloc_thresholds_high": os.environ.get("MALLOC_MMAP_THRESHOLD_") == MALLOC_HIGH["MALLOC_MMAP_THRESHOLD_"],
     }
@@ -116,7 +143,7 @@ def bench_sampling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     """Structures/s for each sampler and step count (untrained weights: speed only)."""
     rows = []
     n = 4 if quick else 8
-    for kind, size, samplers in (("voxel", 16, [("ddim", 10), ("ddim", 50), ("ddpm", 50)]),
+    for kind, size, samplers in (("voxel", 16, [("ddim", 10), ("dpm2m", 10), ("ddim", 50), ("ddpm", 50)]),
                                  ("particle", 32, [("em", 50), ("em", 200), ("pc", 50)])):
         model, batch = _model_and_batch(kind, size, workdir, n)
         model.eval()
@@ -206,18 +233,20 @@ def main() -> None:
         return
     started = time.perf_counter()
     steps = "2" if args.quick else "5"
+
+    def say(what: str) -> None:  # progress on stderr; the JSON alone goes to stdout
+        print(f"[bench {time.perf_counter() - started:6.0f} s] {what}", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for repeat in (2, 4):
             _dataset(workdir, repeat)
         _dataset(workdir, 2, count=160)
-        train = [
-            _in_subprocess(["voxel", "16", tmp, "8", steps]),
-            _in_subprocess(["voxel", "32", tmp, "8", steps]),
-            _in_subprocess(["voxel", "32", tmp, "8", steps], MALLOC_HIGH),
-            _in_subprocess(["particle", "32", tmp, "8", steps]),
-            _in_subprocess(["particle", "256", tmp, "8", steps]),
-        ]
+        train = []
+        for kind, size, env in (("voxel", "16", None), ("voxel", "32", None), ("voxel", "32", MALLOC_HIGH),
+                                ("particle", "32", None), ("particle", "256", None)):
+            say(f"training steps: {kind} {size}{' (high malloc thresholds)' if env else ''}")
+            train.append(_in_subprocess([kind, size, tmp, "8", steps], env))
         low, high = train[1], train[2]
         malloc_ratio = (round(low["s_per_step"] / high["s_per_step"], 3)
                         if "s_per_step" in low and "s_per_step" in high else None)
@@ -227,11 +256,15 @@ def main() -> None:
                         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
             "training": train,
             "voxel32_step_speedup_with_high_malloc_thresholds": malloc_ratio,
-            "sampling": bench_sampling(workdir, args.quick),
-            "voxel_sampling_vs_grid": bench_grid_scaling(workdir, args.quick),
-            "loader_vs_consumption": bench_loader(workdir, train),
-            "graph_and_rdf_vs_atoms": bench_graph_and_rdf(args.quick),
         }
+        say("sampling")
+        result["sampling"] = bench_sampling(workdir, args.quick)
+        say("sampling against grid size")
+        result["voxel_sampling_vs_grid"] = bench_grid_scaling(workdir, args.quick)
+        say("loader")
+        result["loader_vs_consumption"] = bench_loader(workdir, train)
+        say("radius graph and g(r)")
+        result["graph_and_rdf_vs_atoms"] = bench_graph_and_rdf(args.quick)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=2))
 

@@ -45,6 +45,8 @@ class AtomsDataModule(L.LightningDataModule):
         use_voxel_cache: read ``/voxels/<encoding>`` from the file when its grid matches.
         translate: random periodic translation of training structures (exact augmentation).
         conditions: names of per-structure properties concatenated into ``batch["cond"]``.
+        atom_properties: names of per-atom properties served as ``batch["atom_<name>"]`` (B, N, ...),
+            zero-padded (e.g. ``[xanes, xanes_mask]`` for the spectrum forward model).
         split_fractions, split_seed: used only when the file has no ``/splits``.
         build: builder options used by ``prepare_data`` when ``path`` does not exist
             (``{"kind": "crystals", ...}``, see ``datamodules.builders``).
@@ -64,6 +66,7 @@ class AtomsDataModule(L.LightningDataModule):
         use_voxel_cache: bool = True,
         translate: bool = True,
         conditions: Sequence[str] = (),
+        atom_properties: Sequence[str] = (),
         split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
         split_seed: int = 0,
         build: dict[str, Any] | None = None,
@@ -87,6 +90,7 @@ class AtomsDataModule(L.LightningDataModule):
         self.use_voxel_cache = use_voxel_cache
         self.translate = translate
         self.conditions = list(conditions)
+        self.atom_properties = list(atom_properties)
         self.split_fractions = tuple(split_fractions)
         self.split_seed = split_seed
         self.build = dict(DEFAULT_BUILD if build is None else build)
@@ -133,6 +137,10 @@ class AtomsDataModule(L.LightningDataModule):
                 ds = data.require_property(name)
                 if ds.dtype.kind not in "biuf":
                     raise DatasetFormatError(self.path, f"properties/{name}", "a condition must be numeric")
+            for name in self.atom_properties:
+                if name not in data.atom_property_names:
+                    raise DatasetFormatError(self.path, f"atom_properties/{name}",
+                                             f"missing (available: {', '.join(data.atom_property_names) or 'none'})")
             self.cond_dim = sum(int(np.prod(data.require_property(n).shape[1:])) for n in self.conditions)
             if len(self.splits["train"]) == 0:
                 raise GcdError(f"{self.path}: the train split is empty")
@@ -185,7 +193,7 @@ class AtomsDataModule(L.LightningDataModule):
         if len(indices) == 0:
             raise GcdError(f"{self.path}: the {split} split is empty")
         return AtomsDataset(
-            self.path, indices, self.conditions,
+            self.path, indices, self.conditions, atom_properties=self.atom_properties,
             translate=self.translate if translate is None else translate,
             voxel_cache=self._cache_name,
         )
@@ -224,6 +232,12 @@ class AtomsDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def spectrum_energy(self) -> list[float] | None:
+        """The energy grid (eV) of the file's spectra (attribute ``meta_xanes_energy``), or None."""
+        with AtomsH5(self.path, validate=False) as data:
+            grid = data.attrs.get("meta_xanes_energy")
+        return None if grid is None else [float(e) for e in np.ravel(grid)]
 
     def reference_atoms(self, split: str = "val", limit: int | None = None) -> list:
         """ASE structures of a split (the reference that generated samples are compared with)."""

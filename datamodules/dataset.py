@@ -26,7 +26,7 @@ class AtomsDataset(Dataset):
 
     Item keys: ``frac_coords`` (n, 3) float64 in [0, 1), ``numbers`` (n,) int64, ``cell`` (3, 3) float64 Å,
     ``index`` int (structure index in the file), ``cond`` (K,) float32 when ``conditions`` are named
-    (the named properties concatenated), ``grid`` (C, D, H, W) float32 when a voxel cache is used.
+    (the named properties concatenated), ``atom_<name>`` (n, ...) for each named per-atom property, ``grid`` (C, D, H, W) float32 when a voxel cache is used.
 
     ``translate=True`` applies a uniformly random periodic translation to every item (exact: fractional
     coordinates are shifted and wrapped; a cached grid is rolled by whole voxels, so its shift is drawn in
@@ -40,8 +40,10 @@ class AtomsDataset(Dataset):
         conditions: Sequence[str] = (),
         translate: bool = False,
         voxel_cache: str | None = None,
+        atom_properties: Sequence[str] = (),
     ) -> None:
         self.path = Path(path)
+        self.atom_properties = list(atom_properties)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.conditions = list(conditions)
         self.translate = translate
@@ -82,6 +84,8 @@ class AtomsDataset(Dataset):
             item["cond"] = np.concatenate(
                 [np.atleast_1d(np.asarray(data.structure_property(name, i), dtype=np.float32)).ravel() for name in self.conditions]
             )
+        for name in self.atom_properties:
+            item[f"atom_{name}"] = np.asarray(data.atom_property(name, i))
         return item
 
 
@@ -105,6 +109,13 @@ def collate_particles(items: list[Item], n_max: int) -> Batch:
     }
     if "cond" in items[0]:
         batch["cond"] = torch.as_tensor(np.stack([item["cond"] for item in items]), dtype=torch.float32)
+    for key in (k for k in items[0] if k.startswith("atom_")):
+        first = np.asarray(items[0][key])
+        dtype = torch.bool if first.dtype == bool else torch.float32
+        values = torch.zeros((b, n_max, *first.shape[1:]), dtype=dtype)
+        for k, item in enumerate(items):
+            values[k, : len(item[key])] = torch.as_tensor(np.asarray(item[key])).to(dtype)
+        batch[key] = values
     return batch
 
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,6 +28,15 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
     p.add_argument("--condition-from", default=None, metavar="DATASET:INDEX",
                    help="use the conditioning properties of structure INDEX of an HDF5 dataset")
+    p.add_argument("--spectrum", default=None, metavar="FILE",
+                   help="target spectrum: two columns energy (eV) / intensity (text or .npy), interpolated onto the "
+                        "model's energy grid, or K values already on it (.npy); the condition of a spectrum-conditioned "
+                        "model (classifier-free guidance) and the target of --forward-ckpt")
+    p.add_argument("--forward-ckpt", default=None, metavar="CKPT",
+                   help="spectrum forward model (SpectrumModel checkpoint): diffusion posterior sampling toward the "
+                        "target spectrum (--spectrum, or the structure of --condition-from)")
+    p.add_argument("--dps-scale", type=float, default=None, metavar="RHO",
+                   help="norm of the posterior-sampling term added to the score (needed with --forward-ckpt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -47,6 +57,56 @@ def condition_from(spec: str, names: list[str]) -> torch.Tensor:
             raise GcdError(f"{path}: index {i} out of range (the file holds {len(data)} structures)")
         parts = [np.atleast_1d(np.asarray(data.structure_property(name, i), dtype=np.float32)).ravel() for name in names]
     return torch.as_tensor(np.concatenate(parts))
+
+
+def read_spectrum(path: str | Path, energy: Sequence[float] | None) -> torch.Tensor:
+    """A spectrum file on the model's energy grid ``energy`` (eV), as a (K,) float32 tensor.
+
+    Accepted: a text file (whitespace or comma separated, ``#`` comments) or a ``.npy`` array with two
+    columns, energy (eV, monotonic) and intensity, linearly interpolated onto the grid, which the file's
+    energies must cover (to half a grid step); or, as ``.npy`` or one text column, exactly K values on the grid.
+    Any other input raises a one-line ``GcdError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GcdError(f"{path}: no such spectrum file")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            with open(path) as handle:
+                text = handle.read().replace(",", " ")
+            rows = [line.split("#", 1)[0].split() for line in text.splitlines()]
+            rows = [r for r in rows if r]
+            if not rows or len({len(r) for r in rows}) != 1:
+                raise ValueError("expected one or two columns of numbers on every line")
+            values = np.asarray(rows, dtype=np.float64)
+    except (ValueError, OSError) as exc:
+        raise GcdError(f"{path}: not a spectrum file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if not np.all(np.isfinite(values)):
+        raise GcdError(f"{path}: the spectrum has non-finite values")
+    if values.ndim == 1:
+        if energy is None or len(values) != len(energy):
+            expected = f"{len(energy)} values on the grid {energy[0]:g}–{energy[-1]:g} eV" if energy else "energy/intensity columns"
+            raise GcdError(f"{path}: {len(values)} values without energies; the model expects {expected}")
+        return torch.as_tensor(values, dtype=torch.float32)
+    if values.ndim != 2 or values.shape[1] != 2 or len(values) < 2:
+        raise GcdError(f"{path}: expected two columns (energy eV, intensity) and at least 2 rows, got shape {values.shape}")
+    e, mu = values[:, 0], values[:, 1]
+    if np.all(np.diff(e) < 0):
+        e, mu = e[::-1], mu[::-1]
+    if not np.all(np.diff(e) > 0):
+        raise GcdError(f"{path}: the energies (first column) must be strictly monotonic")
+    if energy is None:
+        raise GcdError(f"{path}: the checkpoint stores no energy grid; give the spectrum as its K values on the model's grid (.npy)")
+    grid = np.asarray(energy, dtype=np.float64)
+    half = 0.5 * float(np.min(np.diff(grid))) if len(grid) > 1 else 0.0
+    if e[0] > grid[0] + half or e[-1] < grid[-1] - half:
+        raise GcdError(f"{path}: the spectrum covers {e[0]:g}–{e[-1]:g} eV, the model's grid needs {grid[0]:g}–{grid[-1]:g} eV")
+    return torch.as_tensor(np.interp(grid, e, mu), dtype=torch.float32)
 
 
 def write_structures(atoms_list: list, out: str | Path) -> Path:
@@ -77,16 +137,66 @@ def run_sample(args: argparse.Namespace) -> int:
         if "grid_shape" not in info:
             raise GcdError("--grid applies to voxel models only; use --supercell")
         supercell = [g / g0 for g, g0 in zip(args.grid, info["grid_shape"])]
-    cond = condition_from(args.condition_from, info.get("conditions", [])) if args.condition_from else None
-    if cond is not None and cond.numel() != info.get("cond_dim", 0):
-        raise GcdError(f"the condition has {cond.numel()} values, the model expects {info.get('cond_dim', 0)}")
-    template = model.sample_template(args.n, supercell, cond)
+    cond, target, posterior = conditions_and_target(args, model)
+    template = model.sample_template(args.n, supercell, cond, target)
     atoms_list = model.sample(template, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
-                              guidance_scale=args.guidance, seed=args.seed, progress=not args.no_progress)
+                              guidance_scale=args.guidance, seed=args.seed, progress=not args.no_progress,
+                              posterior=posterior)
     for k, atoms in enumerate(atoms_list):
         atoms.info.update({"sample": k, "model": type(model).__name__, "seed": args.seed})
+        if posterior is not None:
+            atoms.info["dps_scale"] = posterior.scale
     write_structures(atoms_list, args.out)
     counts = [len(a) for a in atoms_list]
     print(f"wrote {len(atoms_list)} structures to {args.out} (atoms per structure: min {min(counts)}, "
           f"mean {np.mean(counts):.1f}, max {max(counts)})", file=sys.stderr)
     return 0
+
+
+def conditions_and_target(args: argparse.Namespace, model) -> tuple:
+    """(condition (K,) or None, posterior target (K,) or None, ``SpectrumGuidance`` or None) from the options."""
+    from lightning_gcd.diffusion.guidance import SpectrumGuidance
+    from lightning_gcd.models.loading import load_model
+    from lightning_gcd.models.spectrum import SpectrumModel
+
+    info = model.info
+    cond_dim = int(info.get("cond_dim", 0))
+    if args.spectrum and args.condition_from:
+        raise GcdError("give either --spectrum or --condition-from, not both")
+    forward = None
+    if args.forward_ckpt:
+        if args.dps_scale is None:
+            raise GcdError("--forward-ckpt needs --dps-scale RHO (the size of the posterior-sampling step)")
+        forward = load_model(args.forward_ckpt, map_location=args.device, base=SpectrumModel)
+    elif args.dps_scale is not None:
+        raise GcdError("--dps-scale needs --forward-ckpt (the spectrum forward model)")
+    grid = info.get("spectrum_energy") or (forward.info.get("energy") if forward is not None else None)
+    if forward is not None and info.get("spectrum_energy") and forward.info.get("energy"):
+        if not np.allclose(info["spectrum_energy"], forward.info["energy"]):
+            raise GcdError(f"{args.forward_ckpt}: its energy grid differs from the diffusion model's")
+
+    cond = target = None
+    if args.spectrum:
+        spectrum = read_spectrum(args.spectrum, grid)
+        if cond_dim:
+            if spectrum.numel() != cond_dim:
+                raise GcdError(f"{args.spectrum}: {spectrum.numel()} values; the model's condition "
+                               f"({', '.join(info.get('conditions', []))}) has {cond_dim}")
+            cond = spectrum
+        if forward is not None:
+            target = spectrum
+        if not cond_dim and forward is None:
+            raise GcdError("--spectrum needs a spectrum-conditioned model or a forward model (--forward-ckpt)")
+    elif args.condition_from:
+        if cond_dim:
+            cond = condition_from(args.condition_from, info.get("conditions", []))
+            if cond.numel() != cond_dim:
+                raise GcdError(f"the condition has {cond.numel()} values, the model expects {cond_dim}")
+        if forward is not None:
+            target = condition_from(args.condition_from, [forward.hparams.spectrum])
+    elif forward is not None:
+        raise GcdError("--forward-ckpt needs a target: --spectrum FILE or --condition-from DATASET:INDEX")
+    if target is not None and target.numel() != int(forward.info["n_out"]):
+        raise GcdError(f"the target spectrum has {target.numel()} values, the forward model predicts {forward.info['n_out']}")
+    posterior = SpectrumGuidance(forward.float(), args.dps_scale) if forward is not None else None
+    return cond, target, posterior

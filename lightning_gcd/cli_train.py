@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -32,7 +33,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.datamodule import AtomsDataModule
 from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint
-from lightning_gcd.models.base import DiffusionModule
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 WANDB_ID_FILE = "wandb_id"
@@ -154,7 +154,7 @@ def run_lightning(argv: Sequence[str]) -> int:
     cli: GcdCLI | None = None
     try:
         cli = GcdCLI(
-            DiffusionModule,
+            L.LightningModule,  # subclass mode: the diffusion models and the spectrum forward model
             AtomsDataModule,
             subclass_mode_model=True,
             args=None if list(argv) == sys.argv[1:] else list(argv),  # LightningCLI warns when given both

@@ -178,10 +178,11 @@ class VEParticleDiffusion:
 
     # ------------------------------------------------------------------ sampling
     def _eps(self, model: Model, frac: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
-             cell: torch.Tensor, t: float, cond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+             cell: torch.Tensor, t: float, cond: torch.Tensor | None, guidance_scale: float,
+             grad: bool = False) -> torch.Tensor:
         b = frac.shape[0]
         tb = torch.full((b,), t, device=frac.device, dtype=frac.dtype)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             if cond is None or guidance_scale == 0.0:
                 out = model(frac, numbers, mask, cell, tb, cond=None, cond_keep=None)
             elif guidance_scale == 1.0:
@@ -196,6 +197,22 @@ class VEParticleDiffusion:
                 out = classifier_free_guidance(uncond, cond_pred, guidance_scale)
         return out.to(frac.dtype) * mask[..., None].to(frac.dtype)
 
+    def _posterior_eps(self, model: Model, frac: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
+                       cell: torch.Tensor, inv_cell: torch.Tensor, t: float, sigma: float, cond: torch.Tensor | None,
+                       guidance_scale: float, posterior: Callable[..., torch.Tensor], posterior_scale: float) -> torch.Tensor:
+        """eps with diffusion posterior sampling: ``eps + sigma * rho * unit(grad_x_t L(x0_hat))`` (guidance.py)."""
+        from lightning_gcd.diffusion.guidance import unit_per_sample
+
+        with torch.enable_grad():
+            x = frac.detach().requires_grad_(True)
+            eps = self._eps(model, x, numbers, mask, cell, t, cond, guidance_scale, grad=True)
+            x0 = x - sigma * torch.einsum("bni,bij->bnj", eps, inv_cell)  # Tweedie, in fractional coordinates
+            loss = posterior(x0, numbers, mask, cell)
+            (g_frac,) = torch.autograd.grad(loss.sum(), x)
+        # f = r @ cell^-1  ->  dL/dr = dL/df @ cell^-T
+        g = torch.einsum("bnj,bij->bni", g_frac, inv_cell) * mask[..., None].to(frac.dtype)
+        return eps.detach() + sigma * posterior_scale * unit_per_sample(g)
+
     @staticmethod
     def _move(frac: torch.Tensor, dx: torch.Tensor, inv_cell: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Cartesian displacement -> wrapped fractional coordinates; padding stays at 0."""
@@ -204,7 +221,8 @@ class VEParticleDiffusion:
     def sample(self, model: Model, cell: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
                steps: int = 200, sampler: Literal["em", "pc"] = "em", cond: torch.Tensor | None = None,
                guidance_scale: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
-               snr: float = 0.16, corrector_steps: int = 1) -> torch.Tensor:
+               snr: float = 0.16, corrector_steps: int = 1,
+               posterior: Callable[..., torch.Tensor] | None = None, posterior_scale: float = 0.0) -> torch.Tensor:
         """Generate fractional coordinates (B, N, 3) in [0, 1) for the given cells and species.
 
         Args:
@@ -221,6 +239,10 @@ class VEParticleDiffusion:
             snr: corrector signal-to-noise ratio; the Langevin step is
                 ``2 (snr |z| / |score|)²`` per structure, capped at ``sigma²``.
             corrector_steps: Langevin steps per noise level (``sampler="pc"``).
+            posterior: diffusion posterior sampling loss ``f(frac0_hat, numbers, mask, cell) -> (B,)`` of the
+                denoised estimate (e.g. ``SpectrumGuidance.bind(target)``); its normalised gradient with
+                respect to the noisy positions, times ``posterior_scale`` (ρ), is added to the score at every
+                predictor step (``lightning_gcd.diffusion.guidance``).
         """
         if sampler not in ("em", "pc"):
             raise ValueError(f"unknown sampler {sampler!r}; use 'em' or 'pc'")
@@ -245,7 +267,11 @@ class VEParticleDiffusion:
                     step = 2.0 * (snr * noise_norm / grad_norm.clamp(min=1e-12)) ** 2
                     step = step.clamp(max=s * s)[:, None, None]
                     frac = self._move(frac, step * score + torch.sqrt(2.0 * step) * z, inv_cell, mask)
-            eps = self._eps(model, frac, numbers, mask, cell, t, cond, guidance_scale)
+            if posterior is not None and posterior_scale > 0:
+                eps = self._posterior_eps(model, frac, numbers, mask, cell, inv_cell, t, s, cond, guidance_scale,
+                                          posterior, posterior_scale)
+            else:
+                eps = self._eps(model, frac, numbers, mask, cell, t, cond, guidance_scale)
             var = s * s - s_next * s_next
             dx = var * (-eps / s)
             if k < steps - 1:

@@ -295,6 +295,19 @@ class GaussianDiffusion:
         cond_pred, uncond_pred = out[:b], out[b:]
         return classifier_free_guidance(uncond_pred, cond_pred, guidance_scale)
 
+    def _posterior_step(self, model: Model, x: torch.Tensor, i: int, cond: torch.Tensor | None, guidance_scale: float,
+                        clip_x0: tuple[float, float] | None, posterior: Callable[[torch.Tensor], torch.Tensor],
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, eps, unit gradient of the posterior loss of x0_hat with respect to x_t through the model)."""
+        from lightning_gcd.diffusion.guidance import straight_through_clamp, unit_per_sample
+
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            x0, eps = self.split_prediction(self._model_prediction(model, xr, i, cond, guidance_scale), xr, i)
+            x0_hat = straight_through_clamp(x0, *clip_x0) if clip_x0 is not None else x0
+            (g,) = torch.autograd.grad(posterior(x0_hat).sum(), xr)
+        return x0.detach(), eps.detach(), unit_per_sample(g)
+
     @torch.no_grad()
     def sample(
         self,
@@ -312,6 +325,8 @@ class GaussianDiffusion:
         known: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
+        posterior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        posterior_scale: float = 0.0,
     ) -> torch.Tensor:
         """Generate samples by ancestral DDPM or DDIM on ``steps`` respaced steps.
 
@@ -340,6 +355,11 @@ class GaussianDiffusion:
             known_mask: bool, broadcastable to ``shape``; True where ``known`` applies. At each step those
                 entries of x_t are replaced by ``q_sample(known, t)`` and those of the result by ``known``.
             dtype: dtype of the samples.
+            posterior: diffusion posterior sampling loss ``f(x0_hat) -> (B,)`` of the predicted clean sample
+                (clamped straight-through to ``clip_x0``); its gradient with respect to ``x_t`` through the
+                model, normalised per sample (ĝ) and times ``posterior_scale`` (ρ), is added to the score:
+                every step moves ``x_prev`` by ``−β_k ρ ĝ`` with ``β_k = 1 − ā_k/ā_prev`` the respaced step's
+                beta (the DDPM step moves x by β_k times the score) (``lightning_gcd.diffusion.guidance``).
         Returns:
             (shape) samples.
         """
@@ -386,15 +406,20 @@ class GaussianDiffusion:
             if known is not None:
                 x = torch.where(known_mask, self.q_sample(known, i, _randn(shape, generator, device, dtype)), x)
 
-            pred = self._model_prediction(model, x, i, cond, guidance_scale)
-            x0, eps = self.split_prediction(pred, x, i)
+            guide = None
+            if posterior is not None and posterior_scale > 0:
+                x0, eps, guide = self._posterior_step(model, x, i, cond, guidance_scale, clip_x0, posterior)
+                guide = posterior_scale * (1.0 - a / a_prev) * guide  # beta_k * rho * unit gradient
+            else:
+                pred = self._model_prediction(model, x, i, cond, guidance_scale)
+                x0, eps = self.split_prediction(pred, x, i)
             if clip_x0 is not None:
                 x0 = x0.clamp(*clip_x0)
                 eps = self.eps_from_x0(x, i, x0)
 
             if i_prev < 0:
                 # Last step: ā_prev = 1, both samplers return the predicted x0 (no noise).
-                x = x0
+                x = x0 if guide is None else x0 - guide
                 break
             if sampler.startswith("dpm2m"):
                 # first order on the first step (no history) and on the last solver step (to ā[0], where the
@@ -413,6 +438,8 @@ class GaussianDiffusion:
                 coef_xt = math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a)
                 sigma = math.sqrt(beta * (1.0 - a_prev) / (1.0 - a))
                 x = coef_x0 * x0 + coef_xt * x
+            if guide is not None:
+                x = x - guide
             if sigma > 0.0:
                 x = x + sigma * _randn(shape, generator, device, dtype)
 

@@ -106,7 +106,9 @@ class DiffusionModule(L.LightningModule):
         train = datamodule.reference_atoms("train", limit=256)
         counts = [len(a) for a in train]
         volumes = [a.get_volume() for a in train]
+        energy = datamodule.spectrum_energy() if hasattr(datamodule, "spectrum_energy") else None
         return {
+            "spectrum_energy": energy,  # eV grid of a spectrum condition (a-C XANES), or None
             "species": list(datamodule.species),
             "conditions": list(datamodule.conditions),
             "cond_dim": int(datamodule.cond_dim),
@@ -132,13 +134,20 @@ class DiffusionModule(L.LightningModule):
     @abstractmethod
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False) -> StructureBatch:
+                 progress: bool = False, posterior: Any = None) -> StructureBatch:
         """Generate one structure per row of ``template``.
 
         ``template`` carries ``cell`` (B,3,3) and optionally ``numbers``/``mask`` (B,N) (the particle model
-        uses them as the atom count and species; the voxel model ignores them: its count is free) and
-        ``cond`` (B,K).
+        uses them as the atom count and species; the voxel model ignores them: its count is free),
+        ``cond`` (B,K) and, with ``posterior`` (a ``SpectrumGuidance``: diffusion posterior sampling),
+        the target spectra ``target`` (B,K).
         """
+
+    @staticmethod
+    def posterior_target(template: Batch, posterior: Any) -> torch.Tensor:
+        if "target" not in template:
+            raise GcdError("diffusion posterior sampling needs a target spectrum (--spectrum FILE or --condition-from)")
+        return template["target"].float()
 
     # ------------------------------------------------------------------------------------------------
     def _build(self, info: dict[str, Any]) -> None:
@@ -204,18 +213,7 @@ class DiffusionModule(L.LightningModule):
             total = int(hp.lr_total_steps)
         else:
             total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warmup = max(0, int(hp.warmup_steps))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if hp.lr_schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_cosine(optimizer, hp.warmup_steps, total, hp.min_lr_ratio, hp.lr_schedule)
 
     # ------------------------------------------------------------------------------------------------
     # validation: loss with EMA weights, then sample and evaluate
@@ -305,8 +303,10 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------
     # sampling outside training
-    def sample_template(self, n: int, supercell: Sequence[float] = (1, 1, 1), cond: torch.Tensor | None = None) -> Batch:
-        """``n`` rows of the training reference cell scaled by ``supercell`` (and the condition, if any)."""
+    def sample_template(self, n: int, supercell: Sequence[float] = (1, 1, 1), cond: torch.Tensor | None = None,
+                        target: torch.Tensor | None = None) -> Batch:
+        """``n`` rows of the training reference cell scaled by ``supercell`` (and the condition and the
+        posterior-sampling target spectrum, if any)."""
         if len(supercell) != 3 or min(supercell) <= 0:
             raise GcdError(f"supercell needs three positive factors, got {list(supercell)}")
         cell = torch.as_tensor(self.info["reference_cell"], dtype=torch.float32) * torch.as_tensor(supercell, dtype=torch.float32)[:, None]
@@ -315,12 +315,17 @@ class DiffusionModule(L.LightningModule):
             template["cond"] = cond.float().reshape(1, -1).expand(n, -1).clone()
         elif self.info.get("cond_dim", 0):
             raise GcdError("this model was trained with a condition: pass one (--condition-from DATASET:INDEX or --spectrum FILE)")
+        if target is not None:
+            template["target"] = target.float().reshape(1, -1).expand(n, -1).clone()
         return template
 
     @torch.no_grad()
     def sample(self, template: Batch, batch_size: int = 16, steps: int | None = None, sampler: str | None = None,
-               guidance_scale: float | None = None, seed: int = 0, progress: bool = True) -> list:
-        """Generate one structure per template row with the EMA weights; returns ASE ``Atoms``."""
+               guidance_scale: float | None = None, seed: int = 0, progress: bool = True, posterior: Any = None) -> list:
+        """Generate one structure per template row with the EMA weights; returns ASE ``Atoms``.
+
+        ``posterior``: a ``SpectrumGuidance`` for diffusion posterior sampling toward ``template["target"]``.
+        """
         from tqdm.auto import tqdm
 
         self.eval()
@@ -331,10 +336,29 @@ class DiffusionModule(L.LightningModule):
         with context, tqdm(total=n, desc="sampling", unit="structure", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 chunk = {k: v[start:start + batch_size].to(self.device) for k, v in template.items()}
-                structures = self.generate(chunk, steps=steps, sampler=sampler, guidance_scale=guidance_scale, generator=generator)
+                structures = self.generate(chunk, steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+                                           generator=generator, posterior=posterior)
                 out.extend(structures.to_atoms())
                 bar.update(len(chunk["cell"]))
         return out
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total: int, min_lr_ratio: float = 0.1,
+                  schedule: str = "cosine") -> dict[str, Any]:
+    """Lightning's optimiser dict: linear warm-up over ``warmup_steps``, then cosine decay to
+    ``min_lr_ratio`` at step ``total`` (or constant), stepped every optimiser step."""
+    warmup = max(0, int(warmup_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def rng_state() -> dict[str, Any]:

@@ -33,16 +33,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return checkpoint
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> DiffusionModule:
-    """Rebuild the model of a checkpoint written by ``gcd fit`` and load its weights (EMA included)."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", base: type = DiffusionModule) -> Any:
+    """Rebuild the model of a checkpoint written by ``gcd fit`` and load its weights (EMA included).
+
+    ``base``: the class the checkpoint's model must derive from (``DiffusionModule`` for ``gcd sample``,
+    ``SpectrumModel`` for a forward model); anything else is refused with one line.
+    """
     checkpoint = read_checkpoint(path, map_location)
     class_path = checkpoint.get("gcd_model_class")
     if not isinstance(class_path, str) or not class_path.startswith(ALLOWED_MODULE_PREFIX):
         raise GcdError(f"{path}: checkpoint does not name a lightning_gcd model")
     module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, DiffusionModule)):
-        raise GcdError(f"{path}: unknown model class {class_path}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise GcdError(f"{path}: holds a {class_name}, not a {base.__name__}")
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
     if not hparams.get("data_info"):
         raise GcdError(f"{path}: checkpoint has no data_info; it was saved before the model was set up")

@@ -76,9 +76,10 @@ class ParticleDiffusion(DiffusionModule):
                                             cond_drop_prob=0.0 if fixed_noise else self.hparams.cond_drop_prob,
                                             t=t, eps=eps)
 
-    def sample_template(self, n: int, supercell=(1, 1, 1), cond: torch.Tensor | None = None) -> Batch:
+    def sample_template(self, n: int, supercell=(1, 1, 1), cond: torch.Tensor | None = None,
+                        target: torch.Tensor | None = None) -> Batch:
         """Cells as the base class; atom count = training number density × volume, species by composition."""
-        template = super().sample_template(n, supercell, cond)
+        template = super().sample_template(n, supercell, cond, target)
         cell = template["cell"][0]
         n_atoms = n_atoms_for_cell(cell, self.info["number_density"])
         species = [int(z) for z in self.info["species"]]
@@ -92,7 +93,7 @@ class ParticleDiffusion(DiffusionModule):
 
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False) -> StructureBatch:
+                 progress: bool = False, posterior: Any = None) -> StructureBatch:
         hp = self.hparams
         if "numbers" not in template or "mask" not in template:
             raise GcdError("the particle model needs the atom count and species of each structure to sample")
@@ -100,6 +101,7 @@ class ParticleDiffusion(DiffusionModule):
         numbers, mask = template["numbers"], template["mask"].bool()
         cond = template.get("cond") if self.info.get("cond_dim", 0) else None
         sampler, steps = self.sampler_choice(sampler, steps)
+        loss = posterior.bind(self.posterior_target(template, posterior)) if posterior is not None else None
         frac = self.diffusion.sample(
             self.network, cell, numbers, mask,
             steps=steps,
@@ -109,5 +111,7 @@ class ParticleDiffusion(DiffusionModule):
             generator=generator,
             progress=progress,
             snr=hp.snr,
+            posterior=loss,
+            posterior_scale=posterior.scale if posterior is not None else 0.0,
         )
         return StructureBatch(frac, numbers, mask, cell)

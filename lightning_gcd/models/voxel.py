@@ -12,6 +12,7 @@ with the training voxel spacing (``template`` cells that are supercells of the t
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -134,6 +135,41 @@ class GrandCanonicalDiffusion(DiffusionModule):
                                             weights=self._channel_weights(x0), t_index=t_index, noise=noise)
 
     # ------------------------------------------------------------------------------------------------
+    def soft_atoms(self, x0: torch.Tensor, cell: torch.Tensor, min_weight: float = 0.1, max_ratio: float = 1.5
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Differentiable decoding of model-space grids for diffusion posterior sampling.
+
+        Every voxel whose occupancy exceeds ``min_weight`` is a candidate atom at voxel corner + offset
+        (the decoder's position) weighted by its occupancy in [0, 1]; the species is the argmax channel.
+        Where the occupancies are 0 or 1 this is exactly the hard decoding (weight-0 atoms do not exist
+        for the forward model, see ``SpectrumNet``); in between, gradients reach both the offsets (atoms
+        move) and the occupancies (atoms appear and vanish). To keep the neighbour graph small (every
+        voxel of a 4 Å sphere is ~10³ edges) only the ``max_ratio`` × (training number density × volume)
+        most occupied voxels above ``min_weight`` are candidates; the others get no gradient at that step.
+
+        Returns ``(frac (B,M,3), numbers (B,M), mask (B,M), cell (B,3,3), weights (B,M))``.
+        """
+        if self.info["encoding"] != "occupancy":
+            raise GcdError("diffusion posterior sampling of the voxel model needs the occupancy encoding")
+        s = self._n_occupancy
+        b, dims = x0.shape[0], x0.shape[2:]
+        occupancy = ((x0[:, :s] + 1.0) / 2.0).clamp(0.0, 1.0).flatten(2)  # (B, S, V)
+        weight, kind = occupancy.max(dim=1)  # (B, V)
+        offsets = ((x0[:, s:s + 3] + 1.0) / 2.0).clamp(0.0, 1.0).flatten(2).transpose(1, 2)  # (B, V, 3)
+        grid = torch.as_tensor(dims, device=x0.device, dtype=x0.dtype)
+        index = torch.stack(torch.meshgrid(*[torch.arange(d, device=x0.device, dtype=x0.dtype) for d in dims],
+                                           indexing="ij"), dim=-1).reshape(-1, 3)  # (V, 3), C order as flatten
+        frac = (index[None] + offsets) / grid  # (B, V, 3)
+        volume = torch.linalg.det(cell.double()).abs().max()
+        m = max(1, min(weight.shape[1], int(math.ceil(max_ratio * self.info["number_density"] * float(volume)))))
+        top, order = torch.topk(weight.detach(), m, dim=1)  # the most occupied voxels first
+        mask = top > min_weight
+        species = torch.as_tensor(self.info["species"], device=x0.device)
+        numbers = torch.where(mask, species[torch.gather(kind, 1, order)], torch.zeros_like(order))
+        frac = torch.gather(frac, 1, order[..., None].expand(b, m, 3)) * mask[..., None].to(x0.dtype)
+        weights = torch.gather(weight, 1, order) * mask.to(x0.dtype)
+        return frac, numbers, mask, cell, weights
+
     def grid_for_cell(self, cell: torch.Tensor) -> tuple[int, int, int]:
         """Voxel counts of a cell at the training spacing, rounded to the U-Net's downsampling factor."""
         factor = self.net.downsampling_factor
@@ -143,7 +179,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
 
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False) -> StructureBatch:
+                 progress: bool = False, posterior: Any = None) -> StructureBatch:
         hp = self.hparams
         cell = template["cell"]
         grids = {self.grid_for_cell(c) for c in cell}
@@ -152,6 +188,13 @@ class GrandCanonicalDiffusion(DiffusionModule):
         grid = grids.pop()
         cond = template.get("cond") if self.info.get("cond_dim", 0) else None
         sampler, steps = self.sampler_choice(sampler, steps)
+        loss = None
+        if posterior is not None:
+            bound = posterior.bind(self.posterior_target(template, posterior))
+            cell_f = cell.float()
+
+            def loss(x0: torch.Tensor) -> torch.Tensor:
+                return bound(*self.soft_atoms(x0, cell_f))
         x = self.diffusion.sample(
             self.network,
             (len(cell), self.encoding.n_channels, *grid),
@@ -163,5 +206,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
             device=self.device,
             progress=progress,
             clip_x0=(-1.0, 1.0),
+            posterior=loss,
+            posterior_scale=posterior.scale if posterior is not None else 0.0,
         )
         return self.encoding.decode(self.from_model_space(x), cell.float())

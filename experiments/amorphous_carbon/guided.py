@@ -1,0 +1,306 @@
+"""Spectrum-guided vs unguided generation of amorphous carbon, for both diffusion models.
+
+For each target (the mean XANES of a test-split structure) and each model (the particle baseline and the
+grand canonical voxel model, both trained with the spectrum as a classifier-free-guidance condition), it
+samples ``--samples`` structures in the target's cell in four modes, with the same seeds:
+
+* ``unguided``: CFG scale 0 (the learned unconditional model);
+* ``cfg``: classifier-free guidance on the target spectrum (``--cfg-scale``);
+* ``dps``: CFG scale 0 plus diffusion posterior sampling with the forward model (``--dps-scale-*``);
+* ``cfg+dps``: both.
+
+and measures, against the target structure: sp/sp2/sp3 fractions (1.85 Å), g(r) L1 (0–6 Å), atom count,
+minimum distance, the spectrum error by the forward model (relative L2 of the mean predicted spectrum
+against the target), and, on ``--feff-structures`` samples per mode with ``--feff-sites`` random sites
+each, the spectrum error by FEFF10 itself (the builder's settings; ~8–10 s per site). FEFF's error on a
+few sites carries sampling noise: the same number of the target structure's own labelled sites, drawn at
+random, gives the noise floor (``feff_floor``).
+
+Models: trained here with the real Lightning ``Trainer`` for ``--prior-steps``/``--forward-epochs`` unless
+checkpoints are given (``--particle-ckpt``, ``--voxel-ckpt``, ``--forward-ckpt``, e.g. from ``gcd fit
+--config experiments/amorphous_carbon/{particle,voxel,spectrum}.yaml``). Writes ``results.json``
+(every number and the settings) and ``guided.png`` to ``--out``.
+
+    python experiments/amorphous_carbon/guided.py --data data/a_c_small.h5 --out experiments/amorphous_carbon/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+MODES = ("unguided", "cfg", "dps", "cfg+dps")
+
+
+def _trainer(max_steps: int = -1, max_epochs: int | None = None):
+    import lightning as L
+
+    return L.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, limit_val_batches=0)
+
+
+def train_forward(path: str, epochs: int, out: Path):
+    import lightning as L
+
+    from datamodules.datamodule import AtomsDataModule
+    from lightning_gcd.models.spectrum import SpectrumModel
+
+    L.seed_everything(0, verbose=False)
+    dm = AtomsDataModule(path, view="particle", batch_size=4, atom_properties=["xanes", "xanes_mask"])
+    model = SpectrumModel(hidden=64, layers=3, lr=2e-3, weight_decay=1e-4)
+    trainer = _trainer(max_epochs=epochs)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(out / "forward.ckpt")
+    return out / "forward.ckpt"
+
+
+def train_prior(kind: str, path: str, steps: int, out: Path):
+    import lightning as L
+
+    from datamodules.datamodule import AtomsDataModule
+    from lightning_gcd.models.particle import ParticleDiffusion
+    from lightning_gcd.models.voxel import GrandCanonicalDiffusion
+
+    L.seed_everything(0, verbose=False)
+    common = dict(cond_drop_prob=0.2, val_samples=0, warmup_steps=50, ema_decay=0.995)
+    if kind == "particle":
+        dm = AtomsDataModule(path, view="particle", batch_size=4, conditions=["xanes"])
+        model = ParticleDiffusion(hidden=64, layers=3, cutoff=3.0, sigma_max=0.8, sigma_min=0.01, lr=2e-3, **common)
+    else:
+        dm = AtomsDataModule(path, view="voxel", batch_size=4, conditions=["xanes"])
+        model = GrandCanonicalDiffusion(base_channels=16, channel_mults=(1, 2), attention=False, lr=5e-4, **common)
+    trainer = _trainer(max_steps=steps)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(out / f"{kind}.ckpt")
+    return out / f"{kind}.ckpt"
+
+
+def feff_site_spectra(atoms, sites, energy: np.ndarray, work: Path) -> tuple[np.ndarray, list[str]]:
+    """FEFF10 spectra (n_sites, K) of ``sites`` of ``atoms`` on ``energy``, with the builder's functions."""
+    from datamodules.builders.amorphous_carbon import FeffSettings, feff_xanes, redirect_output, site_clusters
+
+    feff = FeffSettings()
+    spectra, errors = [], []
+    for j, neighbours in zip(sites, site_clusters(atoms, sites, feff.cluster_radius)):
+        try:
+            with redirect_output(work / "feff.log"):
+                e, mu = feff_xanes(neighbours, feff, work / f"site{int(j)}")
+            spectra.append(np.interp(energy, e, mu))
+        except Exception as exc:  # noqa: BLE001 - a broken sample (overlapping atoms) is reported, not fatal
+            errors.append(f"site {int(j)}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+    return np.asarray(spectra), errors
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/a_c_small.h5")
+    parser.add_argument("--out", default="experiments/amorphous_carbon/results")
+    parser.add_argument("--split", default="test", help="targets: the structures of this split")
+    parser.add_argument("--max-targets", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=["particle", "voxel"], choices=["particle", "voxel"])
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--prior-steps", type=int, default=1500)
+    parser.add_argument("--forward-epochs", type=int, default=200)
+    parser.add_argument("--particle-ckpt")
+    parser.add_argument("--voxel-ckpt")
+    parser.add_argument("--forward-ckpt")
+    parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--dps-scale-particle", type=float, default=800.0)
+    parser.add_argument("--dps-scale-voxel", type=float, default=10.0)
+    parser.add_argument("--particle-steps", type=int, default=64, help="Euler-Maruyama steps (the paper's 64)")
+    parser.add_argument("--voxel-steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--feff-structures", type=int, default=1, help="samples per (model, target, mode) run through FEFF")
+    parser.add_argument("--feff-sites", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from datamodules.h5format import AtomsH5
+    from lightning_gcd.diffusion.guidance import SpectrumGuidance
+    from lightning_gcd.metrics.coordination import sp_fractions
+    from lightning_gcd.metrics.rdf import rdf_l1, structure_rdf
+    from lightning_gcd.models.base import DiffusionModule
+    from lightning_gcd.models.loading import load_model
+    from lightning_gcd.models.spectrum import SpectrumModel
+    from lightning_gcd.structures import StructureBatch
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    timings: dict[str, float] = {}
+    with AtomsH5(args.data) as data:
+        energy = np.asarray(data.attrs["meta_xanes_energy"], dtype=np.float64)
+        target_ids = [int(i) for i in data.split(args.split)[: args.max_targets]]
+        targets = {i: (data.atoms(i), np.asarray(data.structure_property("xanes", i), dtype=np.float64),
+                       np.asarray(data.atom_property("xanes", i)), np.asarray(data.atom_property("xanes_mask", i), bool))
+                   for i in target_ids}
+
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(exist_ok=True)
+    t = time.time()
+    forward_path = Path(args.forward_ckpt) if args.forward_ckpt else train_forward(args.data, args.forward_epochs, ckpt_dir)
+    timings["train_forward_s"] = time.time() - t
+    forward = load_model(forward_path, base=SpectrumModel).float()
+    guidance_rho = {"particle": args.dps_scale_particle, "voxel": args.dps_scale_voxel}
+
+    def predicted(atoms_list) -> np.ndarray:
+        batch = StructureBatch.from_atoms(atoms_list)
+        with torch.no_grad():
+            return forward.mean_spectrum(batch.frac_coords.float(), batch.numbers, batch.mask, batch.cell.float()).numpy()
+
+    rng = np.random.default_rng(args.seed)
+    results: dict = {"settings": vars(args), "targets": {}, "runs": []}
+    curves: dict = {"r": None, "target_g": {}, "g": {}, "spectra": {}}
+    for i, (atoms, spectrum, site_spectra, site_mask) in targets.items():
+        g_ref, _ = structure_rdf(StructureBatch.from_atoms([atoms]))
+        labelled = np.flatnonzero(site_mask)
+        floor = [rel_l2(site_spectra[rng.choice(labelled, args.feff_sites, replace=False)].mean(0), spectrum)
+                 for _ in range(200)]
+        results["targets"][i] = {
+            "n_atoms": len(atoms), "density": float(sum(atoms.get_masses()) / atoms.get_volume() * 1.66054),
+            **{f"{k}_fraction": v for k, v in sp_fractions([atoms]).items()},
+            "forward_rel_l2": rel_l2(predicted([atoms])[0], spectrum),
+            "feff_floor_rel_l2_mean": float(np.mean(floor)), "feff_floor_rel_l2_p90": float(np.quantile(floor, 0.9)),
+        }
+        curves["target_g"][i] = g_ref[0, 0].tolist()
+        curves["spectra"][f"target {i}"] = spectrum.tolist()
+
+    for kind in args.models:
+        t = time.time()
+        given = getattr(args, f"{kind}_ckpt")
+        path = Path(given) if given else train_prior(kind, args.data, args.prior_steps, ckpt_dir)
+        timings[f"train_{kind}_s"] = time.time() - t
+        model = load_model(path, base=DiffusionModule)
+        steps, sampler = (args.particle_steps, "em") if kind == "particle" else (args.voxel_steps, "ddim")
+        for i, (atoms, spectrum, _, _) in targets.items():
+            template_atoms = StructureBatch.from_atoms([atoms] * args.samples)
+            target = torch.as_tensor(spectrum, dtype=torch.float32)
+            template = {"cell": template_atoms.cell.float(), "numbers": template_atoms.numbers, "mask": template_atoms.mask,
+                        "cond": target.expand(args.samples, -1).clone(), "target": target.expand(args.samples, -1).clone()}
+            for mode in MODES:
+                cfg = args.cfg_scale if "cfg" in mode else 0.0
+                posterior = SpectrumGuidance(forward, guidance_rho[kind]) if "dps" in mode else None
+                t = time.time()
+                samples = model.sample(template, batch_size=args.samples, steps=steps, sampler=sampler,
+                                       guidance_scale=cfg, seed=args.seed + i, progress=False, posterior=posterior)
+                seconds = time.time() - t
+                batch = StructureBatch.from_atoms(samples)
+                pred = predicted(samples) if batch.mask.any() else np.full((len(samples), len(energy)), np.nan)
+                g, valid = structure_rdf(batch)
+                g_mean = g[:, 0][valid[:, 0]].mean(0) if valid.any() else torch.zeros_like(g[0, 0])
+                dists = [np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]) if len(a) > 1 else np.nan for a in samples]
+                run = {
+                    "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
+                    "dps_scale": guidance_rho[kind] if posterior is not None else 0.0, "sample_seconds": seconds,
+                    "n_atoms_mean": float(np.mean([len(a) for a in samples])),
+                    "min_distance_mean": float(np.nanmean(dists)),
+                    **{f"{k}_fraction": v for k, v in sp_fractions(batch).items()},
+                    "rdf_l1": float(rdf_l1(g_mean, torch.as_tensor(curves["target_g"][i]), 6.0 / g.shape[-1])),
+                    "forward_rel_l2_per_sample": [rel_l2(p, spectrum) for p in pred],
+                }
+                run["forward_rel_l2"] = float(np.mean(run["forward_rel_l2_per_sample"]))
+                feff = []
+                for k, a in enumerate(samples[: args.feff_structures]):
+                    if len(a) < args.feff_sites:
+                        continue
+                    sites = np.sort(rng.choice(len(a), args.feff_sites, replace=False))
+                    with tempfile.TemporaryDirectory(prefix="gcd-guided-") as work:
+                        t = time.time()
+                        spectra, errors = feff_site_spectra(a, sites, energy, Path(work))
+                        timings["feff_s"] = timings.get("feff_s", 0.0) + time.time() - t
+                    entry = {"sample": k, "sites": sites.tolist(), "errors": errors}
+                    if len(spectra):
+                        entry["feff_rel_l2"] = rel_l2(spectra.mean(0), spectrum)
+                        entry["forward_same_sites_rel_l2"] = rel_l2(
+                            forward_sites(forward, a, sites).mean(0), spectrum)
+                        curves["spectra"][f"{kind} {mode} target {i} FEFF"] = spectra.mean(0).tolist()
+                    feff.append(entry)
+                run["feff"] = feff
+                results["runs"].append(run)
+                curves["g"][f"{kind} {mode} target {i}"] = g_mean.tolist()
+                curves["spectra"][f"{kind} {mode} target {i} forward"] = np.nanmean(pred, 0).tolist()
+                curves["r"] = np.linspace(0, 6.0, g.shape[-1] + 1)[:-1].tolist()
+                print(json.dumps({k: v for k, v in run.items() if k != "forward_rel_l2_per_sample"}), file=sys.stderr, flush=True)
+                results["timings"] = {**timings, "total_s": time.time() - started}
+                (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (out / "curves.json").write_text(json.dumps(curves) + "\n")
+    plot(results, curves, energy, out / "guided.png")
+    print(json.dumps(summary(results), indent=1))
+    return 0
+
+
+def forward_sites(forward, atoms, sites) -> np.ndarray:
+    from lightning_gcd.structures import StructureBatch
+
+    batch = StructureBatch.from_atoms([atoms])
+    with torch.no_grad():
+        per_atom = forward(batch.frac_coords.float(), batch.numbers, batch.mask, batch.cell.float())[0]
+    return per_atom[torch.as_tensor(sites)].numpy()
+
+
+def summary(results: dict) -> dict:
+    """Mean over targets per (model, mode)."""
+    table: dict = {}
+    for run in results["runs"]:
+        row = table.setdefault(f"{run['model']} {run['mode']}", {})
+        for key in ("forward_rel_l2", "rdf_l1", "sp_fraction", "sp2_fraction", "sp3_fraction", "n_atoms_mean", "min_distance_mean"):
+            row.setdefault(key, []).append(run[key])
+        for entry in run["feff"]:
+            if "feff_rel_l2" in entry:
+                row.setdefault("feff_rel_l2", []).append(entry["feff_rel_l2"])
+    return {name: {k: float(np.nanmean(v)) for k, v in row.items()} for name, row in table.items()}
+
+
+def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summary(results)
+    models = sorted({r["model"] for r in results["runs"]})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    x = np.arange(len(MODES))
+    for k, model in enumerate(models):
+        axes[0].bar(x + 0.4 * k, [table.get(f"{model} {m}", {}).get("forward_rel_l2", np.nan) for m in MODES], 0.4, label=f"{model} (forward model)")
+        feff = [table.get(f"{model} {m}", {}).get("feff_rel_l2", np.nan) for m in MODES]
+        axes[0].scatter(x + 0.4 * k, feff, color="k", marker="x", zorder=3, label="FEFF on a few sites" if k == 0 else None)
+    axes[0].set_xticks(x + 0.2, MODES)
+    axes[0].set_ylabel("spectrum relative L2 vs target")
+    axes[0].legend(fontsize=7)
+    first = next(iter(results["targets"]))
+    axes[1].plot(curves["r"], curves["target_g"][first], "k", lw=2, label=f"target {first}")
+    for key, g in curves["g"].items():
+        if key.endswith(f"target {first}"):
+            axes[1].plot(curves["r"], g, lw=1, label=key.rsplit(" target", 1)[0])
+    axes[1].set_xlabel("r (Å)")
+    axes[1].set_ylabel("g(r)")
+    axes[1].legend(fontsize=6)
+    axes[2].plot(energy, curves["spectra"][f"target {first}"], "k", lw=2, label="target (FEFF)")
+    for key, s in curves["spectra"].items():
+        if key.endswith(f"target {first} forward"):
+            axes[2].plot(energy, s, lw=1, label=key.replace(f" target {first} forward", ""))
+    axes[2].set_xlabel("energy (eV, FEFF scale)")
+    axes[2].set_ylabel("mean predicted XANES")
+    axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -153,19 +153,20 @@ class Relaxer:
     def bulk_reference(self, lattice: str, a_guess: float | None = None) -> tuple[float, float]:
         """(equilibrium lattice constant Å, energy per atom eV) of the perfect ``lattice`` ("fcc"/"bcc") crystal
         under this calculator, by a bounded 1-D minimisation of the energy per atom over a (±8 % of the guess)."""
-        from ase.build import bulk
         from scipy.optimize import minimize_scalar
 
         if a_guess is None:
             a_guess = reference_lattice_constant(self.element, lattice)
-
-        def per_atom(a: float) -> float:
-            crystal = bulk(self.element, lattice, a=a, cubic=True) * (3, 3, 3)
-            return self.energy(crystal) / len(crystal)
-
-        result = minimize_scalar(per_atom, bounds=(0.92 * a_guess, 1.08 * a_guess), method="bounded",
-                                 options={"xatol": 1e-5})
+        result = minimize_scalar(lambda a: self.bulk_energy(lattice, a), bounds=(0.92 * a_guess, 1.08 * a_guess),
+                                 method="bounded", options={"xatol": 1e-5})
         return float(result.x), float(result.fun)
+
+    def bulk_energy(self, lattice: str, a: float) -> float:
+        """Energy per atom (eV) of the perfect ``lattice`` crystal with lattice constant ``a`` Å."""
+        from ase.build import bulk
+
+        crystal = bulk(self.element, lattice, a=float(a), cubic=True) * (3, 3, 3)
+        return self.energy(crystal) / len(crystal)
 
 
 def reference_lattice_constant(element: str, lattice: str) -> float:

@@ -109,5 +109,7 @@ class ParticleDiffusion(DiffusionModule):
             generator=generator,
             progress=progress,
             snr=hp.snr,
+            known=template.get("inpaint_frac"),
+            known_mask=template.get("inpaint_mask"),
         )
         return StructureBatch(frac, numbers, mask, cell)

@@ -139,6 +139,12 @@ class GrandCanonicalDiffusion(DiffusionModule):
         grid = grids.pop()
         cond = template.get("cond") if self.info.get("cond_dim", 0) else None
         sampler, steps = self.sampler_choice(sampler, steps)
+        known = known_mask = None
+        if "inpaint_grid" in template:  # in-painting: voxels under inpaint_mask keep the template's values
+            known = self.to_model_space(template["inpaint_grid"].float())
+            known_mask = template["inpaint_mask"].bool()
+            if tuple(known.shape[2:]) != grid:
+                raise GcdError(f"the in-painting grid {tuple(known.shape[2:])} is not this cell's sampling grid {grid}")
         x = self.diffusion.sample(
             self.network,
             (len(cell), self.encoding.n_channels, *grid),
@@ -150,5 +156,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
             device=self.device,
             progress=progress,
             clip_x0=(-1.0, 1.0),
+            known=known,
+            known_mask=known_mask,
         )
         return self.encoding.decode(self.from_model_space(x), cell.float())

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crystals"))
+from compare import PROFILES as CRYSTAL_PROFILES  # noqa: E402
 from compare import (  # noqa: E402  (the crystal experiment's helpers)
     COLORS, MODEL_LABELS, _figure, _jsonable, _model_and_data, _quiet_lightning, _set_path, machine_info,
     particle_geometry,
@@ -65,23 +66,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "samples_per_template": 4,
         "boundary_width": 3.0,  # Å either side of each boundary plane: 2 (002) planes of each grain are free
         "margin": 0.05,  # J/m²: "within the margin of the reference minimum"
-        "voxel": {
-            # the crystal experiment's quick recipe (16-channel two-level U-Net, lr 5e-4, DDPM-100)
-            "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention": False,
-                      "prediction": "x0", "lr": 5e-4, "warmup_steps": 20, "ema_decay": 0.99},
-            "spacing": None,
-            "sampler": "ddpm",
-            "sample_steps": 100,
-        },
-        "particle": {
-            "model": {"hidden": 64, "layers": 3, "num_rbf": 32, "sigma_min": 0.01, "lr": 2e-3,
-                      "warmup_steps": 20, "ema_decay": 0.99},
-            "cutoff_factor": 1.6,
-            "sigma_max_factor": 0.35,
-            "sigma_max_min": 2.0,
-            "sampler": "pc",
-            "sample_steps": 300,
-        },
+        # the models and samplers of the crystal experiment's quick profile (16-channel two-level U-Net, lr 5e-4,
+        # DDPM-100; MPNN hidden 64, 3 layers, lr 2e-3, PC-300): see experiments/crystals/compare.py
+        "voxel": copy.deepcopy(CRYSTAL_PROFILES["quick"]["voxel"]),
+        "particle": copy.deepcopy(CRYSTAL_PROFILES["quick"]["particle"]),
     },
     "paper": {
         "description": "one GPU: the paper's system, W Σ5(100) twist with the Zhou EAM potential (LAMMPS)",
@@ -98,22 +86,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "samples_per_template": 16,
         "boundary_width": 3.0,
         "margin": 0.05,
-        "voxel": {
-            "model": {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 2, "attention": True,
-                      "prediction": "x0", "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999},
-            "spacing": None,
-            "sampler": "ddpm",
-            "sample_steps": 250,
-        },
-        "particle": {
-            "model": {"hidden": 128, "layers": 4, "num_rbf": 32, "sigma_min": 0.01, "lr": 1e-3,
-                      "warmup_steps": 200, "ema_decay": 0.999},
-            "cutoff_factor": 1.6,
-            "sigma_max_factor": 0.35,
-            "sigma_max_min": 2.0,
-            "sampler": "pc",
-            "sample_steps": 1000,
-        },
+        "voxel": copy.deepcopy(CRYSTAL_PROFILES["paper"]["voxel"]),
+        "particle": copy.deepcopy(CRYSTAL_PROFILES["paper"]["particle"]),
     },
 }
 

@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     templates = choose_templates(path, int(settings["templates_per_count"]))
     with AtomsH5(path) as data:
         geometry = particle_geometry(data.atoms(reference["index_at_min"]), settings)
-    say(f"[gb] {path}: {len(reference['n'])} structures, counts {sorted(reference['per_count'])}, reference min "
+    say(f"[gb] {path}: {len(reference['n'])} structures, counts {sorted(int(k) for k in reference['per_count'])}, reference min "
         f"{reference['min']:.3f} J/m² at n={reference['n_at_min']:+d} ({time.perf_counter() - start:.0f} s); templates {templates}")
     results: dict[str, Any] = {"study": STUDY, "settings": settings, "machine": machine_info(settings),
                                "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--rebuild", action="store_true", help="rebuild the dataset even when it exists")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--replot", action="store_true", help="run nothing: rewrite results.md and the PNGs from <out>/results.json")
     return p
 
 
@@ -318,14 +319,18 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ax.plot(ks, [ref["per_count"][str(k)]["min"] for k in ks], color=COLORS["data"], lw=1, label="reference min per n")
     ax.axhspan(ref["min"], ref["min"] + margin, color="0.85", label=f"ref. minimum + {margin} J/m²")
     offsets = {"voxel": -0.12, "particle": 0.12}
+    top = 2.0 * float(np.max(re))  # generated boundaries above twice the worst reference are counted, not drawn
     for kind, m in results["models"].items():
         n = np.asarray([r["n"] for r in m["samples"]], dtype=float)
-        e = np.asarray([r["gb_energy"] for r in m["samples"]], dtype=float)
-        ax.scatter(n + offsets.get(kind, 0.0), e, s=18, color=COLORS.get(kind), alpha=0.8, label=f"{MODEL_LABELS.get(kind, kind)} (relaxed)")
-    finite = np.concatenate([re] + [np.asarray([r["gb_energy"] for r in m["samples"]], float) for m in results["models"].values()])
-    finite = finite[np.isfinite(finite)]
-    if finite.size:
-        ax.set_ylim(min(finite.min(), ref["min"]) - 0.1, min(finite.max(), np.percentile(finite, 95) * 1.5) + 0.1)
+        e = np.asarray([np.nan if r["gb_energy"] is None else r["gb_energy"] for r in m["samples"]], dtype=float)
+        above = int(np.sum(~np.isfinite(e) | (e > top)))
+        note = f", {above} above {top:.1f} or failed" if above else ""
+        ax.scatter(n + offsets.get(kind, 0.0), np.where(e > top, np.nan, e), s=18, color=COLORS.get(kind), alpha=0.8,
+                   label=f"{MODEL_LABELS.get(kind, kind)} (relaxed{note})")
+    shown = np.concatenate([re] + [np.asarray([np.nan if r["gb_energy"] is None else r["gb_energy"] for r in m["samples"]], float)
+                                   for m in results["models"].values()])
+    shown = shown[np.isfinite(shown) & (shown <= top)]
+    ax.set_ylim(min(float(shown.min()), ref["min"]) - 0.1, float(shown.max()) + 0.1)
     ax.set_xlabel("n = N − N_perfect (boundary atoms, two boundaries)")
     ax.set_ylabel("E_gb (J/m²)")
     ax.set_title(f"{ref['element']} {results['settings']['system']['boundary']}: generated vs reference")
@@ -360,6 +365,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = resolve_settings(args)
     workdir = Path(args.workdir)
     out = Path(args.out) if args.out else workdir / "results"
+    if args.replot:
+        results = json.loads((out / "results.json").read_text())
+        write_outputs(results, out)
+        return results
     import torch
 
     if settings.get("threads"):

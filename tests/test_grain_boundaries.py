@@ -242,3 +242,6 @@ def test_experiment_end_to_end_tiny(tmp_path: Path) -> None:
     for name in ("results.md", "egb_vs_n.png", "counts.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert results["reference"]["min"] > 0
+    (tmp_path / "out" / "egb_vs_n.png").unlink()
+    gb_run.main(["--replot", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "egb_vs_n.png").stat().st_size > 0

@@ -120,6 +120,17 @@ def test_build_cli_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "fractions" in result.stderr
 
 
+def test_rescoring_a_dataset_structure_gives_its_stored_energy(gb_h5: Path) -> None:
+    """relax_boundaries (what gcd sample --relax uses) reproduces the builder's E_gb and count on its own structures."""
+    from lightning_gcd.inpaint import read_source, relax_boundaries
+
+    source = read_source(f"{gb_h5}:1")
+    (scored,) = relax_boundaries([source.atoms], source)
+    assert scored.info["gb_energy"] == pytest.approx(source.properties["gb_energy"], abs=0.01)
+    assert scored.info["n_boundary_atoms"] == source.properties["n_boundary_atoms"]
+    assert scored.info["calculator"] == "emt"
+
+
 # ------------------------------------------------------------------------------------------------------
 # in-painting
 def _train(kind: str, path: Path, steps: int):

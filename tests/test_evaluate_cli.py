@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.io import write
 
 from datamodules.builders.crystals import build_crystal, crystal_records, default_spec

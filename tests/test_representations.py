@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk
 from ase.geometry import get_distances
 from scipy.optimize import linear_sum_assignment
 

@@ -18,7 +18,7 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.representations import coarsest_grid_shape, grid_shape_for, make_encoding
 from lightning_gcd.structures import StructureBatch
 
-BUILDERS = ("crystals", "from-files", "amorphous-carbon")
+BUILDERS = ("crystals", "from-files", "amorphous-carbon", "grain-boundaries")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
 
@@ -90,6 +90,10 @@ def build_records(kind: str, progress: bool = True, **options: Any) -> DatasetRe
         from datamodules.builders.amorphous_carbon import amorphous_carbon_records
 
         return amorphous_carbon_records(progress=progress, **options)
+    if kind == "grain-boundaries":
+        from datamodules.builders.grain_boundaries import grain_boundary_records
+
+        return grain_boundary_records(progress=progress, **options)
     raise GcdError(f"unknown dataset kind '{kind}'; choose one of {', '.join(BUILDERS)}")
 
 
@@ -105,7 +109,7 @@ def build_dataset(
     **options: Any,
 ) -> Path:
     """Build dataset ``kind`` into ``out`` (see ``build_records`` for the kinds and their options)."""
-    if kind == "crystals":
+    if kind in ("crystals", "grain-boundaries"):
         options.setdefault("seed", seed)
     if kind == "amorphous-carbon":
         options.setdefault("seed", seed)

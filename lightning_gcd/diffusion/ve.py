@@ -222,7 +222,8 @@ class VEParticleDiffusion:
                steps: int = 200, sampler: Literal["em", "pc"] = "em", cond: torch.Tensor | None = None,
                guidance_scale: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
                snr: float = 0.16, corrector_steps: int = 1,
-               posterior: Callable[..., torch.Tensor] | None = None, posterior_scale: float = 0.0) -> torch.Tensor:
+               posterior: Callable[..., torch.Tensor] | None = None, posterior_scale: float = 0.0,
+               known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Generate fractional coordinates (B, N, 3) in [0, 1) for the given cells and species.
 
         Args:
@@ -243,21 +244,42 @@ class VEParticleDiffusion:
                 denoised estimate (e.g. ``SpectrumGuidance.bind(target)``); its normalised gradient with
                 respect to the noisy positions, times ``posterior_scale`` (ρ), is added to the score at every
                 predictor step (``lightning_gcd.diffusion.guidance``).
+            known: (B, N, 3) fractional coordinates of atoms held fixed (in-painting by replacement, the
+                particle counterpart of the voxel sampler's ``known``): before every model evaluation those
+                atoms are put at their known positions noised to the current level, ``wrap(x + sigma(t) z)``,
+                and the result has them exactly at ``known``. Only the other atoms are generated.
+            known_mask: (B, N) bool, True for the fixed atoms; required with ``known``.
         """
         if sampler not in ("em", "pc"):
             raise ValueError(f"unknown sampler {sampler!r}; use 'em' or 'pc'")
         if steps < 1:
             raise ValueError("steps must be >= 1")
+        if (known is None) != (known_mask is None):
+            raise ValueError("in-painting needs both `known` and `known_mask`")
         b, n = numbers.shape
         mask = mask.bool()
         device, dtype = cell.device, cell.dtype
         fmask = mask[..., None].to(dtype)
         inv_cell = torch.linalg.inv(cell)
+        if known is not None:
+            known = known.to(device=device, dtype=dtype)
+            fixed = (known_mask.to(device=device).bool() & mask)[..., None]
+            if known.shape != (b, n, 3) or fixed.shape != (b, n, 1):
+                raise ValueError(f"known must be ({b}, {n}, 3) and known_mask ({b}, {n})")
+
+        def impose(frac: torch.Tensor, level: float) -> torch.Tensor:
+            """Fixed atoms at their known positions noised to ``level`` Å (replacement)."""
+            if known is None:
+                return frac
+            z = _rand((b, n, 3), generator, device, dtype, normal=True) * fmask
+            return torch.where(fixed, self._move(known, level * z, inv_cell, mask), frac)
+
         frac = _rand((b, n, 3), generator, device, dtype, normal=False) * fmask
         ts = [1.0 - k / steps for k in range(steps + 1)]
         for k in tqdm(range(steps), disable=not progress, desc="VE sampling"):
             t, t_next = ts[k], ts[k + 1]
             s, s_next = self.sigma(t), self.sigma(t_next)
+            frac = impose(frac, s)
             if sampler == "pc":
                 for _ in range(corrector_steps):
                     score = -self._eps(model, frac, numbers, mask, cell, t, cond, guidance_scale) / s
@@ -267,6 +289,7 @@ class VEParticleDiffusion:
                     step = 2.0 * (snr * noise_norm / grad_norm.clamp(min=1e-12)) ** 2
                     step = step.clamp(max=s * s)[:, None, None]
                     frac = self._move(frac, step * score + torch.sqrt(2.0 * step) * z, inv_cell, mask)
+                frac = impose(frac, s)
             if posterior is not None and posterior_scale > 0:
                 eps = self._posterior_eps(model, frac, numbers, mask, cell, inv_cell, t, s, cond, guidance_scale,
                                           posterior, posterior_scale)
@@ -278,4 +301,6 @@ class VEParticleDiffusion:
                 z = _rand((b, n, 3), generator, device, dtype, normal=True) * fmask
                 dx = dx + math.sqrt(var) * z
             frac = self._move(frac, dx, inv_cell, mask)
+        if known is not None:
+            frac = torch.where(fixed, wrap_frac_torch(known) * fmask, frac)
         return frac

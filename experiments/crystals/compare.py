@@ -846,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)")
         for kind in settings["models"]:
             i += 1
-            say(f"[compare] run {i}/{n_runs}: {phase}-{kind} training {settings['steps']} steps ...")
+            say(f"[compare] run {i}/{n_runs}: {phase}-{kind} training {phase_steps(settings, phase)} steps ...")
             res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
             entry["models"][kind] = res
             curves[phase][kind] = crv

@@ -280,8 +280,10 @@ def test_sweep_padded_mixed_batch_equals_dense() -> None:
     for dtype in (torch.float64, torch.float32):
         sweep = radius_graph(frac.to(dtype), cell.to(dtype), mask, 3.3, method="cell_list")
         dense = radius_graph(frac.to(dtype), cell.to(dtype), mask, 3.3, method="dense")
-        assert torch.equal(sweep.src, dense.src) and torch.equal(sweep.dst, dense.dst)
-        assert torch.equal(sweep.shifts, dense.shifts)
+        auto = radius_graph(frac.to(dtype), cell.to(dtype), mask, 3.3)  # sweep + dense on the small cells only
+        for found in (sweep, auto):
+            assert torch.equal(found.src, dense.src) and torch.equal(found.dst, dense.dst)
+            assert torch.equal(found.shifts, dense.shifts)
     half = neighbor_search(frac, cell, mask, 3.3, half=True, shifts=False, distances=True)
     assert half.shifts is None and 2 * half.src.numel() == dense.src.numel()
 

@@ -62,7 +62,10 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
   with 64 atoms, loss 0.020. fcc Cu and hcp Mg at lr 5e-4, 1200 steps: DDPM-100 100 % and 100 %.
 * Later probes at lr 5e-4 (quick profile otherwise; voxel model only):
   - diamond Si: 1200 steps 12 % (26 of 32 samples are one fcc sublattice, 32 atoms), 3000 steps 59 % (DDPM-100;
-    0.2 Å: 6 %), displacement RMS 0.084 Å against the data's 0.086, mean n 63.1 of 64; DDIM-50 16 %.
+    0.2 Å: 6 %), displacement RMS 0.084 Å against the data's 0.086, mean n 63.1 of 64; DDIM-50 16 %;
+    6000 steps 88 % (0.2 Å: 34 %), RMS 0.067 Å, mean n 63.9, DDIM-50 56 % (1299 s of training at load 2;
+    results/probes/diamond_voxel_6000). Both models at 6000 steps on diamond would take the quick profile
+    past its 45 minutes on this machine, so it keeps 3000.
   - diamond Si on a commensurate 16³ grid (0.68 Å voxels: a/4 = 2 voxels, so both sublattices sit on the
     voxel lattice), 1200 steps: the count is right (64 atoms in 22 of 32 samples, mean 64.2) but 0 % match
     at 0.5 Å and 20 of 32 at 0.8 Å — the offsets, not the occupancy, are unlearned after 1200 steps on the

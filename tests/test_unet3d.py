@@ -136,3 +136,11 @@ def test_backward_and_time_dependence():
     assert not torch.allclose(y0, y1)
     (y0.square().mean() + y1.square().mean()).backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_double_precision_network():
+    """A .double() U-Net takes float64 grids (the time features follow the network's dtype)."""
+    net = PeriodicUNet3d(2, base_channels=8, channel_mults=(1, 2), attention=False).double()
+    x = torch.randn(2, 2, 8, 8, 8, dtype=torch.float64)
+    out = net(x, torch.tensor([0.1, 0.9], dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.shape == x.shape

@@ -36,7 +36,8 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.dim))
+        # features in float32 (resolution of t), then the MLP's own dtype (a .double() or .half() network)
+        return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
 class ConditionEmbedding(nn.Module):

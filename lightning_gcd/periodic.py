@@ -710,13 +710,13 @@ def neighbor_search(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.T
             if rest_method == "dense":
                 # only the structures left to search: the dense work grows with B·N², and a batch may mix
                 # large (swept) cells with a few small ones
-                sel = rest.any(dim=1).nonzero().view(-1) if rest is not None else None
-                if sel is not None and sel.numel() < rest.shape[0]:
+                sel = rest.any(dim=1).nonzero().view(-1)
+                if sel.numel() < rest.shape[0]:
                     src, dst, shift = _dense_candidates(wrapped[sel], cell_d[sel], rest[sel], cutoff, n_img[sel])
                     src = sel[torch.div(src, n, rounding_mode="floor")] * n + src % n
                     dst = sel[torch.div(dst, n, rounding_mode="floor")] * n + dst % n
                 else:
-                    src, dst, shift = _dense_candidates(wrapped, cell_d, mask if rest is None else rest, cutoff, n_img)
+                    src, dst, shift = _dense_candidates(wrapped, cell_d, rest, cutoff, n_img)
             else:
                 src, dst, shift = _cell_list_candidates(wrapped, cell_d, rest, cutoff, widths)
             if half:

@@ -428,10 +428,16 @@ def evaluate(samples: Sequence[Any], metrics, ideal, strict_tolerance: float) ->
     return {k: (v if k in ints else float(v)) for k, v in out.items()}, curves
 
 
-def data_reference(train_atoms: Sequence[Any], ideal, tolerance: float, strict_tolerance: float):
-    """The metrics object (reference: the training structures) and the training data's own numbers."""
+def data_reference(path: Path, tolerance: float, strict_tolerance: float):
+    """``(ideal crystal, metrics object, training data's own numbers)`` of one phase's dataset file; the
+    metrics' reference is the training split."""
+    from datamodules.h5format import AtomsH5
+    from lightning_gcd.metrics.phase_match import ideal_for_dataset
     from lightning_gcd.metrics.suite import StructureMetrics
 
+    ideal = ideal_for_dataset(path)[0]
+    with AtomsH5(path) as data:
+        train_atoms = [data.atoms(int(k)) for k in data.split("train")]
     metrics = StructureMetrics(train_atoms, ideal=ideal, tolerance=tolerance)
     ref = metrics.reference_metrics()
     strict_rate, strict_rms = _strict_match(train_atoms, ideal, strict_tolerance)
@@ -445,7 +451,7 @@ def data_reference(train_atoms: Sequence[Any], ideal, tolerance: float, strict_t
         "min_distance": float(metrics.reference_min_distance),
         "min_distance_threshold": float(metrics.min_distance_threshold),
     }
-    return metrics, data
+    return ideal, metrics, data
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -818,9 +824,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _quiet_lightning()
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
-    from lightning_gcd.metrics.phase_match import ideal_for_dataset
-    from datamodules.h5format import AtomsH5
-
     results: dict[str, Any] = {"study": args.study, "settings": settings, "machine": machine_info(settings),
                                "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
                                "phases": {}, "notes": list(args.note)}
@@ -834,18 +837,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for phase in settings["phases"]:
         t0 = time.perf_counter()
         path = build_phase_dataset(phase, settings, workdir, rebuild=args.rebuild)
-        ideal = ideal_for_dataset(path)[0]
-        with AtomsH5(path) as data:
-            train_idx = data.split("train")
-            train_atoms = [data.atoms(int(k)) for k in train_idx]
-        metrics, data_numbers = data_reference(train_atoms, ideal, float(settings["tolerance"]),
-                                               float(settings["strict_tolerance"]))
+        ideal, metrics, data_numbers = data_reference(path, float(settings["tolerance"]),
+                                                      float(settings["strict_tolerance"]))
         geometry = particle_geometry(ideal, settings)
         entry = {"element": ideal.info.get("element", ""), "dataset": str(path), "data": data_numbers,
                  "particle_geometry": geometry, "models": {}}
         results["phases"][phase] = entry
         curves[phase] = {}
-        say(f"[compare] {phase} {entry['element']}: {len(train_atoms)} training cells of {len(ideal)} atoms; data "
+        say(f"[compare] {phase} {entry['element']}: {data_numbers['n_structures']} training cells of {len(ideal)} atoms; data "
             f"match {data_numbers['phase_match']:.0%} / {data_numbers['phase_match_strict']:.0%} (0.5/0.2 Å), disp RMS "
             f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)")
         for kind in settings["models"]:

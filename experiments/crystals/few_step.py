@@ -110,8 +110,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     import torch
 
-    from datamodules.h5format import AtomsH5
-    from lightning_gcd.metrics.phase_match import ideal_for_dataset
     from lightning_gcd.models.loading import load_model
 
     torch.set_num_threads(args.threads)
@@ -134,10 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not candidates:
             raise SystemExit(f"no dataset for {phase} under {workdir}/data")
         data_path = candidates[-1]  # the newest: the one the checkpoint was trained on
-        ideal = ideal_for_dataset(data_path)[0]
-        with AtomsH5(data_path) as data:
-            train_atoms = [data.atoms(int(k)) for k in data.split("train")]
-        metrics, data_numbers = data_reference(train_atoms, ideal, 0.5, 0.2)
+        ideal, metrics, data_numbers = data_reference(data_path, 0.5, 0.2)
         entry: dict[str, Any] = {"checkpoint": str(ckpt), "dataset": str(data_path), "data": data_numbers, "samplers": {}}
         for spec, (sampler, steps) in zip(args.samplers, specs):
             t0 = time.perf_counter()

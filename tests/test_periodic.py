@@ -18,7 +18,7 @@ from lightning_gcd.periodic import (
     radius_graph,
 )
 
-METHODS = ["dense", "cell_list"]
+METHODS = ["dense", "cell_list", "compiled"]
 
 
 
@@ -252,7 +252,7 @@ def test_half_lists_and_sweep_match_ase(trim: bool, monkeypatch: pytest.MonkeyPa
         ref = _ase_counter(pos, cell, cutoff)
         ft, ct = torch.as_tensor(frac)[None], torch.as_tensor(cell)[None]
         used_sweep += int(periodic._sweep_applicable(periodic.perpendicular_widths(ct), cutoff)[0])
-        for method in ("cell_list", "dense"):
+        for method in ("cell_list", "dense", "compiled"):
             found = periodic.neighbor_search(ft, ct, None, cutoff, method=method, half=True, distances=True)
             half = Counter(zip(found.src.tolist(), found.dst.tolist(), map(tuple, found.shifts.tolist())))
             mirror = Counter(zip(found.dst.tolist(), found.src.tolist(), map(tuple, (-found.shifts).tolist())))
@@ -293,7 +293,7 @@ def test_sweep_candidates_stay_close_to_pairs() -> None:
     from ase.build import bulk
 
     import lightning_gcd.periodic as periodic
-    from lightning_gcd.metrics._pairs import as_batch, find_pairs
+    from lightning_gcd.metrics._pairs import as_batch
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (8, 8, 8)  # 2048 atoms
     atoms.rattle(0.05, seed=0)
@@ -301,8 +301,36 @@ def test_sweep_candidates_stay_close_to_pairs() -> None:
     for cutoff, max_ratio in ((6.0, 5.0), (3.0, 5.0)):
         periodic._SWEEP_STATS = {}
         try:
-            pairs = find_pairs(batch, cutoff, half=True)
+            pairs = periodic.neighbor_search(batch.frac_coords, batch.cell, batch.mask, cutoff, method="cell_list",
+                                             half=True, shifts=False, distances=True)
             stats = dict(periodic._SWEEP_STATS)
         finally:
             periodic._SWEEP_STATS = None
         assert stats["evaluated"] < max_ratio * pairs.distances.numel(), stats
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_compiled_search_random_batches_equal_dense(half: bool) -> None:
+    """The compiled (numba) search, ``auto``'s choice on the CPU, against the dense search on padded
+    batches of random triclinic cells, from much thinner than the cutoff to several bins wide."""
+    from lightning_gcd.periodic import neighbor_search
+
+    rng = np.random.default_rng(5)
+    for trial in range(12):
+        b, n = int(rng.integers(1, 4)), int(rng.integers(1, 40))
+        cells = np.stack([random_cell(rng, "triclinic" if trial % 2 else "orthorhombic",
+                                      (1.5, 4.0) if trial % 3 == 0 else (5.0, 12.0)) for _ in range(b)])
+        frac = torch.as_tensor(rng.uniform(-1.5, 2.5, (b, n, 3)))
+        cell = torch.as_tensor(cells)
+        mask = torch.as_tensor(rng.random((b, n)) < 0.8)
+        cutoff = float(rng.uniform(1.0, 5.0))
+        got = neighbor_search(frac, cell, mask, cutoff, method="compiled", half=half, distances=True)
+        ref = neighbor_search(frac, cell, mask, cutoff, method="dense", half=False, distances=True)
+        edges = Counter(zip(got.src.tolist(), got.dst.tolist(), map(tuple, got.shifts.tolist())))
+        if half:  # each pair once: with its mirror image it is the full list
+            assert max(edges.values(), default=1) == 1
+            edges = edges + Counter(zip(got.dst.tolist(), got.src.tolist(), map(tuple, (-got.shifts).tolist())))
+        assert edges == Counter(zip(ref.src.tolist(), ref.dst.tolist(), map(tuple, ref.shifts.tolist()))), trial
+        pos = torch.bmm(frac, cell).reshape(-1, 3)
+        vec = pos[got.dst] + (got.shifts.double()[:, None, :] @ cell[got.src // n])[:, 0] - pos[got.src]
+        torch.testing.assert_close(got.distances, vec.norm(dim=1), rtol=0, atol=1e-9)

@@ -196,6 +196,7 @@ class AtomsDataModule(L.LightningDataModule):
             self.path, indices, self.conditions, atom_properties=self.atom_properties,
             translate=self.translate if translate is None else translate,
             voxel_cache=self._cache_name,
+            collision_grid=self.grid_shape if self.view == "voxel" else None,
         )
 
     def collate(self) -> Collate:

@@ -124,3 +124,23 @@ def test_global_batch_split_over_ranks(fcc_h5: Path) -> None:
     dm.batch_size = 6
     with pytest.raises(GcdError, match="not divisible"):
         dm.per_rank_batch_size
+
+
+def test_translations_that_share_a_voxel_are_redrawn(fcc_h5: Path) -> None:
+    """Two atoms 0.9 voxel apart along x share a voxel of an 8³ grid under 10 % of random translations;
+    with the grid as ``collision_grid`` the dataset redraws those, so the encoder never refuses a batch."""
+    from datamodules.dataset import AtomsDataset, _shares_voxel
+
+    frac = np.array([[0.1, 0.3, 0.3], [0.1 + 0.9 / 8, 0.3, 0.3]])
+    grid = np.array([8, 8, 8])
+    torch.manual_seed(0)
+    plain = AtomsDataset(fcc_h5, [0], translate=True)
+    guarded = AtomsDataset(fcc_h5, [0], translate=True, collision_grid=(8, 8, 8))
+    shared_plain = sum(_shares_voxel(plain._translated(frac), grid) for _ in range(400))
+    assert 15 <= shared_plain <= 70  # ~40 expected: the hazard is real
+    for _ in range(400):
+        moved = guarded._translated(frac)
+        assert not _shares_voxel(moved, grid)
+        np.testing.assert_allclose(np.mod(moved[1] - moved[0], 1.0), [0.9 / 8, 0.0, 0.0], atol=1e-12)
+    dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=4)
+    assert dm.dataset("train").collision_grid.tolist() == list(dm.grid_shape)

@@ -79,6 +79,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     ac.add_argument("--workers", type=int, default=None, help="parallel processes, one LAMMPS/FEFF job each (default: all cores)")
     ac.add_argument("--shard", default=None, metavar="I/N",
                     help="build only structures with index = I mod N into --out (join the shard files with gcd data merge)")
+    ac.add_argument("--finished-only", action="store_true",
+                    help="compute nothing: write the structures already finished in <out>.parts (a build still "
+                         "running, or stopped, with the same options)")
     ac.add_argument("--melt-ps", type=float, default=5.0, help="melt time at 5000 K in ps (default 5)")
     ac.add_argument("--quench-ps", type=float, default=10.0, help="quench time from 5000 K to 300 K in ps (default 10)")
     ac.add_argument("--scf-radius", type=float, default=3.0, help="FEFF self-consistency radius in Å (default 3.0)")
@@ -162,6 +165,7 @@ def _run_build(args: argparse.Namespace) -> int:
             md=MeltQuench(melt_time=args.melt_ps, quench_time=args.quench_ps),
             feff=FeffSettings(scf_radius=args.scf_radius, fms_radius=args.fms_radius),
             xanes_grid=args.xanes_grid,
+            finished_only=args.finished_only,
         )
     elif args.kind == "grain-boundaries":
         options = dict(element=args.element, boundaries=args.boundaries, calculator=args.calculator,

@@ -92,6 +92,26 @@ def test_resume_reuses_finished_structures(built: Path, tmp_path: Path, monkeypa
 
 
 @needs_engines
+def test_finished_only_writes_the_finished_structures(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build still running (one of two structures finished) gives a usable file of what is done."""
+    out = tmp_path / "partial.h5"
+    parts = Path(f"{out}.parts")
+    parts.mkdir()
+    shutil.copy(Path(f"{built}.parts") / "structure_000001.npz", parts)
+    done = run_gcd("data", "build", "amorphous-carbon", *CLI_OPTIONS, "--finished-only", "--split", "1", "0", "0",
+                   "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    with AtomsH5(built) as a, AtomsH5(out) as b:  # structure 0 was not computed: one structure, index 1
+        assert len(b) == 1 and b.structure_property("build_index").tolist() == [1]
+        np.testing.assert_array_equal(a.positions(1), b.positions(0))
+        np.testing.assert_array_equal(a.structure_property("xanes")[1], b.structure_property("xanes")[0])
+    monkeypatch.setattr(ac, "compute_structure", lambda task: pytest.fail("--finished-only computed a structure"))
+    empty = tmp_path / "none.h5"
+    with pytest.raises(GcdError, match="no finished structure"):
+        build_dataset("amorphous-carbon", empty, workers=1, progress=False, finished_only=True, **OPTIONS)
+
+
+@needs_engines
 def test_shards_then_merge_equal_the_unsharded_build(built: Path, tmp_path: Path) -> None:
     """Shard 1/2 through the CLI as a cluster job runs it, shard 0/2 in-process; merged in the wrong order, then sorted."""
     run = run_gcd("data", "build", "amorphous-carbon", *CLI_OPTIONS, "--workers", "1", "--shard", "1/2", "--out", "s1.h5",

@@ -541,6 +541,7 @@ def amorphous_carbon_records(
     feff: FeffSettings | dict | None = None,
     xanes_grid: Sequence[float] = DEFAULT_ENERGY_GRID,
     progress: bool = True,
+    finished_only: bool = False,
 ) -> DatasetRecords:
     """Melt-quenched a-C cells with per-atom and mean C K-edge XANES (see the module docstring).
 
@@ -548,6 +549,8 @@ def amorphous_carbon_records(
     seeds derived from (``seed``, k), so a structure is the same whatever the shard, the worker count or
     the order it was built in. ``parts_dir`` keeps one finished structure per file for resuming
     (``build_dataset`` passes ``<out>.parts``); None uses a temporary folder (no resume).
+    ``finished_only``: compute nothing; the file holds the selected structures whose parts are finished
+    (a usable dataset from a build that is still running or was stopped; the splits are drawn over them).
     """
     md = MeltQuench(**md) if isinstance(md, dict) else (md or MeltQuench())  # dicts from YAML configs
     feff = FeffSettings(**feff) if isinstance(feff, dict) else (feff or FeffSettings())
@@ -583,6 +586,10 @@ def amorphous_carbon_records(
         for k in selected
     }
     parts = {k: load_part(t) for k, t in tasks.items()}
+    if finished_only:
+        selected = [k for k in selected if parts[k] is not None]
+        if not selected:
+            raise GcdError(f"--finished-only: no finished structure with these settings in {parts_dir}")
     todo = [tasks[k] for k in selected if parts[k] is None]
     try:
         with tqdm(total=len(selected), initial=len(selected) - len(todo), desc="a-C melt-quench + FEFF", unit="structure",

@@ -49,6 +49,24 @@ def test_respaced_timesteps():
         respaced_timesteps(10, 0)
 
 
+@pytest.mark.parametrize("spacing", ["quadratic", "logsnr"])
+def test_respaced_timesteps_spacings(spacing: str) -> None:
+    ac = VPSchedule.from_name("cosine", 1000).alphas_cumprod
+    for steps in (2, 5, 10, 50, 999, 1000):
+        ts = respaced_timesteps(1000, steps, spacing, ac)
+        assert len(ts) == len(set(ts)) == steps and ts[0] == 999 and ts[-1] == 0
+        assert all(a > b for a, b in zip(ts, ts[1:]))
+    uniform = respaced_timesteps(1000, 10)
+    ts = respaced_timesteps(1000, 10, spacing, ac)
+    assert ts[5] < uniform[5]  # both put more of the steps at low noise than uniform spacing does
+    if spacing == "logsnr":  # consecutive steps differ by about the same log-SNR
+        lam = torch.log(ac / (1 - ac))[ts[1:-1]]
+        gaps = (lam[1:] - lam[:-1]).numpy()
+        assert gaps.max() < 1.3 * gaps.min()
+    with pytest.raises(ValueError, match="spacing"):
+        respaced_timesteps(1000, 10, "cubic")
+
+
 # ---------------------------------------------------------------- conversions
 
 

@@ -31,7 +31,7 @@ import torch
 
 from lightning_gcd.diffusion.schedules import VPSchedule
 
-__all__ = ["GaussianDiffusion", "classifier_free_guidance", "respaced_timesteps", "Prediction", "Sampler"]
+__all__ = ["TIMESTEP_SPACINGS", "GaussianDiffusion", "Prediction", "Sampler", "classifier_free_guidance", "respaced_timesteps"]
 
 Prediction = Literal["eps", "x0", "v"]
 Sampler = Literal["ddpm", "ddim", "dpm2m", "dpm2m-sde"]
@@ -47,17 +47,48 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: fl
     return uncond + scale * (cond - uncond)
 
 
-def respaced_timesteps(T: int, steps: int) -> list[int]:
-    """``steps`` distinct step indices from ``T-1`` down to 0 (or just ``[T-1]``), evenly spaced, descending.
+#: How ``respaced_timesteps`` places few steps: evenly in the step index, quadratically (denser at low
+#: noise, as DDIM's "quad" option), or evenly in log-SNR (as DPM-Solver recommends for few steps).
+TIMESTEP_SPACINGS = ("uniform", "quadratic", "logsnr")
+LOGSNR_FLOOR = -8.0
+
+
+def respaced_timesteps(T: int, steps: int, spacing: str = "uniform",
+                       alphas_cumprod: torch.Tensor | None = None) -> list[int]:
+    """``steps`` distinct step indices from ``T-1`` down to 0 (or just ``[T-1]``), descending.
 
     The first index is always ``T-1`` (sampling starts from pure noise); with ``steps >= 2`` the last is 0.
+    ``spacing`` (``TIMESTEP_SPACINGS``): ``uniform`` in the index; ``quadratic``: index ``(T-1)(1-k/(s-1))²``;
+    ``logsnr``: evenly spaced in log(ā/(1-ā)) from max(its value at T-1, ``LOGSNR_FLOOR``) to its value at
+    0 (needs ``alphas_cumprod``, (T,)); the first step stays T-1.
+    Indices that would coincide are pushed apart by one, so there are always exactly ``steps``.
     """
     if not 1 <= steps <= T:
         raise ValueError(f"the number of sampling steps must be in [1, T={T}], got {steps}")
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of {', '.join(TIMESTEP_SPACINGS)}")
     if steps == 1:
         return [T - 1]
-    # Spacing >= 1 between consecutive reals, so the rounded indices are distinct.
-    return [int(round((T - 1) * (1 - k / (steps - 1)))) for k in range(steps)]
+    frac = [1 - k / (steps - 1) for k in range(steps)]  # 1 -> 0
+    if spacing == "uniform":  # spacing >= 1 between consecutive reals, so the rounded indices are distinct
+        return [int(round((T - 1) * f)) for f in frac]
+    if spacing == "quadratic":
+        raw = [int(round((T - 1) * f * f)) for f in frac]
+    else:
+        if alphas_cumprod is None:
+            raise ValueError("logsnr spacing needs the schedule's alphas_cumprod")
+        ac = alphas_cumprod.double().clamp(1e-12, 1 - 1e-12)
+        lam = torch.log(ac / (1 - ac))  # (T,) decreasing in the index
+        # the noisy end: no lower than -8 (signal/noise e^-4 = 2 %); the cosine schedule's own end (about
+        # -20) would spend several of few steps where nothing is decided
+        low = max(float(lam[T - 1]), LOGSNR_FLOOR)
+        targets = low + (float(lam[0]) - low) * (1 - torch.tensor(frac, dtype=torch.float64))
+        raw = [int(torch.argmin((lam - v).abs())) for v in targets]
+    out = [T - 1]
+    for k in range(1, steps):  # strictly decreasing, leaving room for the steps still to come
+        out.append(max(min(raw[k], out[-1] - 1), steps - 1 - k))
+    out[-1] = 0
+    return out
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device,
@@ -97,6 +128,7 @@ class GaussianDiffusion:
         self.schedule = schedule if isinstance(schedule, VPSchedule) else VPSchedule.from_name(schedule, T)
         self._tables: dict[torch.device, torch.Tensor] = {}
         self.channel_predictions: tuple[str, ...] | None = None
+        self.timestep_spacing = "uniform"  # default of ``sample(spacing=None)``
 
     def set_channel_predictions(self, kinds: Sequence[str] | None) -> None:
         """Predict a different quantity per channel (dim 1): e.g. ``["x0", "v", "v", "v"]``.
@@ -327,6 +359,7 @@ class GaussianDiffusion:
         dtype: torch.dtype = torch.float32,
         posterior: Callable[[torch.Tensor], torch.Tensor] | None = None,
         posterior_scale: float = 0.0,
+        spacing: str | None = None,
     ) -> torch.Tensor:
         """Generate samples by ancestral DDPM or DDIM on ``steps`` respaced steps.
 
@@ -340,7 +373,7 @@ class GaussianDiffusion:
                 multistep DPM-Solver++ of Lu et al. (2022) in its ODE (``"dpm2m"``) and SDE (``"dpm2m-sde"``)
                 forms: few-step samplers that reuse the previous step's x0 prediction (no extra network calls).
             steps: number of model evaluations (per guidance branch); default ``T``. Step indices from
-                :func:`respaced_timesteps`.
+                :func:`respaced_timesteps` with ``spacing``.
             eta: DDIM stochasticity: 0 deterministic, 1 has the DDPM posterior variance. Ignored by ``"ddpm"``.
             cond: (B, ...) condition or None (then one model call per step).
             guidance_scale: classifier-free guidance weight ``w`` in ``uncond + w (cond - uncond)`` on the raw
@@ -360,6 +393,8 @@ class GaussianDiffusion:
                 model, normalised per sample (ĝ) and times ``posterior_scale`` (ρ), is added to the score:
                 every step moves ``x_prev`` by ``−β_k ρ ĝ`` with ``β_k = 1 − ā_k/ā_prev`` the respaced step's
                 beta (the DDPM step moves x by β_k times the score) (``lightning_gcd.diffusion.guidance``).
+            spacing: where the ``steps`` fall (``TIMESTEP_SPACINGS``); None: ``self.timestep_spacing``
+                ("uniform" unless set, e.g. by the few-step study).
         Returns:
             (shape) samples.
         """
@@ -372,7 +407,8 @@ class GaussianDiffusion:
         if clip_x0 is not None and not clip_x0[0] < clip_x0[1]:
             raise ValueError(f"clip_x0 must be (low, high) with low < high, got {clip_x0}")
         shape = tuple(int(s) for s in shape)
-        timesteps = respaced_timesteps(self.T, self.T if steps is None else int(steps))
+        timesteps = respaced_timesteps(self.T, self.T if steps is None else int(steps),
+                                       spacing or self.timestep_spacing, self.schedule.alphas_cumprod)
 
         if device is None:
             params = getattr(model, "parameters", None)

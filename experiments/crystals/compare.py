@@ -28,7 +28,8 @@ are rewritten after every run, so a long run can be inspected while it goes.
 
 Profiles (all overridable: ``--steps``, ``--samples``, ``--batch-size``, ``--sigma``, ``--count``, ...):
 
-``quick``  a 2-core CPU, all five phases and both models in well under 45 minutes (one torch thread, so
+``quick``  a 2-core CPU, all five phases and both models, sized for under 45 minutes: about 33 estimated on
+           the machine of 2026-11-25, 96 measured on the 3.2x slower AMD EPYC of 2026-11-30 (one torch thread, so
            the second core stays free; see ``PROFILES`` for the measured reasons of each number).
 ``paper``  a GPU: larger networks, 20k steps, 256 samples, more sampler steps, ``accelerator="auto"``.
 
@@ -65,7 +66,7 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
     0.2 Å: 6 %), displacement RMS 0.084 Å against the data's 0.086, mean n 63.1 of 64; DDIM-50 16 %;
     6000 steps 88 % (0.2 Å: 34 %), RMS 0.067 Å, mean n 63.9, DDIM-50 56 % (1299 s of training at load 2;
     results/probes/diamond_voxel_6000). Both models at 6000 steps on diamond would take the quick profile
-    past its 45 minutes on this machine, so it keeps 3000.
+    past its 45 minutes on this machine, so it kept 3000 (on 12³; see the 8³ entry below).
   - diamond Si on 8³ (1.36 Å voxels; a/4 = 1 voxel, so both sublattices sit on the voxel lattice and every
     bond runs along a voxel diagonal; the one-atom-per-voxel rule's 10 % margin rejects this grid, and 0.1 %
     of random translations of the thermally displaced cells put two atoms into one voxel, which the
@@ -73,7 +74,10 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
     spread collapsed (displacement RMS 0.014 Å against the data's 0.086) and 9 % of samples have a pair
     closer than 0.75 × the data's minimum distance (runs/probe_d8, 1160 s of training at load 3). A training
     step on 8³ costs 0.25 s against 0.72 s on 12³ (U-Net alone, batch 16, one thread). Hence the quick
-    profile's diamond: 8³, 6000 steps.
+    profile's diamond: 8³, 6000 steps. Its first full run (2026-11-30, results/) gave 75 % (0.2 Å: 66 %),
+    28 of 32 samples with 64 atoms, displacement RMS 0.056 Å, 6 % with a too-close pair: below both the 8³
+    probe at 3000 steps and the 12³ probe at 6000 (88 %). Single seeds; the three differ by less than the
+    run-to-run spread recorded above, so neither the grid nor doubling the steps reaches 90 % here.
   - diamond Si on a commensurate 16³ grid (0.68 Å voxels: a/4 = 2 voxels, so both sublattices sit on the
     voxel lattice), 1200 steps: the count is right (64 atoms in 22 of 32 samples, mean 64.2) but 0 % match
     at 0.5 Å and 20 of 32 at 0.8 Å — the offsets, not the occupancy, are unlearned after 1200 steps on the

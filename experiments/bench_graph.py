@@ -1,8 +1,9 @@
-"""Benchmark of the periodic radius graph: time against atom count, cell list vs dense.
+"""Benchmark of the periodic radius graph: time against atom count, cell list vs dense vs compiled (numba, CPU).
 
 Random positions at metal number density (fcc Cu, 0.0847 atoms/Å³) in a cubic box, cutoff 3 Å,
 one structure per call. Prints one JSON object: per N the best-of-repeats wall time (ms) of each method and the
-edge count, and the exponent of a least-squares fit time ∝ N^p for the cell list (≈ 1 expected).
+edge count, and the exponent of a least-squares fit time ∝ N^p for the cell list and the compiled search (≈ 1
+expected). ``radius_graph`` also sorts the edges and recomputes differentiable vectors, in every method.
 
     python experiments/bench_graph.py [--sizes 100 1000 10000] [--repeats 5] [--threads 1] [--device cpu]
 """
@@ -59,9 +60,9 @@ def main() -> None:
         cell = (torch.eye(3) * box)[None].to(args.device)
         mask = torch.ones(1, n, dtype=torch.bool, device=args.device)
         row = {"n_atoms": n, "box_A": round(box, 2)}
-        for method in ("cell_list", "dense"):
-            if method == "dense" and n > DENSE_MAX_N:
-                row["dense_ms"] = None
+        for method in ("cell_list", "dense", "compiled"):
+            if (method == "dense" and n > DENSE_MAX_N) or (method == "compiled" and args.device != "cpu"):
+                row[f"{method}_ms"] = None
                 continue
             t = best_time(lambda: radius_graph(frac, cell, mask, CUTOFF, method=method), args.repeats)
             row[f"{method}_ms"] = round(1e3 * t, 3)
@@ -72,6 +73,9 @@ def main() -> None:
     exponent = float(np.polyfit(np.log(ns), np.log(ts), 1)[0])
     big = ns >= 1000  # fixed per-call overheads dominate small N
     exponent_large = float(np.polyfit(np.log(ns[big]), np.log(ts[big]), 1)[0]) if big.sum() >= 2 else None
+    compiled = [(r["n_atoms"], r["compiled_ms"]) for r in rows if r.get("compiled_ms") and r["n_atoms"] >= 1000]
+    compiled_exp = (float(np.polyfit(np.log([c[0] for c in compiled]), np.log([c[1] for c in compiled]), 1)[0])
+                    if len(compiled) >= 2 else None)
     dense = [(r["n_atoms"], r["dense_ms"]) for r in rows if r.get("dense_ms")]
     dense_exp = (float(np.polyfit(np.log([d[0] for d in dense]), np.log([d[1] for d in dense]), 1)[0])
                  if len(dense) >= 2 else None)
@@ -88,6 +92,7 @@ def main() -> None:
         "cell_list_time_exponent": round(exponent, 3),
         "cell_list_time_exponent_n_ge_1000": None if exponent_large is None else round(exponent_large, 3),
         "dense_time_exponent": None if dense_exp is None else round(dense_exp, 3),
+        "compiled_time_exponent_n_ge_1000": None if compiled_exp is None else round(compiled_exp, 3),
     }, indent=2))
 
 

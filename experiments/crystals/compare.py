@@ -77,7 +77,9 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
     profile's diamond: 8³, 6000 steps. Its first full run (2026-11-30, results/) gave 75 % (0.2 Å: 66 %),
     28 of 32 samples with 64 atoms, displacement RMS 0.056 Å, 6 % with a too-close pair: below both the 8³
     probe at 3000 steps and the 12³ probe at 6000 (88 %). Single seeds; the three differ by less than the
-    run-to-run spread recorded above, so neither the grid nor doubling the steps reaches 90 % here.
+    run-to-run spread recorded above, so neither the grid nor doubling the steps reaches 90 % here. The
+    same checkpoint on 256 samples (seed 2): 86 % (0.2 Å: 80 %): the 75 % of 32 samples was a low draw
+    (one binomial standard error is 8 points there); results/probes/diamond_8cubed_6000_256_samples.
   - diamond Si on a commensurate 16³ grid (0.68 Å voxels: a/4 = 2 voxels, so both sublattices sit on the
     voxel lattice), 1200 steps: the count is right (64 atoms in 22 of 32 samples, mean 64.2) but 0 % match
     at 0.5 Å and 20 of 32 at 0.8 Å — the offsets, not the occupancy, are unlearned after 1200 steps on the

@@ -94,7 +94,6 @@ class AtomsDataset(Dataset):
             item[f"atom_{name}"] = np.asarray(data.atom_property(name, i))
         return item
 
-
     def _translated(self, frac: np.ndarray) -> np.ndarray:
         """(n, 3) fractional coordinates shifted by a uniformly random translation (wrapped into [0, 1)),
         redrawn while it would put two atoms into one voxel of ``collision_grid``."""

@@ -177,3 +177,21 @@ def test_engine_failure_is_one_line_naming_the_structure(tmp_path: Path, monkeyp
     with pytest.raises(GcdError, match=r"structure 0 \(2 g/cm³\): FEFF10 failed: boom"):
         build_dataset("amorphous-carbon", tmp_path / "x.h5", workers=1, progress=False, **{**OPTIONS, "n_structures": 1})
     assert not (tmp_path / "x.h5").exists() and not list(Path(f"{tmp_path / 'x.h5'}.parts").glob("*.npz"))
+
+
+@needs_engines
+@pytest.mark.parametrize("name, options", [
+    ("a_c_300", dict(n_structures=300, xanes_sites=8)),
+    ("a_c_512_ref", dict(n_structures=5, n_atoms=512, xanes_sites=1)),
+])
+def test_shipped_parts_still_load(name: str, options: dict, tmp_path: Path) -> None:
+    """The committed parts of the shipped a-C builds match the builder's current settings and versions
+    (else the documented command would silently recompute them)."""
+    shipped = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data" / f"{name}.h5.parts"
+    out = tmp_path / f"{name}.h5"
+    shutil.copytree(shipped, f"{out}.parts")
+    build_dataset("amorphous-carbon", out, workers=1, progress=False, finished_only=True, **options)
+    with AtomsH5(out) as data:
+        assert len(data) == len(list(shipped.glob("structure_*.npz")))
+        assert set(data.n_atoms.tolist()) == {options.get("n_atoms", 64)}
+        assert np.all(data.structure_property("xanes_sites") == options["xanes_sites"])

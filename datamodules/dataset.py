@@ -97,13 +97,10 @@ class AtomsDataset(Dataset):
     def _translated(self, frac: np.ndarray) -> np.ndarray:
         """(n, 3) fractional coordinates shifted by a uniformly random translation (wrapped into [0, 1)),
         redrawn while it would put two atoms into one voxel of ``collision_grid``."""
-        shifted = np.mod(frac + torch.rand(3, dtype=torch.float64).numpy(), 1.0)
-        if self.collision_grid is None:
-            return shifted
         for _ in range(MAX_TRANSLATION_DRAWS):
-            if not _shares_voxel(shifted, self.collision_grid):
-                return shifted
             shifted = np.mod(frac + torch.rand(3, dtype=torch.float64).numpy(), 1.0)
+            if self.collision_grid is None or not _shares_voxel(shifted, self.collision_grid):
+                return shifted
         return shifted  # the encoder raises its clear error if even these draws all collide
 
 

@@ -705,7 +705,7 @@ def neighbor_search(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.T
         parts: list[tuple[Neighbors, bool]] = []  # (found, is_half)
         rest = mask
         if method == "compiled":
-            src, dst, shift, dist = periodic_compiled.compiled_search(wrapped, cell_d, mask, cutoff, half)
+            src, dst, shift, dist = periodic_compiled.compiled_search(wrapped, cell_d, widths, mask, cutoff, half)
             device = frac_coords.device
             parts.append((Neighbors(src.to(device), dst.to(device), shift.to(device),
                                     dist.to(device=device, dtype=wrapped.dtype)), half))

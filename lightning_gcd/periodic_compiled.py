@@ -36,8 +36,9 @@ def available() -> bool:
     return numba is not None
 
 
-def _kernel(frac, cell, mask, cutoff, half, src, dst, shifts, dist):  # pragma: no cover - compiled
-    """frac (B, N, 3) float64 in [0, 1), cell (B, 3, 3), mask (B, N) bool; writes the pairs into the
+def _kernel(frac, cell, widths_all, mask, cutoff, half, src, dst, shifts, dist):  # pragma: no cover - compiled
+    """frac (B, N, 3) float64 in [0, 1), cell (B, 3, 3), widths_all (B, 3) perpendicular widths (Å, from
+    ``periodic.perpendicular_widths``), mask (B, N) bool; writes the pairs into the
     preallocated (E,) src, dst, dist and (E, 3) shifts while they fit, and returns the number of pairs
     (more than E: call again with larger arrays). The arrays are never rebound inside the loop: growing
     them there made every write cost ~100 ns of reference counting."""
@@ -46,13 +47,13 @@ def _kernel(frac, cell, mask, cutoff, half, src, dst, shifts, dist):  # pragma: 
     capacity = src.shape[0]
     count = 0
     pos = np.empty((n, 3))
-    widths = np.empty(3)
     nb = np.empty(3, np.int64)
     reach = np.empty(3, np.int64)
     bins = np.empty(n, np.int64)
+    real = np.empty(n, np.int64)
     for b in range(b_count):
         a = cell[b]
-        real = np.empty(n, np.int64)
+        widths = widths_all[b]
         n_real = 0
         for i in range(n):
             if mask[b, i]:
@@ -60,15 +61,7 @@ def _kernel(frac, cell, mask, cutoff, half, src, dst, shifts, dist):  # pragma: 
                 n_real += 1
         if n_real == 0:
             continue
-        volume = abs(a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
-                     - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
-                     + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0]))
         for k in range(3):
-            u, v = a[(k + 1) % 3], a[(k + 2) % 3]
-            cx = u[1] * v[2] - u[2] * v[1]
-            cy = u[2] * v[0] - u[0] * v[2]
-            cz = u[0] * v[1] - u[1] * v[0]
-            widths[k] = volume / math.sqrt(cx * cx + cy * cy + cz * cz)
             nb[k] = max(1, int(math.floor(widths[k] / cutoff)))
         total = nb[0] * nb[1] * nb[2]
         if total > 2 * n_real + 8:  # sparse cells: not many more bins than atoms
@@ -159,13 +152,14 @@ def _expected_pairs(wrapped: np.ndarray, cell: np.ndarray, mask: np.ndarray, cut
     return int(1.5 * total) + 1024
 
 
-def compiled_search(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, cutoff: float,
-                    half: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def compiled_search(wrapped: torch.Tensor, cell: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor,
+                    cutoff: float, half: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs closer than ``cutoff`` (Å) among the wrapped CPU coordinates.
 
     Args:
         wrapped: (B, N, 3) fractional coordinates in [0, 1).
         cell: (B, 3, 3) lattice vectors as rows, Å.
+        widths: (B, 3) perpendicular widths of the cells, Å (``periodic.perpendicular_widths``).
         mask: (B, N) bool, real atoms.
         half: each pair once (as (i, j, S) with i < j, or i == j and S lexicographically positive).
     Returns:
@@ -176,12 +170,13 @@ def compiled_search(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tenso
         raise RuntimeError("the compiled pair search needs numba (pip install numba)")
     frac_np = np.ascontiguousarray(wrapped.detach().cpu().numpy(), dtype=np.float64)
     cell_np = np.ascontiguousarray(cell.detach().cpu().numpy(), dtype=np.float64)
+    widths_np = np.ascontiguousarray(widths.detach().cpu().numpy(), dtype=np.float64)
     mask_np = np.ascontiguousarray(mask.detach().cpu().numpy(), dtype=np.bool_)
     capacity = _expected_pairs(frac_np, cell_np, mask_np, float(cutoff), bool(half))
     while True:
         src, dst = np.empty(capacity, np.int64), np.empty(capacity, np.int64)
         shifts, dist = np.empty((capacity, 3), np.int64), np.empty(capacity, np.float64)
-        count = _kernel(frac_np, cell_np, mask_np, float(cutoff), bool(half), src, dst, shifts, dist)
+        count = _kernel(frac_np, cell_np, widths_np, mask_np, float(cutoff), bool(half), src, dst, shifts, dist)
         if count <= capacity:
             break
         capacity = count  # exact now: the second pass fills every pair

@@ -23,6 +23,12 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="voxel model: grid to sample on; the cell grows with it at the training spacing")
     size.add_argument("--supercell", type=float, nargs=3, metavar=("A", "B", "C"),
                       help="multiples of the training cell (default 1 1 1); larger cells are supported")
+    size.add_argument("--n-atoms", type=int, default=None, metavar="N",
+                      help="generate N atoms in a cubic cell at --density: the particle model places N atoms, the "
+                           "voxel model samples a grid with the training grids' voxels per atom (scale-agnostic "
+                           "generation, e.g. 512 atoms from a model trained on 64-atom cells)")
+    p.add_argument("--density", type=float, default=None, metavar="G_PER_CM3",
+                   help="with --n-atoms: mass density of the cubic cell (default: the training data's mean)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's sample_steps)")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm2m | dpm2m-sde (voxel), em | pc (particle); default: the model's")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
@@ -143,10 +149,10 @@ def run_sample(args: argparse.Namespace) -> int:
         raise GcdError("--n must be at least 1")
     if args.inpaint is None and (args.relax not in ("auto", "none") or args.boundary_z is not None):
         raise GcdError("--relax and --boundary-z apply to --inpaint only")
-    if args.inpaint is not None and (args.grid or args.supercell or args.condition_from or args.spectrum
-                                     or args.forward_ckpt):
+    if args.inpaint is not None and (args.grid or args.supercell or args.n_atoms or args.condition_from
+                                     or args.spectrum or args.forward_ckpt):
         raise GcdError("--inpaint samples the source structure's own cell without a condition: drop --grid, "
-                       "--supercell, --condition-from, --spectrum and --forward-ckpt")
+                       "--supercell, --n-atoms, --condition-from, --spectrum and --forward-ckpt")
     model = load_model(args.ckpt, map_location=args.device)
     if args.inpaint is not None:
         return _run_inpaint(args, model)
@@ -156,8 +162,14 @@ def run_sample(args: argparse.Namespace) -> int:
         if "grid_shape" not in info:
             raise GcdError("--grid applies to voxel models only; use --supercell")
         supercell = [g / g0 for g, g0 in zip(args.grid, info["grid_shape"])]
+    cell = requested_cell(args, info)
     cond, target, posterior = conditions_and_target(args, model)
-    template = model.sample_template(args.n, supercell, cond, target)
+    template = model.sample_template(args.n, supercell, cond, target, cell=cell, n_atoms=args.n_atoms)
+    if cell is not None:
+        size = (f"grid {'×'.join(map(str, model.grid_for_cell(template['cell'][0], args.n_atoms)))}"
+                if hasattr(model, "grid_for_cell") else f"{args.n_atoms} atoms")
+        print(f"sampling a cubic cell of {cell[0, 0]:.3f} Å for {args.n_atoms} atoms at "
+              f"{args.density or training_mass_density(info):.3f} g/cm³: {size}", file=sys.stderr)
     atoms_list = model.sample(template, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
                               guidance_scale=args.guidance, seed=args.seed, progress=not args.no_progress,
                               posterior=posterior)
@@ -170,6 +182,31 @@ def run_sample(args: argparse.Namespace) -> int:
     print(f"wrote {len(atoms_list)} structures to {args.out} (atoms per structure: min {min(counts)}, "
           f"mean {np.mean(counts):.1f}, max {max(counts)})", file=sys.stderr)
     return 0
+
+
+def training_mass_density(info: dict) -> float:
+    """The training data's mean mass density (g/cm³) from its number density and composition."""
+    from ase.data import atomic_masses
+
+    molar_mass = sum(float(atomic_masses[int(z)]) * f for z, f in info["composition"].items())
+    return float(info["number_density"]) * molar_mass / 0.60221408
+
+
+def requested_cell(args: argparse.Namespace, info: dict) -> np.ndarray | None:
+    """The cubic cell of ``--n-atoms`` at ``--density`` (default: the training mean), or None."""
+    from lightning_gcd.structures import cubic_cell
+
+    if args.n_atoms is None:
+        if args.density is not None:
+            raise GcdError("--density applies with --n-atoms N (the size of the cubic cell to generate)")
+        return None
+    if args.n_atoms < 1:
+        raise GcdError(f"--n-atoms must be at least 1, got {args.n_atoms}")
+    if args.density is not None and not args.density > 0:
+        raise GcdError(f"--density must be positive (g/cm³), got {args.density}")
+    density = args.density if args.density is not None else training_mass_density(info)
+    composition = {int(z): float(f) for z, f in info["composition"].items()}
+    return cubic_cell(args.n_atoms, density, composition)
 
 
 def conditions_and_target(args: argparse.Namespace, model) -> tuple:

@@ -88,3 +88,20 @@ def wrap_frac(frac_coords: np.ndarray) -> np.ndarray:
     wrapped = np.mod(frac_coords, 1.0)
     wrapped[wrapped >= 1.0] = 0.0
     return wrapped
+
+
+def cubic_cell(n_atoms: int, mass_density: float, composition: dict[int, float]) -> np.ndarray:
+    """(3, 3) Å cubic cell that holds ``n_atoms`` atoms of ``composition`` (atomic number -> fraction of
+    atoms) at ``mass_density`` g/cm³: edge = (n · mean molar mass / (ρ · N_A))^(1/3)."""
+    from ase.data import atomic_masses
+
+    if n_atoms < 1:
+        raise ValueError(f"n_atoms must be at least 1, got {n_atoms}")
+    if not mass_density > 0:
+        raise ValueError(f"the mass density must be positive (g/cm³), got {mass_density}")
+    total = sum(composition.values())
+    if not composition or total <= 0:
+        raise ValueError("the composition needs at least one species with a positive fraction")
+    molar_mass = sum(float(atomic_masses[int(z)]) * f / total for z, f in composition.items())  # g/mol per atom
+    volume = n_atoms * molar_mass / (mass_density * 0.60221408)  # Å^3 (1 g/cm³ = 0.60221 u/Å³)
+    return np.eye(3) * volume ** (1.0 / 3.0)

@@ -32,3 +32,11 @@ def test_particle_smoke_fit_and_sample(tmp_path: Path) -> None:
     assert sample.returncode == 0, sample.stderr[-3000:]
     frames = ase.io.read(out, ":")
     assert [len(f) for f in frames] == [64, 64]  # density × volume: twice the training cell, twice the atoms
+    # --n-atoms/--density: exactly that many atoms in the cubic cell of that density
+    out = tmp_path / "n50.extxyz"
+    sample = run_gcd("sample", "--ckpt", str(last), "--n", "2", "--steps", "3", "--n-atoms", "50", "--density", "5",
+                     "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    frames = ase.io.read(out, ":")
+    assert [len(f) for f in frames] == [50, 50]
+    assert frames[0].get_masses().sum() / frames[0].get_volume() / 0.60221408 == pytest.approx(5.0, rel=1e-6)

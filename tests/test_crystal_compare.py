@@ -11,13 +11,18 @@ import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "experiments" / "crystals" / "compare.py"
+FEW_STEP = REPO / "experiments" / "crystals" / "few_step.py"
 
 
-def _load_compare():
-    spec = importlib.util.spec_from_file_location("crystals_compare", SCRIPT)
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location(f"crystals_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_compare():
+    return _load_script(SCRIPT)
 
 
 TINY = ["--phases", "fcc", "--steps", "20", "--samples", "2", "--count", "12", "--batch-size", "4",
@@ -77,6 +82,20 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     assert json.loads((out / "results.json").read_text())["notes"] == ["a measured remark"]
     assert (out / "rdf_fcc.png").is_file()
     assert Path(fcc["models"]["voxel"]["checkpoint"]).is_file()
+
+    # the few-step study on the same work folder: the first sampler is the reference, +project is honoured
+    few_step = _load_script(FEW_STEP)
+    few = few_step.main(["--workdir", str(tmp_path / "work"), "--samplers", "ddpm-4", "dpm2m-sde-2@logsnr+project",
+                         "--samples", "2", "--out", str(tmp_path / "few")])
+    runs = few["phases"]["fcc"]["samplers"]
+    assert runs["ddpm-4"]["x0_projection"] is False and runs["dpm2m-sde-2@logsnr+project"]["x0_projection"] is True
+    assert runs["dpm2m-sde-2@logsnr+project"]["spacing"] == "logsnr"
+    assert few["summary"]["dpm2m-sde-2@logsnr+project"]["nfe_saving"] == 2.0
+    assert json.loads((tmp_path / "few" / "few_step.json").read_text())["samplers"] == list(runs)
+    assert (tmp_path / "few" / "few_step.png").read_bytes()[:4] == b"\x89PNG"
+    assert few_step.parse_sampler("ddim-10@quadratic") == ("ddim", 10, "quadratic", False)
+    with pytest.raises(SystemExit, match="SAMPLER-STEPS"):
+        few_step.parse_sampler("ddpm-10+proj")
 
 
 def test_profiles_and_overrides() -> None:

@@ -66,6 +66,28 @@ def test_model_shapes_ema_and_checkpoint_round_trip(tmp_path: Path, fcc_h5: Path
     out = loaded.generate(template, steps=2)
     assert out.cell.shape == (2, 3, 3)
     assert loaded.grid_for_cell(template["cell"][0]) == (16, 16, 16)
+    # by atom count: the training grids' voxels per atom, whatever the cell's size (the a-C rule)
+    assert loaded.info["voxels_per_atom"] == pytest.approx(512 / 32)
+    assert loaded.grid_for_cell(template["cell"][0], n_atoms=256) == (16, 16, 16)
+    assert loaded.grid_for_cell(1.3 * template["cell"][0], n_atoms=256) == (16, 16, 16)  # lower density, same grid
+    assert loaded.grid_for_cell(1.3 * template["cell"][0]) == (20, 20, 20)  # the spacing rule: more voxels
+    sized = loaded.sample_template(2, cell=1.3 * template["cell"][0].numpy(), n_atoms=256)
+    assert sized["n_atoms"].tolist() == [256, 256] and loaded.generate(sized, steps=1).cell.shape == (2, 3, 3)
+    with pytest.raises(GcdError, match="either a cell or supercell"):
+        loaded.sample_template(1, supercell=(2, 2, 2), cell=np.eye(3))
+
+    # project_to_grid: a clean grid is its own projection; a noisy one goes to encode(decode(.)) in model space
+    batch = next(iter(dm.train_dataloader()))
+    clean = loaded.to_model_space(batch["grid"])
+    assert torch.equal(loaded.project_to_grid(clean), clean)
+    noisy = (clean + 0.4 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    noisy[:, 1:] = noisy[:, 1:].clamp(-0.9, 0.9)  # offsets off the voxel faces, where float32 may round across
+    decoded = loaded.encoding.decode(loaded.from_model_space(noisy), batch["cell"].float())
+    reencoded = loaded.to_model_space(loaded.encoding.encode(decoded, tuple(clean.shape[2:])))
+    torch.testing.assert_close(loaded.project_to_grid(noisy), reencoded, atol=1e-6, rtol=0)
+    loaded.x0_projection = True  # the sampler takes it: every sample decodes from a projected final grid
+    again = loaded.generate(template, steps=2)
+    assert again.cell.shape == (2, 3, 3)
 
 
 def test_bad_checkpoints_give_one_clear_error(tmp_path: Path) -> None:
@@ -102,5 +124,14 @@ def test_gcd_fit_then_sample_at_twice_the_cell(tmp_path: Path) -> None:
         frames = ase.io.read(out, ":")
         assert len(frames) == 3
         np.testing.assert_allclose(frames[0].cell.lengths(), [7.22 * scale] * 3, rtol=1e-3)
+    # --n-atoms/--density: a cubic cell of that many atoms at that density; the grid follows the atom count
+    out = tmp_path / "n256.extxyz"
+    run = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--n", "2", "--steps", "2", "--n-atoms", "256", "--density",
+                  "8.96", "--out", str(out), "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "grid 16×16×16" in run.stderr
+    np.testing.assert_allclose(ase.io.read(out, "0").cell.lengths(), [14.45] * 3, atol=0.01)  # 256 Cu at 8.96 g/cm³
+    bad = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--density", "2", "--out", "x.extxyz", cwd=tmp_path)
+    assert bad.returncode == 2 and "--density applies with --n-atoms" in bad.stderr
     bad = run_gcd("sample", "--ckpt", str(tmp_path / "nothing.ckpt"), "--n", "1", "--out", "x.extxyz", cwd=tmp_path)
     assert bad.returncode == 2 and "no such checkpoint" in bad.stderr and "Traceback" not in bad.stderr

@@ -370,3 +370,36 @@ def test_per_channel_predictions_round_trip_and_targets():
         d.set_channel_predictions(["x0", "score"])
     d.set_channel_predictions(["x0"] * 3)  # all equal to `prediction`: back to one kind
     assert d.channel_predictions is None
+
+
+def test_x0_loss_space_weights_v_loss_by_one_minus_alpha_bar():
+    """loss_space="x0" with v-prediction: per element (x0_hat - x0)^2 = (1 - ā) (v_hat - v)^2, so a model
+    whose v is off by a constant c has loss (1 - ā) c^2 at that step; x0-prediction channels are unchanged."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 2, 4, 4, 4, generator=g)
+    noise = torch.randn(3, 2, 4, 4, 4, generator=g)
+    t = torch.tensor([5, 400, 990])
+    plain = GaussianDiffusion("v", "cosine", 1000)
+    in_x0 = GaussianDiffusion("v", "cosine", 1000, loss_space="x0")
+
+    def off_by(c: float):
+        def model(x_t, t_net, cond, keep):
+            return plain.v_from_x0_eps(x0, noise, t) + c
+        return model
+
+    a = plain.schedule.alphas_cumprod[t].float()
+    assert plain.training_loss(off_by(0.3), x0, t_index=t, noise=noise).item() == pytest.approx(0.09, rel=1e-5)
+    expected = float((1.0 - a).mean()) * 0.09
+    assert in_x0.training_loss(off_by(0.3), x0, t_index=t, noise=noise).item() == pytest.approx(expected, rel=1e-4)
+    assert in_x0.training_loss(off_by(0.0), x0, t_index=t, noise=noise).item() < 1e-10
+    # per channel: x0 for channel 0, v for channel 1; the x0 channel's loss is the plain one
+    mixed = GaussianDiffusion("x0", "cosine", 1000, loss_space="x0")
+    mixed.set_channel_predictions(["x0", "v"])
+    target = mixed.target(x0, noise, t)
+
+    def exact_but_channel0_off(x_t, t_net, cond, keep):
+        return target + torch.tensor([0.5, 0.0]).view(1, 2, 1, 1, 1)
+    assert mixed.training_loss(exact_but_channel0_off, x0, t_index=t, noise=noise).item() == pytest.approx(0.125, rel=1e-4)
+    assert "loss_space='x0'" in repr(mixed)
+    with pytest.raises(ValueError, match="loss_space"):
+        GaussianDiffusion("x0", loss_space="eps")

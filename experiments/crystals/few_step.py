@@ -29,26 +29,33 @@ from compare import PHASES, _jsonable, data_reference, evaluate, machine_info  #
 DEFAULT_SAMPLERS = ["ddpm-100", "ddpm-10", "ddim-10", "dpm2m-10", "dpm2m-sde-10", "dpm2m-20", "ddim-20"]
 
 
-def parse_sampler(spec: str) -> tuple[str, int, str]:
-    """``"dpm2m-sde-10"`` -> ("dpm2m-sde", 10, "uniform"); ``"ddim-10@logsnr"`` -> ("ddim", 10, "logsnr")."""
+PROJECT = "+project"
+
+
+def parse_sampler(spec: str) -> tuple[str, int, str, bool]:
+    """``"dpm2m-sde-10"`` -> ("dpm2m-sde", 10, "uniform", False); ``"ddim-10@logsnr"`` -> ("ddim", 10,
+    "logsnr", False); a ``+project`` suffix (``"ddpm-10@logsnr+project"``) projects every step's predicted
+    grid onto the nearest valid grid (``GrandCanonicalDiffusion.project_to_grid``): the last field True."""
     from lightning_gcd.diffusion.vp import SAMPLERS, TIMESTEP_SPACINGS
 
-    base, _, spacing = spec.partition("@")
+    project = spec.endswith(PROJECT)
+    base, _, spacing = spec.removesuffix(PROJECT).partition("@")
     spacing = spacing or "uniform"
     name, _, steps = base.rpartition("-")
     if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1 or spacing not in TIMESTEP_SPACINGS:
-        raise SystemExit(f"sampler {spec!r}: expected SAMPLER-STEPS[@SPACING] with SAMPLER one of {', '.join(SAMPLERS)} "
-                         f"and SPACING one of {', '.join(TIMESTEP_SPACINGS)}")
-    return name, int(steps), spacing
+        raise SystemExit(f"sampler {spec!r}: expected SAMPLER-STEPS[@SPACING][{PROJECT}] with SAMPLER one of "
+                         f"{', '.join(SAMPLERS)} and SPACING one of {', '.join(TIMESTEP_SPACINGS)}")
+    return name, int(steps), spacing, project
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/crystals_compare", help="compare.py's work folder (default: %(default)s)")
     p.add_argument("--phases", nargs="+", choices=PHASES, default=None, help="default: every phase with a voxel checkpoint")
-    p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="SAMPLER-STEPS[@SPACING]",
+    p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="SAMPLER-STEPS[@SPACING][+project]",
                    help="the first is the reference; @quadratic or @logsnr places the steps otherwise than evenly "
-                        "(lightning_gcd.diffusion.vp.respaced_timesteps) (default: %(default)s)")
+                        "(lightning_gcd.diffusion.vp.respaced_timesteps); +project projects each step's predicted "
+                        "grid onto the nearest valid grid (default: %(default)s)")
     p.add_argument("--samples", type=int, default=32, help="structures per sampler and phase (default 32)")
     p.add_argument("--seed", type=int, default=1, help="sampling seed, the same for every sampler (default 1)")
     p.add_argument("--margin", type=float, default=0.02, help="allowed drop in phase match (default 0.02 = 2 points)")
@@ -92,9 +99,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    def family(spec: str) -> str:  # sampler and spacing: one line per family
-        name, _, spacing = parse_sampler(spec)
-        return name if spacing == "uniform" else f"{name}@{spacing}"
+    def family(spec: str) -> str:  # sampler, spacing and projection: one line per family
+        name, _, spacing, project = parse_sampler(spec)
+        return (name if spacing == "uniform" else f"{name}@{spacing}") + (PROJECT if project else "")
 
     names = sorted({family(s) for s in results["samplers"]})
     for name in names:
@@ -142,14 +149,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data_path = candidates[-1]  # the newest: the one the checkpoint was trained on
         ideal, metrics, data_numbers = data_reference(data_path, 0.5, 0.2)
         entry: dict[str, Any] = {"checkpoint": str(ckpt), "dataset": str(data_path), "data": data_numbers, "samplers": {}}
-        for spec, (sampler, steps, spacing) in zip(args.samplers, specs):
+        for spec, (sampler, steps, spacing, project) in zip(args.samplers, specs):
             model.diffusion.timestep_spacing = spacing
+            model.x0_projection = project
             t0 = time.perf_counter()
             samples = model.sample(model.sample_template(args.samples), batch_size=min(args.samples, 64), steps=steps,
                                    sampler=sampler, seed=args.seed, progress=False)
             seconds = time.perf_counter() - t0
             res, _ = evaluate(samples, metrics, ideal, 0.2)
-            res.update({"sampler": sampler, "nfe": steps, "spacing": spacing, "sample_seconds": seconds})
+            res.update({"sampler": sampler, "nfe": steps, "spacing": spacing, "x0_projection": project,
+                        "sample_seconds": seconds})
             entry["samplers"][spec] = res
             print(f"[few-step] {phase} {spec}: match {res['phase_match']:.0%} / {res['phase_match_strict']:.0%}, disp "
                   f"{res['displacement_rms']:.3f} Å (data {data_numbers['displacement_rms']:.3f}), mean n "
@@ -157,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["phases"][phase] = entry
     ref = args.samplers[0]
     results["summary"] = {}
-    for spec, (_, steps, _) in zip(args.samplers, specs):
+    for spec, (_, steps, _, _) in zip(args.samplers, specs):
         drops = [e["samplers"][spec]["phase_match"] - e["samplers"][ref]["phase_match"] for e in results["phases"].values()]
         results["summary"][spec] = {
             "nfe": steps, "nfe_saving": specs[0][1] / steps, "worst_drop_points": 100 * min(drops),

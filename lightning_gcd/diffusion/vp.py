@@ -115,15 +115,24 @@ class GaussianDiffusion:
             sparse occupancy grids of the GCDM probe) or ``"v"``.
         schedule: a schedule name (``"cosine"``, ``"linear"``) or a :class:`VPSchedule`.
         T: number of discrete training steps (ignored when ``schedule`` is a :class:`VPSchedule`).
+        loss_space: where the training loss compares prediction and truth: ``"prediction"`` (default: the
+            model output against its own target, eps, x0 or v) or ``"x0"`` (the x0 implied by the output
+            against the clean data, whatever the model predicts). ``"x0"`` with v-prediction keeps v's
+            implicit skip connection (x0 = sqrt(ā) x_t - sqrt(1-ā) v: the identity at low noise) while
+            weighting the noise levels like x0-prediction does: the v loss weighted by (1 - ā).
 
     A plain Python object with no parameters or buffers: the float64 schedule stays on the CPU and the few
     coefficients a call needs are cast to the data's dtype and device (cached per device), so neither
     ``.half()`` nor ``.to(device)`` of a surrounding module can degrade it.
     """
 
-    def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000) -> None:
+    def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000,
+                 loss_space: str = "prediction") -> None:
         if prediction not in ("eps", "x0", "v"):
             raise ValueError(f"unknown prediction {prediction!r}; choose 'eps', 'x0' or 'v'")
+        if loss_space not in ("prediction", "x0"):
+            raise ValueError(f"unknown loss_space {loss_space!r}; choose 'prediction' or 'x0'")
+        self.loss_space = loss_space
         self.prediction: Prediction = prediction
         self.schedule = schedule if isinstance(schedule, VPSchedule) else VPSchedule.from_name(schedule, T)
         self._tables: dict[torch.device, torch.Tensor] = {}
@@ -155,7 +164,9 @@ class GaussianDiffusion:
 
     def __repr__(self) -> str:
         per_channel = f", channel_predictions={self.channel_predictions!r}" if self.channel_predictions else ""
-        return f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}, schedule={self.schedule.name!r}, T={self.T})"
+        loss = f", loss_space={self.loss_space!r}" if self.loss_space != "prediction" else ""
+        return (f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}{loss}, "
+                f"schedule={self.schedule.name!r}, T={self.T})")
 
     @property
     def T(self) -> int:
@@ -268,7 +279,8 @@ class GaussianDiffusion:
         t_index: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Denoising loss: mean squared error between the model output and its target (``self.prediction``).
+        """Denoising loss: mean squared error between the model output and its target (``self.prediction``),
+        or between the implied x0 and the clean data when ``loss_space`` is ``"x0"``.
 
         Args:
             model: ``model(x_t, t, cond, cond_keep)``; see the module docstring.
@@ -299,7 +311,10 @@ class GaussianDiffusion:
         pred = model(x_t, self.time(t_index, x0.dtype), cond, keep)
         if pred.shape != x0.shape:
             raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
-        sq = (pred - self.target(x0, noise, t_index)) ** 2
+        if self.loss_space == "x0":
+            sq = (self.split_prediction(pred, x_t, t_index)[0] - x0) ** 2
+        else:
+            sq = (pred - self.target(x0, noise, t_index)) ** 2
         if weights is not None:
             weights = weights.to(device=device, dtype=sq.dtype)
             if not _broadcasts_to(weights.shape, sq.shape):
@@ -360,6 +375,7 @@ class GaussianDiffusion:
         posterior: Callable[[torch.Tensor], torch.Tensor] | None = None,
         posterior_scale: float = 0.0,
         spacing: str | None = None,
+        project_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Generate samples by ancestral DDPM or DDIM on ``steps`` respaced steps.
 
@@ -395,6 +411,10 @@ class GaussianDiffusion:
                 beta (the DDPM step moves x by β_k times the score) (``lightning_gcd.diffusion.guidance``).
             spacing: where the ``steps`` fall (``TIMESTEP_SPACINGS``); None: ``self.timestep_spacing``
                 ("uniform" unless set, e.g. by the few-step study).
+            project_x0: maps each step's predicted x0 (after ``clip_x0``) onto the data's own set, e.g. a
+                voxel grid's nearest valid grid (occupancy exactly 0 or 1); eps is recomputed from it. The
+                "clamping trick" of Diffusion-LM (Li et al. 2022) for data that lives on a discrete set:
+                it keeps few-step samplers from carrying half-decided values from one step to the next.
         Returns:
             (shape) samples.
         """
@@ -449,8 +469,11 @@ class GaussianDiffusion:
             else:
                 pred = self._model_prediction(model, x, i, cond, guidance_scale)
                 x0, eps = self.split_prediction(pred, x, i)
-            if clip_x0 is not None:
-                x0 = x0.clamp(*clip_x0)
+            if clip_x0 is not None or project_x0 is not None:
+                if clip_x0 is not None:
+                    x0 = x0.clamp(*clip_x0)
+                if project_x0 is not None:
+                    x0 = project_x0(x0)
                 eps = self.eps_from_x0(x, i, x0)
 
             if i_prev < 0:

@@ -115,6 +115,7 @@ class DiffusionModule(L.LightningModule):
             "reference_cell": np.asarray(train[0].cell[:]).tolist(),
             "n_atoms_max": int(datamodule.n_max),
             "number_density": float(np.sum(counts) / np.sum(volumes)),  # atoms / Å^3
+            "n_atoms_mean": float(np.mean(counts)),
             "composition": {str(z): float(np.mean([np.mean(a.numbers == z) for a in train])) for z in datamodule.species},
         }
 
@@ -306,13 +307,29 @@ class DiffusionModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------------
     # sampling outside training
     def sample_template(self, n: int, supercell: Sequence[float] = (1, 1, 1), cond: torch.Tensor | None = None,
-                        target: torch.Tensor | None = None) -> Batch:
-        """``n`` rows of the training reference cell scaled by ``supercell`` (and the condition and the
-        posterior-sampling target spectrum, if any)."""
+                        target: torch.Tensor | None = None, cell: Any = None, n_atoms: int | None = None) -> Batch:
+        """``n`` rows of the training reference cell scaled by ``supercell``, or of ``cell`` ((3, 3) Å), and
+        the condition and the posterior-sampling target spectrum, if any.
+
+        ``n_atoms``: the size to generate, stored as ``template["n_atoms"]`` (B,): the particle model's
+        atom count, the voxel model's grid (``grid_for_cell``). Default: the particle model takes the
+        training number density × volume, the voxel model the training voxel spacing.
+        """
         if len(supercell) != 3 or min(supercell) <= 0:
             raise GcdError(f"supercell needs three positive factors, got {list(supercell)}")
-        cell = torch.as_tensor(self.info["reference_cell"], dtype=torch.float32) * torch.as_tensor(supercell, dtype=torch.float32)[:, None]
+        if cell is not None:
+            if tuple(supercell) != (1, 1, 1):
+                raise GcdError("give either a cell or supercell factors, not both")
+            cell = torch.as_tensor(np.asarray(cell, dtype=np.float64), dtype=torch.float32)
+            if cell.shape != (3, 3) or not abs(float(torch.linalg.det(cell.double()))) > 1e-6:
+                raise GcdError(f"the cell must be a (3, 3) matrix of lattice vectors (rows, Å) with a volume, got {cell.tolist()}")
+        else:
+            cell = torch.as_tensor(self.info["reference_cell"], dtype=torch.float32) * torch.as_tensor(supercell, dtype=torch.float32)[:, None]
         template: Batch = {"cell": cell.expand(n, 3, 3).clone()}
+        if n_atoms is not None:
+            if int(n_atoms) < 1:
+                raise GcdError(f"the number of atoms must be at least 1, got {n_atoms}")
+            template["n_atoms"] = torch.full((n,), int(n_atoms), dtype=torch.long)
         if cond is not None:
             template["cond"] = cond.float().reshape(1, -1).expand(n, -1).clone()
         elif self.info.get("cond_dim", 0):

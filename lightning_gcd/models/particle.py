@@ -77,11 +77,11 @@ class ParticleDiffusion(DiffusionModule):
                                             t=t, eps=eps)
 
     def sample_template(self, n: int, supercell=(1, 1, 1), cond: torch.Tensor | None = None,
-                        target: torch.Tensor | None = None) -> Batch:
-        """Cells as the base class; atom count = training number density × volume, species by composition."""
-        template = super().sample_template(n, supercell, cond, target)
-        cell = template["cell"][0]
-        n_atoms = n_atoms_for_cell(cell, self.info["number_density"])
+                        target: torch.Tensor | None = None, cell: Any = None, n_atoms: int | None = None) -> Batch:
+        """Cells as the base class; atom count ``n_atoms`` (default: training number density × volume),
+        species by the training composition."""
+        template = super().sample_template(n, supercell, cond, target, cell=cell, n_atoms=n_atoms)
+        n_atoms = int(n_atoms) if n_atoms is not None else n_atoms_for_cell(template["cell"][0], self.info["number_density"])
         species = [int(z) for z in self.info["species"]]
         fractions = np.asarray([self.info["composition"][str(z)] for z in species])
         counts = np.floor(fractions * n_atoms).astype(int)

@@ -43,6 +43,13 @@ class GrandCanonicalDiffusion(DiffusionModule):
             the thermal spread). Measured in the crystal quick profile (1,200 steps): the spread comes
             back (fcc displacement RMS 0.102 Å, data 0.085) but the atom count suffers (fcc 59 %, hcp 12 %
             phase match against 100 %), so it is off by default; see ``experiments/crystals/compare.py``.
+        loss_space: ``"prediction"`` (default) or ``"x0"``: compare the implied x0 with the clean grid in
+            the loss whatever the network predicts (see ``GaussianDiffusion``). With ``offset_prediction:
+            v`` this keeps v's identity at low noise for the offsets without v's loss weighting, whose large
+            targets at high noise (v ≈ ε there, in every voxel) outweigh the occupancy channels.
+        x0_projection: while sampling, replace every step's predicted clean grid by the nearest valid grid
+            (``project_to_grid``: occupancy exactly 0 or 1, offsets 0 in empty voxels); the attribute of the
+            same name can be switched at sampling time (``gcd sample --x0-projection``).
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
 
@@ -61,12 +68,15 @@ class GrandCanonicalDiffusion(DiffusionModule):
         timesteps: int = 1000,
         offset_weight: float = 1.0,
         offset_prediction: Literal["x0", "eps", "v"] | None = None,
+        loss_space: Literal["prediction", "x0"] = "prediction",
+        x0_projection: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps)
+        self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space)
         self.encoding: VoxelEncoding | None = None
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        self.x0_projection = x0_projection
 
     # ------------------------------------------------------------------------------------------------
     def data_info_from(self, datamodule: Any) -> dict[str, Any]:
@@ -79,6 +89,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
             "encoding_options": dict(datamodule.encoding_options),
             "grid_shape": list(datamodule.grid_shape),
             "spacing": (np.linalg.norm(reference_cell, axis=1) / np.asarray(datamodule.grid_shape)).tolist(),
+            # voxels per atom of the training grids: the grid of an n-atom sample (``grid_for_cell``), right
+            # also where the training cells differ in size but share one grid (a-C at several densities)
+            "voxels_per_atom": float(np.prod(datamodule.grid_shape)) / info["n_atoms_mean"],
         })
         return info
 
@@ -118,6 +131,22 @@ class GrandCanonicalDiffusion(DiffusionModule):
 
     def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def project_to_grid(self, x0: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) model-space grid -> the nearest grid the encoding can produce: the occupancy
+        encoding's decode-then-encode (a voxel is occupied by its argmax species where that occupancy
+        passes the threshold, else empty; offsets kept where occupied, the voxel centre 0 elsewhere).
+        Other encodings are returned unchanged (their densities have no discrete set to project on)."""
+        if self.info["encoding"] != "occupancy":
+            return x0
+        s = self._n_occupancy
+        occupancy = x0[:, :s]  # model space: threshold 0.5 is 2 * 0.5 - 1 = 0
+        best, kind = occupancy.max(dim=1, keepdim=True)  # (B, 1, D, H, W)
+        occupied = best > 2.0 * self.encoding.threshold - 1.0
+        one_hot = torch.zeros_like(occupancy).scatter_(1, kind, 1.0).bool() & occupied
+        projected = torch.where(one_hot, torch.ones_like(occupancy), -torch.ones_like(occupancy))
+        offsets = torch.where(occupied, x0[:, s:], torch.zeros_like(x0[:, s:]))
+        return torch.cat([projected, offsets], dim=1)
 
     def _channel_weights(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.info["encoding"] != "occupancy" or self.hparams.offset_weight == 1.0:
@@ -172,11 +201,20 @@ class GrandCanonicalDiffusion(DiffusionModule):
         weights = torch.gather(weight, 1, order) * mask.to(x0.dtype)
         return frac, numbers, mask, cell, weights
 
-    def grid_for_cell(self, cell: torch.Tensor) -> tuple[int, int, int]:
-        """Voxel counts of a cell at the training spacing, rounded to the U-Net's downsampling factor."""
+    def grid_for_cell(self, cell: torch.Tensor, n_atoms: int | None = None) -> tuple[int, int, int]:
+        """Voxel counts of a cell, rounded to the U-Net's downsampling factor.
+
+        Without ``n_atoms``: the training spacing (Å per voxel along each axis). With ``n_atoms``: as many
+        voxels per atom as the training grids had (``voxels_per_atom``), shared among the axes in proportion
+        to the training spacing, so that 8× the atoms at the same density get twice the voxels per axis. For training cells of one size the two agree; where the cells differ in size but share one grid
+        (a-C at several densities: the voxel spacing in Å follows the density) only the second is right.
+        """
         factor = self.net.downsampling_factor
         lengths = torch.linalg.norm(cell.double(), dim=-1).cpu().numpy()  # (3,)
-        spacing = np.asarray(self.info["spacing"])
+        spacing = np.asarray(self.info["spacing"], dtype=np.float64)
+        if n_atoms is not None and self.info.get("voxels_per_atom"):
+            voxels = float(n_atoms) * float(self.info["voxels_per_atom"])
+            spacing = spacing * (float(np.prod(lengths / spacing)) / voxels) ** (1.0 / 3.0)
         return tuple(int(max(factor, round(length / s / factor) * factor)) for length, s in zip(lengths, spacing))  # type: ignore[return-value]
 
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
@@ -184,7 +222,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
                  progress: bool = False, posterior: Any = None) -> StructureBatch:
         hp = self.hparams
         cell = template["cell"]
-        grids = {self.grid_for_cell(c) for c in cell}
+        n_atoms = template["n_atoms"].tolist() if "n_atoms" in template else [None] * len(cell)
+        grids = {self.grid_for_cell(c, n) for c, n in zip(cell, n_atoms)}
         if len(grids) != 1:
             raise GcdError(f"one sampling batch must share one grid; these cells give grids {sorted(grids)}")
         grid = grids.pop()
@@ -218,5 +257,6 @@ class GrandCanonicalDiffusion(DiffusionModule):
             posterior_scale=posterior.scale if posterior is not None else 0.0,
             known=known,
             known_mask=known_mask,
+            project_x0=self.project_to_grid if self.x0_projection else None,
         )
         return self.encoding.decode(self.from_model_space(x), cell.float())

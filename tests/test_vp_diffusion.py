@@ -403,3 +403,24 @@ def test_x0_loss_space_weights_v_loss_by_one_minus_alpha_bar():
     assert "loss_space='x0'" in repr(mixed)
     with pytest.raises(ValueError, match="loss_space"):
         GaussianDiffusion("x0", loss_space="eps")
+
+
+def test_skip_prediction_round_trip_and_its_limits():
+    """"skip": the exact F gives back x0 and eps; σ_d = 1 is v-prediction with F = -v; at the lowest noise
+    x0 follows x_t (identity), at the highest it is F's job (c_skip -> 0)."""
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 100, 600, 999])
+    d = GaussianDiffusion("skip", "cosine", 1000, skip_sigma_data=0.1)
+    x_t = d.q_sample(x0, t, eps)
+    x0_back, eps_back = d.split_prediction(d.target(x0, eps, t), x_t, t)
+    assert torch.allclose(x0_back, x0, atol=1e-8) and torch.allclose(eps_back, eps, atol=1e-6)
+    inv_sa, c_skip, c_out = d._skip_coefs(t, x0)
+    assert c_skip.flatten()[0] > 0.9 and c_skip.flatten()[-1] < 1e-4  # identity at low noise, x0-prediction at high
+    unit = GaussianDiffusion("skip", "cosine", 1000, skip_sigma_data=1.0)
+    v = GaussianDiffusion("v", "cosine", 1000)
+    assert torch.allclose(unit.target(x0, eps, t), -v.target(x0, eps, t), atol=1e-9)
+    assert "skip_sigma_data=0.1" in repr(d)
+    with pytest.raises(ValueError, match="skip_sigma_data"):
+        GaussianDiffusion("skip", skip_sigma_data=0.0)

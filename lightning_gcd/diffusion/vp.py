@@ -16,7 +16,12 @@ Conventions
   data, ``t`` (B,) float, ``cond`` (B, ...) or None, ``cond_keep`` (B,) bool or None (None keeps all).
 - **prediction** names what the model outputs and hence the regression target of the loss:
   ``"eps"`` the noise, ``"x0"`` the clean data, ``"v"`` the velocity ``sqrt(ā) eps - sqrt(1-ā) x0``
-  (Salimans & Ho 2022). The loss is the plain mean squared error on that target (optionally weighted).
+  (Salimans & Ho 2022), ``"skip"`` the network part ``F`` of a preconditioned x0 (Karras et al. 2022):
+  ``x0 = c_skip x̃ + c_out F`` with ``x̃ = x_t / sqrt(ā)``, noise ``σ² = (1 - ā)/ā`` and data scale ``σ_d``
+  (``skip_sigma_data``): ``c_skip = σ_d²/(σ² + σ_d²)``, ``c_out = σ σ_d / sqrt(σ² + σ_d²)``. It is the identity
+  where the noise is below the data's own scale and plain x0-prediction above it; ``σ_d = 1`` is exactly
+  v-prediction (with the opposite sign of F). The loss is the plain mean squared error on that target
+  (optionally weighted), or on the implied x0 (``loss_space="x0"``).
 - **Guidance** ``pred = uncond + w (cond - uncond)`` is applied to the model's raw output. Every conversion
   from the raw output to eps (or x0) is affine in the output with coefficients fixed by ``x_t`` and ``t``, and
   the guidance weights (1 - w, w) sum to one, so this is exactly guidance on eps, whatever ``prediction`` is.
@@ -33,7 +38,8 @@ from lightning_gcd.diffusion.schedules import VPSchedule
 
 __all__ = ["TIMESTEP_SPACINGS", "GaussianDiffusion", "Prediction", "Sampler", "classifier_free_guidance", "respaced_timesteps"]
 
-Prediction = Literal["eps", "x0", "v"]
+Prediction = Literal["eps", "x0", "v", "skip"]
+PREDICTIONS = ("eps", "x0", "v", "skip")
 Sampler = Literal["ddpm", "ddim", "dpm2m", "dpm2m-sde"]
 SAMPLERS = ("ddpm", "ddim", "dpm2m", "dpm2m-sde")
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
@@ -120,6 +126,7 @@ class GaussianDiffusion:
             against the clean data, whatever the model predicts). ``"x0"`` with v-prediction keeps v's
             implicit skip connection (x0 = sqrt(ā) x_t - sqrt(1-ā) v: the identity at low noise) while
             weighting the noise levels like x0-prediction does: the v loss weighted by (1 - ā).
+        skip_sigma_data: the data scale σ_d of the ``"skip"`` prediction (module docstring).
 
     A plain Python object with no parameters or buffers: the float64 schedule stays on the CPU and the few
     coefficients a call needs are cast to the data's dtype and device (cached per device), so neither
@@ -127,9 +134,12 @@ class GaussianDiffusion:
     """
 
     def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000,
-                 loss_space: str = "prediction") -> None:
-        if prediction not in ("eps", "x0", "v"):
-            raise ValueError(f"unknown prediction {prediction!r}; choose 'eps', 'x0' or 'v'")
+                 loss_space: str = "prediction", skip_sigma_data: float = 1.0) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        if not skip_sigma_data > 0:
+            raise ValueError(f"skip_sigma_data must be positive, got {skip_sigma_data}")
+        self.skip_sigma_data = float(skip_sigma_data)
         if loss_space not in ("prediction", "x0"):
             raise ValueError(f"unknown loss_space {loss_space!r}; choose 'prediction' or 'x0'")
         self.loss_space = loss_space
@@ -148,9 +158,9 @@ class GaussianDiffusion:
         if kinds is None or all(k == self.prediction for k in kinds):
             self.channel_predictions = None
             return
-        bad = [k for k in kinds if k not in ("eps", "x0", "v")]
+        bad = [k for k in kinds if k not in PREDICTIONS]
         if bad:
-            raise ValueError(f"unknown prediction(s) {bad}; choose 'eps', 'x0' or 'v'")
+            raise ValueError(f"unknown prediction(s) {bad}; choose from {', '.join(PREDICTIONS)}")
         self.channel_predictions = tuple(kinds)
 
     def _channel_mask(self, kind: str, like: torch.Tensor) -> torch.Tensor:
@@ -165,6 +175,8 @@ class GaussianDiffusion:
     def __repr__(self) -> str:
         per_channel = f", channel_predictions={self.channel_predictions!r}" if self.channel_predictions else ""
         loss = f", loss_space={self.loss_space!r}" if self.loss_space != "prediction" else ""
+        if "skip" in (self.channel_predictions or (self.prediction,)):
+            loss += f", skip_sigma_data={self.skip_sigma_data:g}"
         return (f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}{loss}, "
                 f"schedule={self.schedule.name!r}, T={self.T})")
 
@@ -229,6 +241,14 @@ class GaussianDiffusion:
         sa, s1a = self._coefs(t_index, x_t)
         return s1a * x_t + sa * v
 
+    def _skip_coefs(self, t_index: int | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1/sqrt(ā), c_skip, c_out) of the ``"skip"`` preconditioning, in ``like``'s dtype."""
+        a = self._alpha_bar(t_index, like)
+        sigma2, sd2 = (1.0 - a) / a, self.skip_sigma_data ** 2
+        c_skip = sd2 / (sigma2 + sd2)
+        c_out = (sigma2 * sd2 / (sigma2 + sd2)).sqrt()
+        return a.rsqrt().to(like.dtype), c_skip.to(like.dtype), c_out.to(like.dtype)
+
     def split_prediction(self, pred: torch.Tensor, x_t: torch.Tensor,
                          t_index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Turn a raw model output (of kind ``self.prediction``, or per channel) into ``(x0, eps)``."""
@@ -247,6 +267,10 @@ class GaussianDiffusion:
             return self.x0_from_eps(x_t, t_index, pred), pred
         if kind == "x0":
             return pred, self.eps_from_x0(x_t, t_index, pred)
+        if kind == "skip":
+            inv_sa, c_skip, c_out = self._skip_coefs(t_index, x_t)
+            x0 = c_skip * inv_sa * x_t + c_out * pred
+            return x0, self.eps_from_x0(x_t, t_index, x0)
         return self.x0_from_v(x_t, t_index, pred), self.eps_from_v(x_t, t_index, pred)
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t_index: int | torch.Tensor) -> torch.Tensor:
@@ -264,6 +288,10 @@ class GaussianDiffusion:
             return eps
         if kind == "x0":
             return x0
+        if kind == "skip":  # F such that c_skip x̃ + c_out F = x0, with x̃ = x0 + σ eps
+            inv_sa, c_skip, c_out = self._skip_coefs(t_index, x0)
+            sigma = (1.0 - self._alpha_bar(t_index, x0)).sqrt().to(x0.dtype) * inv_sa
+            return ((1.0 - c_skip) * x0 - c_skip * sigma * eps) / c_out
         return self.v_from_x0_eps(x0, eps, t_index)
 
     # ------------------------------------------------------------------ training

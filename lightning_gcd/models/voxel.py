@@ -43,6 +43,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
             the thermal spread). Measured in the crystal quick profile (1,200 steps): the spread comes
             back (fcc displacement RMS 0.102 Å, data 0.085) but the atom count suffers (fcc 59 %, hcp 12 %
             phase match against 100 %), so it is off by default; see ``experiments/crystals/compare.py``.
+        offset_sigma_data: σ_d of ``offset_prediction: skip`` (``GaussianDiffusion``): the offsets' x0 is
+            ``c_skip x_t/sqrt(ā) + c_out F``, the identity where the noise is below σ_d (model units: a
+            voxel is 2) and plain x0-prediction above it.
         loss_space: ``"prediction"`` (default) or ``"x0"``: compare the implied x0 with the clean grid in
             the loss whatever the network predicts (see ``GaussianDiffusion``). With ``offset_prediction:
             v`` this keeps v's identity at low noise for the offsets without v's loss weighting, whose large
@@ -67,12 +70,14 @@ class GrandCanonicalDiffusion(DiffusionModule):
         schedule: Literal["cosine", "linear"] = "cosine",
         timesteps: int = 1000,
         offset_weight: float = 1.0,
-        offset_prediction: Literal["x0", "eps", "v"] | None = None,
+        offset_prediction: Literal["x0", "eps", "v", "skip"] | None = None,
+        offset_sigma_data: float = 1.0,
         loss_space: Literal["prediction", "x0"] = "prediction",
         x0_projection: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space)
+        self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space,
+                                           skip_sigma_data=offset_sigma_data)
         self.encoding: VoxelEncoding | None = None
         super().__init__(**kwargs)
         self.save_hyperparameters()

@@ -422,5 +422,12 @@ def test_skip_prediction_round_trip_and_its_limits():
     v = GaussianDiffusion("v", "cosine", 1000)
     assert torch.allclose(unit.target(x0, eps, t), -v.target(x0, eps, t), atol=1e-9)
     assert "skip_sigma_data=0.1" in repr(d)
+    # one σ_d per channel: each channel as with its own scalar
+    both = GaussianDiffusion("skip", "cosine", 1000, skip_sigma_data=(1.0, 0.1))
+    per_channel = both.target(x0, eps, t)
+    assert torch.allclose(per_channel[:, 0], unit.target(x0, eps, t)[:, 0], atol=1e-12)
+    assert torch.allclose(per_channel[:, 1], d.target(x0, eps, t)[:, 1], atol=1e-12)
+    with pytest.raises(ValueError, match="per-channel skip_sigma_data"):
+        both.target(x0[:, :1], eps[:, :1], t)
     with pytest.raises(ValueError, match="skip_sigma_data"):
         GaussianDiffusion("skip", skip_sigma_data=0.0)

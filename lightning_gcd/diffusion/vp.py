@@ -126,7 +126,8 @@ class GaussianDiffusion:
             against the clean data, whatever the model predicts). ``"x0"`` with v-prediction keeps v's
             implicit skip connection (x0 = sqrt(ā) x_t - sqrt(1-ā) v: the identity at low noise) while
             weighting the noise levels like x0-prediction does: the v loss weighted by (1 - ā).
-        skip_sigma_data: the data scale σ_d of the ``"skip"`` prediction (module docstring).
+        skip_sigma_data: the data scale σ_d of the ``"skip"`` prediction (module docstring): one number, or
+            one per channel (dim 1), e.g. each offset channel's own scale.
 
     A plain Python object with no parameters or buffers: the float64 schedule stays on the CPU and the few
     coefficients a call needs are cast to the data's dtype and device (cached per device), so neither
@@ -134,12 +135,13 @@ class GaussianDiffusion:
     """
 
     def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000,
-                 loss_space: str = "prediction", skip_sigma_data: float = 1.0) -> None:
+                 loss_space: str = "prediction", skip_sigma_data: float | Sequence[float] = 1.0) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-        if not skip_sigma_data > 0:
+        scales = [float(skip_sigma_data)] if isinstance(skip_sigma_data, (int, float)) else [float(v) for v in skip_sigma_data]
+        if not scales or not all(v > 0 for v in scales):
             raise ValueError(f"skip_sigma_data must be positive, got {skip_sigma_data}")
-        self.skip_sigma_data = float(skip_sigma_data)
+        self.skip_sigma_data: float | tuple[float, ...] = scales[0] if isinstance(skip_sigma_data, (int, float)) else tuple(scales)
         if loss_space not in ("prediction", "x0"):
             raise ValueError(f"unknown loss_space {loss_space!r}; choose 'prediction' or 'x0'")
         self.loss_space = loss_space
@@ -176,7 +178,7 @@ class GaussianDiffusion:
         per_channel = f", channel_predictions={self.channel_predictions!r}" if self.channel_predictions else ""
         loss = f", loss_space={self.loss_space!r}" if self.loss_space != "prediction" else ""
         if "skip" in (self.channel_predictions or (self.prediction,)):
-            loss += f", skip_sigma_data={self.skip_sigma_data:g}"
+            loss += f", skip_sigma_data={self.skip_sigma_data!r}"
         return (f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}{loss}, "
                 f"schedule={self.schedule.name!r}, T={self.T})")
 
@@ -244,7 +246,12 @@ class GaussianDiffusion:
     def _skip_coefs(self, t_index: int | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1/sqrt(ā), c_skip, c_out) of the ``"skip"`` preconditioning, in ``like``'s dtype."""
         a = self._alpha_bar(t_index, like)
-        sigma2, sd2 = (1.0 - a) / a, self.skip_sigma_data ** 2
+        sd = self.skip_sigma_data
+        if isinstance(sd, tuple):  # one per channel: (1, C, 1, ...)
+            if like.ndim < 2 or like.shape[1] != len(sd):
+                raise ValueError(f"per-channel skip_sigma_data {sd} needs (B, {len(sd)}, ...) tensors, got {tuple(like.shape)}")
+            sd = torch.tensor(sd, dtype=a.dtype, device=a.device).view(1, -1, *([1] * (like.ndim - 2)))
+        sigma2, sd2 = (1.0 - a) / a, sd ** 2
         c_skip = sd2 / (sigma2 + sd2)
         c_out = (sigma2 * sd2 / (sigma2 + sd2)).sqrt()
         return a.rsqrt().to(like.dtype), c_skip.to(like.dtype), c_out.to(like.dtype)

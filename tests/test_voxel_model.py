@@ -137,17 +137,17 @@ def test_gcd_fit_then_sample_at_twice_the_cell(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "no such checkpoint" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_skip_offsets_take_their_scale_in_angstrom(tmp_path: Path, fcc_h5: Path) -> None:
-    """offset_prediction: skip converts offset_sigma_data (Å) to each offset channel's model units with the
+def test_blend_offsets_take_their_scale_in_angstrom(tmp_path: Path, fcc_h5: Path) -> None:
+    """offset_prediction: blend converts offset_sigma_data (Å) to each offset channel's model units with the
     training voxel spacing (a voxel spans 2 units); occupancy keeps x0-prediction; training runs."""
     L.seed_everything(0)
     dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=4)
     model = GrandCanonicalDiffusion(base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0,
-                                    offset_prediction="skip", offset_sigma_data=0.05, loss_space="x0")
+                                    offset_prediction="blend", offset_sigma_data=0.05, loss_space="x0")
     trainer = _fit(model, dm, steps=2)
     spacing = model.info["spacing"]
-    assert model.diffusion.channel_predictions == ("x0", "skip", "skip", "skip")
-    assert model.diffusion.skip_sigma_data == pytest.approx((1.0, *[0.1 / s for s in spacing]))
+    assert model.diffusion.channel_predictions == ("x0", "blend", "blend", "blend")
+    assert model.diffusion.blend_sigma_data == pytest.approx((1.0, *[0.1 / s for s in spacing]))
     assert model.diffusion.loss_space == "x0"
-    trainer.save_checkpoint(tmp_path / "skip.ckpt")
-    assert load_model(tmp_path / "skip.ckpt").diffusion.skip_sigma_data == model.diffusion.skip_sigma_data
+    trainer.save_checkpoint(tmp_path / "blend.ckpt")
+    assert load_model(tmp_path / "blend.ckpt").diffusion.blend_sigma_data == model.diffusion.blend_sigma_data

@@ -405,29 +405,32 @@ def test_x0_loss_space_weights_v_loss_by_one_minus_alpha_bar():
         GaussianDiffusion("x0", loss_space="eps")
 
 
-def test_skip_prediction_round_trip_and_its_limits():
-    """"skip": the exact F gives back x0 and eps; σ_d = 1 is v-prediction with F = -v; at the lowest noise
-    x0 follows x_t (identity), at the highest it is F's job (c_skip -> 0)."""
+def test_blend_prediction_round_trip_and_posterior_mean():
+    """"blend": the exact F gives back x0 and eps; for data = point + N(0, σ_d²) scatter, F = the point gives
+    the exact posterior mean E[x0 | x_t]; at the lowest noise x0 follows x_t, at the highest it is F."""
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
     eps = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 100, 600, 999])
-    d = GaussianDiffusion("skip", "cosine", 1000, skip_sigma_data=0.1)
+    d = GaussianDiffusion("blend", "cosine", 1000, blend_sigma_data=0.1)
     x_t = d.q_sample(x0, t, eps)
     x0_back, eps_back = d.split_prediction(d.target(x0, eps, t), x_t, t)
     assert torch.allclose(x0_back, x0, atol=1e-8) and torch.allclose(eps_back, eps, atol=1e-6)
-    inv_sa, c_skip, c_out = d._skip_coefs(t, x0)
-    assert c_skip.flatten()[0] > 0.9 and c_skip.flatten()[-1] < 1e-4  # identity at low noise, x0-prediction at high
-    unit = GaussianDiffusion("skip", "cosine", 1000, skip_sigma_data=1.0)
-    v = GaussianDiffusion("v", "cosine", 1000)
-    assert torch.allclose(unit.target(x0, eps, t), -v.target(x0, eps, t), atol=1e-9)
-    assert "skip_sigma_data=0.1" in repr(d)
+    _, sigma, c = d._blend_coefs(t, x0)
+    assert c.flatten()[0] > 0.9 and c.flatten()[-1] < 1e-4  # identity at low noise, F at high noise
+    # Gaussian posterior: x0 ~ N(mu, s²), x̃ = x0 + σ ε  =>  E[x0 | x̃] = (s² x̃ + σ² mu)/(s² + σ²)
+    mu, s = 0.3, 0.1
+    x_tilde = x_t / d._alpha_bar(t, x_t).sqrt()
+    exact = (s**2 * x_tilde + sigma**2 * mu) / (s**2 + sigma**2)
+    assert torch.allclose(d.split_prediction(torch.full_like(x_t, mu), x_t, t)[0], exact, atol=1e-9)
+    assert "blend_sigma_data=0.1" in repr(d)
     # one σ_d per channel: each channel as with its own scalar
-    both = GaussianDiffusion("skip", "cosine", 1000, skip_sigma_data=(1.0, 0.1))
+    wide = GaussianDiffusion("blend", "cosine", 1000, blend_sigma_data=1.0)
+    both = GaussianDiffusion("blend", "cosine", 1000, blend_sigma_data=(1.0, 0.1))
     per_channel = both.target(x0, eps, t)
-    assert torch.allclose(per_channel[:, 0], unit.target(x0, eps, t)[:, 0], atol=1e-12)
+    assert torch.allclose(per_channel[:, 0], wide.target(x0, eps, t)[:, 0], atol=1e-12)
     assert torch.allclose(per_channel[:, 1], d.target(x0, eps, t)[:, 1], atol=1e-12)
-    with pytest.raises(ValueError, match="per-channel skip_sigma_data"):
+    with pytest.raises(ValueError, match="per-channel blend_sigma_data"):
         both.target(x0[:, :1], eps[:, :1], t)
-    with pytest.raises(ValueError, match="skip_sigma_data"):
-        GaussianDiffusion("skip", skip_sigma_data=0.0)
+    with pytest.raises(ValueError, match="blend_sigma_data"):
+        GaussianDiffusion("blend", blend_sigma_data=0.0)

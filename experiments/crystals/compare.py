@@ -96,6 +96,24 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
   - v-prediction everywhere (fcc, 1200 steps): 12 %, mean n 29.8, displacement RMS 0.133 Å; x0 for
     occupancy with v for the offsets (offset_prediction=v): fcc 59 % (RMS 0.102 Å), hcp 12 %; with
     offset_weight 0.2: fcc 22 %. The spread comes back but the atom count suffers at this budget.
+  - 2026-12-01, a faster machine (fcc voxel 1200 steps in ~200 s), 64 samples, DDPM-100:
+    v-offsets with the loss on x0 (``loss_space=x0``: v's identity at low noise, x0's weighting of the
+    noise levels, so v's large targets in every empty voxel no longer outweigh the occupancy): fcc 94 %
+    (0.2 Å: 83 %), RMS 0.090 Å (data 0.085), g(r) L1 0.23 (x0 offsets: 5.2); bcc 6 %: the occupancy
+    died during sampling (mean n 1.0 of 16: atoms appear at mid noise, then fade while the empty voxels'
+    offsets, passed through by the identity, stay at 0.1 instead of 0).
+    EDM preconditioning of the offsets (x0 = c_skip x_t/sqrt(ā) + c_out F, c_out = σ σ_d/sqrt(σ² + σ_d²):
+    the identity only below the scale σ_d; commit c0bd247, since replaced by ``blend``) with the loss on x0: σ_d 0.1 model units: bcc 100 % (RMS 0.058, data 0.084; g(r) L1 1.39
+    against 6.26), fcc 92 % (0.068, data 0.085; g(r) L1 0.92 against 5.2), sc 100 % but RMS 0.121 (data
+    0.081), hcp 100 % (0.2 Å: 3 %) with RMS 0.197 (data 0.085); σ_d 0.05 Å per axis (model units from the
+    voxel spacing): sc 100 % / 100 %, RMS 0.066, g(r) L1 0.78; hcp 100 % (0.2 Å: 8 %), RMS 0.194. On the
+    hcp checkpoint the predicted offsets are worse than the noisy input itself below t = 200 (x0̂ error
+    0.23 Å at t = 50 against 0.07 Å for x_t/sqrt(ā)): with σ_d far below the offsets' own spread (uniform
+    in the voxel, std 0.58 model units) F must output x0/σ_d-sized values, which 1,200 steps do not learn.
+  - Projecting each step's x0 onto the nearest valid grid (occupancy exactly 0/1, Diffusion-LM's clamping
+    trick; ``few_step.py`` ``+project``) on the v-offset fcc checkpoint: DDPM-100 95 % (unprojected 94 %),
+    but every 10-step sampler loses most atoms (mean n 12-16 of 32; dpm2m-sde-10@logsnr 70 % → 36 %):
+    early x0 estimates have no voxel above 0.5, so the projection empties the grid.
 * Particle baseline learning rate, sc Po, 1500 steps: 2e-3 gives PC-300 6 %, 5e-4 gives 0 %; EM-300 0 %,
   PC-1000 0 %.
 """

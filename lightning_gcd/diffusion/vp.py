@@ -16,11 +16,12 @@ Conventions
   data, ``t`` (B,) float, ``cond`` (B, ...) or None, ``cond_keep`` (B,) bool or None (None keeps all).
 - **prediction** names what the model outputs and hence the regression target of the loss:
   ``"eps"`` the noise, ``"x0"`` the clean data, ``"v"`` the velocity ``sqrt(ā) eps - sqrt(1-ā) x0``
-  (Salimans & Ho 2022), ``"skip"`` the network part ``F`` of a preconditioned x0 (Karras et al. 2022):
-  ``x0 = c_skip x̃ + c_out F`` with ``x̃ = x_t / sqrt(ā)``, noise ``σ² = (1 - ā)/ā`` and data scale ``σ_d``
-  (``skip_sigma_data``): ``c_skip = σ_d²/(σ² + σ_d²)``, ``c_out = σ σ_d / sqrt(σ² + σ_d²)``. It is the identity
-  where the noise is below the data's own scale and plain x0-prediction above it; ``σ_d = 1`` is exactly
-  v-prediction (with the opposite sign of F). The loss is the plain mean squared error on that target
+  (Salimans & Ho 2022), ``"blend"`` an estimate ``F`` of x0 blended with the noisy input:
+  ``x0 = c x̃ + (1 - c) F`` with ``x̃ = x_t / sqrt(ā)``, noise ``σ² = (1 - ā)/ā`` and ``c = σ_d²/(σ² + σ_d²)``
+  for a data scale ``σ_d`` (``blend_sigma_data``). Where the data are a known point plus Gaussian scatter of
+  width σ_d (atoms at lattice sites with thermal displacements) and F is that point, this is the exact
+  posterior mean; it is the identity where the noise is far below σ_d and plain x0-prediction far above it.
+  The loss is the plain mean squared error on that target
   (optionally weighted), or on the implied x0 (``loss_space="x0"``).
 - **Guidance** ``pred = uncond + w (cond - uncond)`` is applied to the model's raw output. Every conversion
   from the raw output to eps (or x0) is affine in the output with coefficients fixed by ``x_t`` and ``t``, and
@@ -38,8 +39,8 @@ from lightning_gcd.diffusion.schedules import VPSchedule
 
 __all__ = ["TIMESTEP_SPACINGS", "GaussianDiffusion", "Prediction", "Sampler", "classifier_free_guidance", "respaced_timesteps"]
 
-Prediction = Literal["eps", "x0", "v", "skip"]
-PREDICTIONS = ("eps", "x0", "v", "skip")
+Prediction = Literal["eps", "x0", "v", "blend"]
+PREDICTIONS = ("eps", "x0", "v", "blend")
 Sampler = Literal["ddpm", "ddim", "dpm2m", "dpm2m-sde"]
 SAMPLERS = ("ddpm", "ddim", "dpm2m", "dpm2m-sde")
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
@@ -126,8 +127,8 @@ class GaussianDiffusion:
             against the clean data, whatever the model predicts). ``"x0"`` with v-prediction keeps v's
             implicit skip connection (x0 = sqrt(ā) x_t - sqrt(1-ā) v: the identity at low noise) while
             weighting the noise levels like x0-prediction does: the v loss weighted by (1 - ā).
-        skip_sigma_data: the data scale σ_d of the ``"skip"`` prediction (module docstring): one number, or
-            one per channel (dim 1), e.g. each offset channel's own scale.
+        blend_sigma_data: the data scale σ_d of the ``"blend"`` prediction (module docstring): one number,
+            or one per channel (dim 1), e.g. each offset channel's own scale.
 
     A plain Python object with no parameters or buffers: the float64 schedule stays on the CPU and the few
     coefficients a call needs are cast to the data's dtype and device (cached per device), so neither
@@ -135,13 +136,13 @@ class GaussianDiffusion:
     """
 
     def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000,
-                 loss_space: str = "prediction", skip_sigma_data: float | Sequence[float] = 1.0) -> None:
+                 loss_space: str = "prediction", blend_sigma_data: float | Sequence[float] = 1.0) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-        scales = [float(skip_sigma_data)] if isinstance(skip_sigma_data, (int, float)) else [float(v) for v in skip_sigma_data]
+        scales = [float(blend_sigma_data)] if isinstance(blend_sigma_data, (int, float)) else [float(v) for v in blend_sigma_data]
         if not scales or not all(v > 0 for v in scales):
-            raise ValueError(f"skip_sigma_data must be positive, got {skip_sigma_data}")
-        self.skip_sigma_data: float | tuple[float, ...] = scales[0] if isinstance(skip_sigma_data, (int, float)) else tuple(scales)
+            raise ValueError(f"blend_sigma_data must be positive, got {blend_sigma_data}")
+        self.blend_sigma_data: float | tuple[float, ...] = scales[0] if isinstance(blend_sigma_data, (int, float)) else tuple(scales)
         if loss_space not in ("prediction", "x0"):
             raise ValueError(f"unknown loss_space {loss_space!r}; choose 'prediction' or 'x0'")
         self.loss_space = loss_space
@@ -177,8 +178,8 @@ class GaussianDiffusion:
     def __repr__(self) -> str:
         per_channel = f", channel_predictions={self.channel_predictions!r}" if self.channel_predictions else ""
         loss = f", loss_space={self.loss_space!r}" if self.loss_space != "prediction" else ""
-        if "skip" in (self.channel_predictions or (self.prediction,)):
-            loss += f", skip_sigma_data={self.skip_sigma_data!r}"
+        if "blend" in (self.channel_predictions or (self.prediction,)):
+            loss += f", blend_sigma_data={self.blend_sigma_data!r}"
         return (f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}{loss}, "
                 f"schedule={self.schedule.name!r}, T={self.T})")
 
@@ -243,18 +244,17 @@ class GaussianDiffusion:
         sa, s1a = self._coefs(t_index, x_t)
         return s1a * x_t + sa * v
 
-    def _skip_coefs(self, t_index: int | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(1/sqrt(ā), c_skip, c_out) of the ``"skip"`` preconditioning, in ``like``'s dtype."""
+    def _blend_coefs(self, t_index: int | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1/sqrt(ā), σ = sqrt((1-ā)/ā), c = σ_d²/(σ² + σ_d²)) of the ``"blend"`` prediction, in ``like``'s dtype."""
         a = self._alpha_bar(t_index, like)
-        sd = self.skip_sigma_data
+        sd = self.blend_sigma_data
         if isinstance(sd, tuple):  # one per channel: (1, C, 1, ...)
             if like.ndim < 2 or like.shape[1] != len(sd):
-                raise ValueError(f"per-channel skip_sigma_data {sd} needs (B, {len(sd)}, ...) tensors, got {tuple(like.shape)}")
+                raise ValueError(f"per-channel blend_sigma_data {sd} needs (B, {len(sd)}, ...) tensors, got {tuple(like.shape)}")
             sd = torch.tensor(sd, dtype=a.dtype, device=a.device).view(1, -1, *([1] * (like.ndim - 2)))
-        sigma2, sd2 = (1.0 - a) / a, sd ** 2
-        c_skip = sd2 / (sigma2 + sd2)
-        c_out = (sigma2 * sd2 / (sigma2 + sd2)).sqrt()
-        return a.rsqrt().to(like.dtype), c_skip.to(like.dtype), c_out.to(like.dtype)
+        sigma2 = (1.0 - a) / a
+        c = sd ** 2 / (sigma2 + sd ** 2)
+        return a.rsqrt().to(like.dtype), sigma2.sqrt().to(like.dtype), c.to(like.dtype)
 
     def split_prediction(self, pred: torch.Tensor, x_t: torch.Tensor,
                          t_index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,9 +274,9 @@ class GaussianDiffusion:
             return self.x0_from_eps(x_t, t_index, pred), pred
         if kind == "x0":
             return pred, self.eps_from_x0(x_t, t_index, pred)
-        if kind == "skip":
-            inv_sa, c_skip, c_out = self._skip_coefs(t_index, x_t)
-            x0 = c_skip * inv_sa * x_t + c_out * pred
+        if kind == "blend":
+            inv_sa, _, c = self._blend_coefs(t_index, x_t)
+            x0 = c * inv_sa * x_t + (1.0 - c) * pred
             return x0, self.eps_from_x0(x_t, t_index, x0)
         return self.x0_from_v(x_t, t_index, pred), self.eps_from_v(x_t, t_index, pred)
 
@@ -295,10 +295,9 @@ class GaussianDiffusion:
             return eps
         if kind == "x0":
             return x0
-        if kind == "skip":  # F such that c_skip x̃ + c_out F = x0, with x̃ = x0 + σ eps
-            inv_sa, c_skip, c_out = self._skip_coefs(t_index, x0)
-            sigma = (1.0 - self._alpha_bar(t_index, x0)).sqrt().to(x0.dtype) * inv_sa
-            return ((1.0 - c_skip) * x0 - c_skip * sigma * eps) / c_out
+        if kind == "blend":  # F such that c x̃ + (1 - c) F = x0, with x̃ = x0 + σ eps
+            _, sigma, c = self._blend_coefs(t_index, x0)
+            return x0 - c * sigma * eps / (1.0 - c)
         return self.v_from_x0_eps(x0, eps, t_index)
 
     # ------------------------------------------------------------------ training

@@ -43,10 +43,12 @@ class GrandCanonicalDiffusion(DiffusionModule):
             the thermal spread). Measured in the crystal quick profile (1,200 steps): the spread comes
             back (fcc displacement RMS 0.102 Å, data 0.085) but the atom count suffers (fcc 59 %, hcp 12 %
             phase match against 100 %), so it is off by default; see ``experiments/crystals/compare.py``.
-        offset_sigma_data: σ_d of ``offset_prediction: skip`` (``GaussianDiffusion``) in Å: the offsets' x0
-            is ``c_skip x_t/sqrt(ā) + c_out F``, the identity where the noise is below σ_d and plain
-            x0-prediction above it; converted to each offset channel's model units with the training voxel
-            spacing along its axis (a voxel is 2 units). The atoms' thermal displacement is the natural value.
+        offset_sigma_data: σ_d of ``offset_prediction: blend`` (``GaussianDiffusion``) in Å: the offsets' x0
+            is ``c x_t/sqrt(ā) + (1 - c) F`` with ``c = σ_d²/(σ² + σ_d²)``: where F is the atom's ideal site
+            and its thermal displacement is Gaussian of width σ_d, the exact posterior mean, so a network
+            that has learned the lattice (what x0-prediction learns first) still returns the atoms' own
+            thermal scatter. Converted to each offset channel's model units with the training voxel spacing
+            along its axis (a voxel spans 2 units); the data's thermal σ per component is the natural value.
         loss_space: ``"prediction"`` (default) or ``"x0"``: compare the implied x0 with the clean grid in
             the loss whatever the network predicts (see ``GaussianDiffusion``). With ``offset_prediction:
             v`` this keeps v's identity at low noise for the offsets without v's loss weighting, whose large
@@ -71,7 +73,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         schedule: Literal["cosine", "linear"] = "cosine",
         timesteps: int = 1000,
         offset_weight: float = 1.0,
-        offset_prediction: Literal["x0", "eps", "v", "skip"] | None = None,
+        offset_prediction: Literal["x0", "eps", "v", "blend"] | None = None,
         offset_sigma_data: float = 0.05,
         loss_space: Literal["prediction", "x0"] = "prediction",
         x0_projection: bool = False,
@@ -110,11 +112,11 @@ class GrandCanonicalDiffusion(DiffusionModule):
             n_occ = len(info["species"])
             self.diffusion.set_channel_predictions(
                 [hp.prediction] * n_occ + [hp.offset_prediction] * (self.encoding.n_channels - n_occ))
-            if hp.offset_prediction == "skip":  # Å -> model units per axis (a voxel spans 2)
+            if hp.offset_prediction == "blend":  # Å -> model units per axis (a voxel spans 2)
                 sigma = float(hp.get("offset_sigma_data", 0.05))
                 if not sigma > 0:
                     raise GcdError(f"offset_sigma_data must be positive (Å), got {sigma}")
-                self.diffusion.skip_sigma_data = tuple([1.0] * n_occ + [2.0 * sigma / float(s) for s in info["spacing"]])
+                self.diffusion.blend_sigma_data = tuple([1.0] * n_occ + [2.0 * sigma / float(s) for s in info["spacing"]])
         return PeriodicUNet3d(
             in_channels=self.encoding.n_channels,
             base_channels=hp.base_channels,

@@ -111,3 +111,8 @@ def test_profiles_and_overrides() -> None:
     assert s["steps"] == 7 and s["particle"]["model"]["hidden"] == 8 and s["voxel"]["model"]["channel_mults"] == [1, 2, 2]
     with pytest.raises(SystemExit):
         compare.resolve_settings(parser.parse_args(["--samples", "0"]))
+    # the voxel offsets are blended at the data's thermal scale, which --sigma moves along
+    assert quick["voxel"]["model"]["offset_prediction"] == "blend"
+    assert quick["voxel"]["model"]["offset_sigma_data"] == quick["thermal_sigma"]
+    cold = compare.resolve_settings(parser.parse_args(["--sigma", "0.02"]))
+    assert cold["thermal_sigma"] == 0.02 and cold["voxel"]["model"]["offset_sigma_data"] == 0.02

@@ -11,6 +11,7 @@ when they cannot be used here.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -195,3 +196,37 @@ def test_shipped_parts_still_load(name: str, options: dict, tmp_path: Path) -> N
         assert len(data) == len(list(shipped.glob("structure_*.npz")))
         assert set(data.n_atoms.tolist()) == {options.get("n_atoms", 64)}
         assert np.all(data.structure_property("xanes_sites") == options["xanes_sites"])
+
+
+@needs_engines
+def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
+    """experiments/amorphous_carbon/scale.py on the shipped parts with a tiny budget: both priors trained,
+    64- and N-atom cells sampled per reference density, the voxel grid chosen by atom count, JSON and PNG."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    files = {}
+    for name, options in (("a_c_300", dict(n_structures=300, xanes_sites=8)),
+                          ("a_c_512_ref", dict(n_structures=5, n_atoms=512, xanes_sites=1))):
+        out = tmp_path / f"{name}.h5"
+        shutil.copytree(root / "experiments" / "amorphous_carbon" / "data" / f"{name}.h5.parts", f"{out}.parts")
+        build_dataset("amorphous-carbon", out, workers=1, progress=False, finished_only=True, **options)
+        files[name] = out
+    spec = importlib.util.spec_from_file_location("ac_scale", root / "experiments" / "amorphous_carbon" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    results = scale.main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]), "--prior-steps", "3",
+                          "--samples", "1", "--n-atoms", "128", "--particle-steps", "2", "--voxel-steps", "2",
+                          "--out", str(tmp_path / "scale")])
+    assert [round(r["density"], 1) for r in results["references"]] == [1.5, 2.0, 2.5, 3.0, 3.5]
+    assert len(results["runs"]) == 2 * 5 * 2  # two models, five densities, two sizes
+    for run in results["runs"]:
+        assert {"sp3_fraction", "rdf_l1_vs_ref512", "rdf_l1_vs_data64", "n_atoms_mean", "density_mean"} <= set(run)
+        if run["model"] == "particle":
+            assert run["n_atoms"] == [run["requested_atoms"]]
+            assert run["density_mean"] == pytest.approx(run["density"], rel=1e-6)
+        else:  # 64 atoms: the training grid; 128: 2^(1/3) more voxels per axis, rounded to the U-Net's factor 2
+            assert run["grid"] == ([12, 12, 12] if run["requested_atoms"] == 64 else [16, 16, 16])
+    saved = json.loads((tmp_path / "scale" / "results.json").read_text())
+    assert len(saved["runs"]) == 20
+    assert (tmp_path / "scale" / "scale.png").read_bytes()[:4] == b"\x89PNG"

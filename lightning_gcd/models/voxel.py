@@ -43,6 +43,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
             the thermal spread). Measured in the crystal quick profile (1,200 steps): the spread comes
             back (fcc displacement RMS 0.102 Å, data 0.085) but the atom count suffers (fcc 59 %, hcp 12 %
             phase match against 100 %), so it is off by default; see ``experiments/crystals/compare.py``.
+            ``"blend"`` (below) keeps the spread without that cost and is what the crystal configs use.
         offset_sigma_data: σ_d of ``offset_prediction: blend`` (``GaussianDiffusion``) in Å: the offsets' x0
             is ``c x_t/sqrt(ā) + (1 - c) F`` with ``c = σ_d²/(σ² + σ_d²)``: where F is the atom's ideal site
             and its thermal displacement is Gaussian of width σ_d, the exact posterior mean, so a network
@@ -55,7 +56,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
             targets at high noise (v ≈ ε there, in every voxel) outweigh the occupancy channels.
         x0_projection: while sampling, replace every step's predicted clean grid by the nearest valid grid
             (``project_to_grid``: occupancy exactly 0 or 1, offsets 0 in empty voxels); the attribute of the
-            same name can be switched at sampling time (``gcd sample --x0-projection``).
+            same name switches it on a loaded model (``experiments/crystals/few_step.py``'s ``+project``).
+            Measured: it empties few-step samples (fcc, 10 steps: 12-16 of 32 atoms), so it is off.
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
 

@@ -17,6 +17,7 @@ from ase import Atoms
 
 from datamodules.h5format import DatasetRecords, write_dataset
 from lightning_gcd.cli import main as gcd_main
+from lightning_gcd.errors import GcdError
 
 K = 20
 ENERGY = np.linspace(280.0, 300.0, K)
@@ -274,6 +275,28 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
         assert gcd_main(args) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+    # val/spectrum_l2: a conditioned prior validated with the forward model logs its samples' spectrum error
+    import lightning as L
+
+    from datamodules.datamodule import AtomsDataModule
+    from lightning_gcd.models.particle import ParticleDiffusion
+
+    forward_ckpt = str(tmp_path / "runs/forward/checkpoints/last.ckpt")
+    L.seed_everything(0, verbose=False)
+    dm = AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, conditions=["xanes"])
+    prior = ParticleDiffusion(hidden=16, layers=1, sigma_max=0.8, val_samples=2, sample_steps=3,
+                              spectrum_forward_ckpt=forward_ckpt)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(prior, dm)
+    value = prior.last_metrics["spectrum_l2"]
+    assert np.isfinite(value) and value > 0
+    assert float(trainer.callback_metrics["val/spectrum_l2"]) == pytest.approx(value)
+    unconditioned = ParticleDiffusion(hidden=16, layers=1, val_samples=2, spectrum_forward_ckpt=forward_ckpt)
+    with pytest.raises(GcdError, match="conditioned on the mean spectrum"):
+        L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False).fit(unconditioned, AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5))
 
 
 def _one_structure(path: Path) -> Atoms:

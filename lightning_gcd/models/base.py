@@ -50,6 +50,11 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: classifier-free guidance scale at validation (1 = plain conditional).
         sample_seed: seed of the validation samples (rank r uses seed + r), so runs are comparable.
         metrics: options of ``StructureMetrics`` (``r_max``, ``n_bins``, ``tolerance``, ...).
+        spectrum_forward_ckpt: a ``SpectrumModel`` checkpoint, for models conditioned on the structure's mean
+            spectrum (``data.conditions: [xanes]``): each sampled validation then also logs
+            ``val/spectrum_l2``, the mean over samples of ‖forward-model mean spectrum − condition‖ /
+            ‖condition‖ (the samples' spectrum error as the forward model sees it; samples that decode no
+            atom are left out).
         compile: opt-in ``torch.compile`` of the network's forward (``compile_backend``); checkpoints keep
             the plain module's weights.
         matmul_precision: ``torch.set_float32_matmul_precision`` ("high" enables TF32 on Ampere+ GPUs).
@@ -77,6 +82,7 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: float = 1.0,
         sample_seed: int = 0,
         metrics: dict[str, Any] | None = None,
+        spectrum_forward_ckpt: str | None = None,
         compile: bool = False,
         compile_backend: str = "inductor",
         matmul_precision: Literal["highest", "high", "medium"] | None = None,
@@ -177,6 +183,40 @@ class DiffusionModule(L.LightningModule):
             if len(ideals) == 1 and "ideal" not in options:  # one phase: every sample targets it
                 options["ideal"] = next(iter(ideals.values()))
             self.structure_metrics = StructureMetrics(reference, **options)
+        if self.hparams.get("spectrum_forward_ckpt"):
+            self._spectrum_forward()  # load and check it now: a wrong file fails before training
+
+    def _spectrum_forward(self) -> Any:
+        """The ``spectrum_forward_ckpt`` model (loaded once, kept outside the module tree so that it is
+        neither trained nor saved with this model), on this model's device; None without one."""
+        path = self.hparams.get("spectrum_forward_ckpt")
+        if not path:
+            return None
+        forward = self.__dict__.get("_forward_model")
+        if forward is None:
+            from lightning_gcd.models.loading import load_model
+            from lightning_gcd.models.spectrum import SpectrumModel
+
+            if list(self.info.get("conditions", [])) != ["xanes"]:
+                raise GcdError(f"spectrum_forward_ckpt needs a model conditioned on the mean spectrum alone "
+                               f"(data.conditions: [xanes]); this one has {self.info.get('conditions')}")
+            forward = load_model(path, base=SpectrumModel).float().eval()
+            energy, own = forward.info.get("energy"), self.info.get("spectrum_energy")
+            if energy is not None and own is not None and not np.allclose(energy, own):
+                raise GcdError(f"{path}: its energy grid differs from the training data's")
+            self.__dict__["_forward_model"] = forward
+        return forward.to(self.device)
+
+    def _spectrum_l2(self, samples: StructureBatch, cond: torch.Tensor) -> torch.Tensor:
+        """Mean over all ranks' non-empty samples of the forward model's relative spectrum error."""
+        forward = self._spectrum_forward()
+        with torch.no_grad():
+            pred = forward.mean_spectrum(samples.frac_coords.float(), samples.numbers, samples.mask, samples.cell.float())
+        cond = cond.float()
+        err = (pred - cond).norm(dim=-1) / cond.norm(dim=-1).clamp(min=1e-12)  # (B,)
+        err = torch.where(samples.mask.any(dim=1), err, torch.full_like(err, float("nan")))
+        err = self.all_gather(err).flatten() if self.trainer.world_size > 1 else err
+        return err.nanmean()
 
     def sampler_choice(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
         """The sampler and step count to use: the call's, else the config's, else the model's defaults."""
@@ -276,12 +316,15 @@ class DiffusionModule(L.LightningModule):
         world, rank = self.trainer.world_size, self.trainer.global_rank
         n_local = int(math.ceil(self.hparams.val_samples / world))
         generator = torch.Generator(device=self.device).manual_seed(int(self.hparams.sample_seed) + rank)
-        samples = self.generate(self._templates(n_local), generator=generator)
+        templates = self._templates(n_local)
+        samples = self.generate(templates, generator=generator)
         metrics = self.structure_metrics
         metrics.reset()
         metrics.update(samples)
         values = metrics.compute()  # synchronised over ranks by torchmetrics
         self.last_metrics = {k: float(v) for k, v in values.items()}
+        if self.hparams.get("spectrum_forward_ckpt") and "cond" in templates:
+            self.last_metrics["spectrum_l2"] = float(self._spectrum_l2(samples, templates["cond"]))
         self.last_curves = metrics.curves() if hasattr(metrics, "curves") else {}
         self.last_samples = samples
         for name, value in self.last_metrics.items():  # NaN too (e.g. no matched sample): same names every time

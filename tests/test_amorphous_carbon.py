@@ -198,24 +198,39 @@ def test_shipped_parts_still_load(name: str, options: dict, tmp_path: Path) -> N
         assert np.all(data.structure_property("xanes_sites") == options["xanes_sites"])
 
 
+SHIPPED = {"a_c_300": dict(n_structures=300, xanes_sites=8),
+           "a_c_512_ref": dict(n_structures=5, n_atoms=512, xanes_sites=1)}
+
+
+def _shipped_files(tmp_path: Path) -> dict[str, Path]:
+    """HDF5 files written (--finished-only) from the shipped parts of the a-C builds."""
+    root = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data"
+    files = {}
+    for name, options in SHIPPED.items():
+        out = tmp_path / f"{name}.h5"
+        shutil.copytree(root / f"{name}.h5.parts", f"{out}.parts")
+        build_dataset("amorphous-carbon", out, workers=1, progress=False, finished_only=True, **options)
+        files[name] = out
+    return files
+
+
+def _script(name: str):
+    """experiments/amorphous_carbon/<name>.py as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ac_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @needs_engines
 def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
     """experiments/amorphous_carbon/scale.py on the shipped parts with a tiny budget: both priors trained,
     64- and N-atom cells sampled per reference density, the voxel grid chosen by atom count, JSON and PNG."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1]
-    files = {}
-    for name, options in (("a_c_300", dict(n_structures=300, xanes_sites=8)),
-                          ("a_c_512_ref", dict(n_structures=5, n_atoms=512, xanes_sites=1))):
-        out = tmp_path / f"{name}.h5"
-        shutil.copytree(root / "experiments" / "amorphous_carbon" / "data" / f"{name}.h5.parts", f"{out}.parts")
-        build_dataset("amorphous-carbon", out, workers=1, progress=False, finished_only=True, **options)
-        files[name] = out
-    spec = importlib.util.spec_from_file_location("ac_scale", root / "experiments" / "amorphous_carbon" / "scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
-    results = scale.main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]), "--prior-steps", "3",
+    files = _shipped_files(tmp_path)
+    results = _script("scale").main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]), "--prior-steps", "3",
                           "--samples", "1", "--n-atoms", "128", "--particle-steps", "2", "--voxel-steps", "2",
                           "--out", str(tmp_path / "scale")])
     assert [round(r["density"], 1) for r in results["references"]] == [1.5, 2.0, 2.5, 3.0, 3.5]
@@ -230,3 +245,25 @@ def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "scale" / "results.json").read_text())
     assert len(saved["runs"]) == 20
     assert (tmp_path / "scale" / "scale.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@needs_engines
+def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
+    """experiments/amorphous_carbon/guided.py with --n-atoms: every mode samples the asked-for size at the
+    target's density (particle: exactly N atoms; voxel: the grid for N atoms), one FEFF site per run."""
+    files = _shipped_files(tmp_path)
+    out = tmp_path / "guided"
+    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(out), "--max-targets", "1",
+                                   "--samples", "1", "--prior-steps", "3", "--forward-epochs", "1", "--particle-steps", "2",
+                                   "--voxel-steps", "2", "--n-atoms", "128", "--feff-sites", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    target = next(iter(results["targets"].values()))
+    runs = results["runs"]
+    assert {(r["model"], r["mode"]) for r in runs} == {(m, mode) for m in ("particle", "voxel")
+                                                       for mode in ("unguided", "cfg", "dps", "cfg+dps")}
+    for run in runs:
+        assert np.isfinite(run["forward_rel_l2"]) or run["model"] == "voxel"  # a 3-step voxel prior may decode nothing
+        if run["model"] == "particle":
+            assert run["n_atoms_mean"] == 128
+            assert "feff_rel_l2" in run["feff"][0] or run["feff"][0]["errors"]
+    assert target["n_atoms"] == 64 and (out / "guided.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,7 +2,8 @@
 
 For each target (the mean XANES of a test-split structure) and each model (the particle baseline and the
 grand canonical voxel model, both trained with the spectrum as a classifier-free-guidance condition), it
-samples ``--samples`` structures in the target's cell in four modes, with the same seeds:
+samples ``--samples`` structures in the target's cell (or, with ``--n-atoms N``, in the cubic cell of N atoms
+at the target's density: the size a user asks for) in four modes, with the same seeds:
 
 * ``unguided``: CFG scale 0 (the learned unconditional model);
 * ``cfg``: classifier-free guidance on the target spectrum (``--cfg-scale``);
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voxel-steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--feff-structures", type=int, default=1, help="samples per (model, target, mode) run through FEFF")
     parser.add_argument("--feff-sites", type=int, default=4)
+    parser.add_argument("--n-atoms", type=int, default=None,
+                        help="sample this many atoms in a cubic cell at each target's density (default: the target's "
+                             "own cell and count); e.g. 512 from priors trained on 64-atom cells")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_gcd.models.base import DiffusionModule
     from lightning_gcd.models.loading import load_model
     from lightning_gcd.models.spectrum import SpectrumModel
-    from lightning_gcd.structures import StructureBatch
+    from lightning_gcd.structures import StructureBatch, cubic_cell
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -188,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(path, base=DiffusionModule)
         steps, sampler = (args.particle_steps, "em") if kind == "particle" else (args.voxel_steps, "ddim")
         for i, (atoms, spectrum, _, _) in targets.items():
-            template_atoms = StructureBatch.from_atoms([atoms] * args.samples)
             target = torch.as_tensor(spectrum, dtype=torch.float32)
-            template = {"cell": template_atoms.cell.float(), "numbers": template_atoms.numbers, "mask": template_atoms.mask,
-                        "cond": target.expand(args.samples, -1).clone(), "target": target.expand(args.samples, -1).clone()}
+            if args.n_atoms:  # the size asked for: a cubic cell of that many atoms at the target's density
+                n_atoms = args.n_atoms
+                cell = cubic_cell(n_atoms, results["targets"][i]["density"], {6: 1.0})
+            else:  # the target's own cell and atom count
+                n_atoms, cell = len(atoms), np.asarray(atoms.cell[:])
+            template = model.sample_template(args.samples, cond=target, target=target, cell=cell, n_atoms=n_atoms)
             for mode in MODES:
                 cfg = args.cfg_scale if "cfg" in mode else 0.0
                 posterior = SpectrumGuidance(forward, guidance_rho[kind]) if "dps" in mode else None

@@ -29,8 +29,9 @@ are rewritten after every run, so a long run can be inspected while it goes.
 Profiles (all overridable: ``--steps``, ``--samples``, ``--batch-size``, ``--sigma``, ``--count``, ...):
 
 ``quick``  a 2-core CPU, all five phases and both models, sized for under 45 minutes: about 33 estimated on
-           the machine of 2026-11-25, 96 measured on the 3.2x slower AMD EPYC of 2026-11-30 (one torch thread, so
-           the second core stays free; see ``PROFILES`` for the measured reasons of each number).
+           the machine of 2026-11-25, 96 measured on the 3.2x slower AMD EPYC of 2026-11-30, 65 on the AMD EPYC of
+           2026-12-01 with 64 samples and other jobs on both cores (one torch thread, so the second core stays
+           free; see ``PROFILES`` for the measured reasons of each number).
 ``paper``  a GPU: larger networks, 20k steps, 256 samples, more sampler steps, ``accelerator="auto"``.
 
 Measurements behind the quick profile (2-core CPU shared with other jobs, one torch thread, σ 0.05 Å,

@@ -91,13 +91,12 @@ def structure_metrics(structures: list, reference_g: dict[str, np.ndarray]) -> t
     return row, g_mean
 
 
-def load_references(args: argparse.Namespace) -> tuple[list[dict[str, Any]], np.ndarray]:
+def load_references(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One entry per 512-atom reference: its structure, density, the condition (mean spectrum of the
-    training cells of that density) and those 64-atom cells; and the spectrum energy grid."""
+    training cells of that density) and those 64-atom cells."""
     from datamodules.h5format import AtomsH5
 
     with AtomsH5(args.data) as data:
-        energy = np.asarray(data.attrs["meta_xanes_energy"], dtype=np.float64)
         train = [int(i) for i in data.split("train")]
         cells = [(data.atoms(i), np.asarray(data.structure_property("xanes", i), dtype=np.float64)) for i in train]
     with AtomsH5(args.refs) as refs:
@@ -111,7 +110,7 @@ def load_references(args: argparse.Namespace) -> tuple[list[dict[str, Any]], np.
                              f"{rho:.2f} g/cm³: build more data or widen --density-tolerance")
         entries.append({"reference": ref, "density": rho, "cells": [a for a, _ in same],
                         "condition": np.mean([s for _, s in same], axis=0)})
-    return entries, energy
+    return entries
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    entries, _ = load_references(args)
+    entries = load_references(args)
     results: dict[str, Any] = {"settings": vars(args), "references": [], "runs": [], "timings": {}}
     curves: dict[str, Any] = {"r": np.linspace(0.0, R_MAX, N_BINS + 1)[:-1].tolist(), "g": {}}  # bin starts, Å
     for e in entries:

@@ -188,8 +188,10 @@ def training_mass_density(info: dict) -> float:
     """The training data's mean mass density (g/cm³) from its number density and composition."""
     from ase.data import atomic_masses
 
+    from lightning_gcd.structures import G_PER_CM3_IN_AMU_PER_A3
+
     molar_mass = sum(float(atomic_masses[int(z)]) * f for z, f in info["composition"].items())
-    return float(info["number_density"]) * molar_mass / 0.60221408
+    return float(info["number_density"]) * molar_mass / G_PER_CM3_IN_AMU_PER_A3
 
 
 def requested_cell(args: argparse.Namespace, info: dict) -> np.ndarray | None:

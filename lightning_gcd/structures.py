@@ -90,6 +90,14 @@ def wrap_frac(frac_coords: np.ndarray) -> np.ndarray:
     return wrapped
 
 
+G_PER_CM3_IN_AMU_PER_A3 = 0.602214076  # 1 g/cm³ = N_A · 1e-24 u/Å³
+
+
+def mass_density(atoms: Atoms) -> float:
+    """Mass density of a periodic structure in g/cm³."""
+    return float(atoms.get_masses().sum() / atoms.get_volume() / G_PER_CM3_IN_AMU_PER_A3)
+
+
 def cubic_cell(n_atoms: int, mass_density: float, composition: dict[int, float]) -> np.ndarray:
     """(3, 3) Å cubic cell that holds ``n_atoms`` atoms of ``composition`` (atomic number -> fraction of
     atoms) at ``mass_density`` g/cm³: edge = (n · mean molar mass / (ρ · N_A))^(1/3)."""
@@ -103,5 +111,5 @@ def cubic_cell(n_atoms: int, mass_density: float, composition: dict[int, float])
     if not composition or total <= 0:
         raise ValueError("the composition needs at least one species with a positive fraction")
     molar_mass = sum(float(atomic_masses[int(z)]) * f / total for z, f in composition.items())  # g/mol per atom
-    volume = n_atoms * molar_mass / (mass_density * 0.60221408)  # Å^3 (1 g/cm³ = 0.60221 u/Å³)
+    volume = n_atoms * molar_mass / (mass_density * G_PER_CM3_IN_AMU_PER_A3)  # Å^3
     return np.eye(3) * volume ** (1.0 / 3.0)

@@ -103,6 +103,12 @@ def feff_site_spectra(atoms, sites, energy: np.ndarray, work: Path) -> tuple[np.
     return np.asarray(spectra), errors
 
 
+def min_distances(structures) -> list[float]:
+    """Each structure's smallest interatomic distance (Å, minimum image); NaN with fewer than two atoms."""
+    return [float(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)])) if len(a) > 1 else np.nan
+            for a in structures]
+
+
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning_gcd.models.base import DiffusionModule
     from lightning_gcd.models.loading import load_model
     from lightning_gcd.models.spectrum import SpectrumModel
-    from lightning_gcd.structures import StructureBatch, cubic_cell
+    from lightning_gcd.structures import StructureBatch, cubic_cell, mass_density
 
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         floor = [rel_l2(site_spectra[rng.choice(labelled, args.feff_sites, replace=False)].mean(0), spectrum)
                  for _ in range(200)]
         results["targets"][i] = {
-            "n_atoms": len(atoms), "density": float(sum(atoms.get_masses()) / atoms.get_volume() * 1.66054),
+            "n_atoms": len(atoms), "density": mass_density(atoms),
             **{f"{k}_fraction": v for k, v in sp_fractions([atoms]).items()},
             "forward_rel_l2": rel_l2(predicted([atoms])[0], spectrum),
             "feff_floor_rel_l2_mean": float(np.mean(floor)), "feff_floor_rel_l2_p90": float(np.quantile(floor, 0.9)),
@@ -210,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 pred = predicted(samples) if batch.mask.any() else np.full((len(samples), len(energy)), np.nan)
                 g, valid = structure_rdf(batch)
                 g_mean = g[:, 0][valid[:, 0]].mean(0) if valid.any() else torch.zeros_like(g[0, 0])
-                dists = [np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]) if len(a) > 1 else np.nan for a in samples]
+                dists = min_distances(samples)
                 run = {
                     "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
                     "dps_scale": guidance_rho[kind] if posterior is not None else 0.0, "sample_seconds": seconds,

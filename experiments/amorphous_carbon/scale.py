@@ -38,7 +38,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-AMU_PER_A3_TO_G_PER_CM3 = 1.66054
+from guided import min_distances, train_prior  # noqa: E402
+
+from lightning_gcd.structures import mass_density  # noqa: E402
+
 R_MAX, N_BINS = 6.0, 120
 COLORS = {"particle": "tab:orange", "voxel": "tab:blue"}
 
@@ -63,11 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def mass_density(atoms) -> float:
-    """g/cm³."""
-    return float(atoms.get_masses().sum() / atoms.get_volume() * AMU_PER_A3_TO_G_PER_CM3)
-
-
 def structure_metrics(structures: list, reference_g: dict[str, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
     """sp fractions, atom count, density, minimum distance and g(r) L1 against each reference curve."""
     from lightning_gcd.metrics.coordination import sp_fractions
@@ -77,8 +75,7 @@ def structure_metrics(structures: list, reference_g: dict[str, np.ndarray]) -> t
     batch = StructureBatch.from_atoms(structures)
     g, valid = structure_rdf(batch, r_max=R_MAX, n_bins=N_BINS)
     g_mean = g[:, 0][valid[:, 0]].mean(0).numpy() if valid[:, 0].any() else np.full(N_BINS, np.nan)  # none: no curve
-    dists = [float(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)])) if len(a) > 1 else np.nan
-             for a in structures]
+    dists = min_distances(structures)
     row: dict[str, Any] = {
         "n_atoms_mean": float(np.mean([len(a) for a in structures])),
         "n_atoms": [len(a) for a in structures],
@@ -115,8 +112,6 @@ def load_references(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    from guided import train_prior
-
     from lightning_gcd.metrics.coordination import sp_fractions
     from lightning_gcd.metrics.rdf import structure_rdf
     from lightning_gcd.models.base import DiffusionModule

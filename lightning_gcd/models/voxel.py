@@ -220,8 +220,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
 
         Without ``n_atoms``: the training spacing (Å per voxel along each axis). With ``n_atoms``: as many
         voxels per atom as the training grids had (``voxels_per_atom``), shared among the axes in proportion
-        to the training spacing, so that 8× the atoms at the same density get twice the voxels per axis. For training cells of one size the two agree; where the cells differ in size but share one grid
-        (a-C at several densities: the voxel spacing in Å follows the density) only the second is right.
+        to the training spacing, so that 8× the atoms at the same density get twice the voxels per axis.
+        For training cells of one size the two agree; where the cells differ in size but share one grid (a-C
+        at several densities: the voxel spacing in Å follows the density) only the second is right.
         """
         factor = self.net.downsampling_factor
         lengths = torch.linalg.norm(cell.double(), dim=-1).cpu().numpy()  # (3,)

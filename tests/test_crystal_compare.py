@@ -39,7 +39,13 @@ RUN_FIELDS = ("phase_match", "phase_match_strict", "displacement_rms", "displace
 def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     compare = _load_compare()
     out = tmp_path / "results"
-    returned = compare.main([*TINY, "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    # the quick profile's two worker processes (one per run), each logging its own offline W&B run
+    returned = compare.main([*TINY, "--workdir", str(tmp_path / "work"), "--out", str(out), "--wandb"])
+    tasks = tmp_path / "work" / "tasks"
+    assert sorted(p.name for p in tasks.glob("*.json")) == ["fcc-particle.json", "fcc-voxel.json"]
+    runs = sorted((tmp_path / "work" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(list(r.glob("*.wandb")) for r in runs)
+    assert (tasks / "fcc-voxel" / "rdf_fcc.png").is_file()  # the plots that worker's W&B run logged
 
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["profile"] == "quick" and results["settings"]["steps"] == 20
@@ -105,6 +111,8 @@ def test_profiles_and_overrides() -> None:
     paper = compare.resolve_settings(parser.parse_args(["--profile", "paper"]))
     assert quick["phases"] == ["sc", "fcc", "bcc", "hcp", "diamond"] and quick["models"] == ["voxel", "particle"]
     assert quick["accelerator"] == "cpu" and paper["accelerator"] == "auto"
+    assert quick["jobs"] == 2 and paper["jobs"] == 1  # one run per core on the CPU, one at a time on the GPU
+    assert compare.resolve_settings(parser.parse_args(["--jobs", "1"]))["jobs"] == 1
     assert paper["steps"] > quick["steps"] and paper["samples"] > quick["samples"]
     s = compare.resolve_settings(parser.parse_args(["--steps", "7", "--set", "particle.model.hidden=8",
                                                     "--set", "voxel.model.channel_mults=[1,2,2]"]))
@@ -116,3 +124,15 @@ def test_profiles_and_overrides() -> None:
     assert quick["voxel"]["model"]["offset_sigma_data"] == quick["thermal_sigma"]
     cold = compare.resolve_settings(parser.parse_args(["--sigma", "0.02"]))
     assert cold["thermal_sigma"] == 0.02 and cold["voxel"]["model"]["offset_sigma_data"] == 0.02
+
+
+def test_compare_serial_path(tmp_path: Path) -> None:
+    """``--jobs 1`` (the paper profile's GPU setting) trains in this process, one run after another."""
+    compare = _load_compare()
+    out = tmp_path / "results"
+    results = compare.main([*TINY, "--models", "voxel", "--steps", "5", "--samples", "1", "--extra-samplers",
+                            "--jobs", "1", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    assert not (tmp_path / "work" / "tasks").exists()
+    run = results["phases"]["fcc"]["models"]["voxel"]
+    assert run["steps"] == 5 and sum(run["n_atoms_hist"].values()) == 1 and run["variants"] == []
+    assert json.loads((out / "results.json").read_text())["settings"]["jobs"] == 1

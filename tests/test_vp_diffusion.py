@@ -434,3 +434,58 @@ def test_blend_prediction_round_trip_and_posterior_mean():
         both.target(x0[:, :1], eps[:, :1], t)
     with pytest.raises(ValueError, match="blend_sigma_data"):
         GaussianDiffusion("blend", blend_sigma_data=0.0)
+
+
+class _SelfConditionedRecorder:
+    """A model for C-channel data given 2C channels: records its inputs, returns a fixed x0 guess."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, x, t, cond, keep):
+        self.inputs.append(x.detach().clone())
+        c = x.shape[1] // 2
+        return torch.full_like(x[:, :c], self.value)
+
+
+def test_self_conditioning_training_passes_and_sampler_feeds_previous_x0():
+    # training: probability 1 gives two calls per loss, the second with the first's x0 (clamped) as channels C:2C
+    d = GaussianDiffusion("x0", "cosine", 100, self_condition=True, self_condition_prob=1.0, self_condition_clip=(-1.0, 1.0))
+    assert "self_condition=True" in repr(d)
+    x0 = torch.randn(4, 3, 2, 2, 2)
+    rec = _SelfConditionedRecorder(1.7)
+    d.training_loss(rec, x0, generator=torch.Generator().manual_seed(0))
+    assert len(rec.inputs) == 2 and all(i.shape == (4, 6, 2, 2, 2) for i in rec.inputs)
+    assert torch.equal(rec.inputs[0][:, 3:], torch.zeros(4, 3, 2, 2, 2))
+    assert torch.equal(rec.inputs[1][:, 3:], torch.ones(4, 3, 2, 2, 2))  # 1.7 clamped to the clip range
+    assert torch.equal(rec.inputs[0][:, :3], rec.inputs[1][:, :3])  # the same x_t both times
+    # probability 0: one call with zeros; a fixed (t, noise) validation loss always takes both passes
+    never = GaussianDiffusion("x0", "cosine", 100, self_condition=True, self_condition_prob=0.0)
+    rec = _SelfConditionedRecorder(0.3)
+    never.training_loss(rec, x0)
+    assert len(rec.inputs) == 1 and not rec.inputs[0][:, 3:].any()
+    rec = _SelfConditionedRecorder(0.3)
+    never.training_loss(rec, x0, t_index=torch.full((4,), 10), noise=torch.randn_like(x0))
+    assert len(rec.inputs) == 2
+    # the learned gradient flows through the second pass only: the loss stays differentiable
+    net = PeriodicUNet3d(in_channels=2, out_channels=1, base_channels=8, channel_mults=(1,), attention=False)
+    model = lambda x, t, c, k: net(x, t)  # noqa: E731
+    loss = d.training_loss(model, torch.randn(2, 1, 4, 4, 4))
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+    # sampling: zeros at the first step, then each step's (clipped) x0 for every sampler
+    for sampler in ("ddpm", "ddim", "dpm2m-sde"):
+        rec = _SelfConditionedRecorder(0.4)
+        d.sample(rec, (2, 3), sampler=sampler, steps=5, clip_x0=(-0.25, 0.25))
+        assert len(rec.inputs) == 5 and all(i.shape == (2, 6) for i in rec.inputs)
+        assert not rec.inputs[0][:, 3:].any()
+        assert all(torch.allclose(i[:, 3:], torch.full((2, 3), 0.25)) for i in rec.inputs[1:])
+    # classifier-free guidance: the batched 2B call carries the estimate in both halves
+    rec = _SelfConditionedRecorder(0.4)
+    d.sample(rec, (2, 3), steps=3, cond=torch.randn(2, 2), guidance_scale=2.0)
+    assert all(i.shape == (4, 6) for i in rec.inputs)
+    assert torch.allclose(rec.inputs[-1][:, 3:], torch.full((4, 3), 0.4))
+    with pytest.raises(ValueError, match="self_condition_prob"):
+        GaussianDiffusion(self_condition=True, self_condition_prob=1.5)

@@ -159,9 +159,11 @@ STUDY = "crystals_compare"
 # Profiles. Every number here is a choice; the reasons are in the comments (measurements: module docstring).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
-        "description": "2-core CPU, one torch thread: all five phases, both models, < 45 min",
+        "description": "2-core CPU, one torch thread per run, two runs at a time: all five phases, both models, < 45 min",
         "accelerator": "cpu",
         "threads": 1,
+        # two runs at once, one per core, each with one torch thread: the ten runs are independent
+        "jobs": 2,
         "num_workers": 0,
         # data: 128 rattled cells per phase (80 % train); thermal sigma as the builder's default
         "count": 128,
@@ -226,6 +228,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "description": "one GPU: larger networks, more steps and samples",
         "accelerator": "auto",
         "threads": None,
+        "jobs": 1,  # one run at a time on the one GPU
         "num_workers": 4,
         "count": 1024,
         "thermal_sigma": 0.05,
@@ -286,7 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any profile entry, e.g. --set voxel.model.base_channels=32 "
                         "--set particle.model.hidden=128 (VALUE is parsed as JSON when it can be)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (profile default; quick: 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (profile default; quick: 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at the same time, each in its own process (profile default; quick: 2, one "
+                        "per core; paper: 1). The longest runs start first")
+    p.add_argument("--task", default=None, help=argparse.SUPPRESS)  # internal: PHASE:MODEL of one worker process
+    p.add_argument("--task-out", default=None, help=argparse.SUPPRESS)  # internal: where that worker writes
     p.add_argument("--accelerator", default=None, help="Lightning accelerator (quick: cpu, paper: auto)")
     p.add_argument("--seed", type=int, default=None, help="training and sampling seed")
     p.add_argument("--wandb", action="store_true",
@@ -325,7 +333,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     s["profile"] = args.profile
     for name, key in (("steps", "steps"), ("samples", "samples"), ("batch_size", "batch_size"),
                       ("sigma", "thermal_sigma"), ("count", "count"), ("threads", "threads"),
-                      ("accelerator", "accelerator"), ("seed", "seed")):
+                      ("accelerator", "accelerator"), ("seed", "seed"), ("jobs", "jobs")):
         value = getattr(args, name)
         if value is not None:
             s[key] = value
@@ -353,7 +361,8 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         parse_variant(spec)
     s["phases"] = list(args.phases or PHASES)
     s["models"] = list(args.models or MODELS)
-    for key in ("steps", "samples", "batch_size", "count"):
+    s.setdefault("jobs", 1)
+    for key in ("steps", "samples", "batch_size", "count", "jobs"):
         if int(s[key]) < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be at least 1")
     return s
@@ -866,8 +875,84 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
+def _prepare_phase(phase: str, settings: dict[str, Any], workdir: Path, rebuild: bool):
+    """Build (or reuse) a phase's dataset; returns (path, ideal cell, metrics, the data's own numbers, geometry)."""
+    path = build_phase_dataset(phase, settings, workdir, rebuild=rebuild)
+    ideal, metrics, data_numbers = data_reference(path, float(settings["tolerance"]), float(settings["strict_tolerance"]))
+    return path, ideal, metrics, data_numbers, particle_geometry(ideal, settings)
+
+
+def _phase_entry(ideal, path: Path, data_numbers: dict[str, Any], geometry: dict[str, float]) -> dict[str, Any]:
+    return {"element": ideal.info.get("element", ""), "dataset": str(path), "data": data_numbers,
+            "particle_geometry": geometry, "models": {}}
+
+
+def _run_task(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Worker process of ``--jobs N``: train, sample and score one (phase, model) run; write its results and
+    curves to ``--task-out`` (JSON), and finish its W&B run with that run's own plots."""
+    phase, _, kind = args.task.partition(":")
+    if phase not in PHASES or kind not in MODELS or not args.task_out:
+        raise SystemExit(f"--task needs PHASE:MODEL and --task-out, got {args.task!r}")
+    path, ideal, metrics, data_numbers, geometry = _prepare_phase(phase, settings, workdir, rebuild=False)
+    res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
+    task_out = Path(args.task_out)
+    task_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = task_out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable({"results": res, "curves": crv}), allow_nan=False))
+    tmp.replace(task_out)
+    if logger:
+        entry = _phase_entry(ideal, path, data_numbers, geometry)
+        entry["models"][kind] = res
+        own = {"study": args.study, "settings": settings, "machine": machine_info(settings), "phases": {phase: entry}}
+        written = write_outputs(own, {phase: {kind: crv}}, task_out.parent / f"{phase}-{kind}")
+        _finish_wandb(logger, res, [p for p in written if p.suffix == ".png"])
+    return res
+
+
+def _curves_from_json(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: np.asarray([np.nan if x is None else x for x in v], dtype=float) if isinstance(v, list) else v
+            for k, v in raw.items()}
+
+
+def _run_parallel(tasks: Sequence[tuple[str, str]], argv: Sequence[str], workdir: Path, jobs: int,
+                  done: Any) -> list[str]:
+    """Run ``tasks`` (phase, model) as ``jobs`` concurrent worker processes of this script (``--task``), in the
+    given order; call ``done(phase, kind, results, curves)`` as each finishes. Returns the failures (one line
+    each, with the worker's log file); the other runs' results are kept."""
+    import subprocess
+
+    task_dir = workdir / "tasks"
+    task_dir.mkdir(parents=True, exist_ok=True)
+    child_argv = [a for a in argv if a != "--rebuild"]  # the datasets exist by now
+    pending, running, failures = list(tasks), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            phase, kind = pending.pop(0)
+            out = task_dir / f"{phase}-{kind}.json"
+            out.unlink(missing_ok=True)
+            log = task_dir / f"{phase}-{kind}.log"
+            cmd = [sys.executable, str(Path(__file__).resolve()), *child_argv, "--jobs", "1",
+                   "--task", f"{phase}:{kind}", "--task-out", str(out)]
+            with open(log, "w") as handle:
+                proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
+            running.append((proc, phase, kind, out, log))
+        time.sleep(0.5)
+        for item in list(running):
+            proc, phase, kind, out, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0 or not out.is_file():
+                failures.append(f"{phase}-{kind}: worker exited with {proc.returncode}; log {log}")
+                continue
+            raw = json.loads(out.read_text())
+            done(phase, kind, raw["results"], _curves_from_json(raw["curves"]))
+    return failures
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the comparison; returns the results dict (also written to ``<out>/results.json``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.replot:
         return replot(Path(args.out) if args.out else Path(args.workdir) / "results", args.note)
@@ -881,52 +966,68 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if settings.get("threads"):
         torch.set_num_threads(int(settings["threads"]))
     _quiet_lightning()
+    if args.task:
+        return _run_task(args, settings, workdir)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
     results: dict[str, Any] = {"study": args.study, "settings": settings, "machine": machine_info(settings),
-                               "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
-                               "phases": {}, "notes": list(args.note)}
-    curves: dict[str, dict[str, Any]] = {}
-    n_runs = len(settings["phases"]) * len(settings["models"])
+                               "command": [sys.argv[0], *argv], "phases": {}, "notes": list(args.note)}
+    curves: dict[str, dict[str, Any]] = {phase: {} for phase in settings["phases"]}
+    jobs = int(settings["jobs"])
     start = time.perf_counter()
-    i = 0
     say(f"[compare] profile {settings['profile']}: phases {' '.join(settings['phases'])}, models "
         f"{' '.join(settings['models'])}, {settings['steps']} steps × batch {settings['batch_size']}, "
-        f"{settings['samples']} samples; torch threads {torch.get_num_threads()}; out {out}")
+        f"{settings['samples']} samples; torch threads {torch.get_num_threads()} per run, {jobs} run(s) at a time; "
+        f"out {out}")
+    prepared = {}
     for phase in settings["phases"]:
         t0 = time.perf_counter()
-        path = build_phase_dataset(phase, settings, workdir, rebuild=args.rebuild)
-        ideal, metrics, data_numbers = data_reference(path, float(settings["tolerance"]),
-                                                      float(settings["strict_tolerance"]))
-        geometry = particle_geometry(ideal, settings)
-        entry = {"element": ideal.info.get("element", ""), "dataset": str(path), "data": data_numbers,
-                 "particle_geometry": geometry, "models": {}}
-        results["phases"][phase] = entry
-        curves[phase] = {}
+        prepared[phase] = path, ideal, metrics, data_numbers, geometry = _prepare_phase(phase, settings, workdir, args.rebuild)
+        results["phases"][phase] = entry = _phase_entry(ideal, path, data_numbers, geometry)
         say(f"[compare] {phase} {entry['element']}: {data_numbers['n_structures']} training cells of {len(ideal)} atoms; data "
             f"match {data_numbers['phase_match']:.0%} / {data_numbers['phase_match_strict']:.0%} (0.5/0.2 Å), disp RMS "
             f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)")
-        for kind in settings["models"]:
-            i += 1
-            say(f"[compare] run {i}/{n_runs}: {phase}-{kind} training {phase_steps(settings, phase)} steps ...")
+    tasks = [(phase, kind) for phase in settings["phases"] for kind in settings["models"]]
+    finished = []
+
+    def done(phase: str, kind: str, res: dict[str, Any], crv: dict[str, Any], logger: Any = None) -> None:
+        entry = results["phases"][phase]
+        entry["models"][kind] = res
+        entry["models"] = {k: entry["models"][k] for k in settings["models"] if k in entry["models"]}  # table order
+        curves[phase][kind] = crv
+        finished.append((phase, kind))
+        results["total_seconds"] = time.perf_counter() - start
+        written = write_outputs(results, curves, out)
+        _finish_wandb(logger, res, [p for p in written if p.suffix == ".png" and phase in p.stem])
+        data_numbers = entry["data"]
+        extra = f" grid {res['grid_shape']}" if kind == "voxel" else f" cutoff {res['cutoff']} Å σmax {res['sigma_max']} Å"
+        say(f"[compare] run {len(finished)}/{len(tasks)}: {phase}-{kind} done: match {res['phase_match']:.0%} (0.5 Å) "
+            f"{res['phase_match_strict']:.0%} (0.2 Å), disp RMS {_fmt(res['displacement_rms'], 3)} Å (data "
+            f"{data_numbers['displacement_rms']:.3f}), g(r) L1 {res['rdf_l1']:.3f}, mean n {res['n_atoms_mean']:.1f}/"
+            f"{res['n_atoms_target']}, viol. {res['min_distance_violations']:.0%}; train {res['train_seconds']:.0f} s, "
+            f"sample {res['sample_seconds']:.0f} s;{extra}; elapsed {time.perf_counter() - start:.0f} s")
+        for v in res["variants"]:
+            say(f"[compare]   same model, {v['sampler']}-{v['sample_steps']}: match {v['phase_match']:.0%} / "
+                f"{v['phase_match_strict']:.0%}, disp RMS {_fmt(v['displacement_rms'], 3)} Å, mean n "
+                f"{v['n_atoms_mean']:.1f}, viol. {v['min_distance_violations']:.0%}; sample {v['sample_seconds']:.0f} s")
+
+    failures: list[str] = []
+    if jobs > 1 and len(tasks) > 1:
+        # the longest runs first (most steps, then most atoms), so that the last ones to start are short
+        tasks.sort(key=lambda t: (phase_steps(settings, t[0]), len(prepared[t[0]][1])), reverse=True)
+        say(f"[compare] {len(tasks)} runs, {jobs} at a time, in this order: {' '.join(f'{p}-{k}' for p, k in tasks)}; "
+            f"worker logs in {workdir / 'tasks'}")
+        failures = _run_parallel(tasks, argv, workdir, jobs, done)
+    else:
+        for i, (phase, kind) in enumerate(tasks, 1):
+            path, ideal, metrics, _, geometry = prepared[phase]
+            say(f"[compare] run {i}/{len(tasks)}: {phase}-{kind} training {phase_steps(settings, phase)} steps ...")
             res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
-            entry["models"][kind] = res
-            curves[phase][kind] = crv
-            results["total_seconds"] = time.perf_counter() - start
-            written = write_outputs(results, curves, out)
-            _finish_wandb(logger, res, [p for p in written if p.suffix == ".png" and phase in p.stem])
-            extra = f" grid {res['grid_shape']}" if kind == "voxel" else f" cutoff {res['cutoff']} Å σmax {res['sigma_max']} Å"
-            say(f"[compare] run {i}/{n_runs}: {phase}-{kind} done: match {res['phase_match']:.0%} (0.5 Å) "
-                f"{res['phase_match_strict']:.0%} (0.2 Å), disp RMS {_fmt(res['displacement_rms'], 3)} Å (data "
-                f"{data_numbers['displacement_rms']:.3f}), g(r) L1 {res['rdf_l1']:.3f}, mean n {res['n_atoms_mean']:.1f}/"
-                f"{res['n_atoms_target']}, viol. {res['min_distance_violations']:.0%}; train {res['train_seconds']:.0f} s, "
-                f"sample {res['sample_seconds']:.0f} s;{extra}; elapsed {time.perf_counter() - start:.0f} s")
-            for v in res["variants"]:
-                say(f"[compare]   same model, {v['sampler']}-{v['sample_steps']}: match {v['phase_match']:.0%} / "
-                    f"{v['phase_match_strict']:.0%}, disp RMS {_fmt(v['displacement_rms'], 3)} Å, mean n "
-                    f"{v['n_atoms_mean']:.1f}, viol. {v['min_distance_violations']:.0%}; sample {v['sample_seconds']:.0f} s")
+            done(phase, kind, res, crv, logger)
     results["total_seconds"] = time.perf_counter() - start
     write_outputs(results, curves, out)
+    if failures:
+        raise SystemExit("[compare] some runs failed (the others are in " + str(out) + "):\n  " + "\n  ".join(failures))
     say(f"[compare] done in {results['total_seconds']:.0f} s: {out / 'results.md'}")
     return results
 

@@ -23,6 +23,12 @@ Conventions
   posterior mean; it is the identity where the noise is far below σ_d and plain x0-prediction far above it.
   The loss is the plain mean squared error on that target
   (optionally weighted), or on the implied x0 (``loss_space="x0"``).
+- **Self-conditioning** (``self_condition=True``; Chen, Zhang & Hinton 2023, "Analog Bits"): the model's
+  input is ``x_t`` concatenated along dim 1 with an estimate of x0 (zeros, or the model's own previous
+  prediction), so it has twice the data's channels and returns the data's. Training feeds zeros half the
+  time and, the other half, the model's own first-pass prediction at the same ``x_t`` (no gradient through
+  it); samplers feed the previous step's x0. Each step can then refine a decision instead of re-making it
+  from ``x_t`` alone: meant for data on a discrete set (occupied / empty voxels).
 - **Guidance** ``pred = uncond + w (cond - uncond)`` is applied to the model's raw output. Every conversion
   from the raw output to eps (or x0) is affine in the output with coefficients fixed by ``x_t`` and ``t``, and
   the guidance weights (1 - w, w) sum to one, so this is exactly guidance on eps, whatever ``prediction`` is.
@@ -129,6 +135,12 @@ class GaussianDiffusion:
             weighting the noise levels like x0-prediction does: the v loss weighted by (1 - ā).
         blend_sigma_data: the data scale σ_d of the ``"blend"`` prediction (module docstring): one number,
             or one per channel (dim 1), e.g. each offset channel's own scale.
+        self_condition: condition the model on its own previous x0 estimate (module docstring); the model
+            then takes ``2C`` input channels for ``C``-channel data.
+        self_condition_prob: the fraction of training batches that get the first-pass estimate (the rest
+            get zeros, which is what the first sampling step sees).
+        self_condition_clip: clamp the training first-pass estimate to ``(low, high)``, as ``sample(clip_x0=)``
+            clamps the estimate a sampler passes on (None: no clamp).
 
     A plain Python object with no parameters or buffers: the float64 schedule stays on the CPU and the few
     coefficients a call needs are cast to the data's dtype and device (cached per device), so neither
@@ -136,7 +148,9 @@ class GaussianDiffusion:
     """
 
     def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000,
-                 loss_space: str = "prediction", blend_sigma_data: float | Sequence[float] = 1.0) -> None:
+                 loss_space: str = "prediction", blend_sigma_data: float | Sequence[float] = 1.0,
+                 self_condition: bool = False, self_condition_prob: float = 0.5,
+                 self_condition_clip: tuple[float, float] | None = None) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
         scales = [float(blend_sigma_data)] if isinstance(blend_sigma_data, (int, float)) else [float(v) for v in blend_sigma_data]
@@ -151,6 +165,11 @@ class GaussianDiffusion:
         self._tables: dict[torch.device, torch.Tensor] = {}
         self.channel_predictions: tuple[str, ...] | None = None
         self.timestep_spacing = "uniform"  # default of ``sample(spacing=None)``
+        if not 0.0 <= self_condition_prob <= 1.0:
+            raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
+        self.self_condition = bool(self_condition)
+        self.self_condition_prob = float(self_condition_prob)
+        self.self_condition_clip = None if self_condition_clip is None else (float(self_condition_clip[0]), float(self_condition_clip[1]))
 
     def set_channel_predictions(self, kinds: Sequence[str] | None) -> None:
         """Predict a different quantity per channel (dim 1): e.g. ``["x0", "v", "v", "v"]``.
@@ -178,6 +197,8 @@ class GaussianDiffusion:
     def __repr__(self) -> str:
         per_channel = f", channel_predictions={self.channel_predictions!r}" if self.channel_predictions else ""
         loss = f", loss_space={self.loss_space!r}" if self.loss_space != "prediction" else ""
+        if self.self_condition:
+            loss += ", self_condition=True"
         if "blend" in (self.channel_predictions or (self.prediction,)):
             loss += f", blend_sigma_data={self.blend_sigma_data!r}"
         return (f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}{loss}, "
@@ -302,6 +323,15 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ training
 
+    def model_input(self, x_t: torch.Tensor, x0_estimate: torch.Tensor | None) -> torch.Tensor:
+        """What the model is given for ``x_t``: ``x_t`` itself, or with self-conditioning ``x_t`` and the x0
+        estimate (zeros when None) concatenated along dim 1: (B, C, ...) -> (B, 2C, ...)."""
+        if not self.self_condition:
+            return x_t
+        if x0_estimate is None:
+            x0_estimate = torch.zeros_like(x_t)
+        return torch.cat([x_t, x0_estimate.detach().to(x_t.dtype)], dim=1)
+
     def training_loss(
         self,
         model: Model,
@@ -327,6 +357,8 @@ class GaussianDiffusion:
                 the loss is ``mean(weights * (pred - target)**2)`` over all elements.
             t_index, noise: optional (B,) step indices and x0-shaped noise to use instead of drawing them
                 (a deterministic validation loss draws them per structure from the structure's index).
+                Given both, a self-conditioned model always gets its first-pass estimate (as when sampling),
+                so the loss stays deterministic.
         Returns:
             scalar loss.
         """
@@ -334,6 +366,7 @@ class GaussianDiffusion:
             raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         b, device = x0.shape[0], x0.device
         gen_device = generator.device if generator is not None else device
+        fixed = t_index is not None and noise is not None
         if t_index is None:
             t_index = torch.randint(0, self.T, (b,), generator=generator, device=gen_device).to(device)
         if noise is None:
@@ -342,7 +375,14 @@ class GaussianDiffusion:
         keep = None
         if cond is not None and cond_drop_prob > 0.0:
             keep = (torch.rand((b,), generator=generator, device=gen_device) >= cond_drop_prob).to(device)
-        pred = model(x_t, self.time(t_index, x0.dtype), cond, keep)
+        t = self.time(t_index, x0.dtype)
+        estimate = None
+        if self.self_condition and (fixed or float(torch.rand((), generator=generator, device=gen_device)) < self.self_condition_prob):
+            with torch.no_grad():
+                estimate = self.split_prediction(model(self.model_input(x_t, None), t, cond, keep), x_t, t_index)[0]
+                if self.self_condition_clip is not None:
+                    estimate = estimate.clamp(*self.self_condition_clip)
+        pred = model(self.model_input(x_t, estimate), t, cond, keep)
         if pred.shape != x0.shape:
             raise ValueError(f"model output has shape {tuple(pred.shape)}, expected {tuple(x0.shape)}")
         if self.loss_space == "x0":
@@ -359,32 +399,34 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ sampling
 
     def _model_prediction(self, model: Model, x: torch.Tensor, t_index: int, cond: torch.Tensor | None,
-                          guidance_scale: float) -> torch.Tensor:
-        """Raw (guided) model output at step ``t_index`` for the whole batch."""
+                          guidance_scale: float, x0_estimate: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw (guided) model output at step ``t_index`` for the whole batch (``x0_estimate``: the previous
+        step's x0 for a self-conditioned model)."""
         b = x.shape[0]
         t = self.time(t_index, x.dtype).to(x.device).expand(b)
+        inp = self.model_input(x, x0_estimate)
         if cond is None or guidance_scale == 0.0:
             # Unconditional: one call. guidance_scale == 0 takes this path so that it is *exactly* the
             # unconditional sampler, bit for bit.
-            return model(x, t, None, None)
+            return model(inp, t, None, None)
         if guidance_scale == 1.0:
-            return model(x, t, cond, None)
+            return model(inp, t, cond, None)
         # One batched call: the first half conditional, the second half with the condition dropped.
         keep = torch.cat([torch.ones(b, dtype=torch.bool, device=x.device),
                           torch.zeros(b, dtype=torch.bool, device=x.device)])
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, cond]), keep)
+        out = model(torch.cat([inp, inp]), torch.cat([t, t]), torch.cat([cond, cond]), keep)
         cond_pred, uncond_pred = out[:b], out[b:]
         return classifier_free_guidance(uncond_pred, cond_pred, guidance_scale)
 
     def _posterior_step(self, model: Model, x: torch.Tensor, i: int, cond: torch.Tensor | None, guidance_scale: float,
                         clip_x0: tuple[float, float] | None, posterior: Callable[[torch.Tensor], torch.Tensor],
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        x0_estimate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, eps, unit gradient of the posterior loss of x0_hat with respect to x_t through the model)."""
         from lightning_gcd.diffusion.guidance import straight_through_clamp, unit_per_sample
 
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
-            x0, eps = self.split_prediction(self._model_prediction(model, xr, i, cond, guidance_scale), xr, i)
+            x0, eps = self.split_prediction(self._model_prediction(model, xr, i, cond, guidance_scale, x0_estimate), xr, i)
             x0_hat = straight_through_clamp(x0, *clip_x0) if clip_x0 is not None else x0
             (g,) = torch.autograd.grad(posterior(x0_hat).sum(), xr)
         return x0.detach(), eps.detach(), unit_per_sample(g)
@@ -489,6 +531,7 @@ class GaussianDiffusion:
 
             iterator = tqdm(timesteps, desc=f"{sampler} sampling", total=len(timesteps))
         x0_prev, h_prev = None, None  # DPM-Solver++: the previous step's x0 prediction and log-SNR step
+        x0_estimate = None  # self-conditioning: the previous step's x0 (after clipping and projection)
         for k, i in enumerate(iterator):
             i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
             a = float(ac[i])
@@ -498,10 +541,10 @@ class GaussianDiffusion:
 
             guide = None
             if posterior is not None and posterior_scale > 0:
-                x0, eps, guide = self._posterior_step(model, x, i, cond, guidance_scale, clip_x0, posterior)
+                x0, eps, guide = self._posterior_step(model, x, i, cond, guidance_scale, clip_x0, posterior, x0_estimate)
                 guide = posterior_scale * (1.0 - a / a_prev) * guide  # beta_k * rho * unit gradient
             else:
-                pred = self._model_prediction(model, x, i, cond, guidance_scale)
+                pred = self._model_prediction(model, x, i, cond, guidance_scale, x0_estimate)
                 x0, eps = self.split_prediction(pred, x, i)
             if clip_x0 is not None or project_x0 is not None:
                 if clip_x0 is not None:
@@ -509,6 +552,7 @@ class GaussianDiffusion:
                 if project_x0 is not None:
                     x0 = project_x0(x0)
                 eps = self.eps_from_x0(x, i, x0)
+            x0_estimate = x0
 
             if i_prev < 0:
                 # Last step: ā_prev = 1, both samplers return the predicted x0 (no noise).

@@ -58,6 +58,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
             (``project_to_grid``: occupancy exactly 0 or 1, offsets 0 in empty voxels); the attribute of the
             same name switches it on a loaded model (``experiments/crystals/few_step.py``'s ``+project``).
             Measured: it empties few-step samples (fcc, 10 steps: 12-16 of 32 atoms), so it is off.
+        self_condition: give the U-Net its own previous clean-grid estimate as extra input channels
+            (``GaussianDiffusion``'s self-conditioning): each sampling step refines which voxels hold atoms
+            instead of deciding afresh. Costs one extra no-gradient forward pass on half the training batches.
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
 
@@ -79,9 +82,11 @@ class GrandCanonicalDiffusion(DiffusionModule):
         offset_sigma_data: float = 0.05,
         loss_space: Literal["prediction", "x0"] = "prediction",
         x0_projection: bool = False,
+        self_condition: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space)
+        self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space,
+                                           self_condition=self_condition, self_condition_clip=(-1.0, 1.0))
         self.encoding: VoxelEncoding | None = None
         super().__init__(**kwargs)
         self.save_hyperparameters()
@@ -120,7 +125,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
                     raise GcdError(f"offset_sigma_data must be positive (Å), got {sigma}")
                 self.diffusion.blend_sigma_data = tuple([1.0] * n_occ + [2.0 * sigma / float(s) for s in info["spacing"]])
         return PeriodicUNet3d(
-            in_channels=self.encoding.n_channels,
+            in_channels=self.encoding.n_channels * (2 if hp.get("self_condition") else 1),
+            out_channels=self.encoding.n_channels,
             base_channels=hp.base_channels,
             channel_mults=tuple(hp.channel_mults),
             num_res_blocks=hp.num_res_blocks,

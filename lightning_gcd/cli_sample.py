@@ -31,6 +31,12 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="with --n-atoms: mass density of the cubic cell (default: the training data's mean)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's sample_steps)")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm2m | dpm2m-sde (voxel), em | pc (particle); default: the model's")
+    p.add_argument("--restarts", type=int, default=None, metavar="N",
+                   help="voxel model: restart sampling, N times back to --restart-t (default: the model's "
+                        "sample_restarts; 0 for none)")
+    p.add_argument("--restart-t", type=float, default=None, metavar="T",
+                   help="voxel model: the noise level restarts go back to, a fraction of the training steps in "
+                        "(0, 1) (default: the model's sample_restart_t)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (0 = unconditional, 1 = conditional)")
     p.add_argument("--condition-from", default=None, metavar="DATASET:INDEX",
                    help="use the conditioning properties of structure INDEX of an HDF5 dataset")
@@ -154,6 +160,14 @@ def run_sample(args: argparse.Namespace) -> int:
         raise GcdError("--inpaint samples the source structure's own cell without a condition: drop --grid, "
                        "--supercell, --n-atoms, --condition-from, --spectrum and --forward-ckpt")
     model = load_model(args.ckpt, map_location=args.device)
+    if args.restarts is not None or args.restart_t is not None:
+        if not hasattr(model, "sample_restarts"):
+            raise GcdError("--restarts and --restart-t apply to the voxel model only")
+        restarts = model.sample_restarts if args.restarts is None else args.restarts
+        level = model.sample_restart_t if args.restart_t is None else args.restart_t
+        if restarts < 0 or not 0.0 < level < 1.0:
+            raise GcdError(f"--restarts must be >= 0 and --restart-t in (0, 1), got {restarts} and {level}")
+        model.sample_restarts, model.sample_restart_t = int(restarts), float(level)
     if args.inpaint is not None:
         return _run_inpaint(args, model)
     info = model.info

@@ -27,7 +27,7 @@ def _load_compare():
 
 TINY = ["--phases", "fcc", "--steps", "20", "--samples", "2", "--count", "12", "--batch-size", "4",
         "--voxel-sample-steps", "4", "--particle-sample-steps", "4", "--particle-sampler", "pc",
-        "--extra-samplers", "voxel:ddim-3",
+        "--extra-samplers", "voxel:ddim-3", "voxel:ddpm-4+r1@0.5",
         "--set", "voxel.model.base_channels=8", "--set", "particle.model.hidden=16", "--set", "particle.model.layers=1",
         "--threads", "1", "--quiet"]
 
@@ -68,14 +68,20 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     assert fcc["models"]["particle"]["n_atoms_hist"] == {"32": 2}  # the particle model's count is fixed
     assert fcc["models"]["particle"]["sampler"] == "pc" and fcc["models"]["voxel"]["sampler"] == "ddpm"
     variants = fcc["models"]["voxel"]["variants"]  # the same trained model, another sampler
-    assert [(v["sampler"], v["sample_steps"]) for v in variants] == [("ddim", 3)]
+    # without a suffix a variant keeps the profile's restart sampling (quick: 2 restarts back to 0.5 T)
+    assert [(v["sampler"], v["sample_steps"], v["restarts"]) for v in variants] == [("ddim", 3, 2), ("ddpm", 4, 1)]
+    # a restart back to 0.5 T repeats the chain's steps at or below it: 2 of DDPM-4's (999, 666, 333, 0)
+    assert variants[1]["restart_t"] == 0.5 and variants[1]["network_evaluations"] == 4 + 2
+    voxel = fcc["models"]["voxel"]
+    assert voxel["restarts"] == 2 and voxel["network_evaluations"] == 4 + 2 * 2
     assert all(f in variants[0] for f in ("phase_match", "phase_match_strict", "displacement_rms", "n_atoms_hist"))
     assert fcc["models"]["particle"]["variants"] == []
     assert returned["phases"]["fcc"]["models"]["voxel"]["steps"] == 20
 
     md = (out / "results.md").read_text()
     assert "| phase | model | match 0.5 Å | match 0.2 Å |" in md
-    assert md.count("| fcc Cu |") == 4  # training data, voxel (two samplers), particle rows
+    assert md.count("| fcc Cu |") == 5  # training data, voxel (three samplers), particle rows
+    assert "↳ same model, DDPM-4 +1 restarts @0.5T" in md and "GCDM voxel, DDPM-4 +2 restarts @0.5T" in md
 
     for name in ("phase_match.png", "rdf_fcc.png", "n_atoms_fcc.png"):
         png = out / name
@@ -99,9 +105,12 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     assert few["summary"]["dpm2m-sde-2@logsnr+project"]["nfe_saving"] == 2.0
     assert json.loads((tmp_path / "few" / "few_step.json").read_text())["samplers"] == list(runs)
     assert (tmp_path / "few" / "few_step.png").read_bytes()[:4] == b"\x89PNG"
-    assert few_step.parse_sampler("ddim-10@quadratic") == ("ddim", 10, "quadratic", False)
+    assert few_step.parse_sampler("ddim-10@quadratic") == ("ddim", 10, "quadratic", False, (0, 0.3))
+    assert few_step.parse_sampler("ddpm-10@logsnr+project+r2@0.4") == ("ddpm", 10, "logsnr", True, (2, 0.4))
     with pytest.raises(SystemExit, match="SAMPLER-STEPS"):
         few_step.parse_sampler("ddpm-10+proj")
+    with pytest.raises(SystemExit, match="restart suffix"):
+        few_step.parse_sampler("ddpm-10+r2")  # a restart needs its level
 
 
 def test_profiles_and_overrides() -> None:
@@ -119,6 +128,11 @@ def test_profiles_and_overrides() -> None:
     assert s["steps"] == 7 and s["particle"]["model"]["hidden"] == 8 and s["voxel"]["model"]["channel_mults"] == [1, 2, 2]
     with pytest.raises(SystemExit):
         compare.resolve_settings(parser.parse_args(["--samples", "0"]))
+    assert compare.parse_variant("voxel:ddpm-100+r0") == ("voxel", "ddpm", 100, (0, 0.3))
+    assert compare.parse_variant("voxel:ddim-50") == ("voxel", "ddim", 50, None)
+    for bad in ("particle:pc-10+r1@0.3", "voxel:ddpm-100+r2@1.5"):
+        with pytest.raises(SystemExit):
+            compare.parse_variant(bad)
     # the voxel offsets are blended at the data's thermal scale, which --sigma moves along
     assert quick["voxel"]["model"]["offset_prediction"] == "blend"
     assert quick["voxel"]["model"]["offset_sigma_data"] == quick["thermal_sigma"]

@@ -13,6 +13,7 @@ import torch
 from conftest import REPO, run_gcd
 from datamodules.builders.crystals import default_spec
 from datamodules.datamodule import AtomsDataModule
+from lightning_gcd.diffusion.vp import respaced_timesteps
 from lightning_gcd.errors import GcdError
 from lightning_gcd.metrics.phase_match import phase_matches
 from lightning_gcd.models.loading import load_model
@@ -131,6 +132,12 @@ def test_gcd_fit_then_sample_at_twice_the_cell(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert "grid 16×16×16" in run.stderr
     np.testing.assert_allclose(ase.io.read(out, "0").cell.lengths(), [14.45] * 3, atol=0.01)  # 256 Cu at 8.96 g/cm³
+    # restart sampling from the command line; a bad level is a clear error
+    run = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--n", "1", "--steps", "4", "--restarts", "1", "--restart-t", "0.5",
+                  "--out", str(tmp_path / "restart.extxyz"), "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    bad = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--restarts", "1", "--restart-t", "2", "--out", "x.extxyz", cwd=tmp_path)
+    assert bad.returncode == 2 and "--restart-t in (0, 1)" in bad.stderr
     bad = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--density", "2", "--out", "x.extxyz", cwd=tmp_path)
     assert bad.returncode == 2 and "--density applies with --n-atoms" in bad.stderr
     bad = run_gcd("sample", "--ckpt", str(tmp_path / "nothing.ckpt"), "--n", "1", "--out", "x.extxyz", cwd=tmp_path)
@@ -168,3 +175,10 @@ def test_self_conditioned_voxel_model_trains_saves_and_samples(tmp_path: Path, f
     assert loaded.diffusion.self_condition and loaded.net.in_channels == 8
     samples = loaded.sample(loaded.sample_template(2), steps=3, sampler="ddpm", seed=0, progress=False)
     assert len(samples) == 2
+    # restart sampling on the loaded model: the attributes switch it on, the evaluations count it
+    loaded.sample_restarts, loaded.sample_restart_t = 1, 0.5
+    below = [i for i in respaced_timesteps(1000, 3) if i <= loaded.restart_t_index]
+    assert loaded.restart_t_index == 500 and loaded.sample_evaluations(3, "ddpm") == 3 + len(below)
+    assert len(loaded.sample(loaded.sample_template(2), steps=3, sampler="ddpm", seed=0, progress=False)) == 2
+    with pytest.raises(GcdError, match="sample_restart_t"):
+        GrandCanonicalDiffusion(sample_restarts=1, sample_restart_t=1.0)

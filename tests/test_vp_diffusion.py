@@ -489,3 +489,23 @@ def test_self_conditioning_training_passes_and_sampler_feeds_previous_x0():
     assert torch.allclose(rec.inputs[-1][:, 3:], torch.full((4, 3), 0.4))
     with pytest.raises(ValueError, match="self_condition_prob"):
         GaussianDiffusion(self_condition=True, self_condition_prob=1.5)
+
+
+def test_restart_sampling_repeats_the_low_noise_steps():
+    d = GaussianDiffusion("x0", "cosine", 1000)
+    rec = _Recorder(0.0)
+    d.sample(rec, (2, 3), sampler="ddpm", steps=10, restarts=2, restart_t_index=400)
+    times = [round(c[1][0].item() * 1000) - 1 for c in rec.calls]  # back to step indices
+    chain = respaced_timesteps(1000, 10)
+    below = [i for i in chain if i <= 400]
+    assert times == chain + below + below  # the chain, then twice its steps at or below the restart level
+    assert d.network_evaluations(10, restarts=2, restart_t_index=400) == len(times) == 10 + 2 * len(below)
+    assert d.network_evaluations(10) == 10
+    # a restart re-noises with fresh noise: the result differs from the plain chain's, reproducibly
+    net = _tiny_net()
+    plain = d.sample(net, (1, 1, 8, 8, 8), "ddpm", steps=6, generator=torch.Generator().manual_seed(0))
+    again = [d.sample(net, (1, 1, 8, 8, 8), "ddpm", steps=6, restarts=1, restart_t_index=300,
+                      generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    assert torch.equal(again[0], again[1]) and not torch.equal(plain, again[0])
+    with pytest.raises(ValueError, match="restart_t_index"):
+        d.sample(rec, (2, 3), steps=4, restarts=1)

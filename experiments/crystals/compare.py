@@ -139,6 +139,7 @@ import json
 import logging
 import math
 import os
+import re
 import platform
 import sys
 import time
@@ -191,9 +192,13 @@ PROFILES: dict[str, dict[str, Any]] = {
             # (0.05 Å) and the loss on x0: with x0-prediction the 1,200-step samples were ideal crystals
             # (displacement RMS 0.000-0.009 Å on sc/fcc/bcc against the data's 0.085; g(r) L1 5-6); blend gave
             # fcc 98 % with RMS 0.084 Å and g(r) L1 0.15 (module docstring)
+            # restart sampling (2 restarts back to 0.5 T after the DDPM-100 chain: 202 network evaluations):
+            # on the 2026-12-01 checkpoints, 256 diamond samples went from 81 % to 92 % (0.3 T: 91 %; 4 restarts
+            # at 0.3 T: 90 %), 64 fcc/bcc samples from 98 % to 100 %, hcp 94 % -> 95 % (0.3 T: 91 %)
             "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention": False,
                       "prediction": "x0", "offset_prediction": "blend", "offset_sigma_data": 0.05, "loss_space": "x0",
-                      "lr": 5e-4, "warmup_steps": 20, "ema_decay": 0.99},
+                      "lr": 5e-4, "warmup_steps": 20, "ema_decay": 0.99,
+                      "sample_restarts": 2, "sample_restart_t": 0.5},
             "spacing": None,  # the coarsest grid that keeps one atom per voxel (8^3 for fcc Cu)
             # diamond Si: 8^3 (voxel a/4 = 1.36 Å, both fcc sublattices on the voxel lattice, bonds along voxel
             # diagonals) instead of the 12^3 that the one-atom-per-voxel rule picks (its 10 % margin rejects
@@ -221,8 +226,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             "sampler": "pc",
             "sample_steps": 300,
         },
-        # other sampler settings evaluated on the same trained models (cheap for the voxel model)
-        "extra_samplers": ["voxel:ddim-50"],
+        # other sampler settings evaluated on the same trained models (cheap for the voxel model): the
+        # chain without restarts, and DDIM-50
+        "extra_samplers": ["voxel:ddpm-100+r0", "voxel:ddim-50+r0"],
     },
     "paper": {
         "description": "one GPU: larger networks, more steps and samples",
@@ -241,7 +247,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "voxel": {
             "model": {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 2, "attention": True,
                       "prediction": "x0", "offset_prediction": "blend", "offset_sigma_data": 0.05, "loss_space": "x0",
-                      "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999},
+                      "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999, "sample_restarts": 2, "sample_restart_t": 0.5},
             "spacing": None,
             "sampler": "ddpm",
             "sample_steps": 250,
@@ -255,7 +261,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "sampler": "pc",
             "sample_steps": 1000,
         },
-        "extra_samplers": ["voxel:ddim-100", "particle:em-1000"],
+        "extra_samplers": ["voxel:ddpm-250+r0", "voxel:ddim-100+r0", "particle:em-1000"],
     },
 }
 
@@ -368,18 +374,34 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
-def parse_variant(spec: str) -> tuple[str, str, int]:
-    """``"voxel:ddim-200"`` -> ("voxel", "ddim", 200)."""
+RESTARTS_SUFFIX = re.compile(r"\+r(\d+)(?:@([0-9.]+))?$")
+
+
+def split_restarts(spec: str) -> tuple[str, tuple[int, float] | None]:
+    """``"ddpm-100+r2@0.3"`` -> ("ddpm-100", (2, 0.3)): 2 restarts back to 0.3 T (the voxel model's restart
+    sampling); ``"ddpm-100+r0"`` -> ("ddpm-100", (0, 0.3)): none; without the suffix, None (the model's own)."""
+    match = RESTARTS_SUFFIX.search(spec)
+    if match is None:
+        return spec, None
+    restarts, level = int(match[1]), float(match[2]) if match[2] else 0.3
+    if restarts and match[2] is None or not 0.0 < level < 1.0:
+        raise SystemExit(f"{spec!r}: a restart suffix is +rN@T with T in (0, 1), e.g. +r2@0.3, or +r0 for none")
+    return spec[:match.start()], (restarts, level)
+
+
+def parse_variant(spec: str) -> tuple[str, str, int, tuple[int, float] | None]:
+    """``"voxel:ddim-200"`` -> ("voxel", "ddim", 200, None); ``"voxel:ddpm-100+r0"`` -> (..., (0, 0.3))."""
     try:
         kind, rest = spec.split(":", 1)
+        rest, restarts = split_restarts(rest)
         sampler, steps = rest.rsplit("-", 1)
         steps_i = int(steps)
     except ValueError:
-        raise SystemExit(f"--extra-samplers takes MODEL:SAMPLER-STEPS (e.g. voxel:ddpm-100), got {spec!r}") from None
+        raise SystemExit(f"--extra-samplers takes MODEL:SAMPLER-STEPS[+rN@T] (e.g. voxel:ddpm-100+r0), got {spec!r}") from None
     valid = {"voxel": ("ddim", "ddpm", "dpm2m", "dpm2m-sde"), "particle": ("em", "pc")}
-    if kind not in valid or sampler not in valid[kind] or steps_i < 1:
-        raise SystemExit(f"--extra-samplers: {spec!r} is not one of voxel:ddim|ddpm-N, particle:em|pc-N")
-    return kind, sampler, steps_i
+    if kind not in valid or sampler not in valid[kind] or steps_i < 1 or (restarts and kind != "voxel"):
+        raise SystemExit(f"--extra-samplers: {spec!r} is not one of voxel:ddim|ddpm-N[+rN@T], particle:em|pc-N")
+    return kind, sampler, steps_i, restarts
 
 
 def machine_info(settings: dict[str, Any]) -> dict[str, Any]:
@@ -586,13 +608,19 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
     sample_steps = int(settings[kind]["sample_steps"])
     n = int(settings["samples"])
 
-    def sample_and_evaluate(sampler: str, sample_steps: int, name: str):
+    def sample_and_evaluate(sampler: str, sample_steps: int, name: str, restarts: tuple[int, float] | None = None):
+        if kind == "voxel":  # restart sampling: the profile's (in the model's settings) unless the variant says
+            model.sample_restarts, model.sample_restart_t = restarts or (
+                int(settings["voxel"]["model"].get("sample_restarts", 0)), float(settings["voxel"]["model"].get("sample_restart_t", 0.3)))
         t0 = time.perf_counter()
         samples = model.sample(model.sample_template(n), batch_size=min(n, 64), steps=sample_steps, sampler=sampler,
                                seed=int(settings["seed"]) + 1, progress=False)
         sample_s = time.perf_counter() - t0
         res, crv = evaluate(samples, metrics, ideal, float(settings["strict_tolerance"]))
         res.update({"sampler": sampler, "sample_steps": sample_steps, "sample_seconds": sample_s})
+        if kind == "voxel":
+            res.update({"restarts": model.sample_restarts, "restart_t": model.sample_restart_t,
+                        "network_evaluations": model.sample_evaluations(sample_steps, sampler)})
         nonempty = [a for a in samples if len(a)]
         if nonempty:  # keep the samples for later inspection
             import ase.io
@@ -603,11 +631,14 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
         return res, crv
 
     results, curves = sample_and_evaluate(sampler, sample_steps, f"{phase}-{kind}")
+    main_restarts = (int(results.get("restarts", 0)), float(results.get("restart_t", 0.3)))
     variants = []
     for spec in settings.get("extra_samplers", []):
-        vkind, vsampler, vsteps = parse_variant(spec)
-        if vkind == kind and (vsampler, vsteps) != (sampler, sample_steps):
-            res, _ = sample_and_evaluate(vsampler, vsteps, f"{phase}-{kind}-{vsampler}{vsteps}")
+        vkind, vsampler, vsteps, vrestarts = parse_variant(spec)
+        same_restarts = vrestarts is None or vrestarts == main_restarts or (vrestarts[0] == 0 == main_restarts[0])
+        if vkind == kind and not ((vsampler, vsteps) == (sampler, sample_steps) and same_restarts):
+            suffix = f"-r{vrestarts[0]}" if vrestarts else ""
+            res, _ = sample_and_evaluate(vsampler, vsteps, f"{phase}-{kind}-{vsampler}{vsteps}{suffix}", vrestarts)
             variants.append(res)
     results["variants"] = variants
     results.update({
@@ -640,7 +671,7 @@ def _finish_wandb(logger, results: dict[str, Any], plots: Sequence[Path]) -> Non
     scalars["time/train_seconds"] = results["train_seconds"]
     scalars["time/sample_seconds"] = results["sample_seconds"]
     for v in results.get("variants", []):  # other sampler settings of the same model
-        prefix = f"val_{v['sampler']}{v['sample_steps']}"
+        prefix = f"val_{v['sampler']}{v['sample_steps']}" + (f"_r{v['restarts']}" if "restarts" in v else "")
         scalars.update({f"{prefix}/{k}": x for k, x in v.items()
                         if isinstance(x, (int, float)) and not isinstance(x, bool) and k != "sample_seconds"})
     logger.log_metrics(scalars)
@@ -673,6 +704,14 @@ def _pct(v: Any) -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.0f}%"
 
 
+def sampler_label(run: dict[str, Any]) -> str:
+    """"DDPM-100", or "DDPM-100 +2 restarts @0.3T" for the voxel model's restart sampling."""
+    label = f"{run['sampler'].upper()}-{run['sample_steps']}"
+    if run.get("restarts"):
+        label += f" +{run['restarts']} restarts @{run['restart_t']:g}T"
+    return label
+
+
 def _hist_text(hist: dict[str, int], target: int, limit: int = 5) -> str:
     items = sorted(((int(k), int(v)) for k, v in hist.items()), key=lambda kv: (-kv[1], kv[0]))
     shown = [f"{k}×{v}" if k != target else f"**{k}**×{v}" for k, v in items[:limit]]
@@ -692,7 +731,9 @@ def results_markdown(results: dict[str, Any]) -> str:
         + f" and batch {s['batch_size']} for BOTH models, "
         f"{s['samples']} samples each; {s['count']} rattled 2×2×2 cells per phase (80 % train), thermal σ "
         f"{s['thermal_sigma']} Å per component. Voxel: U-Net {s['voxel']['model'].get('base_channels')} channels, "
-        f"mults {s['voxel']['model'].get('channel_mults')}, {s['voxel']['sampler'].upper()}-{s['voxel']['sample_steps']}. "
+        f"mults {s['voxel']['model'].get('channel_mults')}, {s['voxel']['sampler'].upper()}-{s['voxel']['sample_steps']}"
+        + (f" +{s['voxel']['model']['sample_restarts']} restarts @{s['voxel']['model'].get('sample_restart_t', 0.3):g}T"
+           if s["voxel"]["model"].get("sample_restarts") else "") + ". "
         f"Particle: MPNN hidden {s['particle']['model'].get('hidden')}, {s['particle']['model'].get('layers')} layers, "
         f"{s['particle']['sampler'].upper()}-{s['particle']['sample_steps']}.",
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
@@ -713,8 +754,8 @@ def results_markdown(results: dict[str, Any]) -> str:
                      f"{_pct(d['phase_match_strict'])} | {_fmt(d['displacement_rms'], 3)} | — | {d['n_atoms']} | 0 | "
                      f"**{d['n_atoms']}**×{d['n_structures']} | 0% | — | — |")
         for kind, run in entry["models"].items():
-            for r, label in [(run, f"{MODEL_LABELS[kind]}, {run['sampler'].upper()}-{run['sample_steps']}")] + [
-                    (v, f"↳ same model, {v['sampler'].upper()}-{v['sample_steps']}") for v in run.get("variants", [])]:
+            for r, label in [(run, f"{MODEL_LABELS[kind]}, {sampler_label(run)}")] + [
+                    (v, f"↳ same model, {sampler_label(v)}") for v in run.get("variants", [])]:
                 lines.append(
                     f"| {phase} {entry['element']} | {label} | {_pct(r['phase_match'])} | "
                     f"{_pct(r['phase_match_strict'])} | {_fmt(r['displacement_rms'], 3)} | {_fmt(r['rdf_l1'], 3)} | "
@@ -1007,7 +1048,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{res['n_atoms_target']}, viol. {res['min_distance_violations']:.0%}; train {res['train_seconds']:.0f} s, "
             f"sample {res['sample_seconds']:.0f} s;{extra}; elapsed {time.perf_counter() - start:.0f} s")
         for v in res["variants"]:
-            say(f"[compare]   same model, {v['sampler']}-{v['sample_steps']}: match {v['phase_match']:.0%} / "
+            say(f"[compare]   same model, {sampler_label(v)}: match {v['phase_match']:.0%} / "
                 f"{v['phase_match_strict']:.0%}, disp RMS {_fmt(v['displacement_rms'], 3)} Å, mean n "
                 f"{v['n_atoms_mean']:.1f}, viol. {v['min_distance_violations']:.0%}; sample {v['sample_seconds']:.0f} s")
 

@@ -5,7 +5,8 @@ Loads the voxel checkpoints that ``experiments/crystals/compare.py`` left in its
 sampler/step pair given (same seed for all), and scores them exactly as the comparison does (phase match
 at 0.5 Å and 0.2 Å, displacement RMS from ideal sites, atom counts). The first sampler is the reference;
 the JSON says for every other one whether it stays within ``--margin`` points of it on every phase, and
-with how many times fewer network evaluations (NFE = steps: none of these samplers costs an extra call).
+with how many times fewer network evaluations (NFE: the steps, plus the restarts' steps where a ``+rN@T``
+suffix asks for restart sampling; none of these samplers costs an extra call per step).
 
     python experiments/crystals/compare.py --profile quick          # trains the models (or reuse a run)
     python experiments/crystals/few_step.py --out experiments/crystals/results/few_step
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import PHASES, _jsonable, data_reference, evaluate, machine_info  # noqa: E402
+from compare import PHASES, _jsonable, data_reference, evaluate, machine_info, split_restarts  # noqa: E402
 
 DEFAULT_SAMPLERS = ["ddpm-100", "ddpm-10", "ddim-10", "dpm2m-10", "dpm2m-sde-10", "dpm2m-20", "ddim-20"]
 
@@ -32,30 +33,33 @@ DEFAULT_SAMPLERS = ["ddpm-100", "ddpm-10", "ddim-10", "dpm2m-10", "dpm2m-sde-10"
 PROJECT = "+project"
 
 
-def parse_sampler(spec: str) -> tuple[str, int, str, bool]:
-    """``"dpm2m-sde-10"`` -> ("dpm2m-sde", 10, "uniform", False); ``"ddim-10@logsnr"`` -> ("ddim", 10,
-    "logsnr", False); a ``+project`` suffix (``"ddpm-10@logsnr+project"``) projects every step's predicted
-    grid onto the nearest valid grid (``GrandCanonicalDiffusion.project_to_grid``): the last field True."""
+def parse_sampler(spec: str) -> tuple[str, int, str, bool, tuple[int, float]]:
+    """``"dpm2m-sde-10"`` -> ("dpm2m-sde", 10, "uniform", False, (0, 0.3)); ``"ddim-10@logsnr"`` -> ("ddim",
+    10, "logsnr", False, (0, 0.3)); a ``+project`` suffix (``"ddpm-10@logsnr+project"``) projects every step's
+    predicted grid onto the nearest valid grid (``GrandCanonicalDiffusion.project_to_grid``): the fourth field
+    True; a last ``+rN@T`` suffix (``"ddpm-100+r2@0.3"``) adds N restarts back to T × the training steps."""
     from lightning_gcd.diffusion.vp import SAMPLERS, TIMESTEP_SPACINGS
 
-    project = spec.endswith(PROJECT)
-    base, _, spacing = spec.removesuffix(PROJECT).partition("@")
+    rest, restarts = split_restarts(spec)
+    project = rest.endswith(PROJECT)
+    base, _, spacing = rest.removesuffix(PROJECT).partition("@")
     spacing = spacing or "uniform"
     name, _, steps = base.rpartition("-")
     if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1 or spacing not in TIMESTEP_SPACINGS:
-        raise SystemExit(f"sampler {spec!r}: expected SAMPLER-STEPS[@SPACING][{PROJECT}] with SAMPLER one of "
-                         f"{', '.join(SAMPLERS)} and SPACING one of {', '.join(TIMESTEP_SPACINGS)}")
-    return name, int(steps), spacing, project
+        raise SystemExit(f"sampler {spec!r}: expected SAMPLER-STEPS[@SPACING][{PROJECT}][+rN@T] with SAMPLER one "
+                         f"of {', '.join(SAMPLERS)} and SPACING one of {', '.join(TIMESTEP_SPACINGS)}")
+    return name, int(steps), spacing, project, restarts or (0, 0.3)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/crystals_compare", help="compare.py's work folder (default: %(default)s)")
     p.add_argument("--phases", nargs="+", choices=PHASES, default=None, help="default: every phase with a voxel checkpoint")
-    p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="SAMPLER-STEPS[@SPACING][+project]",
+    p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="SAMPLER-STEPS[@SPACING][+project][+rN@T]",
                    help="the first is the reference; @quadratic or @logsnr places the steps otherwise than evenly "
                         "(lightning_gcd.diffusion.vp.respaced_timesteps); +project projects each step's predicted "
-                        "grid onto the nearest valid grid (default: %(default)s)")
+                        "grid onto the nearest valid grid; +rN@T restarts the chain N times from T × the "
+                        "training steps (default: %(default)s)")
     p.add_argument("--samples", type=int, default=32, help="structures per sampler and phase (default 32)")
     p.add_argument("--seed", type=int, default=1, help="sampling seed, the same for every sampler (default 1)")
     p.add_argument("--margin", type=float, default=0.02, help="allowed drop in phase match (default 0.02 = 2 points)")
@@ -99,13 +103,14 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    def family(spec: str) -> str:  # sampler, spacing and projection: one line per family
-        name, _, spacing, project = parse_sampler(spec)
-        return (name if spacing == "uniform" else f"{name}@{spacing}") + (PROJECT if project else "")
+    def family(spec: str) -> str:  # sampler, spacing, projection and restarts: one line per family
+        name, _, spacing, project, (restarts, level) = parse_sampler(spec)
+        return ((name if spacing == "uniform" else f"{name}@{spacing}") + (PROJECT if project else "")
+                + (f"+r{restarts}@{level:g}" if restarts else ""))
 
     names = sorted({family(s) for s in results["samplers"]})
     for name in names:
-        specs = sorted((parse_sampler(s)[1], s) for s in results["samplers"] if family(s) == name)
+        specs = sorted((results["summary"][s]["nfe"], s) for s in results["samplers"] if family(s) == name)
         nfe = [n for n, _ in specs]
         mean = [sum(e["samplers"][s]["phase_match"] for e in results["phases"].values()) / len(results["phases"])
                 for _, s in specs]
@@ -149,16 +154,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data_path = candidates[-1]  # the newest: the one the checkpoint was trained on
         ideal, metrics, data_numbers = data_reference(data_path, 0.5, 0.2)
         entry: dict[str, Any] = {"checkpoint": str(ckpt), "dataset": str(data_path), "data": data_numbers, "samplers": {}}
-        for spec, (sampler, steps, spacing, project) in zip(args.samplers, specs):
+        for spec, (sampler, steps, spacing, project, (restarts, level)) in zip(args.samplers, specs):
             model.diffusion.timestep_spacing = spacing
             model.x0_projection = project
+            model.sample_restarts, model.sample_restart_t = restarts, level
             t0 = time.perf_counter()
             samples = model.sample(model.sample_template(args.samples), batch_size=min(args.samples, 64), steps=steps,
                                    sampler=sampler, seed=args.seed, progress=False)
             seconds = time.perf_counter() - t0
             res, _ = evaluate(samples, metrics, ideal, 0.2)
-            res.update({"sampler": sampler, "nfe": steps, "spacing": spacing, "x0_projection": project,
-                        "sample_seconds": seconds})
+            res.update({"sampler": sampler, "nfe": model.sample_evaluations(steps, sampler), "spacing": spacing,
+                        "x0_projection": project, "restarts": restarts, "restart_t": level, "sample_seconds": seconds})
             entry["samplers"][spec] = res
             print(f"[few-step] {phase} {spec}: match {res['phase_match']:.0%} / {res['phase_match_strict']:.0%}, disp "
                   f"{res['displacement_rms']:.3f} Å (data {data_numbers['displacement_rms']:.3f}), mean n "
@@ -166,10 +172,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["phases"][phase] = entry
     ref = args.samplers[0]
     results["summary"] = {}
-    for spec, (_, steps, _, _) in zip(args.samplers, specs):
+    first = next(iter(results["phases"].values()))["samplers"]
+    for spec in args.samplers:
         drops = [e["samplers"][spec]["phase_match"] - e["samplers"][ref]["phase_match"] for e in results["phases"].values()]
+        nfe = first[spec]["nfe"]
         results["summary"][spec] = {
-            "nfe": steps, "nfe_saving": specs[0][1] / steps, "worst_drop_points": 100 * min(drops),
+            "nfe": nfe, "nfe_saving": first[ref]["nfe"] / nfe, "worst_drop_points": 100 * min(drops),
             "within_margin": min(drops) >= -args.margin - 1e-9,
             "sample_seconds": sum(e["samplers"][spec]["sample_seconds"] for e in results["phases"].values()),
         }

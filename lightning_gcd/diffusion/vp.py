@@ -398,6 +398,15 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ sampling
 
+    def network_evaluations(self, steps: int | None = None, spacing: str | None = None, restarts: int = 0,
+                            restart_t_index: int | None = None) -> int:
+        """Model calls per sample (per guidance branch) of ``sample`` with these settings."""
+        timesteps = respaced_timesteps(self.T, self.T if steps is None else int(steps),
+                                       spacing or self.timestep_spacing, self.schedule.alphas_cumprod)
+        if not restarts:
+            return len(timesteps)
+        return len(timesteps) + int(restarts) * sum(1 for i in timesteps if i <= int(restart_t_index or 0))
+
     def _model_prediction(self, model: Model, x: torch.Tensor, t_index: int, cond: torch.Tensor | None,
                           guidance_scale: float, x0_estimate: torch.Tensor | None = None) -> torch.Tensor:
         """Raw (guided) model output at step ``t_index`` for the whole batch (``x0_estimate``: the previous
@@ -452,6 +461,8 @@ class GaussianDiffusion:
         posterior_scale: float = 0.0,
         spacing: str | None = None,
         project_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        restarts: int = 0,
+        restart_t_index: int | None = None,
     ) -> torch.Tensor:
         """Generate samples by ancestral DDPM or DDIM on ``steps`` respaced steps.
 
@@ -491,6 +502,13 @@ class GaussianDiffusion:
                 voxel grid's nearest valid grid (occupancy exactly 0 or 1); eps is recomputed from it. The
                 "clamping trick" of Diffusion-LM (Li et al. 2022) for data that lives on a discrete set:
                 it keeps few-step samplers from carrying half-decided values from one step to the next.
+            restarts: after the chain, re-noise the sample to the first of its steps at or below
+                ``restart_t_index`` with fresh noise (``q_sample``) and run the chain's remaining steps again,
+                this many times (Restart sampling, Xu et al. 2023). A nearly finished sample with a local
+                defect (a missing atom, a misplaced one) is taken back to where the network can still
+                repair it while the rest of the structure keeps it in register. Costs ``restarts`` × the
+                number of steps at or below ``restart_t_index`` extra network evaluations.
+            restart_t_index: the step index the restarts go back to (0 < index < T).
         Returns:
             (shape) samples.
         """
@@ -524,62 +542,78 @@ class GaussianDiffusion:
                 raise ValueError(f"known_mask of shape {tuple(known_mask.shape)} does not broadcast to {shape}")
 
         ac = self.schedule.alphas_cumprod  # float64, CPU: per-step scalars in double precision
-        x = _randn(shape, generator, device, dtype)  # x at step T-1 ~ N(0, I) (ā[T-1] ≈ 0)
-        iterator = timesteps
+        restart_steps: list[int] = []
+        if restarts:
+            if restart_t_index is None or not 0 < int(restart_t_index) < self.T:
+                raise ValueError(f"restarts need restart_t_index in (0, T={self.T}), got {restart_t_index}")
+            restart_steps = [i for i in timesteps if i <= int(restart_t_index)]
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            iterator = tqdm(timesteps, desc=f"{sampler} sampling", total=len(timesteps))
-        x0_prev, h_prev = None, None  # DPM-Solver++: the previous step's x0 prediction and log-SNR step
-        x0_estimate = None  # self-conditioning: the previous step's x0 (after clipping and projection)
-        for k, i in enumerate(iterator):
-            i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
-            a = float(ac[i])
-            a_prev = float(ac[i_prev]) if i_prev >= 0 else 1.0
-            if known is not None:
-                x = torch.where(known_mask, self.q_sample(known, i, _randn(shape, generator, device, dtype)), x)
+            bar = tqdm(desc=f"{sampler} sampling", total=len(timesteps) + restarts * len(restart_steps))
 
-            guide = None
-            if posterior is not None and posterior_scale > 0:
-                x0, eps, guide = self._posterior_step(model, x, i, cond, guidance_scale, clip_x0, posterior, x0_estimate)
-                guide = posterior_scale * (1.0 - a / a_prev) * guide  # beta_k * rho * unit gradient
-            else:
-                pred = self._model_prediction(model, x, i, cond, guidance_scale, x0_estimate)
-                x0, eps = self.split_prediction(pred, x, i)
-            if clip_x0 is not None or project_x0 is not None:
-                if clip_x0 is not None:
-                    x0 = x0.clamp(*clip_x0)
-                if project_x0 is not None:
-                    x0 = project_x0(x0)
-                eps = self.eps_from_x0(x, i, x0)
-            x0_estimate = x0
+        def denoise(x: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+            """Run the sampler from ``x`` at ``timesteps[0]`` down to the clean end."""
+            x0_prev, h_prev = None, None  # DPM-Solver++: the previous step's x0 prediction and log-SNR step
+            x0_estimate = None  # self-conditioning: the previous step's x0 (after clipping and projection)
+            for k, i in enumerate(timesteps):
+                if bar is not None:
+                    bar.update(1)
+                i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
+                a = float(ac[i])
+                a_prev = float(ac[i_prev]) if i_prev >= 0 else 1.0
+                if known is not None:
+                    x = torch.where(known_mask, self.q_sample(known, i, _randn(shape, generator, device, dtype)), x)
 
-            if i_prev < 0:
-                # Last step: ā_prev = 1, both samplers return the predicted x0 (no noise).
-                x = x0 if guide is None else x0 - guide
-                break
-            if sampler.startswith("dpm2m"):
-                # first order on the first step (no history) and on the last solver step (to ā[0], where the
-                # log-SNR step is several times the previous one and the extrapolation would amplify errors;
-                # "lower order final" of Lu et al.)
-                history = x0_prev if k + 2 < len(timesteps) else None
-                x, sigma, h_prev = self._dpm2m_step(x, x0, history, h_prev, a, a_prev, sde=sampler == "dpm2m-sde")
-                x0_prev = x0
-            elif sampler == "ddim":
-                sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
-                x = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
-            else:
-                # Posterior q(x_prev | x_t, x0) of the respaced chain with beta = 1 - ā/ā_prev.
-                beta = 1.0 - a / a_prev
-                coef_x0 = math.sqrt(a_prev) * beta / (1.0 - a)
-                coef_xt = math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a)
-                sigma = math.sqrt(beta * (1.0 - a_prev) / (1.0 - a))
-                x = coef_x0 * x0 + coef_xt * x
-            if guide is not None:
-                x = x - guide
-            if sigma > 0.0:
-                x = x + sigma * _randn(shape, generator, device, dtype)
+                guide = None
+                if posterior is not None and posterior_scale > 0:
+                    x0, eps, guide = self._posterior_step(model, x, i, cond, guidance_scale, clip_x0, posterior, x0_estimate)
+                    guide = posterior_scale * (1.0 - a / a_prev) * guide  # beta_k * rho * unit gradient
+                else:
+                    pred = self._model_prediction(model, x, i, cond, guidance_scale, x0_estimate)
+                    x0, eps = self.split_prediction(pred, x, i)
+                if clip_x0 is not None or project_x0 is not None:
+                    if clip_x0 is not None:
+                        x0 = x0.clamp(*clip_x0)
+                    if project_x0 is not None:
+                        x0 = project_x0(x0)
+                    eps = self.eps_from_x0(x, i, x0)
+                x0_estimate = x0
 
+                if i_prev < 0:
+                    # Last step: ā_prev = 1, both samplers return the predicted x0 (no noise).
+                    x = x0 if guide is None else x0 - guide
+                    break
+                if sampler.startswith("dpm2m"):
+                    # first order on the first step (no history) and on the last solver step (to ā[0], where the
+                    # log-SNR step is several times the previous one and the extrapolation would amplify errors;
+                    # "lower order final" of Lu et al.)
+                    history = x0_prev if k + 2 < len(timesteps) else None
+                    x, sigma, h_prev = self._dpm2m_step(x, x0, history, h_prev, a, a_prev, sde=sampler == "dpm2m-sde")
+                    x0_prev = x0
+                elif sampler == "ddim":
+                    sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
+                    x = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
+                else:
+                    # Posterior q(x_prev | x_t, x0) of the respaced chain with beta = 1 - ā/ā_prev.
+                    beta = 1.0 - a / a_prev
+                    coef_x0 = math.sqrt(a_prev) * beta / (1.0 - a)
+                    coef_xt = math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a)
+                    sigma = math.sqrt(beta * (1.0 - a_prev) / (1.0 - a))
+                    x = coef_x0 * x0 + coef_xt * x
+                if guide is not None:
+                    x = x - guide
+                if sigma > 0.0:
+                    x = x + sigma * _randn(shape, generator, device, dtype)
+
+            return x
+
+        x = denoise(_randn(shape, generator, device, dtype), timesteps)  # from x at step T-1 ~ N(0, I) (ā[T-1] ≈ 0)
+        for _ in range(restarts):  # back to the restart level with fresh noise, then down again
+            x = denoise(self.q_sample(x, restart_steps[0], _randn(shape, generator, device, dtype)), restart_steps)
+        if bar is not None:
+            bar.close()
         if known is not None:
             x = torch.where(known_mask, known, x)
         return x

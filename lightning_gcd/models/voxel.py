@@ -61,6 +61,10 @@ class GrandCanonicalDiffusion(DiffusionModule):
         self_condition: give the U-Net its own previous clean-grid estimate as extra input channels
             (``GaussianDiffusion``'s self-conditioning): each sampling step refines which voxels hold atoms
             instead of deciding afresh. Costs one extra no-gradient forward pass on half the training batches.
+        sample_restarts, sample_restart_t: restart sampling (``GaussianDiffusion.sample``'s ``restarts``):
+            after the chain, take the sample back to noise level ``sample_restart_t`` (a fraction of the
+            training steps, 0-1) and run the chain's steps below it again, ``sample_restarts`` times. The
+            attributes of the same names switch it on a loaded model.
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
 
@@ -83,6 +87,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
         loss_space: Literal["prediction", "x0"] = "prediction",
         x0_projection: bool = False,
         self_condition: bool = False,
+        sample_restarts: int = 0,
+        sample_restart_t: float = 0.3,
         **kwargs: Any,
     ) -> None:
         self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space,
@@ -91,6 +97,11 @@ class GrandCanonicalDiffusion(DiffusionModule):
         super().__init__(**kwargs)
         self.save_hyperparameters()
         self.x0_projection = x0_projection
+        if sample_restarts < 0 or not 0.0 < sample_restart_t < 1.0:
+            raise GcdError(f"sample_restarts must be >= 0 and sample_restart_t in (0, 1), got {sample_restarts}, "
+                           f"{sample_restart_t}")
+        self.sample_restarts = int(sample_restarts)
+        self.sample_restart_t = float(sample_restart_t)
 
     # ------------------------------------------------------------------------------------------------
     def data_info_from(self, datamodule: Any) -> dict[str, Any]:
@@ -221,6 +232,16 @@ class GrandCanonicalDiffusion(DiffusionModule):
         weights = torch.gather(weight, 1, order) * mask.to(x0.dtype)
         return frac, numbers, mask, cell, weights
 
+    @property
+    def restart_t_index(self) -> int:
+        """The step index restart sampling goes back to (``sample_restart_t`` of the training steps)."""
+        return int(round(self.sample_restart_t * (self.diffusion.T - 1)))
+
+    def sample_evaluations(self, steps: int | None = None, sampler: str | None = None) -> int:
+        """U-Net calls per sample with the current sampler settings (restarts included)."""
+        _, steps = self.sampler_choice(sampler, steps)
+        return self.diffusion.network_evaluations(steps, restarts=self.sample_restarts, restart_t_index=self.restart_t_index)
+
     def grid_for_cell(self, cell: torch.Tensor, n_atoms: int | None = None) -> tuple[int, int, int]:
         """Voxel counts of a cell, rounded to the U-Net's downsampling factor.
 
@@ -279,5 +300,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
             known=known,
             known_mask=known_mask,
             project_x0=self.project_to_grid if self.x0_projection else None,
+            restarts=self.sample_restarts,
+            restart_t_index=self.restart_t_index,
         )
         return self.encoding.decode(self.from_model_space(x), cell.float())

@@ -150,3 +150,14 @@ def test_compare_serial_path(tmp_path: Path) -> None:
     run = results["phases"]["fcc"]["models"]["voxel"]
     assert run["steps"] == 5 and sum(run["n_atoms_hist"].values()) == 1 and run["variants"] == []
     assert json.loads((out / "results.json").read_text())["settings"]["jobs"] == 1
+
+
+def test_a_failed_worker_is_named_and_the_other_runs_are_kept(tmp_path: Path) -> None:
+    compare = _load_compare()
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit, match=r"fcc-particle: worker exited with 1; log .*fcc-particle\.log"):
+        compare.main([*TINY, "--steps", "2", "--samples", "1", "--extra-samplers", "--set", "particle.model.lr=-1",
+                      "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["phases"]["fcc"]["models"]) == ["voxel"]
+    assert "Traceback" in (tmp_path / "work" / "tasks" / "fcc-particle.log").read_text()

@@ -509,3 +509,5 @@ def test_restart_sampling_repeats_the_low_noise_steps():
     assert torch.equal(again[0], again[1]) and not torch.equal(plain, again[0])
     with pytest.raises(ValueError, match="restart_t_index"):
         d.sample(rec, (2, 3), steps=4, restarts=1)
+    with pytest.raises(ValueError, match="chain step at or below"):
+        d.sample(rec, (2, 3), steps=1, restarts=1, restart_t_index=500)

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the spectrum condition (1: conditional)")
     p.add_argument("--particle-steps", type=int, default=64, help="Euler-Maruyama steps (the paper's 64)")
     p.add_argument("--voxel-steps", type=int, default=100, help="DDPM steps")
+    p.add_argument("--voxel-restarts", type=int, default=0, help="restart sampling of the voxel model: N restarts (default 0)")
+    p.add_argument("--voxel-restart-t", type=float, default=0.5, help="the level restarts go back to, × T (default 0.5)")
     p.add_argument("--density-tolerance", type=float, default=0.05, help="g/cm³: training cells counted as 'this density'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["timings"][f"train_{kind}_s"] = time.time() - t
         model = load_model(path, base=DiffusionModule)
         sampler, steps = ("em", args.particle_steps) if kind == "particle" else ("ddpm", args.voxel_steps)
+        if kind == "voxel":
+            model.sample_restarts, model.sample_restart_t = args.voxel_restarts, args.voxel_restart_t
         for e in entries:
             cond = torch.as_tensor(e["condition"], dtype=torch.float32)
             for n_atoms in (64, args.n_atoms):

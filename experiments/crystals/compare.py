@@ -28,10 +28,10 @@ are rewritten after every run, so a long run can be inspected while it goes.
 
 Profiles (all overridable: ``--steps``, ``--samples``, ``--batch-size``, ``--sigma``, ``--count``, ...):
 
-``quick``  a 2-core CPU, all five phases and both models, sized for under 45 minutes: about 33 estimated on
-           the machine of 2026-11-25, 96 measured on the 3.2x slower AMD EPYC of 2026-11-30, 65 on the AMD EPYC of
-           2026-12-01 with 64 samples and other jobs on both cores (one torch thread, so the second core stays
-           free; see ``PROFILES`` for the measured reasons of each number).
+``quick``  a 2-core CPU, all five phases and both models, sized for under 45 minutes: 33 measured on the AMD
+           EPYC of 2026-12-01 with two runs at a time (``--jobs 2``, one torch thread each; one run at a time with
+           other jobs on both cores it took 65; 96 on the 3.2x slower AMD EPYC of 2026-11-30); see ``PROFILES``
+           for the measured reasons of each number.
 ``paper``  a GPU: larger networks, 20k steps, 256 samples, more sampler steps, ``accelerator="auto"``.
 
 Measurements behind the quick profile (2-core CPU shared with other jobs, one torch thread, σ 0.05 Å,
@@ -133,8 +133,8 @@ length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differ
     where ancestral noise can no longer move an occupancy across 0.5.
   - Restart sampling (``sample_restarts``: after the chain, noise the sample back to ``sample_restart_t`` × T
     with fresh noise and run the chain's lower steps again), same checkpoints, DDPM-100, seed 1: diamond,
-    256 samples: none 81 %, 2 restarts at 0.3 T 91 % (162 evaluations), 2 at 0.5 T 92 % (202; right count 97 %
-    against 90 %), 4 at 0.3 T 90 % (224); 64 samples: hcp 94 % / 91 % (2 at 0.3 T) / 95 % (2 at 0.5 T),
+    256 samples: none 81 %, 2 restarts at 0.3 T 91 % (160 evaluations), 2 at 0.5 T 92 % (200; right count 97 %
+    against 90 %), 4 at 0.3 T 90 % (220); 64 samples: hcp 94 % / 91 % (2 at 0.3 T) / 95 % (2 at 0.5 T),
     fcc 98 % / 100 % / 100 %, bcc 98 % / 100 % (2 at 0.5 T), sc 100 % throughout. Hence 2 restarts at 0.5 T.
   - Projecting each step's x0 onto the nearest valid grid (occupancy exactly 0/1, Diffusion-LM's clamping
     trick; ``few_step.py`` ``+project``) on the v-offset fcc checkpoint: DDPM-100 95 % (unprojected 94 %),
@@ -206,7 +206,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             # (0.05 Å) and the loss on x0: with x0-prediction the 1,200-step samples were ideal crystals
             # (displacement RMS 0.000-0.009 Å on sc/fcc/bcc against the data's 0.085; g(r) L1 5-6); blend gave
             # fcc 98 % with RMS 0.084 Å and g(r) L1 0.15 (module docstring)
-            # restart sampling (2 restarts back to 0.5 T after the DDPM-100 chain: 202 network evaluations):
+            # restart sampling (2 restarts back to 0.5 T after the DDPM-100 chain: 200 network evaluations):
             # on the 2026-12-01 checkpoints, 256 diamond samples went from 81 % to 92 % (0.3 T: 91 %; 4 restarts
             # at 0.3 T: 90 %), 64 fcc/bcc samples from 98 % to 100 %, hcp 94 % -> 95 % (0.3 T: 91 %)
             "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention": False,

@@ -547,6 +547,9 @@ class GaussianDiffusion:
             if restart_t_index is None or not 0 < int(restart_t_index) < self.T:
                 raise ValueError(f"restarts need restart_t_index in (0, T={self.T}), got {restart_t_index}")
             restart_steps = [i for i in timesteps if i <= int(restart_t_index)]
+            if not restart_steps:  # one step: [T-1] only
+                raise ValueError(f"restarts need a chain step at or below restart_t_index {restart_t_index}; "
+                                 f"this chain has {timesteps}")
         bar = None
         if progress:
             from tqdm.auto import tqdm

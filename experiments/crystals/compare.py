@@ -622,10 +622,12 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
     sample_steps = int(settings[kind]["sample_steps"])
     n = int(settings["samples"])
 
+    # the voxel model's own restart sampling (from the profile's model settings); a variant may ask for other
+    own_restarts = (model.sample_restarts, model.sample_restart_t) if kind == "voxel" else (0, 0.3)
+
     def sample_and_evaluate(sampler: str, sample_steps: int, name: str, restarts: tuple[int, float] | None = None):
-        if kind == "voxel":  # restart sampling: the profile's (in the model's settings) unless the variant says
-            model.sample_restarts, model.sample_restart_t = restarts or (
-                int(settings["voxel"]["model"].get("sample_restarts", 0)), float(settings["voxel"]["model"].get("sample_restart_t", 0.3)))
+        if kind == "voxel":
+            model.sample_restarts, model.sample_restart_t = restarts or own_restarts
         t0 = time.perf_counter()
         samples = model.sample(model.sample_template(n), batch_size=min(n, 64), steps=sample_steps, sampler=sampler,
                                seed=int(settings["seed"]) + 1, progress=False)
@@ -645,11 +647,10 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
         return res, crv
 
     results, curves = sample_and_evaluate(sampler, sample_steps, f"{phase}-{kind}")
-    main_restarts = (int(results.get("restarts", 0)), float(results.get("restart_t", 0.3)))
     variants = []
     for spec in settings.get("extra_samplers", []):
         vkind, vsampler, vsteps, vrestarts = parse_variant(spec)
-        same_restarts = vrestarts is None or vrestarts == main_restarts or (vrestarts[0] == 0 == main_restarts[0])
+        same_restarts = vrestarts is None or vrestarts == own_restarts or (vrestarts[0] == 0 == own_restarts[0])
         if vkind == kind and not ((vsampler, vsteps) == (sampler, sample_steps) and same_restarts):
             suffix = f"-r{vrestarts[0]}" if vrestarts else ""
             res, _ = sample_and_evaluate(vsampler, vsteps, f"{phase}-{kind}-{vsampler}{vsteps}{suffix}", vrestarts)
@@ -737,6 +738,9 @@ def _hist_text(hist: dict[str, int], target: int, limit: int = 5) -> str:
 def results_markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     m = results["machine"]
+    vm = s["voxel"]["model"]
+    voxel_sampler = sampler_label({"sampler": s["voxel"]["sampler"], "sample_steps": s["voxel"]["sample_steps"],
+                                   "restarts": vm.get("sample_restarts"), "restart_t": vm.get("sample_restart_t", 0.3)})
     lines = [
         "# Crystalline phases: particle baseline vs grand canonical voxel model",
         "",
@@ -745,9 +749,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         + f" and batch {s['batch_size']} for BOTH models, "
         f"{s['samples']} samples each; {s['count']} rattled 2×2×2 cells per phase (80 % train), thermal σ "
         f"{s['thermal_sigma']} Å per component. Voxel: U-Net {s['voxel']['model'].get('base_channels')} channels, "
-        f"mults {s['voxel']['model'].get('channel_mults')}, {s['voxel']['sampler'].upper()}-{s['voxel']['sample_steps']}"
-        + (f" +{s['voxel']['model']['sample_restarts']} restarts @{s['voxel']['model'].get('sample_restart_t', 0.3):g}T"
-           if s["voxel"]["model"].get("sample_restarts") else "") + ". "
+        f"mults {s['voxel']['model'].get('channel_mults')}, {voxel_sampler}. "
         f"Particle: MPNN hidden {s['particle']['model'].get('hidden')}, {s['particle']['model'].get('layers')} layers, "
         f"{s['particle']['sampler'].upper()}-{s['particle']['sample_steps']}.",
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
@@ -916,8 +918,7 @@ def replot(out: Path, notes: Sequence[str] = ()) -> dict[str, Any]:
     if notes:
         results["notes"] = [*results.get("notes", []), *notes]
     raw = json.loads(curves_path.read_text())
-    curves = {phase: {kind: {k: np.asarray([np.nan if x is None else x for x in v], dtype=float) for k, v in c.items()}
-                      for kind, c in per.items()} for phase, per in raw.items()}
+    curves = {phase: {kind: _curves_from_json(c) for kind, c in per.items()} for phase, per in raw.items()}
     write_outputs(results, curves, out)
     return results
 

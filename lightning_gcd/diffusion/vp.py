@@ -398,14 +398,27 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ sampling
 
-    def network_evaluations(self, steps: int | None = None, spacing: str | None = None, restarts: int = 0,
-                            restart_t_index: int | None = None) -> int:
-        """Model calls per sample (per guidance branch) of ``sample`` with these settings."""
+    def chain(self, steps: int | None = None, spacing: str | None = None, restarts: int = 0,
+              restart_t_index: int | None = None) -> tuple[list[int], list[int]]:
+        """The step indices ``sample`` visits: the chain (``steps`` respaced with ``spacing``) and the part of
+        it each restart runs again (its steps at or below ``restart_t_index``; empty without restarts)."""
         timesteps = respaced_timesteps(self.T, self.T if steps is None else int(steps),
                                        spacing or self.timestep_spacing, self.schedule.alphas_cumprod)
         if not restarts:
-            return len(timesteps)
-        return len(timesteps) + int(restarts) * sum(1 for i in timesteps if i <= int(restart_t_index or 0))
+            return timesteps, []
+        if restart_t_index is None or not 0 < int(restart_t_index) < self.T:
+            raise ValueError(f"restarts need restart_t_index in (0, T={self.T}), got {restart_t_index}")
+        restart_steps = [i for i in timesteps if i <= int(restart_t_index)]
+        if not restart_steps:  # one step: [T-1] only
+            raise ValueError(f"restarts need a chain step at or below restart_t_index {restart_t_index}; "
+                             f"this chain has {timesteps}")
+        return timesteps, restart_steps
+
+    def network_evaluations(self, steps: int | None = None, spacing: str | None = None, restarts: int = 0,
+                            restart_t_index: int | None = None) -> int:
+        """Model calls per sample (per guidance branch) of ``sample`` with these settings."""
+        timesteps, restart_steps = self.chain(steps, spacing, restarts, restart_t_index)
+        return len(timesteps) + int(restarts) * len(restart_steps)
 
     def _model_prediction(self, model: Model, x: torch.Tensor, t_index: int, cond: torch.Tensor | None,
                           guidance_scale: float, x0_estimate: torch.Tensor | None = None) -> torch.Tensor:
@@ -521,8 +534,7 @@ class GaussianDiffusion:
         if clip_x0 is not None and not clip_x0[0] < clip_x0[1]:
             raise ValueError(f"clip_x0 must be (low, high) with low < high, got {clip_x0}")
         shape = tuple(int(s) for s in shape)
-        timesteps = respaced_timesteps(self.T, self.T if steps is None else int(steps),
-                                       spacing or self.timestep_spacing, self.schedule.alphas_cumprod)
+        timesteps, restart_steps = self.chain(steps, spacing, restarts, restart_t_index)
 
         if device is None:
             params = getattr(model, "parameters", None)
@@ -542,14 +554,6 @@ class GaussianDiffusion:
                 raise ValueError(f"known_mask of shape {tuple(known_mask.shape)} does not broadcast to {shape}")
 
         ac = self.schedule.alphas_cumprod  # float64, CPU: per-step scalars in double precision
-        restart_steps: list[int] = []
-        if restarts:
-            if restart_t_index is None or not 0 < int(restart_t_index) < self.T:
-                raise ValueError(f"restarts need restart_t_index in (0, T={self.T}), got {restart_t_index}")
-            restart_steps = [i for i in timesteps if i <= int(restart_t_index)]
-            if not restart_steps:  # one step: [T-1] only
-                raise ValueError(f"restarts need a chain step at or below restart_t_index {restart_t_index}; "
-                                 f"this chain has {timesteps}")
         bar = None
         if progress:
             from tqdm.auto import tqdm

@@ -259,7 +259,7 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     target's density (particle: exactly N atoms; voxel: the grid for N atoms), one FEFF site per run."""
     files = _shipped_files(tmp_path)
     out = tmp_path / "guided"
-    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(out), "--max-targets", "1",
+    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(out), "--targets", "2",
                                    "--samples", "1", "--prior-steps", "3", "--forward-epochs", "1", "--particle-steps", "2",
                                    "--voxel-steps", "2", "--n-atoms", "128", "--feff-sites", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -272,4 +272,23 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
         if run["model"] == "particle":
             assert run["n_atoms_mean"] == 128
             assert "feff_rel_l2" in run["feff"][0] or run["feff"][0]["errors"]
+    assert list(results["targets"]) == ["2"]
     assert target["n_atoms"] == 64 and (out / "guided.png").read_bytes()[:4] == b"\x89PNG"
+    for run in runs:  # every FEFF site of a run's samples, pooled
+        used = sum(e.get("feff_sites_used", 0) for e in run["feff"])
+        assert run.get("feff_pooled_sites", 0) == used and (used == 0) == ("feff_pooled_rel_l2" not in run)
+    # --merge: runs made separately (here: this run split by model) join into one results file and plot
+    curves = json.loads((out / "curves.json").read_text())
+    for model in ("particle", "voxel"):
+        part = tmp_path / model
+        part.mkdir()
+        (part / "results.json").write_text(json.dumps({**results, "runs": [r for r in runs if r["model"] == model]}))
+        (part / "curves.json").write_text(json.dumps(curves))
+    merged_dir = tmp_path / "merged"
+    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(merged_dir),
+                                   "--merge", str(tmp_path / "particle"), str(tmp_path / "voxel")]) == 0
+    merged = json.loads((merged_dir / "results.json").read_text())
+    assert sorted((r["model"], r["mode"]) for r in merged["runs"]) == sorted((r["model"], r["mode"]) for r in runs)
+    assert (merged_dir / "guided.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="--targets"):
+        _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "bad"), "--targets", "100000"])

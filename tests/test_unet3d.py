@@ -144,3 +144,25 @@ def test_double_precision_network():
     x = torch.randn(2, 2, 8, 8, 8, dtype=torch.float64)
     out = net(x, torch.tensor([0.1, 0.9], dtype=torch.float64))
     assert out.dtype == torch.float64 and out.shape == x.shape
+
+
+def test_geometry_input_is_required_used_and_never_dropped():
+    """geometry_dim > 0: every call must pass a (B, geometry_dim) geometry, which changes the output also
+    where the condition is dropped (classifier-free guidance drops the spectrum, not the voxel spacing)."""
+    net = _small_net(cond_dim=4, geometry_dim=3, attention=False, channel_mults=(1, 2))
+    g = torch.Generator().manual_seed(5)
+    x, t, cond = torch.randn(2, 2, 8, 8, 8, generator=g), torch.rand(2, generator=g), torch.randn(2, 4, generator=g)
+    small, large = torch.zeros(2, 3), torch.ones(2, 3)
+    drop = torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        assert not torch.allclose(net(x, t, cond, geometry=small), net(x, t, cond, geometry=large))
+        assert not torch.allclose(net(x, t, cond, drop, geometry=small), net(x, t, cond, drop, geometry=large))
+        assert torch.equal(net(x, t, None, geometry=small), net(x, t, cond, drop, geometry=small))
+    with pytest.raises(ValueError, match=r"needs a \(2, 3\) geometry, got None"):
+        net(x, t, cond)
+    with pytest.raises(ValueError, match=r"got \(2, 2\)"):
+        net(x, t, cond, geometry=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="geometry_dim=0"):
+        _small_net()(x, t, geometry=small)
+    with pytest.raises(ValueError, match="geometry_dim must be >= 0"):
+        PeriodicUNet3d(2, geometry_dim=-1)

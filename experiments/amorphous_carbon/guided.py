@@ -66,7 +66,9 @@ def train_forward(path: str, epochs: int, out: Path):
     return out / "forward.ckpt"
 
 
-def train_prior(kind: str, path: str, steps: int, out: Path):
+def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: bool = False):
+    """Train the particle or voxel prior (spectrum-conditioned, CFG dropout 0.2) for ``steps`` on ``path``;
+    ``voxel_geometry``: the voxel U-Net is told each grid's voxel spacing (``geometry_condition``)."""
     import lightning as L
 
     from datamodules.datamodule import AtomsDataModule
@@ -80,7 +82,8 @@ def train_prior(kind: str, path: str, steps: int, out: Path):
         model = ParticleDiffusion(hidden=64, layers=3, cutoff=3.0, sigma_max=0.8, sigma_min=0.01, lr=2e-3, **common)
     else:
         dm = AtomsDataModule(path, view="voxel", batch_size=4, conditions=["xanes"])
-        model = GrandCanonicalDiffusion(base_channels=16, channel_mults=(1, 2), attention=False, lr=5e-4, **common)
+        model = GrandCanonicalDiffusion(base_channels=16, channel_mults=(1, 2), attention=False, lr=5e-4,
+                                        geometry_condition=voxel_geometry, **common)
     trainer = _trainer(max_steps=steps)
     trainer.fit(model, dm)
     trainer.save_checkpoint(out / f"{kind}.ckpt")
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="experiments/amorphous_carbon/results")
     parser.add_argument("--split", default="test", help="targets: the structures of this split")
     parser.add_argument("--max-targets", type=int, default=2)
+    parser.add_argument("--targets", type=int, nargs="+", help="dataset indices of the targets (instead of --split)")
+    parser.add_argument("--merge", nargs="+", metavar="DIR",
+                        help="join the results of runs made separately (e.g. one per model, in parallel) into --out")
     parser.add_argument("--models", nargs="+", default=["particle", "voxel"], choices=["particle", "voxel"])
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--prior-steps", type=int, default=1500)
@@ -151,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge([Path(d) for d in args.merge], args.data, out)
     started = time.time()
     timings: dict[str, float] = {}
     with AtomsH5(args.data) as data:
         energy = np.asarray(data.attrs["meta_xanes_energy"], dtype=np.float64)
-        target_ids = [int(i) for i in data.split(args.split)[: args.max_targets]]
+        target_ids = args.targets or [int(i) for i in data.split(args.split)[: args.max_targets]]
+        if not all(0 <= i < len(data) for i in target_ids):
+            raise SystemExit(f"--targets: {args.data} has structures 0-{len(data) - 1}, got {target_ids}")
         targets = {i: (data.atoms(i), np.asarray(data.structure_property("xanes", i), dtype=np.float64),
                        np.asarray(data.atom_property("xanes", i)), np.asarray(data.atom_property("xanes_mask", i), bool))
                    for i in target_ids}
@@ -239,11 +249,18 @@ def main(argv: list[str] | None = None) -> int:
                     entry = {"sample": k, "sites": sites.tolist(), "errors": errors}
                     if len(spectra):
                         entry["feff_rel_l2"] = rel_l2(spectra.mean(0), spectrum)
+                        entry["feff_mean_spectrum"] = spectra.mean(0).tolist()
+                        entry["feff_sites_used"] = len(spectra)
                         entry["forward_same_sites_rel_l2"] = rel_l2(
                             forward_sites(forward, a, sites).mean(0), spectrum)
                         curves["spectra"][f"{kind} {mode} target {i} FEFF"] = spectra.mean(0).tolist()
                     feff.append(entry)
                 run["feff"] = feff
+                pooled = [(e["feff_mean_spectrum"], e["feff_sites_used"]) for e in feff if "feff_mean_spectrum" in e]
+                if pooled:  # every FEFF site of the run's samples together: the run's spectrum by FEFF
+                    mean = np.average([m for m, _ in pooled], axis=0, weights=[n for _, n in pooled])
+                    run["feff_pooled_rel_l2"] = rel_l2(mean, spectrum)
+                    run["feff_pooled_sites"] = int(sum(n for _, n in pooled))
                 results["runs"].append(run)
                 curves["g"][f"{kind} {mode} target {i}"] = g_mean.tolist()
                 curves["spectra"][f"{kind} {mode} target {i} forward"] = np.nanmean(pred, 0).tolist()
@@ -266,13 +283,39 @@ def forward_sites(forward, atoms, sites) -> np.ndarray:
     return per_atom[torch.as_tensor(sites)].numpy()
 
 
+def merge(dirs: list[Path], data: str, out: Path) -> int:
+    """Join the ``results.json``/``curves.json`` of separate runs (same targets) into ``out``, replot."""
+    from datamodules.h5format import AtomsH5
+
+    parts = [(json.loads((d / "results.json").read_text()), json.loads((d / "curves.json").read_text())) for d in dirs]
+    results, curves = parts[0]
+    for other, other_curves in parts[1:]:
+        if set(other["targets"]) != set(results["targets"]):
+            raise SystemExit(f"--merge: the runs have different targets ({sorted(results['targets'])} vs {sorted(other['targets'])})")
+        results["runs"] += other["runs"]
+        for key in ("g", "spectra"):
+            curves[key].update(other_curves[key])
+    results["merged_from"] = [str(d) for d in dirs]
+    with AtomsH5(data) as h5:
+        energy = np.asarray(h5.attrs["meta_xanes_energy"], dtype=np.float64)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (out / "curves.json").write_text(json.dumps(curves) + "\n")
+    plot(results, curves, energy, out / "guided.png")
+    print(json.dumps(summary(results), indent=1))
+    return 0
+
+
 def summary(results: dict) -> dict:
-    """Mean over targets per (model, mode)."""
+    """Mean over targets per (model, mode); ``sp3_gap``: mean |sp3 − the target's sp3|."""
     table: dict = {}
+    targets = {str(i): target for i, target in results["targets"].items()}  # int keys in memory, str in JSON
     for run in results["runs"]:
         row = table.setdefault(f"{run['model']} {run['mode']}", {})
         for key in ("forward_rel_l2", "rdf_l1", "sp_fraction", "sp2_fraction", "sp3_fraction", "n_atoms_mean", "min_distance_mean"):
             row.setdefault(key, []).append(run[key])
+        row.setdefault("sp3_gap", []).append(abs(run["sp3_fraction"] - targets[str(run["target"])]["sp3_fraction"]))
+        if "feff_pooled_rel_l2" in run:
+            row.setdefault("feff_pooled_rel_l2", []).append(run["feff_pooled_rel_l2"])
         for entry in run["feff"]:
             if "feff_rel_l2" in entry:
                 row.setdefault("feff_rel_l2", []).append(entry["feff_rel_l2"])
@@ -287,12 +330,13 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
 
     table = summary(results)
     models = sorted({r["model"] for r in results["runs"]})
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
     x = np.arange(len(MODES))
     for k, model in enumerate(models):
         axes[0].bar(x + 0.4 * k, [table.get(f"{model} {m}", {}).get("forward_rel_l2", np.nan) for m in MODES], 0.4, label=f"{model} (forward model)")
-        feff = [table.get(f"{model} {m}", {}).get("feff_rel_l2", np.nan) for m in MODES]
-        axes[0].scatter(x + 0.4 * k, feff, color="k", marker="x", zorder=3, label="FEFF on a few sites" if k == 0 else None)
+        feff = [table.get(f"{model} {m}", {}).get("feff_pooled_rel_l2", table.get(f"{model} {m}", {}).get("feff_rel_l2", np.nan))
+                for m in MODES]
+        axes[0].scatter(x + 0.4 * k, feff, color="k", marker="x", zorder=3, label="FEFF (the run's sites pooled)" if k == 0 else None)
     axes[0].set_xticks(x + 0.2, MODES)
     axes[0].set_ylabel("spectrum relative L2 vs target")
     axes[0].legend(fontsize=7)
@@ -311,8 +355,22 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
     axes[2].set_xlabel("energy (eV, FEFF scale)")
     axes[2].set_ylabel("mean predicted XANES")
     axes[2].legend(fontsize=6)
+    # sp3 fraction per target: does guidance move it toward the target's?
+    markers = dict(zip(MODES, "osD^"))
+    for k, (i, target) in enumerate(results["targets"].items()):
+        axes[3].scatter([k], [target["sp3_fraction"]], color="k", marker="_", s=400, zorder=3,
+                        label="target" if k == 0 else None)
+        for j, model in enumerate(models):
+            for run in results["runs"]:
+                if run["model"] == model and str(run["target"]) == str(i):
+                    axes[3].scatter([k + 0.15 * (2 * j - 1)], [run["sp3_fraction"]], color=f"C{j}",
+                                    marker=markers[run["mode"]], label=f"{model} {run['mode']}" if k == 0 else None)
+    axes[3].set_xticks(range(len(results["targets"])), [f"target {i}" for i in results["targets"]])
+    axes[3].set_ylabel("sp3 fraction")
+    axes[3].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -60,12 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the spectrum condition (1: conditional)")
     p.add_argument("--particle-steps", type=int, default=64, help="Euler-Maruyama steps (the paper's 64)")
     p.add_argument("--voxel-steps", type=int, default=100, help="DDPM steps")
+    p.add_argument("--voxel-geometry", choices=["on", "off"], default="off",
+                   help="train the voxel prior told each grid's voxel spacing (geometry_condition; default off)")
     p.add_argument("--voxel-restarts", type=int, default=0, help="restart sampling of the voxel model: N restarts (default 0)")
     p.add_argument("--voxel-restart-t", type=float, default=0.5, help="the level restarts go back to, × T (default 0.5)")
     p.add_argument("--density-tolerance", type=float, default=0.05, help="g/cm³: training cells counted as 'this density'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     return p
+
+
+def first_peak(g: np.ndarray) -> float:
+    """Å: where g(r) peaks between 1.0 and 2.0 Å (the C-C bond; bins' centres), NaN for no curve."""
+    r = (np.arange(N_BINS) + 0.5) * R_MAX / N_BINS
+    window = (r > 1.0) & (r < 2.0)
+    return float(r[window][np.argmax(g[window])]) if np.isfinite(g[window]).all() else float("nan")
 
 
 def structure_metrics(structures: list, reference_g: dict[str, np.ndarray]) -> tuple[dict[str, Any], np.ndarray]:
@@ -83,6 +92,7 @@ def structure_metrics(structures: list, reference_g: dict[str, np.ndarray]) -> t
         "n_atoms": [len(a) for a in structures],
         "density_mean": float(np.mean([mass_density(a) for a in structures])),
         "min_distance_mean": float(np.nanmean(dists)) if np.isfinite(dists).any() else float("nan"),
+        "first_peak_r": first_peak(g_mean),
         **{f"{k}_fraction": v for k, v in sp_fractions(batch).items()},
     }
     for name, curve in reference_g.items():
@@ -135,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         curves["g"][f"ref512 {key}"] = e["g"]["ref512"].tolist()
         curves["g"][f"data64 {key}"] = e["g"]["data64"].tolist()
         results["references"].append({
-            "density": e["density"], "n_atoms": len(e["reference"]),
+            "density": e["density"], "n_atoms": len(e["reference"]), "first_peak_r": first_peak(e["g"]["ref512"]),
             **{f"{k}_fraction": v for k, v in sp_fractions([e["reference"]]).items()},
             "data64_cells": len(e["cells"]),
             **{f"data64_{k}_fraction": v for k, v in sp_fractions(e["cells"]).items()},
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             path = Path(given)
         else:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            path = train_prior(kind, args.data, args.prior_steps, ckpt_dir)
+            path = train_prior(kind, args.data, args.prior_steps, ckpt_dir, voxel_geometry=args.voxel_geometry == "on")
         results["timings"][f"train_{kind}_s"] = time.time() - t
         model = load_model(path, base=DiffusionModule)
         sampler, steps = ("em", args.particle_steps) if kind == "particle" else ("ddpm", args.voxel_steps)
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 results["runs"].append(run)
                 curves["g"][f"{kind}{n_atoms} {e['density']:.2f}"] = g_mean.tolist()
                 print(f"[scale] {kind} {n_atoms} atoms at {e['density']:.2f} g/cm³: n {run['n_atoms_mean']:.1f}, "
-                      f"density {run['density_mean']:.2f}, sp3 {run['sp3_fraction']:.2f}, g(r) L1 vs ref512 "
+                      f"density {run['density_mean']:.2f}, sp3 {run['sp3_fraction']:.2f}, first peak {run['first_peak_r']:.2f} Å, g(r) L1 vs ref512 "
                       f"{run['rdf_l1_vs_ref512']:.2f}, {seconds:.0f} s", file=sys.stderr, flush=True)
                 results["timings"]["total_s"] = time.time() - started
                 (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")

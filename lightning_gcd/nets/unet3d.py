@@ -14,8 +14,9 @@ Layout (DDPM / ADM style)::
                   -> [ResBlock × (num_res_blocks+1) with skip concat -> Upsample] per level (reversed)
                   -> GroupNorm -> SiLU -> conv_out (zero-initialised) -> (B,out_channels,D,H,W)
 
-The diffusion time (and, if ``cond_dim > 0``, a condition vector) is embedded once and applied in every
-residual block as a FiLM scale and shift after the second GroupNorm.
+The diffusion time (and, if ``cond_dim > 0``, a condition vector; if ``geometry_dim > 0``, a geometry vector
+such as the voxel spacing in Å) is embedded once and applied in every residual block as a FiLM scale and
+shift after the second GroupNorm.
 
 Pure PyTorch: nothing here knows about Lightning.
 """
@@ -148,6 +149,9 @@ class PeriodicUNet3d(nn.Module):
         attention: self-attention over voxels in the middle (coarsest) block.
         attention_heads: heads of that attention; must divide the coarsest width.
         cond_dim: width of the condition vector (a spectrum, a one-hot label...); 0 for an unconditional net.
+        geometry_dim: width of a geometry vector that every call must pass (e.g. the voxel spacing along
+            each axis, where one grid serves cells of several sizes and the voxels alone do not say how
+            long a bond is); unlike the condition it is never dropped. 0: none.
         groups: maximum number of GroupNorm groups (reduced to a divisor of each width).
         dropout: dropout inside the residual blocks.
     """
@@ -162,6 +166,7 @@ class PeriodicUNet3d(nn.Module):
         attention: bool = True,
         attention_heads: int = 4,
         cond_dim: int = 0,
+        geometry_dim: int = 0,
         groups: int = 8,
         dropout: float = 0.0,
     ) -> None:
@@ -172,8 +177,8 @@ class PeriodicUNet3d(nn.Module):
             raise ValueError(f"channel_mults must be a non-empty sequence of positive ints, got {channel_mults}")
         if num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-        if cond_dim < 0:
-            raise ValueError(f"cond_dim must be >= 0, got {cond_dim}")
+        if cond_dim < 0 or geometry_dim < 0:
+            raise ValueError(f"cond_dim and geometry_dim must be >= 0, got {cond_dim}, {geometry_dim}")
         self.in_channels = in_channels
         self.out_channels = out_channels if out_channels is not None else in_channels
         self.channel_mults = tuple(int(m) for m in channel_mults)
@@ -182,6 +187,9 @@ class PeriodicUNet3d(nn.Module):
 
         self.time_embed = TimeEmbedding(emb_dim)
         self.cond_embed = ConditionEmbedding(cond_dim, emb_dim) if cond_dim > 0 else None
+        self.geometry_dim = geometry_dim
+        self.geometry_embed = (nn.Sequential(nn.Linear(geometry_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+                               if geometry_dim > 0 else None)
 
         self.conv_in = _conv3d(in_channels, base_channels)
 
@@ -223,13 +231,20 @@ class PeriodicUNet3d(nn.Module):
         return 2 ** (len(self.channel_mults) - 1)
 
     def _embed(self, t: torch.Tensor, cond: torch.Tensor | None, cond_keep: torch.Tensor | None,
-               batch_size: int) -> torch.Tensor:
-        """(B,) time [+ (B,cond_dim) condition] -> (B, 4*base_channels) embedding."""
+               geometry: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """(B,) time [+ (B,cond_dim) condition] [+ (B,geometry_dim) geometry] -> (B, 4*base_channels)."""
         emb = self.time_embed(t)
         if self.cond_embed is not None:
             emb = emb + self.cond_embed(cond, cond_keep, batch_size)
         elif cond is not None:
             raise ValueError("a condition was passed to an unconditional PeriodicUNet3d (cond_dim=0)")
+        if self.geometry_embed is not None:
+            if geometry is None or geometry.shape != (batch_size, self.geometry_dim):
+                got = None if geometry is None else tuple(geometry.shape)
+                raise ValueError(f"this PeriodicUNet3d needs a ({batch_size}, {self.geometry_dim}) geometry, got {got}")
+            emb = emb + self.geometry_embed(geometry.to(emb.dtype))
+        elif geometry is not None:
+            raise ValueError("a geometry was passed to a PeriodicUNet3d without one (geometry_dim=0)")
         return emb
 
     def forward(
@@ -238,6 +253,7 @@ class PeriodicUNet3d(nn.Module):
         t: torch.Tensor,
         cond: torch.Tensor | None = None,
         cond_keep: torch.Tensor | None = None,
+        geometry: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the denoising target for a batch of noisy grids.
 
@@ -246,6 +262,7 @@ class PeriodicUNet3d(nn.Module):
             t: (B,) float diffusion time in [0, 1] (a scalar is broadcast over the batch).
             cond: (B, cond_dim) condition, or None for the unconditional (null-embedding) prediction.
             cond_keep: (B,) bool; where False the condition is dropped (classifier-free guidance). None keeps all.
+            geometry: (B, geometry_dim), required where ``geometry_dim > 0``, else None.
         Returns:
             (B, out_channels, D, H, W).
         """
@@ -267,7 +284,7 @@ class PeriodicUNet3d(nn.Module):
         if t.shape != (b,):
             raise ValueError(f"t must have shape ({b},), got {tuple(t.shape)}")
 
-        emb = self._embed(t, cond, cond_keep, b)  # (B,E)
+        emb = self._embed(t, cond, cond_keep, geometry, b)  # (B,E)
 
         h = self.conv_in(x)  # (B,base,D,H,W)
         skips = [h]

@@ -7,6 +7,7 @@ function of the neighbour distances, with an a-C-like file layout (``xanes``, ``
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -103,6 +104,31 @@ def test_forward_model_learns(forward_model) -> None:
     assert after["spectrum_rel_l2"] < after["baseline_rel_l2"], after  # beats predicting the mean spectrum
     assert model.info["energy"] == pytest.approx(ENERGY.tolist())
     assert after["n_sites"] == 16  # 2 test structures x 8 labelled sites: the loss sees labelled atoms only
+
+
+def test_forward_cv_evaluates_a_trained_checkpoint(forward_model, spectrum_h5: Path, tmp_path: Path) -> None:
+    """forward_cv.py --evaluate CKPT scores a saved forward model on a split: the same numbers as the
+    trainer's own test run on that split; an empty split is one clear line."""
+    import importlib.util
+
+    import lightning as L
+
+    model, _, after = forward_model
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "forward.ckpt")
+    path = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "forward_cv.py"
+    spec = importlib.util.spec_from_file_location("forward_cv", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "heldout.json"
+    assert script.main(["--data", str(spectrum_h5), "--evaluate", str(tmp_path / "forward.ckpt"), "--out", str(out)]) == 0
+    scored = json.loads(out.read_text())
+    assert scored["split"] == "test" and len(scored["structures"]) == 2
+    for name in ("spectrum_rel_l2", "baseline_rel_l2", "n_sites"):
+        assert scored["metrics"][name] == pytest.approx(after[name], rel=1e-5)
+    with pytest.raises(SystemExit, match="no structures"):
+        script.main(["--data", str(spectrum_h5), "--evaluate", str(tmp_path / "forward.ckpt"), "--split", "nope"])
 
 
 def _random_structure(n: int = 12, length: float = 6.0, seed: int = 0):

@@ -34,15 +34,23 @@ def fold_indices(densities: np.ndarray, folds: int) -> list[np.ndarray]:
     return [np.sort(order[k::folds]) for k in range(folds)]
 
 
+def spectrum_datamodule(path: str):
+    """The forward model's view of an a-C file (per-atom spectra and their mask), set up: one definition
+    for training and scoring, so that a score is always on the data the model was trained to read."""
+    from datamodules.datamodule import AtomsDataModule
+
+    dm = AtomsDataModule(path, view="particle", batch_size=4, atom_properties=["xanes", "xanes_mask"])
+    dm.setup()
+    return dm
+
+
 def run_fold(path: str, train: np.ndarray, test: np.ndarray, epochs: int, seed: int, model_args: dict) -> dict:
     import lightning as L
 
-    from datamodules.datamodule import AtomsDataModule
     from lightning_gcd.models.spectrum import SpectrumModel
 
     L.seed_everything(seed, verbose=False)
-    dm = AtomsDataModule(path, view="particle", batch_size=4, atom_properties=["xanes", "xanes_mask"])
-    dm.setup()
+    dm = spectrum_datamodule(path)
     dm.splits = {"train": train, "val": test, "test": test}
     model = SpectrumModel(**model_args)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
@@ -97,13 +105,11 @@ def evaluate(ckpt: str, path: str, split: str) -> dict:
     """The same metrics for a trained forward model on one split of ``path``."""
     import lightning as L
 
-    from datamodules.datamodule import AtomsDataModule
     from lightning_gcd.models.loading import load_model
     from lightning_gcd.models.spectrum import SpectrumModel
 
     model = load_model(ckpt, base=SpectrumModel).float()
-    dm = AtomsDataModule(path, view="particle", batch_size=4, atom_properties=["xanes", "xanes_mask"])
-    dm.setup()
+    dm = spectrum_datamodule(path)
     if split not in dm.splits or len(dm.splits[split]) == 0:
         raise SystemExit(f"--split {split}: {path} has no structures in that split")
     dm.splits = {**dm.splits, "test": dm.splits[split]}

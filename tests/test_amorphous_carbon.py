@@ -290,5 +290,22 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     merged = json.loads((merged_dir / "results.json").read_text())
     assert sorted((r["model"], r["mode"]) for r in merged["runs"]) == sorted((r["model"], r["mode"]) for r in runs)
     assert (merged_dir / "guided.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="same model, mode"):  # the same runs twice would count twice
+        _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "twice"),
+                                "--merge", str(out), str(tmp_path / "particle")])
+    # a ρ sweep: only the DPS mode, once per ρ, from the checkpoints above; merged with the first run, the
+    # table tells the ρ apart
+    sweep = tmp_path / "sweep"
+    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(sweep), "--targets", "2",
+                                   "--models", "particle", "--modes", "dps", "--dps-scale-particle", "100", "400",
+                                   "--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"),
+                                   "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt"), "--samples", "1",
+                                   "--particle-steps", "2", "--n-atoms", "128", "--feff-structures", "0"]) == 0
+    swept = json.loads((sweep / "results.json").read_text())["runs"]
+    assert [(r["mode"], r["dps_scale"]) for r in swept] == [("dps", 100.0), ("dps", 400.0)]
+    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "with_sweep"),
+                                   "--merge", str(out), str(sweep)]) == 0
+    table = _script("guided").summary(json.loads((tmp_path / "with_sweep" / "results.json").read_text()))
+    assert {"particle dps ρ100", "particle dps ρ400", "particle dps ρ800", "particle cfg+dps ρ800", "voxel dps"} <= set(table)
     with pytest.raises(SystemExit, match="--targets"):
         _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "bad"), "--targets", "100000"])

@@ -10,6 +10,10 @@ at the target's density: the size a user asks for) in four modes, with the same 
 * ``dps``: CFG scale 0 plus diffusion posterior sampling with the forward model (``--dps-scale-*``);
 * ``cfg+dps``: both.
 
+``--modes`` picks some of them; ``--dps-scale-particle``/``--dps-scale-voxel`` take several ρ (a ρ sweep),
+each DPS mode then runs once per ρ and is labelled with it (``dps ρ400``). ``--merge`` joins separate runs
+(one per model, or one per ρ) into one table and plot.
+
 and measures, against the target structure: sp/sp2/sp3 fractions (1.85 Å), g(r) L1 (0–6 Å), atom count,
 minimum distance, the spectrum error by the forward model (relative L2 of the mean predicted spectrum
 against the target), and, on ``--feff-structures`` samples per mode with ``--feff-sites`` random sites
@@ -133,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voxel-ckpt")
     parser.add_argument("--forward-ckpt")
     parser.add_argument("--cfg-scale", type=float, default=2.0)
-    parser.add_argument("--dps-scale-particle", type=float, default=800.0)
-    parser.add_argument("--dps-scale-voxel", type=float, default=10.0)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="modes to run (default: all)")
+    parser.add_argument("--dps-scale-particle", type=float, nargs="+", default=[800.0],
+                        help="DPS ρ of the particle model; several values: a sweep (each DPS mode once per ρ)")
+    parser.add_argument("--dps-scale-voxel", type=float, nargs="+", default=[10.0], help="DPS ρ of the voxel model")
     parser.add_argument("--particle-steps", type=int, default=64, help="Euler-Maruyama steps (the paper's 64)")
     parser.add_argument("--voxel-steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--feff-structures", type=int, default=1, help="samples per (model, target, mode) run through FEFF")
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     forward_path = Path(args.forward_ckpt) if args.forward_ckpt else train_forward(args.data, args.forward_epochs, ckpt_dir)
     timings["train_forward_s"] = time.time() - t
     forward = load_model(forward_path, base=SpectrumModel).float()
-    guidance_rho = {"particle": args.dps_scale_particle, "voxel": args.dps_scale_voxel}
+    guidance_rhos = {"particle": args.dps_scale_particle, "voxel": args.dps_scale_voxel}
 
     def predicted(atoms_list) -> np.ndarray:
         batch = StructureBatch.from_atoms(atoms_list)
@@ -215,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             else:  # the target's own cell and atom count
                 n_atoms, cell = len(atoms), np.asarray(atoms.cell[:])
             template = model.sample_template(args.samples, cond=target, target=target, cell=cell, n_atoms=n_atoms)
-            for mode in MODES:
+            runs_here = [(mode, rho if "dps" in mode else 0.0) for mode in args.modes
+                         for rho in (guidance_rhos[kind] if "dps" in mode else [0.0])]
+            for mode, rho in runs_here:
                 cfg = args.cfg_scale if "cfg" in mode else 0.0
-                posterior = SpectrumGuidance(forward, guidance_rho[kind]) if "dps" in mode else None
+                posterior = SpectrumGuidance(forward, rho) if "dps" in mode else None
                 t = time.time()
                 samples = model.sample(template, batch_size=args.samples, steps=steps, sampler=sampler,
                                        guidance_scale=cfg, seed=args.seed + i, progress=False, posterior=posterior)
@@ -229,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 dists = min_distances(samples)
                 run = {
                     "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
-                    "dps_scale": guidance_rho[kind] if posterior is not None else 0.0, "sample_seconds": seconds,
+                    "dps_scale": rho, "sample_seconds": seconds,
                     "n_atoms_mean": float(np.mean([len(a) for a in samples])),
                     "min_distance_mean": float(np.nanmean(dists)),
                     **{f"{k}_fraction": v for k, v in sp_fractions(batch).items()},
@@ -253,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         entry["feff_sites_used"] = len(spectra)
                         entry["forward_same_sites_rel_l2"] = rel_l2(
                             forward_sites(forward, a, sites).mean(0), spectrum)
-                        curves["spectra"][f"{kind} {mode} target {i} FEFF"] = spectra.mean(0).tolist()
+                        curves["spectra"][f"{kind} {curve_label(run)} target {i} FEFF"] = spectra.mean(0).tolist()
                     feff.append(entry)
                 run["feff"] = feff
                 pooled = [(e["feff_mean_spectrum"], e["feff_sites_used"]) for e in feff if "feff_mean_spectrum" in e]
@@ -262,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     run["feff_pooled_rel_l2"] = rel_l2(mean, spectrum)
                     run["feff_pooled_sites"] = int(sum(n for _, n in pooled))
                 results["runs"].append(run)
-                curves["g"][f"{kind} {mode} target {i}"] = g_mean.tolist()
-                curves["spectra"][f"{kind} {mode} target {i} forward"] = np.nanmean(pred, 0).tolist()
+                curves["g"][f"{kind} {curve_label(run)} target {i}"] = g_mean.tolist()
+                curves["spectra"][f"{kind} {curve_label(run)} target {i} forward"] = np.nanmean(pred, 0).tolist()
                 curves["r"] = np.linspace(0, 6.0, g.shape[-1] + 1)[:-1].tolist()
                 print(json.dumps({k: v for k, v in run.items() if k != "forward_rel_l2_per_sample"}), file=sys.stderr, flush=True)
                 results["timings"] = {**timings, "total_s": time.time() - started}
@@ -293,6 +301,9 @@ def merge(dirs: list[Path], data: str, out: Path) -> int:
         if set(other["targets"]) != set(results["targets"]):
             raise SystemExit(f"--merge: the runs have different targets ({sorted(results['targets'])} vs {sorted(other['targets'])})")
         results["runs"] += other["runs"]
+        seen = [(r["model"], r["mode"], r.get("dps_scale", 0.0), str(r["target"])) for r in results["runs"]]
+        if len(set(seen)) != len(seen):
+            raise SystemExit("--merge: two runs hold the same model, mode, ρ and target; merge one of them only")
         for key in ("g", "spectra"):
             curves[key].update(other_curves[key])
     results["merged_from"] = [str(d) for d in dirs]
@@ -305,12 +316,24 @@ def merge(dirs: list[Path], data: str, out: Path) -> int:
     return 0
 
 
+def curve_label(run: dict) -> str:
+    """A run's mode, with its DPS ρ for the DPS modes (``dps ρ800``): the key of its curves."""
+    return f"{run['mode']} ρ{run['dps_scale']:g}" if "dps" in run["mode"] else run["mode"]
+
+
+def run_labels(runs: list[dict]) -> list[str]:
+    """Each run's mode as the tables show it: with its ρ only where that model ran DPS at several ρ."""
+    swept = {model for model in {r["model"] for r in runs}
+             if len({r["dps_scale"] for r in runs if r["model"] == model and "dps" in r["mode"]}) > 1}
+    return [curve_label(r) if r["model"] in swept else r["mode"] for r in runs]
+
+
 def summary(results: dict) -> dict:
-    """Mean over targets per (model, mode); ``sp3_gap``: mean |sp3 − the target's sp3|."""
+    """Mean over targets per (model, mode[, ρ]); ``sp3_gap``: mean |sp3 − the target's sp3|."""
     table: dict = {}
     targets = {str(i): target for i, target in results["targets"].items()}  # int keys in memory, str in JSON
-    for run in results["runs"]:
-        row = table.setdefault(f"{run['model']} {run['mode']}", {})
+    for run, label in zip(results["runs"], run_labels(results["runs"])):
+        row = table.setdefault(f"{run['model']} {label}", {})
         for key in ("forward_rel_l2", "rdf_l1", "sp_fraction", "sp2_fraction", "sp3_fraction", "n_atoms_mean", "min_distance_mean"):
             row.setdefault(key, []).append(run[key])
         row.setdefault("sp3_gap", []).append(abs(run["sp3_fraction"] - targets[str(run["target"])]["sp3_fraction"]))
@@ -330,14 +353,16 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
 
     table = summary(results)
     models = sorted({r["model"] for r in results["runs"]})
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
-    x = np.arange(len(MODES))
+    labels = run_labels(results["runs"])
+    columns = sorted(set(labels), key=lambda lab: (MODES.index(lab.split(" ")[0]), float(lab.split("ρ")[-1]) if "ρ" in lab else 0))
+    fig, axes = plt.subplots(1, 4, figsize=(max(21, 12 + 1.5 * len(columns)), 4.5))
+    x = np.arange(len(columns))
     for k, model in enumerate(models):
-        axes[0].bar(x + 0.4 * k, [table.get(f"{model} {m}", {}).get("forward_rel_l2", np.nan) for m in MODES], 0.4, label=f"{model} (forward model)")
+        axes[0].bar(x + 0.4 * k, [table.get(f"{model} {m}", {}).get("forward_rel_l2", np.nan) for m in columns], 0.4, label=f"{model} (forward model)")
         feff = [table.get(f"{model} {m}", {}).get("feff_pooled_rel_l2", table.get(f"{model} {m}", {}).get("feff_rel_l2", np.nan))
-                for m in MODES]
+                for m in columns]
         axes[0].scatter(x + 0.4 * k, feff, color="k", marker="x", zorder=3, label="FEFF (the run's sites pooled)" if k == 0 else None)
-    axes[0].set_xticks(x + 0.2, MODES)
+    axes[0].set_xticks(x + 0.2, columns, fontsize=7)
     axes[0].set_ylabel("spectrum relative L2 vs target")
     axes[0].legend(fontsize=7)
     first = next(iter(results["targets"]))
@@ -361,10 +386,10 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
         axes[3].scatter([k], [target["sp3_fraction"]], color="k", marker="_", s=400, zorder=3,
                         label="target" if k == 0 else None)
         for j, model in enumerate(models):
-            for run in results["runs"]:
+            for run, label in zip(results["runs"], labels):
                 if run["model"] == model and str(run["target"]) == str(i):
                     axes[3].scatter([k + 0.15 * (2 * j - 1)], [run["sp3_fraction"]], color=f"C{j}",
-                                    marker=markers[run["mode"]], label=f"{model} {run['mode']}" if k == 0 else None)
+                                    marker=markers[run["mode"]], label=f"{model} {label}" if k == 0 else None)
     axes[3].set_xticks(range(len(results["targets"])), [f"target {i}" for i in results["targets"]])
     axes[3].set_ylabel("sp3 fraction")
     axes[3].legend(fontsize=6)

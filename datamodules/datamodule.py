@@ -240,6 +240,16 @@ class AtomsDataModule(L.LightningDataModule):
             grid = data.attrs.get("meta_xanes_energy")
         return None if grid is None else [float(e) for e in np.ravel(grid)]
 
+    def condition_values(self, split: str = "train") -> np.ndarray:
+        """(S, cond_dim) float64: the conditions (``conditions``, concatenated as in ``batch["cond"]``) of a
+        split's structures."""
+        self.setup()
+        indices = self.splits[split] if split != "all" else None
+        with AtomsH5(self.path, validate=False) as data:
+            indices = np.arange(len(data)) if indices is None else indices
+            return np.asarray([np.concatenate([np.atleast_1d(np.asarray(data.structure_property(name, int(i)), dtype=np.float64)).ravel()
+                                               for name in self.conditions]) for i in indices]).reshape(len(indices), self.cond_dim)
+
     def reference_atoms(self, split: str = "val", limit: int | None = None) -> list:
         """ASE structures of a split (the reference that generated samples are compared with)."""
         self.setup()

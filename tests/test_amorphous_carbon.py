@@ -234,8 +234,9 @@ def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
     files = _shipped_files(tmp_path)
     results = _script("scale").main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]), "--prior-steps", "3",
                           "--samples", "1", "--n-atoms", "128", "--particle-steps", "2", "--voxel-steps", "2",
-                          "--voxel-restarts", "1", "--out", str(tmp_path / "scale")])
+                          "--voxel-restarts", "1", "--voxel-sampler", "ddim", "--out", str(tmp_path / "scale")])
     assert results["settings"]["voxel_restarts"] == 1
+    assert {r["sampler"] for r in results["runs"]} == {"em", "ddim"}
     assert [round(r["density"], 1) for r in results["references"]] == [1.5, 2.0, 2.5, 3.0, 3.5]
     assert len(results["runs"]) == 2 * 5 * 2  # two models, five densities, two sizes
     for run in results["runs"]:

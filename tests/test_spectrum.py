@@ -330,3 +330,57 @@ def _one_structure(path: Path) -> Atoms:
 
     with AtomsH5(path) as data:
         return data.atoms(0)
+
+
+def test_condition_is_standardised_and_older_checkpoints_resume(spectrum_h5: Path, tmp_path: Path) -> None:
+    """A conditioned prior standardises its condition with the training structures' statistics (saved with
+    the checkpoint); a checkpoint without them (standardize_condition=False, or from before) still loads
+    and resumes with the network it was trained with."""
+    import lightning as L
+
+    from datamodules.datamodule import AtomsDataModule
+    from datamodules.h5format import AtomsH5
+    from lightning_gcd.models.base import condition_statistics
+    from lightning_gcd.models.loading import load_model
+    from lightning_gcd.models.particle import ParticleDiffusion
+
+    def fit(model, steps: int, ckpt_path: str | None = None):
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                            limit_val_batches=0)
+        trainer.fit(model, AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, conditions=["xanes"]),
+                    ckpt_path=ckpt_path)
+        return trainer
+
+    with AtomsH5(spectrum_h5) as data:
+        train = np.stack([data.structure_property("xanes", int(i)) for i in data.split("train")]).astype(np.float64)
+    model = ParticleDiffusion(hidden=16, layers=1, val_samples=0)
+    fit(model, 2).save_checkpoint(tmp_path / "standardised.ckpt")
+    info = model.hparams["data_info"]
+    np.testing.assert_allclose(info["cond_mean"], train.mean(0), rtol=1e-6)
+    assert min(info["cond_std"]) >= 0.1 * np.mean(train.std(0)) - 1e-12
+    cond = torch.as_tensor(train[:3], dtype=torch.float32)
+    embed = model.net.cond
+    expected = embed.mlp((cond - torch.as_tensor(info["cond_mean"]).float()) / torch.as_tensor(info["cond_std"]).float())
+    torch.testing.assert_close(embed(cond, None, 3), expected)
+    reloaded = load_model(tmp_path / "standardised.ckpt")
+    torch.testing.assert_close(reloaded.net.cond.cond_std, embed.cond_std)
+
+    plain = ParticleDiffusion(hidden=16, layers=1, val_samples=0, standardize_condition=False)
+    fit(plain, 2).save_checkpoint(tmp_path / "plain.ckpt")
+    assert "cond_mean" not in plain.hparams["data_info"] and not plain.net.cond.standardised
+    assert not load_model(tmp_path / "plain.ckpt").net.cond.standardised
+    resumed = ParticleDiffusion(hidden=16, layers=1, val_samples=0)  # standardises by default
+    trainer = fit(resumed, 4, ckpt_path=str(tmp_path / "plain.ckpt"))
+    assert trainer.global_step == 4 and not resumed.net.cond.standardised
+    assert "cond_mean" not in resumed.hparams["data_info"]
+
+    # statistics: a component that does not vary gets a floor, not a zero spread
+    values = np.stack([np.arange(4.0), np.full(4, 2.0)], axis=1)
+    mean, std = condition_statistics(values)
+    np.testing.assert_allclose(mean, [1.5, 2.0])
+    np.testing.assert_allclose(std, [np.std(np.arange(4.0)), 0.1 * np.std(np.arange(4.0)) / 2])
+    np.testing.assert_allclose(condition_statistics(np.ones((3, 2)))[1], [1.0, 1.0])
+    with pytest.raises(GcdError, match="condition statistics"):
+        condition_statistics(np.ones(3))

@@ -70,9 +70,11 @@ def train_forward(path: str, epochs: int, out: Path):
     return out / "forward.ckpt"
 
 
-def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: bool = False):
+def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: bool = False,
+                standardize_condition: bool = True):
     """Train the particle or voxel prior (spectrum-conditioned, CFG dropout 0.2) for ``steps`` on ``path``;
-    ``voxel_geometry``: the voxel U-Net is told each grid's voxel spacing (``geometry_condition``)."""
+    ``voxel_geometry``: the voxel U-Net is told each grid's voxel spacing (``geometry_condition``);
+    ``standardize_condition``: the spectrum is standardised with the training cells' statistics."""
     import lightning as L
 
     from datamodules.datamodule import AtomsDataModule
@@ -80,7 +82,8 @@ def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: boo
     from lightning_gcd.models.voxel import GrandCanonicalDiffusion
 
     L.seed_everything(0, verbose=False)
-    common = dict(cond_drop_prob=0.2, val_samples=0, warmup_steps=50, ema_decay=0.995)
+    common = dict(cond_drop_prob=0.2, val_samples=0, warmup_steps=50, ema_decay=0.995,
+                  standardize_condition=standardize_condition)
     if kind == "particle":
         dm = AtomsDataModule(path, view="particle", batch_size=4, conditions=["xanes"])
         model = ParticleDiffusion(hidden=64, layers=3, cutoff=3.0, sigma_max=0.8, sigma_min=0.01, lr=2e-3, **common)

@@ -41,6 +41,9 @@ class DiffusionModule(L.LightningModule):
             total, which changes with ``max_epochs``; fix it to extend a run without changing its schedule).
         ema_decay: EMA decay of the weights; 0 disables EMA.
         cond_drop_prob: probability of dropping the condition in training (classifier-free guidance).
+        standardize_condition: the network standardises the condition with the training structures' mean
+            and spread per component (stored in ``data_info``; see ``condition_statistics``), so that what
+            differs between structures, not what they share, reaches it at unit scale.
         val_samples: structures generated (over all ranks) at the end of each sampled validation.
         sample_every_n_epochs: generate and evaluate every this many validation epochs (0: never).
         sample_steps: sampler steps at validation and the default of ``gcd sample`` (None: the model's
@@ -75,6 +78,7 @@ class DiffusionModule(L.LightningModule):
         lr_total_steps: int | None = None,
         ema_decay: float = 0.999,
         cond_drop_prob: float = 0.1,
+        standardize_condition: bool = True,
         val_samples: int = 16,
         sample_every_n_epochs: int = 1,
         sample_steps: int | None = None,
@@ -113,7 +117,12 @@ class DiffusionModule(L.LightningModule):
         counts = [len(a) for a in train]
         volumes = [a.get_volume() for a in train]
         energy = datamodule.spectrum_energy() if hasattr(datamodule, "spectrum_energy") else None
+        statistics = {}
+        if datamodule.cond_dim and self.hparams.get("standardize_condition", False):
+            mean, std = condition_statistics(datamodule.condition_values("train"))
+            statistics = {"cond_mean": mean.tolist(), "cond_std": std.tolist()}
         return {
+            **statistics,
             "spectrum_energy": energy,  # eV grid of a spectrum condition (a-C XANES), or None
             "species": list(datamodule.species),
             "conditions": list(datamodule.conditions),
@@ -338,8 +347,16 @@ class DiffusionModule(L.LightningModule):
         checkpoint["gcd_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the RNG states to restore them when training starts (after the sanity check, which draws)."""
+        """Keep the RNG states to restore them when training starts (after the sanity check, which draws).
+
+        A resumed run's network is the checkpoint's: where the data description saved with it differs from
+        the one just read from the data (a grown dataset, a checkpoint from before condition
+        standardisation), the network is rebuilt from the saved one before its weights are loaded."""
         self._pending_rng = checkpoint.get("gcd_rng")
+        saved = checkpoint.get("hyper_parameters", {}).get("data_info")
+        if saved is not None and self.net is not None and saved != self.hparams.get("data_info"):
+            self.hparams["data_info"] = saved
+            self._build(saved)
 
     def on_train_start(self) -> None:
         """Restore the checkpoint's RNG states: a resumed run draws the same noise as an uninterrupted one."""
@@ -403,6 +420,21 @@ class DiffusionModule(L.LightningModule):
                 out.extend(structures.to_atoms())
                 bar.update(len(chunk["cell"]))
         return out
+
+
+def condition_statistics(values: np.ndarray, floor: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-component mean and spread (K,) of training conditions ``values`` (S, K) for standardising them.
+
+    A component's spread is at least ``floor`` × the mean spread over components (1 where no component
+    varies), so components that barely vary in training (a spectrum's flat pre-edge, a constant label)
+    are not blown up: a measured spectrum's noise there would otherwise dominate the standardised input.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or len(values) == 0:
+        raise GcdError(f"condition statistics need (structures, components) values, got shape {values.shape}")
+    mean, std = values.mean(0), values.std(0)
+    typical = float(std.mean())
+    return mean, (np.maximum(std, floor * typical) if typical > 0 else np.ones_like(std))
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total: int, min_lr_ratio: float = 0.1,

@@ -62,7 +62,8 @@ class ParticleDiffusion(DiffusionModule):
     def build_network(self, info: dict[str, Any]) -> nn.Module:
         hp = self.hparams
         return PeriodicMPNN(hidden=hp.hidden, layers=hp.layers, cutoff=hp.cutoff, num_rbf=hp.num_rbf,
-                            cond_dim=info.get("cond_dim", 0))
+                            cond_dim=info.get("cond_dim", 0), cond_mean=info.get("cond_mean"),
+                            cond_std=info.get("cond_std"))
 
     @staticmethod
     def _structures(batch: Batch) -> StructureBatch:

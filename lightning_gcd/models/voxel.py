@@ -178,6 +178,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
             num_res_blocks=hp.num_res_blocks,
             attention=hp.attention,
             cond_dim=info.get("cond_dim", 0),
+            cond_mean=info.get("cond_mean"),
+            cond_std=info.get("cond_std"),
             geometry_dim=3 if hp.get("geometry_condition") else 0,
             dropout=hp.dropout,
         )

@@ -41,6 +41,7 @@ Pure PyTorch, no Lightning.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -99,6 +100,8 @@ class PeriodicMPNN(nn.Module):
         cutoff: radius-graph cutoff in Å (3.0 as the a-C paper).
         num_rbf: Gaussian radial basis functions.
         cond_dim: width of the condition vector for classifier-free guidance (0: unconditional net).
+        cond_mean, cond_std: (cond_dim,) statistics that standardise the condition (``ConditionEmbedding``);
+            None: the condition is used as given.
         max_z: largest atomic number embedded.
         avg_neighbors: normalisation of the summed messages (typical neighbour count within cutoff).
         graph_method: ``radius_graph`` method (``"auto"``, ``"cell_list"``, ``"dense"``).
@@ -106,7 +109,8 @@ class PeriodicMPNN(nn.Module):
 
     def __init__(self, hidden: int = 128, layers: int = 4, cutoff: float = 3.0, num_rbf: int = 32,
                  cond_dim: int = 0, max_z: int = 100, avg_neighbors: float = 12.0,
-                 graph_method: str = "auto") -> None:
+                 graph_method: str = "auto", cond_mean: Sequence[float] | None = None,
+                 cond_std: Sequence[float] | None = None) -> None:
         super().__init__()
         self.hidden = hidden
         self.cutoff = float(cutoff)
@@ -115,7 +119,7 @@ class PeriodicMPNN(nn.Module):
         self.graph_method = graph_method
         self.species = nn.Embedding(max_z + 1, hidden)
         self.time = TimeEmbedding(hidden)
-        self.cond = ConditionEmbedding(cond_dim, hidden) if cond_dim > 0 else None
+        self.cond = ConditionEmbedding(cond_dim, hidden, cond_mean, cond_std) if cond_dim > 0 else None
         self.rbf = GaussianRadialBasis(cutoff, num_rbf)
         self.layers = nn.ModuleList(_MessageLayer(hidden, num_rbf, avg_neighbors) for _ in range(layers))
         self.readout = _mlp(2 * hidden + num_rbf, hidden, 1)

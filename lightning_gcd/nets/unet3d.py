@@ -149,6 +149,8 @@ class PeriodicUNet3d(nn.Module):
         attention: self-attention over voxels in the middle (coarsest) block.
         attention_heads: heads of that attention; must divide the coarsest width.
         cond_dim: width of the condition vector (a spectrum, a one-hot label...); 0 for an unconditional net.
+        cond_mean, cond_std: (cond_dim,) statistics that standardise the condition (``ConditionEmbedding``);
+            None: the condition is used as given.
         geometry_dim: width of a geometry vector that every call must pass (e.g. the voxel spacing along
             each axis, where one grid serves cells of several sizes and the voxels alone do not say how
             long a bond is); unlike the condition it is never dropped. 0: none.
@@ -168,6 +170,8 @@ class PeriodicUNet3d(nn.Module):
         cond_dim: int = 0,
         geometry_dim: int = 0,
         groups: int = 8,
+        cond_mean: Sequence[float] | None = None,
+        cond_std: Sequence[float] | None = None,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -186,7 +190,7 @@ class PeriodicUNet3d(nn.Module):
         emb_dim = 4 * base_channels
 
         self.time_embed = TimeEmbedding(emb_dim)
-        self.cond_embed = ConditionEmbedding(cond_dim, emb_dim) if cond_dim > 0 else None
+        self.cond_embed = ConditionEmbedding(cond_dim, emb_dim, cond_mean, cond_std) if cond_dim > 0 else None
         self.geometry_dim = geometry_dim
         self.geometry_embed = (nn.Sequential(nn.Linear(geometry_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
                                if geometry_dim > 0 else None)

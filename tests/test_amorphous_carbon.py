@@ -241,6 +241,12 @@ def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
     assert len(results["runs"]) == 2 * 5 * 2  # two models, five densities, two sizes
     for run in results["runs"]:
         assert {"sp3_fraction", "rdf_l1_vs_ref512", "rdf_l1_vs_data64", "n_atoms_mean", "density_mean"} <= set(run)
+        reference = next(r for r in results["references"] if r["density"] == run["density"])
+        thinned = run["data64_thinned_sp3_fraction"]
+        if run["n_atoms_mean"] > 0:  # (a 3-step voxel prior may decode nothing: nothing left to thin to)
+            assert 0.0 <= thinned <= 1.0
+        if run["model"] == "particle":  # every atom there: the data's own sp3
+            assert thinned == pytest.approx(reference["data64_sp3_fraction"])
         if run["model"] == "particle":
             assert run["n_atoms"] == [run["requested_atoms"]]
             assert run["density_mean"] == pytest.approx(run["density"], rel=1e-6)

@@ -170,9 +170,9 @@ class PeriodicUNet3d(nn.Module):
         cond_dim: int = 0,
         geometry_dim: int = 0,
         groups: int = 8,
+        dropout: float = 0.0,
         cond_mean: Sequence[float] | None = None,
         cond_std: Sequence[float] | None = None,
-        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if in_channels < 1 or base_channels < 1:

@@ -258,6 +258,11 @@ def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "scale" / "results.json").read_text())
     assert len(saved["runs"]) == 20
     assert (tmp_path / "scale" / "scale.png").read_bytes()[:4] == b"\x89PNG"
+    # --n-atoms 64: the training size is sampled once per density, not twice
+    same_size = _script("scale").main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]),
+                                       "--models", "particle", "--particle-ckpt", str(tmp_path / "scale" / "checkpoints" / "particle.ckpt"),
+                                       "--samples", "1", "--n-atoms", "64", "--particle-steps", "2", "--out", str(tmp_path / "scale64")])
+    assert [r["requested_atoms"] for r in same_size["runs"]] == [64] * 5
 
 
 @needs_engines

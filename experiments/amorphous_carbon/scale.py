@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             model.sample_restarts, model.sample_restart_t = args.voxel_restarts, args.voxel_restart_t
         for e in entries:
             cond = torch.as_tensor(e["condition"], dtype=torch.float32)
-            for n_atoms in (64, args.n_atoms):
+            for n_atoms in dict.fromkeys((64, args.n_atoms)):  # once each (--n-atoms 64: one size)
                 cell = cubic_cell(n_atoms, e["density"], {6: 1.0})
                 template = model.sample_template(args.samples, cond=cond, cell=cell, n_atoms=n_atoms)
                 t = time.time()

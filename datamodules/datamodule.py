@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.dataset import AtomsDataset, Collate
+from datamodules.dataset import AtomsDataset, Collate, structure_condition
 from datamodules.h5format import AtomsH5, random_splits, validate_file
 from lightning_gcd.errors import DatasetFormatError, GcdError
 from lightning_gcd.representations import (
@@ -247,8 +247,8 @@ class AtomsDataModule(L.LightningDataModule):
         indices = self.splits[split] if split != "all" else None
         with AtomsH5(self.path, validate=False) as data:
             indices = np.arange(len(data)) if indices is None else indices
-            return np.asarray([np.concatenate([np.atleast_1d(np.asarray(data.structure_property(name, int(i)), dtype=np.float64)).ravel()
-                                               for name in self.conditions]) for i in indices]).reshape(len(indices), self.cond_dim)
+            return np.asarray([structure_condition(data, self.conditions, int(i), np.float64)
+                               for i in indices]).reshape(len(indices), self.cond_dim)
 
     def reference_atoms(self, split: str = "val", limit: int | None = None) -> list:
         """ASE structures of a split (the reference that generated samples are compared with)."""

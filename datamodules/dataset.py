@@ -87,9 +87,7 @@ class AtomsDataset(Dataset):
         elif self.translate:
             item["frac_coords"] = self._translated(frac)
         if self.conditions:
-            item["cond"] = np.concatenate(
-                [np.atleast_1d(np.asarray(data.structure_property(name, i), dtype=np.float32)).ravel() for name in self.conditions]
-            )
+            item["cond"] = structure_condition(data, self.conditions, i)
         for name in self.atom_properties:
             item[f"atom_{name}"] = np.asarray(data.atom_property(name, i))
         return item
@@ -105,6 +103,12 @@ class AtomsDataset(Dataset):
 
 
 MAX_TRANSLATION_DRAWS = 32
+
+
+def structure_condition(data: AtomsH5, names: Sequence[str], index: int, dtype: Any = np.float32) -> np.ndarray:
+    """(cond_dim,) structure ``index``'s properties ``names`` flattened and concatenated: ``batch["cond"]``'s row."""
+    return np.concatenate([np.atleast_1d(np.asarray(data.structure_property(name, index), dtype=dtype)).ravel()
+                           for name in names])
 
 
 def _shares_voxel(frac: np.ndarray, grid_shape: np.ndarray) -> bool:

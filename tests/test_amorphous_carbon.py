@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from lightning_gcd.models.loading import load_model
@@ -321,3 +322,36 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     assert {"particle dps ρ100", "particle dps ρ400", "particle dps ρ800", "particle cfg+dps ρ800", "voxel dps"} <= set(table)
     with pytest.raises(SystemExit, match="--targets"):
         _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "bad"), "--targets", "100000"])
+
+
+@needs_engines
+def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """guided.train_prior keeps ``{kind}_partial/last.ckpt`` current while it trains; a rerun after a kill
+    resumes from that step (here: a 2-step run's checkpoint left behind, then a 4-step run) and ends at
+    the requested step, removing the partial checkpoint."""
+    import lightning as L
+
+    root = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data"
+    data = tmp_path / "a_c.h5"
+    shutil.copytree(root / "a_c_300.h5.parts", f"{data}.parts")
+    build_dataset("amorphous-carbon", data, workers=1, progress=False, finished_only=True, **SHIPPED["a_c_300"])
+    guided = _script("guided")
+    out = tmp_path / "ckpt"
+    first = guided.train_prior("voxel", str(data), 2, out, checkpoint_every=1)
+    assert torch.load(first, weights_only=False)["global_step"] == 2
+    assert not (out / "voxel_partial" / "last.ckpt").exists()  # removed once the prior is finished
+    # a killed run: its partial checkpoint is all that is left (marked, so that loading it shows)
+    partial = out / "voxel_partial" / "last.ckpt"
+    partial.parent.mkdir(exist_ok=True)
+    state = torch.load(first, weights_only=False)
+    name = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
+    state["state_dict"][name] += 1.0
+    torch.save(state, partial)
+    resumed = guided.train_prior("voxel", str(data), 2, out, checkpoint_every=1)  # already at step 2: no step
+    assert "resuming the voxel prior" in capsys.readouterr().out
+    assert torch.equal(torch.load(resumed, weights_only=False)["state_dict"][name], state["state_dict"][name])
+    torch.save(state, partial)
+    L.seed_everything(0)
+    final = guided.train_prior("voxel", str(data), 4, out, checkpoint_every=1)
+    assert torch.load(final, weights_only=False)["global_step"] == 4
+    assert not partial.exists()

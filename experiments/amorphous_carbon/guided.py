@@ -47,12 +47,22 @@ sys.path.insert(0, str(REPO))
 MODES = ("unguided", "cfg", "dps", "cfg+dps")
 
 
-def _trainer(max_steps: int = -1, max_epochs: int | None = None):
+def _trainer(max_steps: int = -1, max_epochs: int | None = None, partial_dir: Path | None = None,
+             every_n_steps: int = 500):
+    """A CPU trainer without logger or validation; with ``partial_dir`` it keeps ``partial_dir/last.ckpt``
+    current every ``every_n_steps`` steps (atomic writes), so a killed training loses at most that many."""
     import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO
+
+    extra = dict(enable_checkpointing=False)
+    if partial_dir is not None:
+        extra = dict(enable_checkpointing=True, plugins=[AtomicCheckpointIO()], callbacks=[ModelCheckpoint(
+            dirpath=partial_dir, save_last=True, save_top_k=0, every_n_train_steps=every_n_steps)])
     return L.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, limit_val_batches=0)
+                     enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, limit_val_batches=0, **extra)
 
 
 def train_forward(path: str, epochs: int, out: Path):
@@ -71,10 +81,12 @@ def train_forward(path: str, epochs: int, out: Path):
 
 
 def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: bool = False,
-                standardize_condition: bool = True):
+                standardize_condition: bool = True, checkpoint_every: int = 500):
     """Train the particle or voxel prior (spectrum-conditioned, CFG dropout 0.2) for ``steps`` on ``path``;
     ``voxel_geometry``: the voxel U-Net is told each grid's voxel spacing (``geometry_condition``);
-    ``standardize_condition``: the spectrum is standardised with the training cells' statistics."""
+    ``standardize_condition``: the spectrum is standardised with the training cells' statistics.
+    Writes ``out/{kind}.ckpt``. While it trains, ``out/{kind}_partial/last.ckpt`` is kept current every
+    ``checkpoint_every`` steps; a killed run rerun with the same command resumes from it."""
     import lightning as L
 
     from datamodules.datamodule import AtomsDataModule
@@ -91,9 +103,14 @@ def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: boo
         dm = AtomsDataModule(path, view="voxel", batch_size=4, conditions=["xanes"])
         model = GrandCanonicalDiffusion(base_channels=16, channel_mults=(1, 2), attention=False, lr=5e-4,
                                         geometry_condition=voxel_geometry, **common)
-    trainer = _trainer(max_steps=steps)
-    trainer.fit(model, dm)
+    partial_dir = out / f"{kind}_partial"
+    resume = partial_dir / "last.ckpt"
+    if resume.exists():
+        print(f"resuming the {kind} prior from {resume}", flush=True)
+    trainer = _trainer(max_steps=steps, partial_dir=partial_dir, every_n_steps=checkpoint_every)
+    trainer.fit(model, dm, ckpt_path=resume if resume.exists() else None)
     trainer.save_checkpoint(out / f"{kind}.ckpt")
+    resume.unlink(missing_ok=True)
     return out / f"{kind}.ckpt"
 
 

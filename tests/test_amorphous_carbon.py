@@ -339,10 +339,10 @@ def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "ckpt"
     first = guided.train_prior("voxel", str(data), 2, out, checkpoint_every=1)
     assert torch.load(first, weights_only=False)["global_step"] == 2
-    assert not (out / "voxel_partial" / "last.ckpt").exists()  # removed once the prior is finished
+    assert not (out / "voxel_partial").exists()  # removed once the prior is finished
     # a killed run: its partial checkpoint is all that is left (marked, so that loading it shows)
     partial = out / "voxel_partial" / "last.ckpt"
-    partial.parent.mkdir(exist_ok=True)
+    partial.parent.mkdir()
     state = torch.load(first, weights_only=False)
     name = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
     state["state_dict"][name] += 1.0
@@ -350,8 +350,9 @@ def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.Capt
     resumed = guided.train_prior("voxel", str(data), 2, out, checkpoint_every=1)  # already at step 2: no step
     assert "resuming the voxel prior" in capsys.readouterr().out
     assert torch.equal(torch.load(resumed, weights_only=False)["state_dict"][name], state["state_dict"][name])
+    partial.parent.mkdir()
     torch.save(state, partial)
     L.seed_everything(0)
     final = guided.train_prior("voxel", str(data), 4, out, checkpoint_every=1)
     assert torch.load(final, weights_only=False)["global_step"] == 4
-    assert not partial.exists()
+    assert not partial.parent.exists()

@@ -111,6 +111,8 @@ def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: boo
     trainer.fit(model, dm, ckpt_path=resume if resume.exists() else None)
     trainer.save_checkpoint(out / f"{kind}.ckpt")
     resume.unlink(missing_ok=True)
+    if partial_dir.is_dir() and not any(partial_dir.iterdir()):
+        partial_dir.rmdir()
     return out / f"{kind}.ckpt"
 
 

@@ -326,9 +326,9 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
 
 @needs_engines
 def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """guided.train_prior keeps ``{kind}_partial/last.ckpt`` current while it trains; a rerun after a kill
-    resumes from that step (here: a 2-step run's checkpoint left behind, then a 4-step run) and ends at
-    the requested step, removing the partial checkpoint."""
+    """guided.train_prior keeps ``{kind}_partial/last.ckpt`` current while it trains and removes it when done;
+    a rerun after a kill resumes from it: a left-behind step-2 checkpoint with marked weights is loaded as
+    it is when 2 steps are asked for, and training continues from it to 4 steps."""
     import lightning as L
 
     root = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data"

@@ -205,11 +205,12 @@ SHIPPED = {"a_c_300": dict(n_structures=300, xanes_sites=8),
            "a_c_512_ref": dict(n_structures=5, n_atoms=512, xanes_sites=1)}
 
 
-def _shipped_files(tmp_path: Path) -> dict[str, Path]:
-    """HDF5 files written (--finished-only) from the shipped parts of the a-C builds."""
+def _shipped_files(tmp_path: Path, names: tuple[str, ...] = tuple(SHIPPED)) -> dict[str, Path]:
+    """HDF5 files written (--finished-only) from the shipped parts of the a-C builds ``names``."""
     root = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data"
     files = {}
-    for name, options in SHIPPED.items():
+    for name in names:
+        options = SHIPPED[name]
         out = tmp_path / f"{name}.h5"
         shutil.copytree(root / f"{name}.h5.parts", f"{out}.parts")
         build_dataset("amorphous-carbon", out, workers=1, progress=False, finished_only=True, **options)
@@ -331,10 +332,7 @@ def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.Capt
     it is when 2 steps are asked for, and training continues from it to 4 steps."""
     import lightning as L
 
-    root = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data"
-    data = tmp_path / "a_c.h5"
-    shutil.copytree(root / "a_c_300.h5.parts", f"{data}.parts")
-    build_dataset("amorphous-carbon", data, workers=1, progress=False, finished_only=True, **SHIPPED["a_c_300"])
+    data = _shipped_files(tmp_path, ("a_c_300",))["a_c_300"]
     guided = _script("guided")
     out = tmp_path / "ckpt"
     first = guided.train_prior("voxel", str(data), 2, out, checkpoint_every=1)

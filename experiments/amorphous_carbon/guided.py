@@ -105,10 +105,11 @@ def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: boo
                                         geometry_condition=voxel_geometry, **common)
     partial_dir = out / f"{kind}_partial"
     resume = partial_dir / "last.ckpt"
-    if resume.exists():
+    resume_from = resume if resume.exists() else None
+    if resume_from:
         print(f"resuming the {kind} prior from {resume}", flush=True)
     trainer = _trainer(max_steps=steps, partial_dir=partial_dir, every_n_steps=checkpoint_every)
-    trainer.fit(model, dm, ckpt_path=resume if resume.exists() else None)
+    trainer.fit(model, dm, ckpt_path=resume_from)
     trainer.save_checkpoint(out / f"{kind}.ckpt")
     resume.unlink(missing_ok=True)
     if partial_dir.is_dir() and not any(partial_dir.iterdir()):

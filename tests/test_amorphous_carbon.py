@@ -173,6 +173,39 @@ def test_geometry_helpers() -> None:
 
 
 @needs_engines
+def test_relax_carbon_removes_clashes_in_any_cell() -> None:
+    """Tersoff relaxation at fixed cell: a rattled diamond in its skewed primitive-fcc supercell goes back to
+    the diamond minimum (every atom sp3, about -7.37 eV/atom, on the ideal lattice up to a rigid drift: the
+    LAMMPS prism frame is undone), and two atoms pushed 0.8 Å apart are pulled to a bond length."""
+    from ase.build import bulk
+
+    ideal = bulk("C", "diamond", a=3.567).repeat(2)
+    diamond = ideal.copy()
+    diamond.rattle(0.05, seed=0)
+    relaxed, energy = ac.relax_carbon(diamond)
+    assert np.allclose(relaxed.cell[:], diamond.cell[:])
+    assert energy / len(diamond) == pytest.approx(-7.37, abs=0.03)
+    moved = (relaxed.get_scaled_positions() - ideal.get_scaled_positions() + 0.5) % 1.0 - 0.5
+    moved = moved @ ideal.cell[:]
+    assert np.linalg.norm(moved - moved.mean(0), axis=1).max() < 0.02  # back on the lattice, up to a drift
+    from lightning_gcd.metrics.coordination import sp_fractions
+    assert sp_fractions([relaxed])["sp3"] == 1.0
+
+    clash = bulk("C", "diamond", a=3.567, cubic=True).repeat(2)
+    clash.positions[1] = clash.positions[0] + (clash.positions[1] - clash.positions[0]) * 0.8 / clash.get_distance(0, 1)
+    assert clash.get_distance(0, 1, mic=True) == pytest.approx(0.8)
+    one_step, e_one = ac.relax_carbon(clash, max_steps=1)
+    relaxed, e_relaxed = ac.relax_carbon(clash, max_steps=500)
+    assert e_relaxed < e_one
+    d = relaxed.get_all_distances(mic=True)[np.triu_indices(len(relaxed), 1)]
+    assert d.min() > 1.3
+    with pytest.raises(GcdError, match="carbon only"):
+        ac.relax_carbon(bulk("Si", "diamond", a=5.43))
+    with pytest.raises(GcdError, match="max_steps"):
+        ac.relax_carbon(diamond, max_steps=0)
+
+
+@needs_engines
 def test_engine_failure_is_one_line_naming_the_structure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -314,9 +347,13 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
                                    "--models", "particle", "--modes", "dps", "--dps-scale-particle", "100", "400",
                                    "--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"),
                                    "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt"), "--samples", "1",
-                                   "--particle-steps", "2", "--n-atoms", "128", "--feff-structures", "0"]) == 0
+                                   "--particle-steps", "2", "--n-atoms", "128", "--feff-structures", "0",
+                                   "--relax", "20"]) == 0
     swept = json.loads((sweep / "results.json").read_text())["runs"]
     assert [(r["mode"], r["dps_scale"]) for r in swept] == [("dps", 100.0), ("dps", 400.0)]
+    for run in swept:  # --relax: measured on the Tersoff-relaxed samples, the raw ones kept as raw_*
+        assert {"raw_sp3_fraction", "raw_min_distance_mean", "relax_seconds"} <= set(run)
+        assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms_mean"] == 128
     assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "with_sweep"),
                                    "--merge", str(out), str(sweep)]) == 0
     table = _script("guided").summary(json.loads((tmp_path / "with_sweep" / "results.json").read_text()))

@@ -511,3 +511,29 @@ def test_restart_sampling_repeats_the_low_noise_steps():
         d.sample(rec, (2, 3), steps=4, restarts=1)
     with pytest.raises(ValueError, match="chain step at or below"):
         d.sample(rec, (2, 3), steps=1, restarts=1, restart_t_index=500)
+
+
+def test_input_perturbation_noises_the_input_not_the_target():
+    """DDPM-IP: the network sees x_t built from eps + γ ξ but is scored against eps, so a model that returns
+    exactly the noise in its input is off by γ ξ (loss ≈ γ²); a fixed-noise (validation) loss is unperturbed."""
+    x0 = torch.randn(2, 2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 700])
+    gamma = 0.1
+
+    def returns_input_noise(d: GaussianDiffusion):
+        a = d.schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1, 1)
+
+        def model(x_t, t_net, cond, keep):
+            return (x_t - a.sqrt() * x0) / (1.0 - a).sqrt()
+        return model
+
+    plain = GaussianDiffusion("eps", "cosine", 1000)
+    perturbed = GaussianDiffusion("eps", "cosine", 1000, input_perturbation=gamma)
+    gen = torch.Generator().manual_seed(1)
+    assert plain.training_loss(returns_input_noise(plain), x0, t_index=t, generator=gen).item() < 1e-8
+    loss = perturbed.training_loss(returns_input_noise(perturbed), x0, t_index=t, generator=gen).item()
+    assert loss == pytest.approx(gamma ** 2, rel=0.15)  # 2048 elements: the mean of γ² ξ² within ~5 %
+    noise = torch.randn(x0.shape, generator=gen)
+    assert perturbed.training_loss(returns_input_noise(perturbed), x0, t_index=t, noise=noise).item() < 1e-8
+    with pytest.raises(ValueError, match="input_perturbation"):
+        GaussianDiffusion("eps", input_perturbation=-0.1)

@@ -81,10 +81,11 @@ def train_forward(path: str, epochs: int, out: Path):
 
 
 def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: bool = False,
-                standardize_condition: bool = True, checkpoint_every: int = 500):
+                standardize_condition: bool = True, checkpoint_every: int = 500, voxel_input_perturbation: float = 0.0):
     """Train the particle or voxel prior (spectrum-conditioned, CFG dropout 0.2) for ``steps`` on ``path``;
     ``voxel_geometry``: the voxel U-Net is told each grid's voxel spacing (``geometry_condition``);
-    ``standardize_condition``: the spectrum is standardised with the training cells' statistics.
+    ``standardize_condition``: the spectrum is standardised with the training cells' statistics;
+    ``voxel_input_perturbation``: γ of the voxel model's DDPM-IP input perturbation (0: off).
     Writes ``out/{kind}.ckpt``. While it trains, ``out/{kind}_partial/last.ckpt`` is kept current every
     ``checkpoint_every`` steps; a killed run rerun with the same command resumes from it."""
     import lightning as L
@@ -102,7 +103,8 @@ def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: boo
     else:
         dm = AtomsDataModule(path, view="voxel", batch_size=4, conditions=["xanes"])
         model = GrandCanonicalDiffusion(base_channels=16, channel_mults=(1, 2), attention=False, lr=5e-4,
-                                        geometry_condition=voxel_geometry, **common)
+                                        geometry_condition=voxel_geometry, input_perturbation=voxel_input_perturbation,
+                                        **common)
     partial_dir = out / f"{kind}_partial"
     resume = partial_dir / "last.ckpt"
     resume_from = resume if resume.exists() else None
@@ -131,6 +133,23 @@ def feff_site_spectra(atoms, sites, energy: np.ndarray, work: Path) -> tuple[np.
         except Exception as exc:  # noqa: BLE001 - a broken sample (overlapping atoms) is reported, not fatal
             errors.append(f"site {int(j)}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
     return np.asarray(spectra), errors
+
+
+def relax_samples(structures, max_steps: int) -> tuple[list, list[float]]:
+    """Each structure relaxed with the builder's Tersoff potential (``relax_carbon``, fixed cell, at most
+    ``max_steps`` steps), and its energy per atom (eV); empty structures are kept as they are (energy NaN)."""
+    from datamodules.builders.amorphous_carbon import relax_carbon
+
+    relaxed, energies = [], []
+    for atoms in structures:
+        if len(atoms) == 0:
+            relaxed.append(atoms)
+            energies.append(float("nan"))
+            continue
+        a, energy = relax_carbon(atoms, max_steps)
+        relaxed.append(a)
+        energies.append(energy / len(a))
+    return relaxed, energies
 
 
 def min_distances(structures) -> list[float]:
@@ -171,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-atoms", type=int, default=None,
                         help="sample this many atoms in a cubic cell at each target's density (default: the target's "
                              "own cell and count); e.g. 512 from priors trained on 64-atom cells")
+    parser.add_argument("--relax", type=int, default=0, metavar="STEPS",
+                        help="relax every sample with the builder's Tersoff potential (fixed cell, at most STEPS "
+                             "conjugate-gradient steps) and measure the relaxed structures; the raw samples' "
+                             "sp fractions and minimum distance are kept as raw_* (default 0: no relaxation)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -253,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
                 samples = model.sample(template, batch_size=args.samples, steps=steps, sampler=sampler,
                                        guidance_scale=cfg, seed=args.seed + i, progress=False, posterior=posterior)
                 seconds = time.time() - t
+                raw = {}
+                if args.relax:
+                    raw = {"raw_min_distance_mean": float(np.nanmean(min_distances(samples))),
+                           **{f"raw_{k}_fraction": v for k, v in sp_fractions(samples).items()}}
+                    t = time.time()
+                    samples, energies = relax_samples(samples, args.relax)
+                    raw.update(relax_seconds=time.time() - t, relaxed_energy_per_atom=float(np.mean(energies)))
                 batch = StructureBatch.from_atoms(samples)
                 pred = predicted(samples) if batch.mask.any() else np.full((len(samples), len(energy)), np.nan)
                 g, valid = structure_rdf(batch)
@@ -266,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     **{f"{k}_fraction": v for k, v in sp_fractions(batch).items()},
                     "rdf_l1": float(rdf_l1(g_mean, torch.as_tensor(curves["target_g"][i]), 6.0 / g.shape[-1])),
                     "forward_rel_l2_per_sample": [rel_l2(p, spectrum) for p in pred],
+                    **raw,
                 }
                 run["forward_rel_l2"] = float(np.mean(run["forward_rel_l2_per_sample"]))
                 feff = []

@@ -59,12 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voxel-ckpt", help="use this voxel prior instead of training one")
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the spectrum condition (1: conditional)")
     p.add_argument("--particle-steps", type=int, default=64, help="Euler-Maruyama steps (the paper's 64)")
+    p.add_argument("--particle-sampler", choices=["em", "pc"], default="em",
+                   help="particle sampler: Euler-Maruyama (default, the paper's) or predictor-corrector (Langevin)")
     p.add_argument("--voxel-steps", type=int, default=100, help="voxel sampler steps")
     p.add_argument("--voxel-sampler", choices=["ddpm", "ddim"], default="ddpm", help="voxel sampler (default DDPM)")
     p.add_argument("--voxel-geometry", choices=["on", "off"], default="off",
                    help="train the voxel prior told each grid's voxel spacing (geometry_condition; default off)")
     p.add_argument("--standardize-condition", choices=["on", "off"], default="on",
                    help="priors trained here standardise the spectrum condition (default on)")
+    p.add_argument("--voxel-input-perturbation", type=float, default=0.0,
+                   help="a voxel prior trained here uses DDPM-IP input perturbation with this γ (default 0: off)")
     p.add_argument("--voxel-restarts", type=int, default=0, help="restart sampling of the voxel model: N restarts (default 0)")
     p.add_argument("--voxel-restart-t", type=float, default=0.5, help="the level restarts go back to, × T (default 0.5)")
     p.add_argument("--density-tolerance", type=float, default=0.05, help="g/cm³: training cells counted as 'this density'")
@@ -179,10 +183,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             path = train_prior(kind, args.data, args.prior_steps, ckpt_dir, voxel_geometry=args.voxel_geometry == "on",
-                               standardize_condition=args.standardize_condition == "on")
+                               standardize_condition=args.standardize_condition == "on",
+                               voxel_input_perturbation=args.voxel_input_perturbation)
         results["timings"][f"train_{kind}_s"] = time.time() - t
         model = load_model(path, base=DiffusionModule)
-        sampler, steps = ("em", args.particle_steps) if kind == "particle" else (args.voxel_sampler, args.voxel_steps)
+        sampler, steps = (args.particle_sampler, args.particle_steps) if kind == "particle" else (args.voxel_sampler, args.voxel_steps)
         if kind == "voxel":
             model.sample_restarts, model.sample_restart_t = args.voxel_restarts, args.voxel_restart_t
         for e in entries:

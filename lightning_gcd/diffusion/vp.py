@@ -150,7 +150,8 @@ class GaussianDiffusion:
     def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000,
                  loss_space: str = "prediction", blend_sigma_data: float | Sequence[float] = 1.0,
                  self_condition: bool = False, self_condition_prob: float = 0.5,
-                 self_condition_clip: tuple[float, float] | None = None) -> None:
+                 self_condition_clip: tuple[float, float] | None = None,
+                 input_perturbation: float = 0.0) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
         scales = [float(blend_sigma_data)] if isinstance(blend_sigma_data, (int, float)) else [float(v) for v in blend_sigma_data]
@@ -170,6 +171,12 @@ class GaussianDiffusion:
         self.self_condition = bool(self_condition)
         self.self_condition_prob = float(self_condition_prob)
         self.self_condition_clip = None if self_condition_clip is None else (float(self_condition_clip[0]), float(self_condition_clip[1]))
+        if not 0.0 <= input_perturbation < 1.0:
+            raise ValueError(f"input_perturbation must be in [0, 1), got {input_perturbation}")
+        # DDPM-IP (Ning et al. 2023): the training input is noised with eps + gamma * xi while the target keeps
+        # eps, so the network learns to correct the slightly-off inputs that its own sampler produces
+        # (exposure bias). 0 turns it off; the paper uses 0.1.
+        self.input_perturbation = float(input_perturbation)
 
     def set_channel_predictions(self, kinds: Sequence[str] | None) -> None:
         """Predict a different quantity per channel (dim 1): e.g. ``["x0", "v", "v", "v"]``.
@@ -358,7 +365,7 @@ class GaussianDiffusion:
             t_index, noise: optional (B,) step indices and x0-shaped noise to use instead of drawing them
                 (a deterministic validation loss draws them per structure from the structure's index).
                 Given both, a self-conditioned model always gets its first-pass estimate (as when sampling),
-                so the loss stays deterministic.
+                so the loss stays deterministic, and ``input_perturbation`` is not applied.
         Returns:
             scalar loss.
         """
@@ -371,7 +378,10 @@ class GaussianDiffusion:
             t_index = torch.randint(0, self.T, (b,), generator=generator, device=gen_device).to(device)
         if noise is None:
             noise = _randn(x0.shape, generator, device, x0.dtype)
-        x_t = self.q_sample(x0, t_index, noise)
+        input_noise = noise
+        if self.input_perturbation > 0.0 and not fixed:  # a fixed-noise (validation) loss stays unperturbed
+            input_noise = noise + self.input_perturbation * _randn(x0.shape, generator, device, x0.dtype)
+        x_t = self.q_sample(x0, t_index, input_noise)
         keep = None
         if cond is not None and cond_drop_prob > 0.0:
             keep = (torch.rand((b,), generator=generator, device=gen_device) >= cond_drop_prob).to(device)

@@ -71,6 +71,10 @@ class GrandCanonicalDiffusion(DiffusionModule):
             after the chain, take the sample back to noise level ``sample_restart_t`` (a fraction of the
             training steps, 0-1) and run the chain's steps below it again, ``sample_restarts`` times. The
             attributes of the same names switch it on a loaded model.
+        input_perturbation: γ of DDPM-IP (``GaussianDiffusion``; Ning et al. 2023): training inputs are
+            noised with ε + γξ while the target keeps ε, a training-side remedy for exposure bias (the
+            sampler's own trajectory drifting off the training distribution, where the a-C prior loses
+            atoms). 0 (default) is off; the paper's value is 0.1.
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
 
@@ -96,10 +100,12 @@ class GrandCanonicalDiffusion(DiffusionModule):
         geometry_condition: bool = False,
         sample_restarts: int = 0,
         sample_restart_t: float = 0.3,
+        input_perturbation: float = 0.0,
         **kwargs: Any,
     ) -> None:
         self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space,
-                                           self_condition=self_condition, self_condition_clip=(-1.0, 1.0))
+                                           self_condition=self_condition, self_condition_clip=(-1.0, 1.0),
+                                           input_perturbation=input_perturbation)
         self.encoding: VoxelEncoding | None = None
         super().__init__(**kwargs)
         self.save_hyperparameters()

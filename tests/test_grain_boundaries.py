@@ -218,13 +218,23 @@ def test_sample_cli_inpaint_relax_and_errors(gb_h5: Path, models, tmp_path: Path
                      "--relax", "none", "--out", str(tmp_path / "p.extxyz"), "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(ase.io.read(tmp_path / "p.extxyz")) == AtomsH5(gb_h5).n_atoms[0]
+    # --relax without --inpaint: plain samples of the one-element model relaxed with its calculator
+    result = run_gcd("sample", "--ckpt", str(pckpt), "--n", "2", "--steps", "2", "--relax", "emt", "--relax-steps", "5",
+                     "--out", str(tmp_path / "plain.extxyz"), "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    relaxed, generated = ase.io.read(tmp_path / "plain.extxyz", ":"), ase.io.read(tmp_path / "plain_generated.extxyz", ":")
+    assert len(relaxed) == len(generated) == 2 and "relaxed 2 of 2 with ASE EMT" in result.stderr
+    for before, after in zip(generated, relaxed):
+        assert len(after) == len(before) and 0 < after.info["relax_steps"] <= 5 and np.isfinite(after.info["total_energy"])
+        assert not np.allclose(after.positions, before.positions)
     for args, message in (
         (["--inpaint", "nofile"], "DATASET:INDEX"),
         (["--inpaint", f"{gb_h5}:99"], "out of range"),
         (["--inpaint", f"{gb_h5}:0", "--boundary-width", "40"], "nothing would stay fixed"),
         (["--inpaint", f"{gb_h5}:0", "--boundary-width", "-1"], "must be positive"),
         (["--inpaint", f"{gb_h5}:0", "--supercell", "2", "1", "1"], "drop --grid"),
-        (["--relax", "emt"], "apply to --inpaint only"),
+        (["--boundary-z", "5"], "applies to --inpaint only"),
+        (["--relax", "emt", "--relax-steps", "0"], "--relax-steps must be at least 1"),
     ):
         result = run_gcd("sample", "--ckpt", str(ckpt), *args, "--out", str(tmp_path / "bad.extxyz"), cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)

@@ -323,53 +323,6 @@ def melt_quench(n_atoms: int, density: float, rng: np.random.Generator, velocity
     return atoms, energy
 
 
-def relax_carbon(atoms: Atoms, max_steps: int = 500, force_tolerance: float = 1.0e-3) -> tuple[Atoms, float]:
-    """Minimise the energy of a carbon structure with the builder's Tersoff potential at fixed cell (LAMMPS
-    conjugate gradient, at most ``max_steps`` iterations, stopping at a largest force below
-    ``force_tolerance`` eV/Å). Returns the relaxed copy (wrapped) and its energy in eV.
-
-    Why: generated structures carry the sampler's residual noise (atoms closer than any C-C bond, dangling
-    bonds); a local relaxation in the potential the training data were made with removes that noise without
-    moving the structure to another basin, so sp/sp2/sp3 fractions and spectra are those of a physical
-    structure. Any cell shape (LAMMPS prism through ASE's ``Prism``); carbon only.
-    """
-    from ase.calculators.lammps import Prism
-
-    if len(atoms) == 0:
-        raise GcdError("cannot relax an empty structure")
-    if set(atoms.numbers.tolist()) != {6}:
-        raise GcdError(f"the Tersoff relaxation is for carbon only; this structure has elements {sorted(set(atoms.get_chemical_symbols()))}")
-    if max_steps < 1:
-        raise GcdError(f"max_steps must be at least 1, got {max_steps}")
-    lammps = load_lammps()
-    prism = Prism(np.asarray(atoms.cell[:]))
-    lx, ly, lz, xy, xz, yz = (float(v) for v in prism.get_lammps_prism())
-    positions = prism.vector_to_lammps(atoms.get_positions(), wrap=True)
-    n = len(atoms)
-    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-    try:
-        lmp.commands_list([
-            "units metal", "atom_style atomic", "boundary p p p", "atom_modify map array",
-            f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r}", "create_box 1 box",
-            f"mass 1 {CARBON_MASS}",
-        ])
-        lmp.create_atoms(n, list(range(1, n + 1)), [1] * n, np.ascontiguousarray(positions).ravel().tolist())
-        lmp.commands_list([
-            "pair_style tersoff", f'pair_coeff * * "{tersoff_file()}" C',
-            "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
-            f"minimize 0.0 {force_tolerance!r} {int(max_steps)} {10 * int(max_steps)}",
-        ])
-        energy = float(lmp.get_thermo("pe"))
-        x = np.array(lmp.numpy.extract_atom("x")[:n], dtype=np.float64)
-        ids = np.array(lmp.numpy.extract_atom("id")[:n])
-    finally:
-        lmp.close()
-    relaxed = atoms.copy()
-    relaxed.set_positions(prism.vector_to_ase(x[np.argsort(ids)], wrap=False))
-    relaxed.wrap()
-    return relaxed, energy
-
-
 def site_clusters(atoms: Atoms, sites: Sequence[int], radius: float) -> list[np.ndarray]:
     """For each absorber, the vectors (Å) to every periodic image of every atom within ``radius``, nearest first."""
     from ase.neighborlist import neighbor_list

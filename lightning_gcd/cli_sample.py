@@ -219,6 +219,8 @@ def relax_generated(atoms_list: list, info: dict, calculator: str, max_steps: in
     if len(species) != 1:
         raise GcdError(f"--relax relaxes one-element structures; this model generates {len(species)} elements")
     relaxer = Relaxer(chemical_symbols[species[0]], calculator, max_steps=max_steps)
+    if calculator == "lammps":  # a missing engine or potential is one clear error, not one per structure
+        relaxer.potential_path()
     relaxed = relax_structures(atoms_list, relaxer, progress)
     per_atom = np.array([a.info["total_energy"] / len(a) if len(a) else np.nan for a in relaxed])
     ok = np.isfinite(per_atom)

@@ -355,12 +355,14 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
                                    "--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"),
                                    "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt"), "--samples", "1",
                                    "--particle-steps", "2", "--n-atoms", "128", "--feff-structures", "0",
-                                   "--relax", "20"]) == 0
+                                   "--relax", "20", "--density", "3.0"]) == 0
     swept = json.loads((sweep / "results.json").read_text())["runs"]
     assert [(r["mode"], r["dps_scale"]) for r in swept] == [("dps", 100.0), ("dps", 400.0)]
     for run in swept:  # --relax: measured on the Tersoff-relaxed samples, the raw ones kept as raw_*
         assert {"raw_sp3_fraction", "raw_min_distance_mean", "relax_seconds"} <= set(run)
         assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms_mean"] == 128
+        assert run["cell_density"] == 3.0 and run["density_mean"] == pytest.approx(3.0)  # --density: 128 atoms at 3.0 g/cm³
+    assert next(iter(results["targets"].values()))["density"] != pytest.approx(3.0)
     assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "with_sweep"),
                                    "--merge", str(out), str(sweep)]) == 0
     table = _script("guided").summary(json.loads((tmp_path / "with_sweep" / "results.json").read_text()))

@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-atoms", type=int, default=None,
                         help="sample this many atoms in a cubic cell at each target's density (default: the target's "
                              "own cell and count); e.g. 512 from priors trained on 64-atom cells")
+    parser.add_argument("--density", type=float, default=None, metavar="G_PER_CM3",
+                        help="sample every target's structures at this density instead of the target's own (a steering "
+                             "test: can guidance move a structure of one density toward another's spectrum?)")
     parser.add_argument("--relax", type=int, default=0, metavar="STEPS",
                         help="relax every sample with the builder's Tersoff potential (fixed cell, at most STEPS "
                              "conjugate-gradient steps) and measure the relaxed structures; the raw samples' "
@@ -253,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         steps, sampler = (args.particle_steps, "em") if kind == "particle" else (args.voxel_steps, "ddim")
         for i, (atoms, spectrum, _, _) in targets.items():
             target = torch.as_tensor(spectrum, dtype=torch.float32)
-            if args.n_atoms:  # the size asked for: a cubic cell of that many atoms at the target's density
-                n_atoms = args.n_atoms
-                cell = cubic_cell(n_atoms, results["targets"][i]["density"], {6: 1.0})
+            if args.n_atoms or args.density:  # a cubic cell of the size asked for at the target's (or the given) density
+                n_atoms = args.n_atoms or len(atoms)
+                cell = cubic_cell(n_atoms, args.density or results["targets"][i]["density"], {6: 1.0})
             else:  # the target's own cell and atom count
                 n_atoms, cell = len(atoms), np.asarray(atoms.cell[:])
             template = model.sample_template(args.samples, cond=target, target=target, cell=cell, n_atoms=n_atoms)
@@ -282,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                 dists = min_distances(samples)
                 run = {
                     "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
+                    "cell_density": args.density or results["targets"][i]["density"],  # g/cm³ of the requested atoms
                     "dps_scale": rho, "sample_seconds": seconds,
                     "n_atoms_mean": float(np.mean([len(a) for a in samples])),
+                    "density_mean": float(np.mean([mass_density(a) for a in samples])),  # g/cm³ the samples hold
                     "min_distance_mean": float(np.nanmean(dists)),
                     **{f"{k}_fraction": v for k, v in sp_fractions(batch).items()},
                     "rdf_l1": float(rdf_l1(g_mean, torch.as_tensor(curves["target_g"][i]), 6.0 / g.shape[-1])),

@@ -16,7 +16,7 @@ import pytest
 import torch
 from ase import Atoms
 
-from datamodules.h5format import DatasetRecords, write_dataset
+from datamodules.h5format import AtomsH5, DatasetRecords, write_dataset
 from lightning_gcd.cli import main as gcd_main
 from lightning_gcd.errors import GcdError
 
@@ -129,6 +129,23 @@ def test_forward_cv_evaluates_a_trained_checkpoint(forward_model, spectrum_h5: P
         assert scored["metrics"][name] == pytest.approx(after[name], rel=1e-5)
     with pytest.raises(SystemExit, match="no structures"):
         script.main(["--data", str(spectrum_h5), "--evaluate", str(tmp_path / "forward.ckpt"), "--split", "nope"])
+    # the hybridization contrast: reported for the trained model; a model that returns the labels exactly
+    # reproduces FEFF's difference between sp3 and sp2 (and sp2 and sp) sites exactly, one that returns a
+    # constant spectrum has none of it
+    assert set(scored["hybridization_contrast"]) <= {"sp3-sp2", "sp2-sp"} and scored["hybridization_contrast"]
+
+    def exact(frac, numbers, mask, cell):
+        atoms = Atoms(numbers=numbers[0].numpy(), scaled_positions=frac[0].double().numpy(), cell=cell[0].double().numpy(), pbc=True)
+        return torch.as_tensor(synthetic_spectra(atoms))[None]
+
+    structures = AtomsH5(spectrum_h5).split("train")
+    contrast = script.hybridization_contrast(exact, str(spectrum_h5), structures)
+    assert contrast, "the synthetic cells hold several coordinations"
+    for entry in contrast.values():
+        assert entry["cosine"] == pytest.approx(1.0, abs=1e-5) and entry["rel_l2"] == pytest.approx(0.0, abs=1e-5)
+        assert entry["norm_ratio"] == pytest.approx(1.0, abs=1e-5) and min(entry["sites"]) > 0
+    flat = script.hybridization_contrast(lambda frac, *rest: torch.ones(1, frac.shape[1], K), str(spectrum_h5), structures)
+    assert all(entry["norm_ratio"] == 0.0 and entry["rel_l2"] == pytest.approx(1.0) for entry in flat.values())
 
 
 def _random_structure(n: int = 12, length: float = 6.0, seed: int = 0):

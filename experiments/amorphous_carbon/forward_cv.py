@@ -12,7 +12,9 @@ test), e.g. the model ``guided.py`` trained:
 
 Prints and writes JSON: per fold and pooled over folds (site-weighted) the per-atom relative L2
 (‖pred − FEFF‖/‖FEFF‖), the MAE, the per-structure mean-spectrum relative L2 and the same per-atom error of
-the trivial baseline that predicts the training mean spectrum for every atom.
+the trivial baseline that predicts the training mean spectrum for every atom. ``--evaluate`` also reports
+``hybridization_contrast``: whether the model reproduces FEFF's difference between the mean spectra of sp3
+and sp2 (and sp2 and sp) sites.
 """
 
 from __future__ import annotations
@@ -116,7 +118,49 @@ def evaluate(ckpt: str, path: str, split: str) -> dict:
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(model, dm, verbose=False)
     return {"data": path, "checkpoint": ckpt, "split": split, "structures": [int(i) for i in dm.splits[split]],
-            "metrics": dict(model.last_metrics)}
+            "metrics": dict(model.last_metrics), "hybridization_contrast": hybridization_contrast(model, path, dm.splits[split])}
+
+
+def hybridization_contrast(model, path: str, structures) -> dict:
+    """Does the forward model see what FEFF sees between hybridizations? Over the labelled sites of
+    ``structures``, the difference of the mean spectra of (n+1)- and n-coordinated carbon atoms (C-C bonds
+    < 1.85 Å: sp3 − sp2 and sp2 − sp) by FEFF and by the model, compared: cosine, norm ratio (model / FEFF) and
+    relative L2 of the model's difference; ``contrast_over_site_error``: the FEFF difference's norm over the
+    model's mean per-site error norm. Spectrum guidance can only move hybridization if the model gets these
+    right."""
+    import torch
+
+    from datamodules.h5format import AtomsH5
+    from lightning_gcd.metrics.coordination import CARBON_CUTOFF
+    from lightning_gcd.structures import StructureBatch
+
+    feff, pred, coordination = [], [], []
+    with AtomsH5(path) as data:
+        for i in structures:
+            atoms, i = data.atoms(int(i)), int(i)
+            mask = np.asarray(data.atom_property("xanes_mask", i), bool)
+            batch = StructureBatch.from_atoms([atoms])
+            with torch.no_grad():
+                per_atom = model(batch.frac_coords.float(), batch.numbers, batch.mask, batch.cell.float())[0].numpy()
+            d = atoms.get_all_distances(mic=True)
+            feff.append(np.asarray(data.atom_property("xanes", i))[mask])
+            pred.append(per_atom[mask])
+            coordination.append(((d > 0) & (d < CARBON_CUTOFF)).sum(1)[mask])
+    feff, pred, coordination = np.concatenate(feff), np.concatenate(pred), np.concatenate(coordination)
+    site_error = float(np.mean(np.linalg.norm(pred - feff, axis=1)))
+    out = {}
+    for name, low, high in (("sp3-sp2", 3, 4), ("sp2-sp", 2, 3)):
+        if not ((coordination == low).any() and (coordination == high).any()):
+            continue
+        d_feff = feff[coordination == high].mean(0) - feff[coordination == low].mean(0)
+        d_pred = pred[coordination == high].mean(0) - pred[coordination == low].mean(0)
+        norms = float(np.linalg.norm(d_pred) * np.linalg.norm(d_feff))
+        out[name] = {"sites": [int((coordination == low).sum()), int((coordination == high).sum())],
+                     "cosine": float(d_pred @ d_feff / norms) if norms > 0 else float("nan"),  # a flat model: none
+                     "norm_ratio": float(np.linalg.norm(d_pred) / np.linalg.norm(d_feff)),
+                     "rel_l2": float(np.linalg.norm(d_pred - d_feff) / np.linalg.norm(d_feff)),
+                     "contrast_over_site_error": float(np.linalg.norm(d_feff) / site_error)}
+    return out
 
 
 def report(result: dict, out: str | None) -> int:

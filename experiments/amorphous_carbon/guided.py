@@ -12,7 +12,10 @@ at the target's density: the size a user asks for) in four modes, with the same 
 
 ``--modes`` picks some of them; ``--dps-scale-particle``/``--dps-scale-voxel`` take several ρ (a ρ sweep),
 each DPS mode then runs once per ρ and is labelled with it (``dps ρ400``). ``--merge`` joins separate runs
-(one per model, or one per ρ) into one table and plot.
+(one per model, or one per ρ) into one table and plot. ``--relax STEPS`` relaxes every sample with the
+builder's Tersoff potential (fixed cell) and measures the relaxed structures (the raw samples' sp fractions
+and minimum distance kept as ``raw_*``); ``--density RHO`` samples every target at RHO instead of its own
+density (the steering test: can guidance move a structure toward another density's spectrum?).
 
 and measures, against the target structure: sp/sp2/sp3 fractions (1.85 Å), g(r) L1 (0–6 Å), atom count,
 minimum distance, the spectrum error by the forward model (relative L2 of the mean predicted spectrum

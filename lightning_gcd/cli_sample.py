@@ -27,8 +27,18 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="generate N atoms in a cubic cell at --density: the particle model places N atoms, the "
                            "voxel model samples a grid with the training grids' voxels per atom (scale-agnostic "
                            "generation, e.g. 512 atoms from a model trained on 64-atom cells)")
-    p.add_argument("--density", type=float, default=None, metavar="G_PER_CM3",
-                   help="with --n-atoms: mass density of the cubic cell (default: the training data's mean)")
+    p.add_argument("--density", type=density_value, default=None, metavar="G_PER_CM3|auto",
+                   help="with --n-atoms: mass density of the cubic cell (default: the training data's mean); auto: "
+                        "the density whose samples' spectra, predicted by --forward-ckpt, lie closest to the target "
+                        "spectrum (a scan over --density-range; relaxed first when --relax is given)")
+    p.add_argument("--density-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="--density auto: the densities to scan (g/cm³; default: the training cells' range)")
+    p.add_argument("--density-scan-points", type=int, default=9, metavar="D",
+                   help="--density auto: candidate densities, evenly spaced over the range (default 9)")
+    p.add_argument("--density-scan-samples", type=int, default=4, metavar="S",
+                   help="--density auto: unconditional samples per candidate density (default 4)")
+    p.add_argument("--density-scan-atoms", type=int, default=None, metavar="N",
+                   help="--density auto: atoms per scan sample (default: the training cells' mean count)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's sample_steps)")
     p.add_argument("--sampler", default=None, help="ddpm | ddim | dpm2m | dpm2m-sde (voxel), em | pc (particle); default: the model's")
     p.add_argument("--restarts", type=int, default=None, metavar="N",
@@ -68,6 +78,16 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="output file (extxyz recommended)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def density_value(text: str) -> float | str:
+    """``--density``: a positive number (g/cm³) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a density in g/cm³ or 'auto', got {text!r}") from None
 
 
 def condition_from(spec: str, names: list[str]) -> torch.Tensor:
@@ -181,10 +201,14 @@ def run_sample(args: argparse.Namespace) -> int:
         if "grid_shape" not in info:
             raise GcdError("--grid applies to voxel models only; use --supercell")
         supercell = [g / g0 for g, g0 in zip(args.grid, info["grid_shape"])]
-    cell = requested_cell(args, info)
-    cond, target, posterior = conditions_and_target(args, model)
+    cond, target, posterior, forward = conditions_and_target(args, model)
     # checked before sampling: a model of several elements or a missing engine fails now, not after it
     relaxer = sample_relaxer(info, args.relax, args.relax_steps or 300) if args.relax in ("emt", "lammps") else None
+    scan = None
+    if args.density == "auto":
+        scan = run_density_scan(args, model, forward, target, relaxer)
+        args.density = scan.best
+    cell = requested_cell(args, info)
     template = model.sample_template(args.n, supercell, cond, target, cell=cell, n_atoms=args.n_atoms)
     if cell is not None:
         size = (f"grid {'×'.join(map(str, model.grid_for_cell(template['cell'][0], args.n_atoms)))}"
@@ -198,6 +222,8 @@ def run_sample(args: argparse.Namespace) -> int:
         atoms.info.update({"sample": k, "model": type(model).__name__, "seed": args.seed})
         if posterior is not None:
             atoms.info["dps_scale"] = posterior.scale
+        if scan is not None:
+            atoms.info["density_scan_best"] = scan.best
     counts = [len(a) for a in atoms_list]
     if relaxer is not None:
         out = Path(args.out)
@@ -208,6 +234,39 @@ def run_sample(args: argparse.Namespace) -> int:
     print(f"wrote {len(atoms_list)} structures to {args.out} (atoms per structure: min {min(counts)}, "
           f"mean {np.mean(counts):.1f}, max {max(counts)})", file=sys.stderr)
     return 0
+
+
+def run_density_scan(args: argparse.Namespace, model, forward, target, relaxer):
+    """``--density auto``: scan the candidate densities (``lightning_gcd.density_scan``), print the table,
+    write it to ``OUT_density_scan.json`` and return the ``DensityScan``."""
+    import json
+
+    from lightning_gcd.density_scan import candidate_densities, scan_density, training_density_range
+
+    if args.n_atoms is None:
+        raise GcdError("--density auto needs --n-atoms N (the size of the cubic cell to generate)")
+    if forward is None or target is None:
+        raise GcdError("--density auto needs --forward-ckpt and a target (--spectrum FILE or --condition-from "
+                       "DATASET:INDEX): the forward model scores each candidate density against the target")
+    span = tuple(args.density_range) if args.density_range else training_density_range(model.info)
+    if span is None:
+        raise GcdError(f"{args.ckpt} does not store its training densities; give --density-range LOW HIGH (g/cm³)")
+    densities = candidate_densities(span[0], span[1], args.density_scan_points)
+    if args.density_scan_samples < 1:
+        raise GcdError(f"--density-scan-samples must be at least 1, got {args.density_scan_samples}")
+    n_scan = args.density_scan_atoms or max(1, round(float(model.info["n_atoms_mean"])))
+    print(f"--density auto: {args.density_scan_samples} unconditional samples of {n_scan} atoms at each of "
+          f"{len(densities)} densities {span[0]:g}–{span[1]:g} g/cm³"
+          f"{', relaxed' if relaxer is not None else ''}, scored by the forward model", file=sys.stderr)
+    scan = scan_density(model, forward, target, densities, n_scan, args.density_scan_samples, relaxer=relaxer,
+                        steps=args.steps, sampler=args.sampler, seed=args.seed, progress=not args.no_progress)
+    print(scan.table(), file=sys.stderr)
+    out = Path(args.out)
+    record = out.with_name(f"{out.stem}_density_scan.json")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({**scan.as_dict(), "n_atoms": n_scan, "samples": args.density_scan_samples,
+                                  "relaxed": relaxer is not None}, indent=1) + "\n")
+    return scan
 
 
 def sample_relaxer(info: dict, calculator: str, max_steps: int):
@@ -262,7 +321,7 @@ def requested_cell(args: argparse.Namespace, info: dict) -> np.ndarray | None:
         return None
     if args.n_atoms < 1:
         raise GcdError(f"--n-atoms must be at least 1, got {args.n_atoms}")
-    if args.density is not None and not args.density > 0:
+    if args.density is not None and (args.density == "auto" or not args.density > 0):
         raise GcdError(f"--density must be positive (g/cm³), got {args.density}")
     density = args.density if args.density is not None else training_mass_density(info)
     composition = {int(z): float(f) for z, f in info["composition"].items()}
@@ -270,7 +329,9 @@ def requested_cell(args: argparse.Namespace, info: dict) -> np.ndarray | None:
 
 
 def conditions_and_target(args: argparse.Namespace, model) -> tuple:
-    """(condition (K,) or None, posterior target (K,) or None, ``SpectrumGuidance`` or None) from the options."""
+    """(condition (K,) or None, target spectrum (K,) or None, ``SpectrumGuidance`` or None, forward model or
+    None) from the options. The forward model serves posterior sampling (with ``--dps-scale``) and
+    ``--density auto``, which may use it without posterior sampling."""
     from lightning_gcd.diffusion.guidance import SpectrumGuidance
     from lightning_gcd.models.loading import load_model
     from lightning_gcd.models.spectrum import SpectrumModel
@@ -281,8 +342,9 @@ def conditions_and_target(args: argparse.Namespace, model) -> tuple:
         raise GcdError("give either --spectrum or --condition-from, not both")
     forward = None
     if args.forward_ckpt:
-        if args.dps_scale is None:
-            raise GcdError("--forward-ckpt needs --dps-scale RHO (the size of the posterior-sampling step)")
+        if args.dps_scale is None and getattr(args, "density", None) != "auto":
+            raise GcdError("--forward-ckpt needs --dps-scale RHO (the size of the posterior-sampling step) "
+                           "or --density auto")
         forward = load_model(args.forward_ckpt, map_location=args.device, base=SpectrumModel)
     elif args.dps_scale is not None:
         raise GcdError("--dps-scale needs --forward-ckpt (the spectrum forward model)")
@@ -314,8 +376,10 @@ def conditions_and_target(args: argparse.Namespace, model) -> tuple:
         raise GcdError("--forward-ckpt needs a target: --spectrum FILE or --condition-from DATASET:INDEX")
     if target is not None and target.numel() != int(forward.info["n_out"]):
         raise GcdError(f"the target spectrum has {target.numel()} values, the forward model predicts {forward.info['n_out']}")
-    posterior = SpectrumGuidance(forward.float(), args.dps_scale) if forward is not None else None
-    return cond, target, posterior
+    if forward is not None:
+        forward = forward.float()
+    posterior = SpectrumGuidance(forward, args.dps_scale) if forward is not None and args.dps_scale is not None else None
+    return cond, target, posterior, forward
 
 
 def _run_inpaint(args: argparse.Namespace, model) -> int:

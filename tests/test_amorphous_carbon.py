@@ -363,10 +363,30 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
         assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms_mean"] == 128
         assert run["cell_density"] == 3.0 and run["density_mean"] == pytest.approx(3.0)  # --density: 128 atoms at 3.0 g/cm³
     assert next(iter(results["targets"].values()))["density"] != pytest.approx(3.0)
+    # --density auto: each target sampled at the density its spectrum reads as (a scan over the file's
+    # training range with relaxed unconditional samples); density_scan.py scores such choices on a split
+    ckpts = ["--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"), "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt")]
+    scan_options = ["--density-scan-points", "3", "--density-scan-samples", "1", "--relax", "20", "--particle-steps", "2"]
+    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "auto"), "--targets", "2",
+                                   "--models", "particle", "--modes", "unguided", *ckpts, "--samples", "1",
+                                   "--n-atoms", "128", "--feff-structures", "0", "--density", "auto", *scan_options]) == 0
+    (auto,) = json.loads((tmp_path / "auto" / "results.json").read_text())["runs"]
+    assert auto["density_scan"]["densities"] == pytest.approx([1.5, 2.5, 3.5], abs=0.01)  # the file's training range
+    assert auto["cell_density"] == auto["density_scan"]["best"] and 1.49 < auto["cell_density"] < 3.51
+    assert auto["density_mean"] == pytest.approx(auto["cell_density"]) and auto["n_atoms_mean"] == 128
+    assert _script("guided").curve_label(auto) == "unguided @auto"
+    assert _script("density_scan").main(["--data", str(files["a_c_300"]), *ckpts, *scan_options,
+                                         "--out", str(tmp_path / "scan")]) == 0
+    scored = json.loads((tmp_path / "scan" / "results.json").read_text())
+    assert set(scored["methods"]) == {"no information (training mean)", "data nearest mean", "particle scan"}
+    for method in scored["methods"].values():
+        assert len(method["chosen"]) == len(scored["targets"]) == 30 and 0 <= method["mae"] < 2.0
+    assert (tmp_path / "scan" / "density_scan.png").read_bytes()[:4] == b"\x89PNG"
     assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "with_sweep"),
                                    "--merge", str(out), str(sweep)]) == 0
     table = _script("guided").summary(json.loads((tmp_path / "with_sweep" / "results.json").read_text()))
-    assert {"particle dps ρ100", "particle dps ρ400", "particle dps ρ800", "particle cfg+dps ρ800", "voxel dps"} <= set(table)
+    # the sweep ran at --density 3.0, not at the target's density: its labels say so
+    assert {"particle dps @3 ρ100", "particle dps @3 ρ400", "particle dps ρ800", "particle cfg+dps ρ800", "voxel dps"} <= set(table)
     with pytest.raises(SystemExit, match="--targets"):
         _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "bad"), "--targets", "100000"])
 

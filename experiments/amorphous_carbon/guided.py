@@ -47,6 +47,8 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from lightning_gcd.cli_sample import density_value  # noqa: E402 - after the path insert above
+
 MODES = ("unguided", "cfg", "dps", "cfg+dps")
 
 
@@ -185,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-atoms", type=int, default=None,
                         help="sample this many atoms in a cubic cell at each target's density (default: the target's "
                              "own cell and count); e.g. 512 from priors trained on 64-atom cells")
-    parser.add_argument("--density", type=float, default=None, metavar="G_PER_CM3",
+    parser.add_argument("--density", type=density_value, default=None, metavar="G_PER_CM3|auto",
                         help="sample every target's structures at this density instead of the target's own (a steering "
-                             "test: can guidance move a structure of one density toward another's spectrum?)")
+                             "test: can guidance move a structure of one density toward another's spectrum?); auto: "
+                             "the density the forward model reads from each target's spectrum (gcd sample --density "
+                             "auto: unconditional samples at --density-range, relaxed with --relax)")
+    parser.add_argument("--density-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="--density auto: the densities to scan (default: the file's training cells' range)")
+    parser.add_argument("--density-scan-points", type=int, default=9)
+    parser.add_argument("--density-scan-samples", type=int, default=4)
     parser.add_argument("--relax", type=int, default=0, metavar="STEPS",
                         help="relax every sample with the builder's Tersoff potential (fixed cell, at most STEPS "
                              "conjugate-gradient steps) and measure the relaxed structures; the raw samples' "
@@ -196,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from datamodules.h5format import AtomsH5
+    from lightning_gcd.density_scan import choose_density
     from lightning_gcd.diffusion.guidance import SpectrumGuidance
     from lightning_gcd.metrics.coordination import sp_fractions
     from lightning_gcd.metrics.rdf import rdf_l1, structure_rdf
@@ -257,9 +266,16 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"train_{kind}_s"] = time.time() - t
         model = load_model(path, base=DiffusionModule)
         steps, sampler = (args.particle_steps, "em") if kind == "particle" else (args.voxel_steps, "ddim")
+        scan_pool = None
+        if args.density == "auto":  # one unconditional pool per model serves every target's scan
+            t = time.time()
+            scan_pool = density_scan_pool(model, forward, args, data_density_range(args.data), steps, sampler)
+            timings[f"density_scan_{kind}_s"] = time.time() - t
         for i, (atoms, spectrum, _, _) in targets.items():
             target = torch.as_tensor(spectrum, dtype=torch.float32)
-            cell_density = args.density or results["targets"][i]["density"]  # g/cm³ of the requested atoms
+            scan = choose_density(*scan_pool, spectrum) if scan_pool is not None else None
+            # g/cm³ of the requested atoms: the scan's choice, the given density, or the target's own
+            cell_density = scan.best if scan else (args.density or results["targets"][i]["density"])
             if args.n_atoms or args.density:  # a cubic cell of the size asked for at that density
                 n_atoms = args.n_atoms or len(atoms)
                 cell = cubic_cell(n_atoms, cell_density, {6: 1.0})
@@ -290,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = {
                     "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
                     "cell_density": cell_density,
+                    "density_setting": "target" if args.density is None else f"{args.density:g}" if args.density != "auto" else "auto",
+                    **({"density_scan": scan.as_dict()} if scan else {}),
                     "dps_scale": rho, "sample_seconds": seconds,
                     "n_atoms_mean": float(np.mean([len(a) for a in samples])),
                     "density_mean": float(np.mean([mass_density(a) for a in samples])),  # g/cm³ the samples hold
@@ -337,6 +355,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def data_density_range(path: str) -> tuple[float, float]:
+    """(lightest, densest) g/cm³ of the file's training cells: the default scan range of ``--density auto``."""
+    from datamodules.h5format import AtomsH5
+    from lightning_gcd.structures import mass_density
+
+    with AtomsH5(path) as data:
+        densities = [mass_density(data.atoms(int(i))) for i in data.split("train")]
+    return min(densities), max(densities)
+
+
+def density_scan_pool(model, forward, args, default_range: tuple[float, float], steps: int, sampler: str):
+    """(densities (D,), predicted spectra (D, S, K)) of ``--density-scan-samples`` unconditional samples of
+    the training size at each candidate density, relaxed with ``--relax`` when given: what
+    ``choose_density`` needs to read any target's density (``gcd sample --density auto``)."""
+    from datamodules.builders.relax import Relaxer
+    from lightning_gcd.density_scan import candidate_densities, predicted_spectra, scan_samples
+
+    low, high = args.density_range or default_range
+    densities = candidate_densities(low, high, args.density_scan_points)
+    relaxer = Relaxer("C", "lammps", max_steps=args.relax) if args.relax else None
+    pools = scan_samples(model, densities, round(float(model.info["n_atoms_mean"])), args.density_scan_samples,
+                         relaxer=relaxer, steps=steps, sampler=sampler, seed=args.seed)
+    return densities, np.stack([predicted_spectra(forward, pool) for pool in pools])
+
+
 def forward_sites(forward, atoms, sites) -> np.ndarray:
     from lightning_gcd.structures import StructureBatch
 
@@ -356,9 +399,10 @@ def merge(dirs: list[Path], data: str, out: Path) -> int:
         if set(other["targets"]) != set(results["targets"]):
             raise SystemExit(f"--merge: the runs have different targets ({sorted(results['targets'])} vs {sorted(other['targets'])})")
         results["runs"] += other["runs"]
-        seen = [(r["model"], r["mode"], r.get("dps_scale", 0.0), str(r["target"])) for r in results["runs"]]
+        seen = [(r["model"], r["mode"], r.get("dps_scale", 0.0), str(r["target"]), r.get("density_setting"))
+                for r in results["runs"]]
         if len(set(seen)) != len(seen):
-            raise SystemExit("--merge: two runs hold the same model, mode, ρ and target; merge one of them only")
+            raise SystemExit("--merge: two runs hold the same model, mode, ρ, density setting and target; merge one of them only")
         for key in ("g", "spectra"):
             curves[key].update(other_curves[key])
     results["merged_from"] = [str(d) for d in dirs]
@@ -371,16 +415,24 @@ def merge(dirs: list[Path], data: str, out: Path) -> int:
     return 0
 
 
+def density_tag(run: dict) -> str:
+    """`` @auto`` or `` @2.5`` for runs sampled at a density other than the target's own (``--density``)."""
+    setting = run.get("density_setting", "target")
+    return "" if setting == "target" else f" @{setting}"
+
+
 def curve_label(run: dict) -> str:
-    """A run's mode, with its DPS ρ for the DPS modes (``dps ρ800``): the key of its curves."""
-    return f"{run['mode']} ρ{run['dps_scale']:g}" if "dps" in run["mode"] else run["mode"]
+    """A run's mode and density setting, with its DPS ρ for the DPS modes (``dps @auto ρ400``): the key of
+    its curves."""
+    mode = run["mode"] + density_tag(run)
+    return f"{mode} ρ{run['dps_scale']:g}" if "dps" in run["mode"] else mode
 
 
 def run_labels(runs: list[dict]) -> list[str]:
     """Each run's mode as the tables show it: with its ρ only where that model ran DPS at several ρ."""
     swept = {model for model in {r["model"] for r in runs}
              if len({r["dps_scale"] for r in runs if r["model"] == model and "dps" in r["mode"]}) > 1}
-    return [curve_label(r) if r["model"] in swept else r["mode"] for r in runs]
+    return [curve_label(r) if r["model"] in swept else r["mode"] + density_tag(r) for r in runs]
 
 
 def summary(results: dict) -> dict:
@@ -409,7 +461,7 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
     table = summary(results)
     models = sorted({r["model"] for r in results["runs"]})
     labels = run_labels(results["runs"])
-    columns = sorted(set(labels), key=lambda lab: (MODES.index(lab.split(" ")[0]), float(lab.split("ρ")[-1]) if "ρ" in lab else 0))
+    columns = sorted(set(labels), key=lambda lab: (MODES.index(lab.split(" ")[0]), float(lab.split("ρ")[-1]) if "ρ" in lab else 0, lab))
     fig, axes = plt.subplots(1, 4, figsize=(max(21, 12 + 1.5 * len(columns)), 4.5))
     x = np.arange(len(columns))
     for k, model in enumerate(models):

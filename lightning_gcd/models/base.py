@@ -23,7 +23,7 @@ from torch import nn
 
 from lightning_gcd.errors import GcdError
 from lightning_gcd.models.ema import EMA
-from lightning_gcd.structures import StructureBatch
+from lightning_gcd.structures import StructureBatch, mass_density
 
 Batch = dict[str, torch.Tensor]
 
@@ -116,6 +116,7 @@ class DiffusionModule(L.LightningModule):
         train = datamodule.reference_atoms("train", limit=256)
         counts = [len(a) for a in train]
         volumes = [a.get_volume() for a in train]
+        densities = [mass_density(a) for a in train]
         energy = datamodule.spectrum_energy() if hasattr(datamodule, "spectrum_energy") else None
         statistics = {}
         if datamodule.cond_dim and self.hparams.get("standardize_condition", False):
@@ -131,6 +132,8 @@ class DiffusionModule(L.LightningModule):
             "n_atoms_max": int(datamodule.n_max),
             "number_density": float(np.sum(counts) / np.sum(volumes)),  # atoms / Å^3
             "n_atoms_mean": float(np.mean(counts)),
+            # g/cm³ of the lightest and densest training cells: the default range of ``--density auto``
+            "mass_density_range": [float(min(densities)), float(max(densities))],
             "composition": {str(z): float(np.mean([np.mean(a.numbers == z) for a in train])) for z in datamodule.species},
         }
 

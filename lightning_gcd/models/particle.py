@@ -23,6 +23,27 @@ from lightning_gcd.nets.mpnn import PeriodicMPNN
 from lightning_gcd.structures import StructureBatch
 
 
+def require_particle_view(datamodule: Any, model_name: str) -> None:
+    """A point-cloud model trains on the DataModule's particle view; say so in one line otherwise."""
+    if datamodule.view != "particle":
+        raise GcdError(f"{model_name} needs data.view: particle")
+
+
+def with_fixed_count(template: Batch, info: dict[str, Any], n_atoms: int | None = None) -> Batch:
+    """``template`` with ``numbers``/``mask`` (B, N) for a fixed-count model: ``n_atoms`` atoms per cell
+    (default: the training number density × the cell volume), species by the training composition."""
+    n = len(template["cell"])
+    n_atoms = int(n_atoms) if n_atoms is not None else n_atoms_for_cell(template["cell"][0], info["number_density"])
+    species = [int(z) for z in info["species"]]
+    fractions = np.asarray([info["composition"][str(z)] for z in species])
+    counts = np.floor(fractions * n_atoms).astype(int)
+    counts[np.argmax(fractions)] += n_atoms - counts.sum()  # exact total
+    numbers = torch.as_tensor(np.repeat(species, counts), dtype=torch.long)
+    template["numbers"] = numbers.expand(n, -1).clone()
+    template["mask"] = torch.ones(n, n_atoms, dtype=torch.bool)
+    return template
+
+
 class ParticleDiffusion(DiffusionModule):
     """The particle baseline.
 
@@ -55,8 +76,7 @@ class ParticleDiffusion(DiffusionModule):
         self.save_hyperparameters()
 
     def data_info_from(self, datamodule: Any) -> dict[str, Any]:
-        if datamodule.view != "particle":
-            raise GcdError("ParticleDiffusion needs data.view: particle")
+        require_particle_view(datamodule, type(self).__name__)
         return super().data_info_from(datamodule)
 
     def build_network(self, info: dict[str, Any]) -> nn.Module:
@@ -82,15 +102,7 @@ class ParticleDiffusion(DiffusionModule):
         """Cells as the base class; atom count ``n_atoms`` (default: training number density × volume),
         species by the training composition."""
         template = super().sample_template(n, supercell, cond, target, cell=cell, n_atoms=n_atoms)
-        n_atoms = int(n_atoms) if n_atoms is not None else n_atoms_for_cell(template["cell"][0], self.info["number_density"])
-        species = [int(z) for z in self.info["species"]]
-        fractions = np.asarray([self.info["composition"][str(z)] for z in species])
-        counts = np.floor(fractions * n_atoms).astype(int)
-        counts[np.argmax(fractions)] += n_atoms - counts.sum()  # exact total
-        numbers = torch.as_tensor(np.repeat(species, counts), dtype=torch.long)
-        template["numbers"] = numbers.expand(n, -1).clone()
-        template["mask"] = torch.ones(n, n_atoms, dtype=torch.bool)
-        return template
+        return with_fixed_count(template, self.info, n_atoms)
 
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,

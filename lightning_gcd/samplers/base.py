@@ -1,0 +1,77 @@
+"""The interface of the torus samplers: noise levels, one step per level, the loop around them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from lightning_gcd.diffusion.torus import TorusDiffusion, wrap_unit
+
+__all__ = ["ScoreFunction", "TorusSampler", "torus_sampler"]
+
+#: ``score(frac (B, N, 3), t float, sigma (B,)) -> (frac as evaluated (B, N, 3), score (B, N, 3))``: the
+#: score in 1/fractional units at noise ``sigma``; the frac it returns is the input after any hook (in-painting
+#: puts fixed atoms back), and the step continues from it.
+ScoreFunction = Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: ``noise() -> (B, N, 3)`` standard normal numbers, zero at padding (drawn from the sampler's generator)
+NoiseFunction = Callable[[], torch.Tensor]
+
+
+class TorusSampler(ABC):
+    """Reverse diffusion on the torus over ``steps`` geometric noise levels from sigma_max to sigma_min.
+
+    Subclasses implement ``step``: one level, from noise ``sigma`` to ``sigma_next`` (0 after the last
+    level, which adds no noise). ``evaluations_per_level`` is the number of network calls per level.
+    """
+
+    name: str = ""
+    evaluations_per_level: int = 1
+
+    def __init__(self, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.steps = int(steps)
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations of one run (classifier-free guidance at scale ≠ 0, 1 doubles the batch, not this)."""
+        return self.steps * self.evaluations_per_level
+
+    def times(self) -> list[float]:
+        """Diffusion times of the levels, 1 → 0."""
+        if self.steps == 1:
+            return [1.0]
+        return [1.0 - k / (self.steps - 1) for k in range(self.steps)]
+
+    @abstractmethod
+    def step(self, frac: torch.Tensor, score: ScoreFunction, t: float, sigma: torch.Tensor,
+             sigma_next: torch.Tensor, noise: NoiseFunction, diffusion: TorusDiffusion, last: bool) -> torch.Tensor:
+        """One level: (B, N, 3) fractional coordinates at noise ``sigma`` (B,) -> at ``sigma_next`` (B,)."""
+
+    def run(self, frac: torch.Tensor, score: ScoreFunction, diffusion: TorusDiffusion, n_atoms: torch.Tensor,
+            noise: NoiseFunction, progress: bool = False) -> torch.Tensor:
+        """Integrate from ``frac`` (B, N, 3) (uniform positions) to the denoised sample, wrapped into [0, 1)."""
+        times = self.times()
+        for k in tqdm(range(len(times)), disable=not progress, desc=f"torus {self.name}"):
+            t = times[k]
+            tb = torch.full(n_atoms.shape, t, dtype=frac.dtype, device=frac.device)
+            sigma = diffusion.sigma(tb, n_atoms)
+            last = k == len(times) - 1
+            sigma_next = torch.zeros_like(sigma) if last else diffusion.sigma(torch.full_like(tb, times[k + 1]), n_atoms)
+            frac = wrap_unit(self.step(frac, score, t, sigma, sigma_next, noise, diffusion, last))
+        return frac
+
+
+def torus_sampler(name: str, steps: int, step_lr: float = 1e-5) -> TorusSampler:
+    """The sampler called ``name`` ("em" or "pc") with ``steps`` levels."""
+    from lightning_gcd.samplers.torus_em import TorusEulerMaruyama
+    from lightning_gcd.samplers.torus_pc import TorusPredictorCorrector
+
+    if name == "em":
+        return TorusEulerMaruyama(steps)
+    if name == "pc":
+        return TorusPredictorCorrector(steps, step_lr=step_lr)
+    raise ValueError(f"unknown torus sampler {name!r}; use 'em' or 'pc'")

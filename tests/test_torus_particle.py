@@ -1,0 +1,278 @@
+"""The torus particle model: wrapped-normal score, pair network symmetries, samplers, Lightning round trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from lightning_gcd.diffusion.torus import (TorusDiffusion, wrap_unit, wrapped_normal_score,
+                                           wrapped_normal_score_norm)
+from lightning_gcd.errors import GcdError
+from lightning_gcd.nets.fourier_pairs import FourierPairNet
+from lightning_gcd.samplers import (KnownAtoms, TorusEulerMaruyama, TorusPredictorCorrector,
+                                    classifier_free_prediction, torus_sampler)
+
+
+def brute_force_score(delta: float, sigma: float, images: int = 60) -> float:
+    """d/dd log Σ_k N(d + k; 0, σ²) by a central difference over a wide image sum (float64)."""
+    def log_p(d: float) -> float:
+        exponents = -(d + np.arange(-images, images + 1)) ** 2 / (2 * sigma**2)
+        top = exponents.max()
+        return float(top + np.log(np.sum(np.exp(exponents - top))))
+    h = 1e-6
+    return (log_p(delta + h) - log_p(delta - h)) / (2 * h)
+
+
+@pytest.mark.parametrize("sigma", [0.005, 0.05, 0.2, 0.5, 1.5])
+def test_wrapped_normal_score_matches_brute_force_image_sum(sigma: float) -> None:
+    deltas = [-0.49, -0.3, -0.01, 0.0, 0.004, 0.17, 0.45, 0.93, 2.2]
+    ours = wrapped_normal_score(torch.tensor(deltas, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64))
+    for d, value in zip(deltas, ours.tolist()):
+        expected = brute_force_score(d, sigma)
+        assert value == pytest.approx(expected, rel=1e-5, abs=1e-5 * max(1.0, 1 / sigma**2)), (d, sigma)
+
+
+def test_score_norm_is_the_expected_squared_score() -> None:
+    """Quadrature against Monte Carlo (DiffCSP computes it so) and the small-sigma limit 1/sigma²."""
+    gen = torch.Generator().manual_seed(0)
+    for sigma in (0.05, 0.2, 0.35):
+        d = sigma * torch.randn(400_000, generator=gen, dtype=torch.float64)
+        mc = float((wrapped_normal_score(d, torch.tensor(sigma, dtype=torch.float64)) ** 2).mean())
+        assert float(wrapped_normal_score_norm(torch.tensor(sigma))) == pytest.approx(mc, rel=0.01)
+    assert float(wrapped_normal_score_norm(torch.tensor(0.005))) == pytest.approx(1 / 0.005**2, rel=1e-6)
+
+
+def test_training_target_is_the_noise_at_small_sigma_and_unit_scale_everywhere() -> None:
+    diffusion = TorusDiffusion()
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.rand(4, 500, 3, generator=gen, dtype=torch.float64)
+    eps = torch.randn(4, 500, 3, generator=gen, dtype=torch.float64)
+    sigma = torch.tensor([0.005, 0.05, 0.3, 0.5], dtype=torch.float64)
+    noisy = wrap_unit(clean + sigma[:, None, None] * eps)
+    target = diffusion.target(clean, noisy, sigma)
+    torch.testing.assert_close(target[0], eps[0], atol=1e-9, rtol=1e-9)
+    for row in range(4):  # E[target²] = 1 at every level: the point of normalising
+        assert float((target[row] ** 2).mean()) == pytest.approx(1.0, abs=0.1)
+
+
+def test_schedule_is_geometric_and_atom_scaling_is_one_at_the_reference_count() -> None:
+    diffusion = TorusDiffusion(0.005, 0.5)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(diffusion.sigma(t), torch.tensor([0.005, 0.05, 0.5]))
+    scaled = TorusDiffusion(0.005, 0.5, atom_scaled_sigma=True, n_reference=32)
+    torch.testing.assert_close(scaled.sigma(t, torch.tensor([32, 32, 32])), diffusion.sigma(t))
+    torch.testing.assert_close(scaled.sigma(t, torch.tensor([256, 256, 256])), diffusion.sigma(t) / 2)
+    with pytest.raises(ValueError, match="sigma_min"):
+        TorusDiffusion(0.5, 0.005)
+
+
+def random_batch(b: int = 3, n: int = 7, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    frac = torch.rand(b, n, 3, generator=gen, dtype=torch.float64)
+    numbers = torch.randint(1, 30, (b, n), generator=gen)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, -2:] = False  # padding in one structure
+    numbers[~mask] = 0
+    cell = torch.diag_embed(4.0 + 2.0 * torch.rand(b, 3, generator=gen, dtype=torch.float64))
+    cell[:, 1, 0] = 0.7  # a sheared cell
+    t = torch.rand(b, generator=gen, dtype=torch.float64)
+    return frac, numbers, mask, cell, t
+
+
+NETS = {
+    "all_pairs": lambda: FourierPairNet(hidden=32, layers=2, frequencies=8).double(),
+    "radius": lambda: FourierPairNet(hidden=32, layers=2, graph="radius", cutoff=3.5, num_rbf=8).double(),
+}
+
+
+@pytest.mark.parametrize("graph", sorted(NETS))
+def test_pair_network_is_permutation_equivariant(graph: str) -> None:
+    torch.manual_seed(0)
+    net = NETS[graph]()
+    frac, numbers, mask, cell, t = random_batch()
+    out = net(frac, numbers, mask, cell, t)
+    perm = torch.tensor([3, 0, 4, 1, 2, 6, 5])
+    perm_b = torch.stack([perm if bool(mask[i].all()) else torch.tensor([3, 0, 4, 1, 2, 5, 6]) for i in range(3)])
+    idx = perm_b[..., None].expand(-1, -1, 3)
+    out_perm = net(frac.gather(1, idx), numbers.gather(1, perm_b), mask.gather(1, perm_b), cell, t)
+    torch.testing.assert_close(out_perm, out.gather(1, idx), atol=1e-10, rtol=1e-10)
+    assert float(out[0, -2:].abs().max()) == 0.0  # padding gives exactly zero
+
+
+@pytest.mark.parametrize("graph", sorted(NETS))
+def test_pair_network_is_invariant_to_lattice_translations_of_single_atoms(graph: str) -> None:
+    """Adding an integer lattice vector to any atom (the same point of the crystal) changes nothing."""
+    torch.manual_seed(0)
+    net = NETS[graph]()
+    frac, numbers, mask, cell, t = random_batch()
+    shifts = torch.randint(-2, 3, frac.shape, generator=torch.Generator().manual_seed(5)).to(frac.dtype)
+    assert float(shifts.abs().sum()) > 0
+    torch.testing.assert_close(net(frac + shifts, numbers, mask, cell, t), net(frac, numbers, mask, cell, t),
+                               atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("graph", sorted(NETS))
+def test_pair_network_is_invariant_to_a_global_translation(graph: str) -> None:
+    torch.manual_seed(0)
+    net = NETS[graph]()
+    frac, numbers, mask, cell, t = random_batch()
+    moved = wrap_unit(frac + torch.tensor([0.31, -0.12, 0.77], dtype=frac.dtype))
+    torch.testing.assert_close(net(moved, numbers, mask, cell, t), net(frac, numbers, mask, cell, t),
+                               atol=1e-9, rtol=1e-9)
+    # and it does see the atoms' arrangement: moving one atom changes the output
+    frac2 = frac.clone()
+    frac2[1, 0] += 0.1
+    assert not torch.allclose(net(frac2, numbers, mask, cell, t), net(frac, numbers, mask, cell, t))
+
+
+@pytest.mark.parametrize("sampler", [TorusEulerMaruyama(300), TorusPredictorCorrector(300, step_lr=1e-5)])
+def test_samplers_with_the_exact_score_reach_a_point_mass(sampler) -> None:
+    """Data = one configuration c: the marginal at sigma is the wrapped normal around c and its score is
+    known exactly, so a correct sampler from uniform positions ends at c (to ~sigma_min per coordinate)."""
+    diffusion = TorusDiffusion(0.005, 0.5)
+    gen = torch.Generator().manual_seed(0)
+    center = torch.rand(8, 5, 3, generator=gen, dtype=torch.float64)
+    calls = []
+
+    def score(frac, t, sigma):
+        calls.append(t)
+        return frac, wrapped_normal_score(frac - center, sigma[:, None, None])
+
+    def noise():
+        return torch.randn(8, 5, 3, generator=gen, dtype=torch.float64)
+
+    start = torch.rand(8, 5, 3, generator=gen, dtype=torch.float64)
+    out = sampler.run(start, score, diffusion, torch.full((8,), 5), noise)
+    error = (out - center) - torch.round(out - center)
+    assert float(error.abs().max()) < 4 * 0.005
+    assert len(calls) == sampler.evaluations == 300 * sampler.evaluations_per_level
+    assert float(out.min()) >= 0 and float(out.max()) < 1
+
+
+def test_sampler_factory_and_step_validation() -> None:
+    assert torus_sampler("pc", 10).evaluations == 20
+    assert torus_sampler("em", 10).evaluations == 10
+    with pytest.raises(ValueError, match="unknown torus sampler"):
+        torus_sampler("ddim", 10)
+    with pytest.raises(ValueError, match="steps"):
+        TorusEulerMaruyama(0)
+
+
+def test_known_atoms_are_noised_then_exact() -> None:
+    gen = torch.Generator().manual_seed(0)
+    known = torch.rand(2, 4, 3, generator=gen)
+    fixed = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    hook = KnownAtoms(known, fixed, lambda: torch.randn(2, 4, 3, generator=gen))
+    frac = torch.rand(2, 4, 3, generator=gen)
+    noised = hook.impose(frac, torch.tensor([0.01, 0.01]))
+    assert torch.equal(noised[~fixed], frac[~fixed])
+    delta = noised[fixed] - known[fixed]
+    assert 0 < float((delta - torch.round(delta)).abs().max()) < 0.06
+    done = hook.finish(frac)
+    assert torch.equal(done[fixed], known[fixed]) and torch.equal(done[~fixed], frac[~fixed])
+
+
+def test_classifier_free_prediction_scales() -> None:
+    torch.manual_seed(0)
+    net = FourierPairNet(hidden=16, layers=1, frequencies=4, cond_dim=2).double()
+    frac, numbers, mask, cell, t = random_batch()
+    cond = torch.randn(3, 2, dtype=torch.float64)
+    uncond = classifier_free_prediction(net, frac, numbers, mask, cell, t, cond, 0.0)
+    conditional = classifier_free_prediction(net, frac, numbers, mask, cell, t, cond, 1.0)
+    torch.testing.assert_close(uncond, net(frac, numbers, mask, cell, t))
+    assert not torch.allclose(uncond, conditional)
+    twice = classifier_free_prediction(net, frac, numbers, mask, cell, t, cond, 2.0)
+    torch.testing.assert_close(twice, uncond + 2.0 * (conditional - uncond), atol=1e-10, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------------------
+# the Lightning model
+def fcc_datamodule(fcc_h5, batch_size: int = 8):
+    from datamodules.datamodule import AtomsDataModule
+
+    return AtomsDataModule(str(fcc_h5), view="particle", batch_size=batch_size, num_workers=0, build={})
+
+
+def test_torus_model_fits_samples_and_reloads(fcc_h5, tmp_path) -> None:
+    """Real Trainer, real HDF5 data: a few steps, validation sampling with metrics, checkpoint round trip,
+    in-painting keeps the fixed atoms, CLI-style sampling of the template's cell only."""
+    import lightning as L
+
+    from lightning_gcd.models.loading import load_model
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+    L.seed_everything(0, verbose=False)
+    model = TorusParticleDiffusion(hidden=32, layers=2, frequencies=8, val_samples=4, sample_steps=5, lr=1e-3,
+                                   warmup_steps=2)
+    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(model, fcc_datamodule(fcc_h5))
+    assert trainer.global_step == 6
+    assert {"phase_match", "rdf_l1"} <= set(model.last_metrics)
+    assert model.last_samples is not None and int(model.last_samples.n_atoms.min()) == 32
+    ckpt = tmp_path / "torus.ckpt"
+    trainer.save_checkpoint(ckpt)
+    loaded = load_model(str(ckpt))
+    assert type(loaded) is TorusParticleDiffusion
+    for key, value in model.net.state_dict().items():
+        torch.testing.assert_close(loaded.net.state_dict()[key], value)
+    template = loaded.sample_template(3)
+    assert template["numbers"].shape == (3, 32)
+    first = loaded.sample(template, steps=4, seed=3, progress=False)
+    again = loaded.sample(loaded.sample_template(3), steps=4, seed=3, progress=False)
+    np.testing.assert_array_equal(first[0].positions, again[0].positions)  # seeded
+    assert loaded.sample_evaluations(4, "pc") == 8
+
+    # in-painting: the first 10 atoms of a real structure stay where they are
+    atoms = bulk("Cu", "fcc", a=3.615, cubic=True) * (2, 2, 2)
+    template = loaded.sample_template(2)
+    known = torch.tensor(atoms.get_scaled_positions(), dtype=torch.float32).expand(2, -1, -1).clone()
+    fixed = torch.zeros(2, 32, dtype=torch.bool)
+    fixed[:, :10] = True
+    template.update({"inpaint_frac": known, "inpaint_mask": fixed})
+    out = loaded.generate(template, steps=4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out.frac_coords[:, :10], known[:, :10] % 1.0)
+    assert not torch.allclose(out.frac_coords[:, 10:], known[:, 10:])
+
+    with pytest.raises(GcdError, match="tied to its training cell"):
+        loaded.sample_template(2, supercell=(2, 2, 2))
+    with pytest.raises(GcdError, match="posterior"):
+        loaded.generate(loaded.sample_template(1), steps=2, posterior=object())
+
+
+def test_radius_torus_model_samples_a_supercell(fcc_h5, tmp_path) -> None:
+    import lightning as L
+
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+    L.seed_everything(0, verbose=False)
+    model = TorusParticleDiffusion(hidden=16, layers=1, graph="radius", cutoff=4.0, atom_scaled_sigma=True,
+                                   val_samples=0, sample_steps=3)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(model, fcc_datamodule(fcc_h5))
+    template = model.sample_template(2, supercell=(2, 2, 2))
+    assert template["numbers"].shape == (2, 256)
+    samples = model.sample(template, steps=3, progress=False)
+    assert [len(a) for a in samples] == [256, 256]
+    # the supercell's fractional noise is half the training cell's (same Cartesian noise)
+    n = torch.tensor([32, 256])
+    sig = model.diffusion.sigma(torch.tensor([1.0, 1.0]), n)
+    assert float(sig[1] / sig[0]) == pytest.approx(0.5)
+
+
+def test_torus_model_rejects_the_voxel_view(fcc_h5) -> None:
+    from datamodules.datamodule import AtomsDataModule
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+    model = TorusParticleDiffusion(hidden=16, layers=1)
+    dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=4, num_workers=0, build={})
+    with pytest.raises(GcdError, match="needs data.view: particle"):
+        model.data_info_from(dm)
+    assert math.isfinite(model.hparams.step_lr)

@@ -105,6 +105,11 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="grain cells along x, y and (per grain) z (default per boundary and lattice, 100-160 atoms)")
     gb.add_argument("--fmax", type=float, default=0.05, help="relaxation force tolerance in eV/Å (default 0.05)")
     gb.add_argument("--max-steps", type=int, default=300, help="relaxation step cap (default 300)")
+    gb.add_argument("--relax-cell", choices=["normal", "fixed"], default="normal",
+                    help="normal: relax the cell length normal to the boundaries to zero normal stress, in-plane cell "
+                         "fixed (default); fixed: positions only, the cell as built")
+    gb.add_argument("--translation-grid", type=int, nargs=2, default=None, metavar=("GX", "GY"),
+                    help="a regular GX x GY grid of grain translations over one in-plane period instead of --translations random ones")
 
     inspect = dsub.add_parser("inspect", help="summarize a dataset file")
     inspect.add_argument("file")
@@ -170,7 +175,8 @@ def _run_build(args: argparse.Namespace) -> int:
     elif args.kind == "grain-boundaries":
         options = dict(element=args.element, boundaries=args.boundaries, calculator=args.calculator,
                        potential=args.potential, fractions=args.fractions, translations=args.translations,
-                       repeat=args.repeat, fmax=args.fmax, max_steps=args.max_steps)
+                       repeat=args.repeat, fmax=args.fmax, max_steps=args.max_steps, relax_cell=args.relax_cell,
+                       translation_grid=args.translation_grid)
     else:
         options = dict(patterns=args.files, index=args.index, fmt=args.format)
     out = build_dataset(args.kind, args.out, split=args.split, seed=args.seed, voxels=args.voxels,

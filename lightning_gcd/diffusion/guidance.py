@@ -2,7 +2,7 @@
 
 Chung et al. (ICLR 2023) approximate the likelihood score ∇ log p(y | x_t) by the gradient of a loss of
 the *denoised* estimate ``x̂0(x_t)`` (Tweedie: ``x_t − σ ε̂`` for VE, ``(x_t − √(1−ā) ε̂)/√ā`` for VP),
-differentiated through the denoiser. The a-C paper (Kwon, Hsu et al. 2024; DESIGN.md §1) uses the loss
+differentiated through the denoiser. The a-C paper (Kwon, Hsu et al. 2024; ``docs/background.md``) uses the loss
 ``L = ‖y − mean_i S(x̂0)_i‖²`` (y the target spectrum, S the per-atom forward model) with the gradient
 scaled by ρ/‖·‖ (ρ = 800); we read ‖·‖ as the norm of the gradient, i.e. a guidance term of fixed size ρ
 (Chung et al. divide by the residual norm ‖y − A(x̂0)‖ instead).

@@ -97,8 +97,7 @@ def find_pairs(batch: StructureBatch, cutoff: float, search_dtype: torch.dtype =
     above float32 rounding, then recomputes the distances in float64 and applies the exact cutoff;
     ``torch.float64`` searches in float64 directly. Both give the same pairs. On the CPU the search is
     always float64: the candidate tests cost about the same in either precision there, and the float64
-    search returns the exact distances without the recomputation pass (measured 1.5-2x faster in
-    total); ``search_dtype`` matters on GPUs. ``half=True`` lists each pair once (half the work;
+    search returns the exact distances without the recomputation pass (faster in total); ``search_dtype`` matters on GPUs. ``half=True`` lists each pair once (half the work;
     symmetric quantities count it for both atoms), else every directed pair.
     """
     mask = batch.mask.bool()

@@ -40,9 +40,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
             ``"v"`` with x0 for occupancy: v's implicit skip connection (x0 = sqrt(ā) x_t - sqrt(1-ā) v)
             makes the identity the default at low noise, so the atoms keep their own displacements
             (with x0 everywhere a briefly trained network outputs ideal offsets there and the samples lose
-            the thermal spread). Measured in the crystal quick profile (1,200 steps): the spread comes
-            back (fcc displacement RMS 0.102 Å, data 0.085) but the atom count suffers (fcc 59 %, hcp 12 %
-            phase match against 100 %), so it is off by default; see ``experiments/crystals/compare.py``.
+            the thermal spread). In the crystal quick profile the spread came back but the atom count
+            suffered, so it is off by default (``experiments/crystals/RESULTS.md``, History: offset
+            parametrisation).
             ``"blend"`` (below) keeps the spread without that cost and is what the crystal configs use.
         offset_sigma_data: σ_d of ``offset_prediction: blend`` (``GaussianDiffusion``) in Å: the offsets' x0
             is ``c x_t/sqrt(ā) + (1 - c) F`` with ``c = σ_d²/(σ² + σ_d²)``: where F is the atom's ideal site
@@ -57,16 +57,17 @@ class GrandCanonicalDiffusion(DiffusionModule):
         x0_projection: while sampling, replace every step's predicted clean grid by the nearest valid grid
             (``project_to_grid``: occupancy exactly 0 or 1, offsets 0 in empty voxels); the attribute of the
             same name switches it on a loaded model (``experiments/crystals/few_step.py``'s ``+project``).
-            Measured: it empties few-step samples (fcc, 10 steps: 12-16 of 32 atoms), so it is off.
+            It empties few-step samples, so it is off (``experiments/crystals/RESULTS.md``, History:
+            projection).
         self_condition: give the U-Net its own previous clean-grid estimate as extra input channels
             (``GaussianDiffusion``'s self-conditioning): each sampling step refines which voxels hold atoms
             instead of deciding afresh. Costs one extra no-gradient forward pass on half the training batches.
         geometry_condition: tell the U-Net each grid's voxel spacing (Å per voxel along each axis, as a
             standardised log; never dropped by classifier-free guidance). Where one grid serves cells of
             several sizes (a-C at 1.5-3.5 g/cm³ on one 16³ grid) the voxels alone do not say how long a bond
-            is. Measured on a-C (README, 4,000 steps): a closer g(r) at every density, but fewer atoms, an sp3
-            fraction that no longer follows density, and the same 0.3 Å drift of the first peak with density
-            as without; so it is off by default. With cells of one size the input is constant.
+            is. On a-C it gave a closer g(r) but fewer atoms and an sp3 fraction that no longer follows
+            density, so it is off by default (``experiments/amorphous_carbon/RESULTS.md``, History:
+            geometry condition). With cells of one size the input is constant.
         sample_restarts, sample_restart_t: restart sampling (``GaussianDiffusion.sample``'s ``restarts``):
             after the chain, take the sample back to noise level ``sample_restart_t`` (a fraction of the
             training steps, 0-1) and run the chain's steps below it again, ``sample_restarts`` times. The

@@ -1,5 +1,5 @@
 """Per-atom spectrum predictor: a periodic invariant message-passing network (the forward model of
-spectrum-guided sampling, DESIGN.md §1).
+spectrum-guided sampling; ``docs/background.md``).
 
 Each atom's spectrum (e.g. its C K-edge XANES on a fixed energy grid) is predicted from its periodic
 neighbourhood: the same radius graph, Gaussian radial basis with smooth cutoff and message layers as the

@@ -4,7 +4,8 @@ One command builds a grain-boundary dataset (``gcd data build grain-boundaries``
 range of boundary atom counts and random grain translations), trains BOTH models on it with the same budget,
 in-paints boundaries — the bulk grains of dataset structures kept fixed, the slabs within
 ``boundary_width`` Å of the two boundary planes generated — relaxes every generated structure with the
-dataset's calculator in its fixed cell and scores E_gb = (E_total − N·E_coh)/(2A):
+dataset's calculator and cell mode (``system.relax_cell``, default ``normal``: the cell length normal to the
+boundaries relaxed to zero normal stress, in-plane cell fixed; #28) and scores E_gb = (E_total − N·E_coh)/(2A):
 
 * E_gb against the number of boundary atoms n = N − N_perfect (whole cell, two boundaries), generated
   (after relaxation) vs the reference's lowest E_gb at each n and overall;
@@ -57,7 +58,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # 8 random grain translations each: 56 relaxed structures
         "system": {"element": "Cu", "boundary": "twist100", "calculator": None,
                    "fractions": [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6], "translations": 8, "repeat": None,
-                   "fmax": 0.05, "max_steps": 300},
+                   "fmax": 0.05, "max_steps": 300, "relax_cell": "normal"},
         "steps": 1500,
         "batch_size": 16,
         "seed": 0,
@@ -79,7 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "num_workers": 4,
         "system": {"element": "W", "boundary": "twist100", "calculator": "lammps",
                    "fractions": [-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8], "translations": 32,
-                   "repeat": [2, 2, 4], "fmax": 0.01, "max_steps": 2000},
+                   "repeat": [2, 2, 4], "fmax": 0.01, "max_steps": 2000, "relax_cell": "normal"},
         "steps": 20000,
         "batch_size": 32,
         "seed": 0,
@@ -144,7 +145,8 @@ def build_data(settings: dict[str, Any], workdir: Path, rebuild: bool) -> Path:
     return build_dataset("grain-boundaries", path, element=sysd["element"], boundaries=[sysd["boundary"]],
                          calculator=sysd.get("calculator"), fractions=sysd["fractions"],
                          translations=int(sysd["translations"]), repeat=sysd.get("repeat"), fmax=float(sysd["fmax"]),
-                         max_steps=int(sysd["max_steps"]), seed=int(settings["seed"]), progress=False)
+                         max_steps=int(sysd["max_steps"]), seed=int(settings["seed"]), progress=False,
+                         relax_cell=sysd.get("relax_cell", "normal"))  # in the file name's digest: no stale fixed-cell reuse
 
 
 def _stable_digest(text: str) -> str:

@@ -1,8 +1,8 @@
 """The mass density of a target spectrum, found by analysis by synthesis (``gcd sample --density auto``).
 
 Both models sample a cell whose density the user chooses (the particle model places density × volume
-atoms; the voxel model's grid follows the atom count), and at the target's density relaxed unguided
-samples already match its spectrum about as well as guided ones. A user with only a measured spectrum
+atoms; the voxel model's grid follows the atom count), and the density sets most of a generated a-C
+cell's structure, its sp3 fraction above all. A user with only a measured spectrum
 usually does not know the density. The scan recovers it: at each candidate density the prior samples a
 few small cells (the training size, cheap), optionally relaxes them (their spectra are the ones a user
 gets), and the forward model predicts their mean spectra; the density whose samples' spectra lie closest

@@ -20,7 +20,7 @@ density (the steering test: can guidance move a structure toward another density
 and measures, against the target structure: sp/sp2/sp3 fractions (1.85 Å), g(r) L1 (0–6 Å), atom count,
 minimum distance, the spectrum error by the forward model (relative L2 of the mean predicted spectrum
 against the target), and, on ``--feff-structures`` samples per mode with ``--feff-sites`` random sites
-each, the spectrum error by FEFF10 itself (the builder's settings; ~8–10 s per site). FEFF's error on a
+each, the spectrum error by FEFF10 itself (the builder's settings; the run's dominant cost). FEFF's error on a
 few sites carries sampling noise: the same number of the target structure's own labelled sites, drawn at
 random, gives the noise floor (``feff_floor``).
 

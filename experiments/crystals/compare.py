@@ -58,9 +58,15 @@ from typing import Any, Sequence
 import numpy as np
 
 PHASES = ("sc", "fcc", "bcc", "hcp", "diamond")
-MODELS = ("voxel", "particle")
-MODEL_LABELS = {"voxel": "GCDM voxel", "particle": "particle (VE + MPNN)"}
-COLORS = {"voxel": "tab:blue", "particle": "tab:orange", "data": "0.35"}
+MODELS = ("voxel", "particle", "particle_torus")
+MODEL_LABELS = {"voxel": "GCDM voxel", "particle": "particle (Cartesian VE + MPNN)",
+                "particle_torus": "particle (torus VE + all-pairs Fourier net)"}
+#: training budgets (``--budget``): the profile's optimiser steps, the voxel model's training wall time on the
+#: same phase, or until the validation phase match stops improving (``RatePlateauStop``) within a step cap
+BUDGETS = ("steps", "walltime", "converge")
+BUDGET_LABELS = {"steps": "equal steps", "walltime": "equal wall time", "converge": "to convergence"}
+COLORS = {"voxel": "tab:blue", "particle": "tab:orange", "particle_torus": "tab:green",
+          "particle_torus@steps": "yellowgreen", "particle_torus@walltime": "darkolivegreen", "data": "0.35"}
 STUDY = "crystals_compare"
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,6 +95,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         # 64 samples: 32 left a binomial standard error too large to compare phases (RESULTS.md, History: samples)
         "samples": 64,
+        # structures sampled in the 2x2x2 supercell of the training cell (--supercell-samples)
+        "supercell_samples": 16,
         "seed": 0,
         "voxel": {
             # the capability-test recipe (tests/test_voxel_model.py: 16-channel two-level U-Net, no attention),
@@ -130,6 +138,20 @@ PROFILES: dict[str, dict[str, Any]] = {
             "sampler": "pc",
             "sample_steps": 300,
         },
+        "particle_torus": {
+            # DiffCSP's recipe (fractional wrapped-normal VE, sigma 0.005-0.5, normalised score, all-pairs Fourier
+            # network, predictor-corrector with step_lr 1e-5 over 1,000 levels) at the size of the probe in
+            # RESULTS.md (hidden 128, 4 layers, 32 frequencies: DiffCSP's 512 x 6 x 128 is GPU sized)
+            "model": {"hidden": 128, "layers": 4, "frequencies": 32, "sigma_min": 0.005, "sigma_max": 0.5,
+                      "step_lr": 1e-5, "lr": 1e-3, "warmup_steps": 20, "ema_decay": 0.99},
+            "sampler": "pc",
+            "sample_steps": 1000,
+            # --budget converge: the step caps of the study (20k on sc/fcc/bcc, 10k on hcp/diamond), batch 32 as
+            # the probe, EMA 0.999 (FlowMM), a validation of 64 samples every 1,000 steps
+            "converge": {"steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
+                         "batch_size": 32, "ema_decay": 0.999, "val_every": 1000, "val_samples": 64,
+                         "window": 5, "standard_errors": 2.0},
+        },
         # other sampler settings evaluated on the same trained models (cheap for the voxel model): the
         # chain without restarts, and DDIM-50
         "extra_samplers": ["voxel:ddpm-100+r0", "voxel:ddim-50+r0"],
@@ -147,6 +169,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "steps": 20000,
         "batch_size": 32,
         "samples": 256,
+        "supercell_samples": 64,
         "seed": 0,
         "voxel": {
             "model": {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 2, "attention": True,
@@ -165,6 +188,15 @@ PROFILES: dict[str, dict[str, Any]] = {
             "sampler": "pc",
             "sample_steps": 1000,
         },
+        "particle_torus": {
+            "model": {"hidden": 512, "layers": 6, "frequencies": 128, "sigma_min": 0.005, "sigma_max": 0.5,
+                      "step_lr": 1e-5, "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999},
+            "sampler": "pc",
+            "sample_steps": 1000,
+            "converge": {"steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
+                         "batch_size": 32, "ema_decay": 0.999, "val_every": 1000, "val_samples": 64,
+                         "window": 5, "standard_errors": 2.0},
+        },
         "extra_samplers": ["voxel:ddpm-250+r0", "voxel:ddim-100+r0", "particle:em-1000"],
     },
 }
@@ -180,7 +212,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", nargs="+", choices=PHASES, default=None, metavar="PHASE",
                    help=f"phases to run (default: all of {' '.join(PHASES)})")
     p.add_argument("--models", nargs="+", choices=MODELS, default=None, metavar="MODEL",
-                   help="models to run (default: voxel particle)")
+                   help=f"models to run (default: all of {' '.join(MODELS)})")
+    p.add_argument("--budget", choices=BUDGETS, default="steps",
+                   help="training budget: the profile's steps (default), the voxel model's training wall time on the "
+                        "same phase (walltime; read from --wall-time-from), or until the validation phase match "
+                        "plateaus within the profile's step cap (converge; resumable)")
+    p.add_argument("--key", default=None,
+                   help="results.json key of the runs (default: the model's name for its headline budget — steps for "
+                        "voxel and particle, converge for particle_torus — else MODEL@BUDGET, e.g. particle_torus@steps); "
+                        "one model per invocation when given")
+    p.add_argument("--wall-time-from", default=None, metavar="RESULTS_JSON",
+                   help="--budget walltime: the results.json whose voxel train_seconds set each phase's budget "
+                        "(default: <out>/results.json)")
+    p.add_argument("--merge", action="store_true",
+                   help="add the runs to <out>/results.json and curves.json instead of starting them anew (phases and "
+                        "models run now replace their earlier entries)")
+    p.add_argument("--chunk-minutes", type=float, default=None,
+                   help="--budget converge: stop this process after so many minutes (its last.ckpt saved); the same "
+                        "command continues the run (for sessions or jobs with a time limit)")
+    p.add_argument("--save-weights", default=None, metavar="DIR",
+                   help="also write each trained model's weights (EMA included, no optimiser state) to "
+                        "DIR/<phase>-<key>.ckpt: a small checkpoint that gcd sample reads")
+    p.add_argument("--supercell-samples", type=int, default=None,
+                   help="structures sampled from each model in the 2x2x2 supercell of the training cell and matched "
+                        "against the ideal crystal there (default: the profile's; 0 skips)")
     p.add_argument("--workdir", default="runs/crystals_compare", help="datasets and run folders (default: %(default)s)")
     p.add_argument("--out", default=None, help="results folder (default: <workdir>/results)")
     p.add_argument("--steps", type=int, default=None,
@@ -271,6 +326,12 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         parse_variant(spec)
     s["phases"] = list(args.phases or PHASES)
     s["models"] = list(args.models or MODELS)
+    s["budget"] = args.budget
+    if args.key is not None and len(s["models"]) != 1:
+        raise SystemExit("--key names the runs of one model: give one --models MODEL with it")
+    if args.supercell_samples is not None:
+        s["supercell_samples"] = int(args.supercell_samples)
+    s.setdefault("supercell_samples", 0)
     s.setdefault("jobs", 1)
     for key in ("steps", "samples", "batch_size", "count", "jobs"):
         if int(s[key]) < 1:
@@ -462,27 +523,102 @@ def _model_and_data(kind: str, path: Path, settings: dict[str, Any], geometry: d
                              num_workers=int(settings["num_workers"]), spacing=v.get("spacing"),
                              grid_shape=(v.get("grid_shapes") or {}).get(phase) or v.get("grid_shape"), build={})
         model = GrandCanonicalDiffusion(**v["model"], sampler=v["sampler"], sample_steps=int(v["sample_steps"]), **common)
-    else:
+    elif kind == "particle":
         p = settings["particle"]
         dm = AtomsDataModule(str(path), view="particle", batch_size=int(settings["batch_size"]),
                              num_workers=int(settings["num_workers"]), build={})
         model = ParticleDiffusion(**p["model"], cutoff=geometry["cutoff"], sigma_max=geometry["sigma_max"],
                                   sampler=p["sampler"], sample_steps=int(p["sample_steps"]), **common)
+    else:
+        from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+        p = settings["particle_torus"]
+        options = dict(p["model"])
+        batch_size = int(settings["batch_size"])
+        if settings["budget"] == "converge":
+            c = p["converge"]
+            options["ema_decay"] = c["ema_decay"]
+            batch_size = int(c["batch_size"])
+            common = {"val_samples": int(c["val_samples"]), "sample_every_n_epochs": 1}
+        dm = AtomsDataModule(str(path), view="particle", batch_size=batch_size,
+                             num_workers=int(settings["num_workers"]), build={})
+        model = TorusParticleDiffusion(**options, sampler=p["sampler"], sample_steps=int(p["sample_steps"]), **common)
     return model, dm
 
 
+#: the results.json key of each model's headline budget; other budgets are stored as ``model@budget``
+HEADLINE_BUDGET = {"voxel": "steps", "particle": "steps", "particle_torus": "converge"}
+
+
+def run_key(kind: str, settings: dict[str, Any], key: str | None = None) -> str:
+    """The results.json key of a run: ``--key``, else the model's name for its headline budget (voxel and Cartesian
+    particle: steps; torus particle: converge), else ``model@budget``."""
+    if key:
+        return key
+    return kind if settings["budget"] == HEADLINE_BUDGET[kind] else f"{kind}@{settings['budget']}"
+
+
+def wall_time_budget(settings: dict[str, Any], phase: str, source: Path) -> float:
+    """Seconds of training for ``--budget walltime``: the voxel model's ``train_seconds`` on ``phase`` in ``source``."""
+    if not source.is_file():
+        raise SystemExit(f"--budget walltime needs the voxel model's training time: {source} does not exist "
+                         "(run the voxel model first, or give --wall-time-from RESULTS_JSON)")
+    voxel = json.loads(source.read_text())["phases"].get(phase, {}).get("models", {}).get("voxel")
+    if not voxel or not voxel.get("train_seconds"):
+        raise SystemExit(f"{source} has no voxel run on {phase} to take the wall-time budget from")
+    return float(voxel["train_seconds"])
+
+
 def _wandb_logger(args: argparse.Namespace, settings: dict[str, Any], phase: str, kind: str, workdir: Path,
-                  extra: dict[str, Any]):
+                  extra: dict[str, Any], key: str):
+    """One W&B run per (phase, model, budget), grouped by phase so that a dashboard shows the models side by side."""
     from lightning.pytorch.loggers import WandbLogger
 
     offline = os.environ.get("WANDB_MODE", "offline").lower() != "online"
     save_dir = workdir / "wandb"
     save_dir.mkdir(parents=True, exist_ok=True)
-    config = {"phase": phase, "model": kind, "profile": settings["profile"], "steps": phase_steps(settings, phase),
-              "batch_size": settings["batch_size"], "samples": settings["samples"],
+    config = {"phase": phase, "model": kind, "key": key, "budget": settings["budget"], "profile": settings["profile"],
+              "steps": phase_steps(settings, phase), "batch_size": settings["batch_size"], "samples": settings["samples"],
               "thermal_sigma": settings["thermal_sigma"], "model_settings": settings[kind], **extra}
-    return WandbLogger(project=args.wandb_project, group=args.study, name=f"{phase}-{kind}", tags=[kind, phase],
-                       save_dir=str(save_dir), offline=offline, config=config, job_type="compare")
+    return WandbLogger(project=args.wandb_project, group=f"{args.study}-{phase}", name=f"{phase}-{key}",
+                       tags=[kind, phase, settings["budget"]], save_dir=str(save_dir), offline=offline, config=config,
+                       job_type="compare")
+
+
+class ChunkEnded(Exception):
+    """A ``--chunk-minutes`` chunk of a converge run ended before the run did (its last.ckpt is saved)."""
+
+
+def supercell_evaluation(model: Any, kind: str, ideal, metrics, settings: dict[str, Any]) -> dict[str, Any]:
+    """Sample ``supercell_samples`` structures in the 2x2x2 supercell of the training cell and match them
+    against the ideal crystal there (0.5 Å); or say why this model cannot (``{"na": reason}``)."""
+    n = int(settings.get("supercell_samples") or 0)
+    if n <= 0:
+        return {"na": "not run (--supercell-samples 0)"}
+    if kind == "particle_torus" and model.hparams.graph == "all_pairs":
+        return {"na": "all-pairs Fourier features are tied to the training cell (train with graph: radius)"}
+    big = ideal.repeat((2, 2, 2))
+    t0 = time.perf_counter()
+    samples = model.sample(model.sample_template(n, supercell=(2, 2, 2)), batch_size=min(n, 16),
+                           seed=int(settings["seed"]) + 2, progress=False)
+    seconds = time.perf_counter() - t0
+    rate, rms = _strict_match(samples, big, float(settings["tolerance"]))
+    threshold = float(metrics.min_distance_threshold)
+    overlap = [bool(len(a) > 1 and nearest_neighbour_distance(a) < threshold) for a in samples]
+    return {"n_samples": n, "phase_match": rate, "displacement_rms": rms, "n_atoms_target": len(big),
+            "n_atoms_mean": float(np.mean([len(a) for a in samples])),
+            "n_atoms_exact": float(np.mean([len(a) == len(big) for a in samples])),
+            "overlap_fraction": float(np.mean(overlap)), "sample_seconds": seconds}
+
+
+def steps_in_budget(source: Path, phase: str, kind: str, seconds: float) -> int:
+    """Optimiser steps that ``seconds`` of training allow, at the speed of ``kind``'s equal-steps run on ``phase``."""
+    models = json.loads(source.read_text())["phases"].get(phase, {}).get("models", {})
+    run = next((r for r in models.values() if r.get("model") == kind and r.get("budget", "steps") == "steps"), None)
+    if run is None or not run.get("train_seconds"):
+        raise SystemExit(f"--budget walltime sets {kind}'s learning-rate schedule from its equal-steps run, and {source} "
+                         f"has none on {phase}: run --budget steps for it first")
+    return max(1, int(round(seconds * run["steps"] / run["train_seconds"])))
 
 
 def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[str, Any], workdir: Path,
@@ -491,22 +627,81 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
     import lightning as L
     import torch
 
+    from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO
+    from lightning_gcd.callbacks.clock import TrainingClock
+    from lightning_gcd.callbacks.plateau import RatePlateauStop
+
+    budget = settings["budget"]
+    key = run_key(kind, settings, args.key)
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = _model_and_data(kind, path, settings, geometry, phase)
-    logger = _wandb_logger(args, settings, phase, kind, workdir, geometry if kind == "particle" else {}) if args.wandb else False
+    logger = _wandb_logger(args, settings, phase, kind, workdir, geometry if kind == "particle" else {}, key) if args.wandb else False
+    run_dir = workdir / "runs" / f"{phase}-{key}"
     steps = phase_steps(settings, phase)
+    clock = TrainingClock(chunk_seconds=60.0 * args.chunk_minutes if args.chunk_minutes else None)
+    callbacks: list[Any] = [clock]
+    options: dict[str, Any] = {"limit_val_batches": 0, "enable_checkpointing": False}
+    resume = None
+    if budget == "walltime":
+        source = Path(args.wall_time_from) if args.wall_time_from else Path(args.out or workdir / "results") / "results.json"
+        clock.budget_seconds = wall_time_budget(settings, phase, source)
+        # the cosine schedule needs a length: the steps the budget allows at this model's speed in its equal-steps run
+        model.hparams.lr_total_steps = steps_in_budget(source, phase, kind, clock.budget_seconds)
+        steps = -1
+        options["max_epochs"] = -1
+    elif budget == "converge":
+        if kind != "particle_torus":
+            raise SystemExit("--budget converge is set up for particle_torus (its validation sampling and step caps)")
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        c = settings[kind]["converge"]
+        steps = int(c["steps"][phase])
+        plateau = RatePlateauStop("val/phase_match", int(c["val_samples"]), int(c["window"]), float(c["standard_errors"]),
+                                  every_n_steps=int(c["val_every"]))
+        callbacks += [plateau, ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                               every_n_train_steps=int(c["val_every"]))]
+        options = {"limit_val_batches": 1, "val_check_interval": int(c["val_every"]), "check_val_every_n_epoch": None,
+                   "enable_checkpointing": True, "plugins": [AtomicCheckpointIO()]}
+        last = run_dir / "checkpoints" / "last.ckpt"
+        resume = str(last) if last.is_file() else None
     trainer = L.Trainer(
-        max_steps=steps, accelerator=settings["accelerator"], devices=1, logger=logger,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, steps // 20)),
-        default_root_dir=str(workdir / "runs" / f"{phase}-{kind}"),
+        max_steps=steps, accelerator=settings["accelerator"], devices=1, logger=logger, callbacks=callbacks,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, abs(steps) // 20)), default_root_dir=str(run_dir), **options,
     )
-    t0 = time.perf_counter()
-    trainer.fit(model, dm)
-    train_s = time.perf_counter() - t0
-    ckpt = workdir / "runs" / f"{phase}-{kind}" / "last.ckpt"
-    trainer.save_checkpoint(ckpt)  # for later sampling / inspection (gcd sample --ckpt ...)
-    loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
+    finished = run_dir / "finished.json"  # a converge run that ended: sample it again without training
+    convergence: dict[str, Any] = {}
+    if budget == "converge" and finished.is_file():
+        from lightning_gcd.models.loading import load_model
+
+        convergence = json.loads(finished.read_text())
+        model = load_model(run_dir / "last.ckpt")
+        global_step, loss = int(convergence["steps"]), convergence.get("final_train_loss")
+    else:
+        trainer.fit(model, dm, ckpt_path=resume)
+        global_step = int(trainer.global_step)
+        loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
+        loss = float(loss) if loss is not None else float("nan")
+        if budget == "converge":
+            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+            if plateau.stopped_step is None and global_step < steps:
+                raise ChunkEnded(f"{phase}-{key}: chunk ended at step {global_step} of at most {steps}; the same "
+                                 f"command continues from {run_dir / 'checkpoints' / 'last.ckpt'}")
+            convergence = {"steps": global_step, "step_cap": steps, "final_train_loss": loss,
+                           "stopped": "plateau" if plateau.stopped_step is not None else "step cap",
+                           "validations": [{"step": st, "phase_match": r} for st, r in plateau.history],
+                           "train_seconds": clock.seconds, "validation_seconds": clock.validation_seconds}
+        trainer.save_checkpoint(run_dir / "last.ckpt")  # for later sampling / inspection (gcd sample --ckpt ...)
+        if args.save_weights:  # slim (no optimiser state): small enough to ship as a pretrained model
+            slim = Path(args.save_weights) / f"{phase}-{key}.ckpt"
+            slim.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(slim, weights_only=True)
+        if budget == "converge":
+            tmp = finished.with_suffix(".tmp")
+            tmp.write_text(json.dumps(_jsonable(convergence), indent=1))
+            tmp.replace(finished)
+    train_s = convergence.get("train_seconds", clock.seconds)
+    ckpt = run_dir / "last.ckpt"
 
     sampler = settings[kind]["sampler"]
     sample_steps = int(settings[kind]["sample_steps"])
@@ -524,9 +719,9 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
         sample_s = time.perf_counter() - t0
         res, crv = evaluate(samples, metrics, ideal, float(settings["strict_tolerance"]))
         res.update({"sampler": sampler, "sample_steps": sample_steps, "sample_seconds": sample_s})
+        res["network_evaluations"] = int(model.sample_evaluations(sample_steps, sampler))
         if kind == "voxel":
-            res.update({"restarts": model.sample_restarts, "restart_t": model.sample_restart_t,
-                        "network_evaluations": model.sample_evaluations(sample_steps, sampler)})
+            res.update({"restarts": model.sample_restarts, "restart_t": model.sample_restart_t})
         nonempty = [a for a in samples if len(a)]
         if nonempty:  # keep the samples for later inspection
             import ase.io
@@ -536,31 +731,36 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
             ase.io.write(sample_dir / f"{name}.extxyz", nonempty)
         return res, crv
 
-    results, curves = sample_and_evaluate(sampler, sample_steps, f"{phase}-{kind}")
+    results, curves = sample_and_evaluate(sampler, sample_steps, f"{phase}-{key}")
     variants = []
     for spec in settings.get("extra_samplers", []):
         vkind, vsampler, vsteps, vrestarts = parse_variant(spec)
         same_restarts = vrestarts is None or vrestarts == own_restarts or (vrestarts[0] == 0 == own_restarts[0])
         if vkind == kind and not ((vsampler, vsteps) == (sampler, sample_steps) and same_restarts):
             suffix = f"-r{vrestarts[0]}" if vrestarts else ""
-            res, _ = sample_and_evaluate(vsampler, vsteps, f"{phase}-{kind}-{vsampler}{vsteps}{suffix}", vrestarts)
+            res, _ = sample_and_evaluate(vsampler, vsteps, f"{phase}-{key}-{vsampler}{vsteps}{suffix}", vrestarts)
             variants.append(res)
     results["variants"] = variants
+    results["supercell"] = supercell_evaluation(model, kind, ideal, metrics, settings)
     results.update({
         "model": kind,
+        "key": key,
+        "budget": budget,
         "phase": phase,
-        "steps": int(trainer.global_step),
-        "batch_size": int(settings["batch_size"]),
+        "steps": global_step,
+        "batch_size": int(dm.batch_size),
         "parameters": int(sum(p.numel() for p in model.net.parameters())),
         "final_train_loss": float(loss) if loss is not None else float("nan"),
         "train_seconds": train_s,
+        **({"convergence": convergence} if convergence else {}),
+        **({"wall_time_budget_seconds": clock.budget_seconds} if budget == "walltime" else {}),
         "device": str(model.device),
         "checkpoint": str(ckpt),
     })
     if kind == "voxel":
         results["grid_shape"] = list(model.info["grid_shape"])
         results["spacing"] = [float(x) for x in model.info["spacing"]]
-    else:
+    elif kind == "particle":
         results.update({"cutoff": geometry["cutoff"], "sigma_max": geometry["sigma_max"]})
     del trainer
     if torch.cuda.is_available():
@@ -593,6 +793,40 @@ def _finish_wandb(logger, results: dict[str, Any], plots: Sequence[Path]) -> Non
 
 # ----------------------------------------------------------------------------------------------------
 # outputs
+def table_order(key: str) -> tuple[int, int]:
+    """Table and plot order of a results key: by model, then budget (steps, walltime, converge)."""
+    kind, _, budget = key.partition("@")
+    rank = {"steps": 0, "walltime": 1, "converge": 2}
+    return (MODELS.index(kind) if kind in MODELS else len(MODELS), rank.get(budget or HEADLINE_BUDGET.get(kind, ""), 3))
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """The model's name and, for a budget other than the profile's steps, which budget."""
+    kind = run.get("model", "voxel")
+    budget = run.get("budget", "steps")
+    label = MODEL_LABELS.get(kind, kind)
+    if kind == "particle_torus" or budget != "steps":
+        label += f" [{BUDGET_LABELS.get(budget, budget)}, {run.get('steps', '?')} steps]"
+    return label
+
+
+def run_color(key: str) -> str:
+    return COLORS.get(key) or COLORS.get(key.partition("@")[0], "0.5")
+
+
+def merged_start(results: dict[str, Any], curves: dict[str, dict[str, Any]], out: Path) -> tuple[dict, dict]:
+    """``--merge``: the earlier results.json and curves.json of ``out``, to which this invocation's runs are added;
+    this invocation's command and settings are recorded under ``merged`` (the first run's stay on top)."""
+    earlier = json.loads((out / "results.json").read_text())
+    raw = json.loads((out / "curves.json").read_text()) if (out / "curves.json").is_file() else {}
+    earlier.setdefault("merged", []).append({"command": results["command"], "settings": results["settings"],
+                                              "machine": results["machine"]})
+    earlier["notes"] = [*earlier.get("notes", []), *results["notes"]]
+    for phase, per in raw.items():
+        curves.setdefault(phase, {}).update({kind: _curves_from_json(c) for kind, c in per.items()})
+    return earlier, curves
+
+
 def _fmt(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
@@ -640,8 +874,12 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{s['samples']} samples each; {s['count']} rattled 2×2×2 cells per phase (80 % train), thermal σ "
         f"{s['thermal_sigma']} Å per component. Voxel: U-Net {s['voxel']['model'].get('base_channels')} channels, "
         f"mults {s['voxel']['model'].get('channel_mults')}, {voxel_sampler}. "
-        f"Particle: MPNN hidden {s['particle']['model'].get('hidden')}, {s['particle']['model'].get('layers')} layers, "
-        f"{s['particle']['sampler'].upper()}-{s['particle']['sample_steps']}.",
+        f"Particle (Cartesian): MPNN hidden {s['particle']['model'].get('hidden')}, "
+        f"{s['particle']['model'].get('layers')} layers, {s['particle']['sampler'].upper()}-{s['particle']['sample_steps']}."
+        + (f" Particle (torus): pair network hidden {s['particle_torus']['model'].get('hidden')}, "
+           f"{s['particle_torus']['model'].get('layers')} layers, {s['particle_torus']['model'].get('frequencies')} "
+           f"frequencies, {s['particle_torus']['sampler'].upper()}-{s['particle_torus']['sample_steps']}; its "
+           "budget and batch are in its row (steps) and in results.json." if "particle_torus" in s else ""),
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
         f"{m['cuda'] or 'no GPU'}; {m['date']}.",
         "",
@@ -651,28 +889,42 @@ def results_markdown(results: dict[str, Any]) -> str:
         "n (hist): atom counts, target in bold. viol.: fraction of samples with a pair closer than 0.75 × the "
         "data's minimum distance.",
         "",
-        "| phase | model | match 0.5 Å | match 0.2 Å | disp RMS (Å) | g(r) L1 | mean n (target) | mean abs Δn | n (hist) | viol. | train s | sample s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "2×2×2 supercell: phase match at 0.5 Å of samples drawn in twice the training cell (scored against the ideal "
+        "crystal there), and the fraction of them with overlapping atoms; n/a where the model cannot sample it.",
+        "",
+        "| phase | model | match 0.5 Å | match 0.2 Å | disp RMS (Å) | g(r) L1 | mean n (target) | mean abs Δn | n (hist) "
+        "| viol. | train s | sample s | evals | 2×2×2 match (overlap) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase, entry in results["phases"].items():
         d = entry["data"]
         lines.append(f"| {phase} {entry['element']} | training data | {_pct(d['phase_match'])} | "
                      f"{_pct(d['phase_match_strict'])} | {_fmt(d['displacement_rms'], 3)} | — | {d['n_atoms']} | 0 | "
-                     f"**{d['n_atoms']}**×{d['n_structures']} | 0% | — | — |")
-        for kind, run in entry["models"].items():
-            for r, label in [(run, f"{MODEL_LABELS[kind]}, {sampler_label(run)}")] + [
+                     f"**{d['n_atoms']}**×{d['n_structures']} | 0% | — | — | — | — |")
+        for key, run in entry["models"].items():
+            for r, label in [(run, f"{run_label(run)}, {sampler_label(run)}")] + [
                     (v, f"↳ same model, {sampler_label(v)}") for v in run.get("variants", [])]:
                 lines.append(
                     f"| {phase} {entry['element']} | {label} | {_pct(r['phase_match'])} | "
                     f"{_pct(r['phase_match_strict'])} | {_fmt(r['displacement_rms'], 3)} | {_fmt(r['rdf_l1'], 3)} | "
                     f"{_fmt(r['n_atoms_mean'], 1)} ({r['n_atoms_target']}) | {_fmt(r['n_atoms_error'], 2)} | "
                     f"{_hist_text(r['n_atoms_hist'], r['n_atoms_target'])} | {_pct(r['min_distance_violations'])} | "
-                    f"{run['train_seconds']:.0f} | {r['sample_seconds']:.0f} |")
+                    f"{run['train_seconds']:.0f} | {r['sample_seconds']:.0f} | {r.get('network_evaluations') or '—'} | "
+                    f"{_supercell_text(run) if r is run else '—'} |")
     lines += ["", f"Total wall time: {results.get('total_seconds', float('nan')):.0f} s.", ""]
     notes = results.get("notes")
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     return "\n".join(lines)
+
+
+def _supercell_text(run: dict[str, Any]) -> str:
+    cell = run.get("supercell") or {}
+    if "na" in cell:
+        return f"n/a: {cell['na']}"
+    if not cell:
+        return "—"
+    return f"{_pct(cell['phase_match'])} ({_pct(cell['overlap_fraction'])})"
 
 
 def _figure(figsize):
@@ -689,7 +941,7 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
     fig = _figure((max(5.0, 1.6 * len(phases) + 2), 3.8))
     ax = fig.add_subplot()
     x = np.arange(len(phases))
-    kinds = [k for k in MODELS if any(k in results["phases"][p]["models"] for p in phases)]
+    kinds = sorted({k for p in phases for k in results["phases"][p]["models"]}, key=table_order)
     width = 0.8 / (len(kinds) + 1)
     series = [("data", lambda p: results["phases"][p]["data"])] + [
         (k, lambda p, k=k: results["phases"][p]["models"].get(k)) for k in kinds]
@@ -697,9 +949,10 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
         pos = x + (i - len(kinds) / 2) * width
         loose = [_num((get(p) or {}).get("phase_match")) for p in phases]
         strict = [_num((get(p) or {}).get("phase_match_strict")) for p in phases]
-        label = "training data" if name == "data" else MODEL_LABELS[name]
-        ax.bar(pos, loose, width=width, color=COLORS[name], alpha=0.45, label=f"{label} (0.5 Å)")
-        ax.bar(pos, strict, width=width, color=COLORS[name], label=f"{label} (0.2 Å)")
+        runs = [get(p) for p in phases if get(p)]
+        label = "training data" if name == "data" else (run_label(runs[0]) if runs else name)
+        ax.bar(pos, loose, width=width, color=run_color(name), alpha=0.45, label=f"{label} (0.5 Å)")
+        ax.bar(pos, strict, width=width, color=run_color(name), label=f"{label} (0.2 Å)")
         for xp, v in zip(pos, loose):
             if v == v:  # not NaN: the 0.5 Å rate above the bar, so that 0 % is visible too
                 ax.text(xp, v + 0.01, f"{100 * v:.0f}", ha="center", va="bottom", fontsize=7)
@@ -711,7 +964,7 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
                                                     if p in s["phases"])
     ax.set_title(f"Samples that are the crystal ({budget}): dark 0.2 Å, "
                  "light 0.5 Å tolerance, % at 0.5 Å", fontsize=10)
-    ax.legend(frameon=False, fontsize=7, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.legend(frameon=False, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
@@ -724,9 +977,10 @@ def plot_rdf(phase: str, entry: dict[str, Any], curves: dict[str, Any], path: Pa
     r = np.asarray(first["r"])
     ax.plot(r, np.asarray(first["g_reference"]), color=COLORS["data"], lw=2.2, label="training data")
     for kind, c in curves.items():
+        if kind not in entry["models"]:
+            continue
         res = entry["models"][kind]
-        ax.plot(r, np.asarray(c["g"]), color=COLORS[kind], lw=1.2,
-                label=f"{MODEL_LABELS[kind]} (L1 {_fmt(res['rdf_l1'])})")
+        ax.plot(r, np.asarray(c["g"]), color=run_color(kind), lw=1.2, label=f"{run_label(res)} (L1 {_fmt(res['rdf_l1'])})")
     ax.set_xlabel("r (Å)")
     ax.set_ylabel("g(r)")
     ax.set_xlim(0, float(r[-1]))
@@ -752,7 +1006,8 @@ def plot_counts(phase: str, entry: dict[str, Any], path: Path) -> Path:
         hist = entry["models"][kind]["n_atoms_hist"]
         total = max(1, sum(hist.values()))
         h = np.array([hist.get(str(k), 0) / total for k in n])
-        ax.bar(n + width * (i + 1 - len(kinds) / 2), h, width=width, color=COLORS[kind], label=MODEL_LABELS[kind])
+        ax.bar(n + width * (i + 1 - len(kinds) / 2), h, width=width, color=run_color(kind),
+               label=run_label(entry["models"][kind]))
     ax.set_xlabel("atoms per structure")
     ax.set_ylabel("fraction of structures")
     ax.set_title(f"Atom counts, {phase} {entry['element']} (target {target})")
@@ -843,7 +1098,11 @@ def _run_task(args: argparse.Namespace, settings: dict[str, Any], workdir: Path)
     if phase not in PHASES or kind not in MODELS or not args.task_out:
         raise SystemExit(f"--task needs PHASE:MODEL and --task-out, got {args.task!r}")
     path, ideal, metrics, data_numbers, geometry = _prepare_phase(phase, settings, workdir, rebuild=False)
-    res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
+    try:
+        res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
+    except ChunkEnded as stop:
+        print(f"[compare] {stop}", flush=True)
+        raise SystemExit(3) from None
     task_out = Path(args.task_out)
     task_out.parent.mkdir(parents=True, exist_ok=True)
     tmp = task_out.with_suffix(".tmp")
@@ -851,9 +1110,9 @@ def _run_task(args: argparse.Namespace, settings: dict[str, Any], workdir: Path)
     tmp.replace(task_out)
     if logger:
         entry = _phase_entry(ideal, path, data_numbers, geometry)
-        entry["models"][kind] = res
+        entry["models"][res["key"]] = res
         own = {"study": args.study, "settings": settings, "machine": machine_info(settings), "phases": {phase: entry}}
-        written = write_outputs(own, {phase: {kind: crv}}, task_out.parent / f"{phase}-{kind}")
+        written = write_outputs(own, {phase: {res["key"]: crv}}, task_out.parent / f"{phase}-{res['key']}")
         _finish_wandb(logger, res, [p for p in written if p.suffix == ".png"])
     return res
 
@@ -922,6 +1181,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"study": args.study, "settings": settings, "machine": machine_info(settings),
                                "command": [sys.argv[0], *argv], "phases": {}, "notes": list(args.note)}
     curves: dict[str, dict[str, Any]] = {phase: {} for phase in settings["phases"]}
+    if args.merge and (out / "results.json").is_file():
+        results, curves = merged_start(results, curves, out)
     jobs = int(settings["jobs"])
     start = time.perf_counter()
     say(f"[compare] profile {settings['profile']}: phases {' '.join(settings['phases'])}, models "
@@ -932,7 +1193,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for phase in settings["phases"]:
         t0 = time.perf_counter()
         prepared[phase] = path, ideal, metrics, data_numbers, geometry = _prepare_phase(phase, settings, workdir, args.rebuild)
+        earlier = results["phases"].get(phase, {}).get("models", {})
         results["phases"][phase] = entry = _phase_entry(ideal, path, data_numbers, geometry)
+        entry["models"].update(earlier)
         say(f"[compare] {phase} {entry['element']}: {data_numbers['n_structures']} training cells of {len(ideal)} atoms; data "
             f"match {data_numbers['phase_match']:.0%} / {data_numbers['phase_match_strict']:.0%} (0.5/0.2 Å), disp RMS "
             f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)")
@@ -941,16 +1204,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     def done(phase: str, kind: str, res: dict[str, Any], crv: dict[str, Any], logger: Any = None) -> None:
         entry = results["phases"][phase]
-        entry["models"][kind] = res
-        entry["models"] = {k: entry["models"][k] for k in settings["models"] if k in entry["models"]}  # table order
-        curves[phase][kind] = crv
+        key = res.get("key", kind)
+        entry["models"][key] = res
+        entry["models"] = dict(sorted(entry["models"].items(), key=lambda item: table_order(item[0])))
+        curves.setdefault(phase, {})[key] = crv
         finished.append((phase, kind))
         results["total_seconds"] = time.perf_counter() - start
         written = write_outputs(results, curves, out)
         _finish_wandb(logger, res, [p for p in written if p.suffix == ".png" and phase in p.stem])
         data_numbers = entry["data"]
-        extra = f" grid {res['grid_shape']}" if kind == "voxel" else f" cutoff {res['cutoff']} Å σmax {res['sigma_max']} Å"
-        say(f"[compare] run {len(finished)}/{len(tasks)}: {phase}-{kind} done: match {_pct(res['phase_match'])} (0.5 Å) "
+        extra = {"voxel": lambda: f" grid {res['grid_shape']}",
+                 "particle": lambda: f" cutoff {res['cutoff']} Å σmax {res['sigma_max']} Å"}.get(kind, lambda: "")()
+        say(f"[compare] run {len(finished)}/{len(tasks)}: {phase}-{key} done: match {_pct(res['phase_match'])} (0.5 Å) "
             f"{_pct(res['phase_match_strict'])} (0.2 Å), disp RMS {_fmt(res['displacement_rms'], 3)} Å (data "
             f"{data_numbers['displacement_rms']:.3f}), g(r) L1 {_fmt(res['rdf_l1'], 3)}, mean n {_fmt(res['n_atoms_mean'], 1)}/"
             f"{res['n_atoms_target']}, viol. {_pct(res['min_distance_violations'])}; train {res['train_seconds']:.0f} s, "
@@ -971,12 +1236,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for i, (phase, kind) in enumerate(tasks, 1):
             path, ideal, metrics, _, geometry = prepared[phase]
             say(f"[compare] run {i}/{len(tasks)}: {phase}-{kind} training {phase_steps(settings, phase)} steps ...")
-            res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
+            try:
+                res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
+            except ChunkEnded as stop:
+                failures.append(str(stop))
+                continue
             done(phase, kind, res, crv, logger)
     results["total_seconds"] = time.perf_counter() - start
     write_outputs(results, curves, out)
     if failures:
-        raise SystemExit("[compare] some runs failed (the others are in " + str(out) + "):\n  " + "\n  ".join(failures))
+        raise SystemExit("[compare] some runs did not finish (the others are in " + str(out) + "):\n  "
+                         + "\n  ".join(failures))
     say(f"[compare] done in {results['total_seconds']:.0f} s: {out / 'results.md'}")
     return results
 

@@ -85,6 +85,11 @@ class ParticleDiffusion(DiffusionModule):
                             cond_dim=info.get("cond_dim", 0), cond_mean=info.get("cond_mean"),
                             cond_std=info.get("cond_std"))
 
+    def sample_evaluations(self, steps: int | None = None, sampler: str | None = None) -> int:
+        """Network evaluations of one sampling run: one per level, two with the corrector ("pc")."""
+        sampler, steps = self.sampler_choice(sampler, steps)
+        return steps * (2 if sampler == "pc" else 1)
+
     @staticmethod
     def _structures(batch: Batch) -> StructureBatch:
         return StructureBatch(batch["frac_coords"], batch["numbers"], batch["mask"], batch["cell"])

@@ -13,7 +13,7 @@ from typing import Any, Literal, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from datamodules.dataset import AtomsDataset, Collate, structure_condition
 from datamodules.h5format import AtomsH5, random_splits, validate_file
@@ -210,10 +210,12 @@ class AtomsDataModule(L.LightningDataModule):
             self.generator.set_state(state_dict["generator"])
 
     def _loader(self, split: str, shuffle: bool, translate: bool) -> DataLoader:
+        dataset = self.dataset(split, translate=translate)
         return DataLoader(
-            self.dataset(split, translate=translate),
+            dataset,
             batch_size=self.per_rank_batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else self.evaluation_sampler(dataset),
             num_workers=self.num_workers,
             collate_fn=self.collate(),
             pin_memory=self.pin_memory,
@@ -221,6 +223,17 @@ class AtomsDataModule(L.LightningDataModule):
             drop_last=False,
             generator=self.generator if shuffle else None,
         )
+
+    def evaluation_sampler(self, dataset: AtomsDataset) -> DistributedSampler | None:
+        """Under DDP, the validation/test sampler: every structure on exactly one rank (the ranks' counts
+        differ by at most one). Lightning's default ``DistributedSampler`` pads an uneven split by repeating
+        structures, which would then count twice in ``val/loss``. None on one process (Lightning's default)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world < 2 or len(dataset) < world:  # (fewer structures than ranks: padded, so that every rank has one)
+            return None
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=False)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, translate=self.translate)

@@ -7,9 +7,11 @@ one pytest process would collide on the rendezvous port.
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 from conftest import REPO, run_gcd
+from datamodules import AtomsH5
 
 VOXEL = str(REPO / "experiments/smoke/voxel.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -29,28 +31,49 @@ def _csv(run_dir: Path) -> list[str]:
             "--trainer.logger.name", "csv"]
 
 
+def _world_size(run) -> int:
+    """The number of processes Lightning started (its "Starting with N processes"; 1 when it printed none)."""
+    found = re.findall(r"Starting with (\d+) processes", run.stderr)
+    return int(found[-1]) if found else 1
+
+
 def test_two_process_ddp_fit_and_validate_match_one_process(tmp_path: Path) -> None:
+    """An uneven split: 3 validation structures and 5 samples over 2 ranks. Two processes ran (world size 2);
+    the validation loss is that of one process (each structure counted once: no sampler padding); the
+    sample metrics are computed on exactly the 5 samples asked for, gathered from both ranks."""
+    from datamodules.builders import build_dataset
+
+    data = build_dataset("crystals", tmp_path / "odd_val.h5", count=20, phases=["fcc"], split=(0.75, 0.16, 0.09),
+                         progress=False)
+    with AtomsH5(data) as h5:
+        assert len(h5.split("val")) == 3  # odd: two ranks cannot split it evenly
+    options = [*QUIET, "--data.path", str(data), "--model.init_args.val_samples", "5"]
     fit_dir = tmp_path / "runs/ddp_fit"
-    fit = run_gcd("fit", "--config", VOXEL, *QUIET, "--run_name", "ddp_fit", "--trainer.devices", "2",
-                  "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--data.batch_size", "8",
-                  "--model.init_args.val_samples", "4", *_csv(fit_dir), cwd=tmp_path, timeout=900)
+    fit = run_gcd("fit", "--config", VOXEL, *options, "--run_name", "ddp_fit", "--trainer.devices", "2",
+                  "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--data.batch_size", "8", *_csv(fit_dir),
+                  cwd=tmp_path, timeout=900)
     assert fit.returncode == 0, fit.stderr[-4000:]
+    assert _world_size(fit) == 2, fit.stderr[-4000:]
     checkpoint = fit_dir / "checkpoints/last.ckpt"
     assert checkpoint.exists()
     fitted = _last_val(fit_dir)
     assert {"val/loss", "val/n_atoms_mean", "val/rdf_l1"} <= set(fitted)
+    assert fitted["val/n_structures"] == 5  # gathered from both ranks (3 + 2)
 
     results = {}
     for devices in ("1", "2"):
         run_dir = tmp_path / f"runs/validate{devices}"
         strategy = ["--trainer.strategy", "ddp"] if devices == "2" else []
-        run = run_gcd("validate", "--config", VOXEL, *QUIET, "--run_name", f"validate{devices}", "--trainer.devices", devices,
-                      *strategy, "--data.batch_size", "2", "--model.init_args.val_samples", "4", "--ckpt_path", str(checkpoint),
-                      *_csv(run_dir), cwd=tmp_path, timeout=900)
+        run = run_gcd("validate", "--config", VOXEL, *options, "--run_name", f"validate{devices}", "--trainer.devices",
+                      devices, *strategy, "--data.batch_size", "2", "--ckpt_path", str(checkpoint), *_csv(run_dir),
+                      cwd=tmp_path, timeout=900)
         assert run.returncode == 0, run.stderr[-4000:]
+        assert _world_size(run) == int(devices), run.stderr[-4000:]
         results[devices] = _last_val(run_dir)
-    # the validation loss draws each structure's noise from its index: equal however the data is split
+    # the validation loss draws each structure's noise from its index: equal however the data is split, the
+    # third structure counted once (a padded sampler would count one twice: a difference of ~1e-2 here)
     assert abs(results["1"]["val/loss"] - results["2"]["val/loss"]) < 1e-5, results
-    # sample metrics are gathered over both ranks: 4 samples in both cases
+    # the sample metrics cover the 5 samples asked for, however many ranks made them
     for result in results.values():
-        assert result["val/n_atoms_mean"] >= 0 and "val/min_distance_violations" in result
+        assert result["val/n_structures"] == 5 and result["val/n_atoms_mean"] >= 0, result
+        assert "val/min_distance_violations" in result

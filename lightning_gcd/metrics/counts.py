@@ -24,7 +24,8 @@ class AtomCount(Metric):
     ``abs_error_sum``, ``n_targets``.
 
     ``compute()`` returns ``{"n_atoms_mean": ..., "n_atoms_error": mean |n - target|}`` (NaN when
-    undefined).
+    undefined) and ``n_structures``, the number of structures counted (over all processes: in DDP
+    validation, the samples gathered from every rank).
     """
 
     full_state_update = False
@@ -64,6 +65,7 @@ class AtomCount(Metric):
         return {
             "n_atoms_mean": self.n_sum / self.n_structures if self.n_structures > 0 else nan,
             "n_atoms_error": self.abs_error_sum / self.n_targets if self.n_targets > 0 else nan,
+            "n_structures": self.n_structures.clone(),
         }
 
 

@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from lightning_gcd.errors import GcdError
 from lightning_gcd.models.ema import EMA
@@ -102,6 +103,9 @@ class DiffusionModule(L.LightningModule):
         self.last_curves: dict[str, Any] = {}
         self._val_templates: list[Batch] = []
         self._ema_context: Any = None
+        # val/loss: the structure-weighted mean, synchronised exactly over ranks (Lightning's mean of a logged
+        # tensor divides the ranks' summed batch sizes by the world size in integers: wrong when they differ)
+        self.val_loss_mean = MeanMetric()
         if data_info is not None:
             self._build(data_info)
 
@@ -227,7 +231,9 @@ class DiffusionModule(L.LightningModule):
         cond = cond.float()
         err = (pred - cond).norm(dim=-1) / cond.norm(dim=-1).clamp(min=1e-12)  # (B,)
         err = torch.where(samples.mask.any(dim=1), err, torch.full_like(err, float("nan")))
-        err = self.all_gather(err).flatten() if self.trainer.world_size > 1 else err
+        if self.trainer.world_size > 1:  # the ranks' sample counts may differ by one: pad to gather, NaN is skipped
+            width = int(math.ceil(self.hparams.val_samples / self.trainer.world_size))
+            err = self.all_gather(torch.nn.functional.pad(err, (0, width - len(err)), value=float("nan"))).flatten()
         return err.nanmean()
 
     def sampler_choice(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
@@ -290,7 +296,8 @@ class DiffusionModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch, fixed_noise=True)
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["index"]), sync_dist=True)
+        self.val_loss_mean.update(loss.detach(), weight=len(batch["index"]))
+        self.log("val/loss", self.val_loss_mean, on_epoch=True, prog_bar=True, batch_size=len(batch["index"]))
         keep = {k: v for k, v in batch.items() if k in ("cell", "numbers", "mask", "cond", "index")}
         self._val_templates.append({k: v.detach() for k, v in keep.items()})
         return loss
@@ -326,7 +333,9 @@ class DiffusionModule(L.LightningModule):
     @torch.no_grad()
     def _sample_and_evaluate(self) -> None:
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        n_local = int(math.ceil(self.hparams.val_samples / world))
+        # this rank's share of val_samples (the first val_samples % world ranks one more); at least one, so
+        # that every rank takes part in the metrics' synchronisation
+        n_local = max(1, int(self.hparams.val_samples) // world + int(rank < int(self.hparams.val_samples) % world))
         generator = torch.Generator(device=self.device).manual_seed(int(self.hparams.sample_seed) + rank)
         templates = self._templates(n_local)
         samples = self.generate(templates, generator=generator)

@@ -814,6 +814,51 @@ def run_color(key: str) -> str:
     return COLORS.get(key) or COLORS.get(key.partition("@")[0], "0.5")
 
 
+class _locked:
+    """An exclusive lock on ``<out>/.lock`` (processes that merge into the same results folder take turns)."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / ".lock"
+
+    def __enter__(self) -> "_locked":
+        import fcntl
+
+        self.handle = open(self.path, "w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def overlay_runs(out: Path, results: dict[str, Any], own_runs: dict[tuple[str, str], tuple[dict, dict]]) -> tuple[dict, dict]:
+    """``<out>/results.json`` and curves as they are on disk now, with this process's finished runs put in (so
+    that processes merging into one folder at the same time keep each other's runs)."""
+    if not (out / "results.json").is_file():
+        disk, disk_curves = json.loads(json.dumps(_jsonable(results))), {}
+    else:
+        disk = json.loads((out / "results.json").read_text())
+        raw = json.loads((out / "curves.json").read_text()) if (out / "curves.json").is_file() else {}
+        disk_curves = {phase: {k: _curves_from_json(c) for k, c in per.items()} for phase, per in raw.items()}
+    record = results.get("merged", [])[-1:]  # this invocation's command, when it merges into an earlier folder
+    disk.setdefault("merged", [])
+    if record and record[0] not in disk["merged"]:
+        disk["merged"].append(record[0])
+    for kind in MODELS:
+        if kind in results["settings"]:
+            disk["settings"].setdefault(kind, results["settings"][kind])
+    for (phase, key), (res, crv) in own_runs.items():
+        entry = disk["phases"].setdefault(phase, {**results["phases"][phase], "models": {}})
+        entry["models"][key] = res
+        entry["models"] = dict(sorted(entry["models"].items(), key=lambda item: table_order(item[0])))
+        disk_curves.setdefault(phase, {})[key] = crv
+    return disk, disk_curves
+
+
 def merged_start(results: dict[str, Any], curves: dict[str, dict[str, Any]], out: Path) -> tuple[dict, dict]:
     """``--merge``: the earlier results.json and curves.json of ``out``, to which this invocation's runs are added;
     this invocation's command and settings are recorded under ``merged`` (the first run's stay on top)."""
@@ -822,6 +867,9 @@ def merged_start(results: dict[str, Any], curves: dict[str, dict[str, Any]], out
     earlier.setdefault("merged", []).append({"command": results["command"], "settings": results["settings"],
                                               "machine": results["machine"]})
     earlier["notes"] = [*earlier.get("notes", []), *results["notes"]]
+    for kind in MODELS:  # settings of a model the earlier runs did not have (e.g. the torus model added later)
+        if kind in results["settings"]:
+            earlier["settings"].setdefault(kind, results["settings"][kind])
     for phase, per in raw.items():
         curves.setdefault(phase, {}).update({kind: _curves_from_json(c) for kind, c in per.items()})
     return earlier, curves
@@ -1201,6 +1249,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)")
     tasks = [(phase, kind) for phase in settings["phases"] for kind in settings["models"]]
     finished = []
+    own_runs: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}  # (phase, key) -> (results, curves)
 
     def done(phase: str, kind: str, res: dict[str, Any], crv: dict[str, Any], logger: Any = None) -> None:
         entry = results["phases"][phase]
@@ -1210,7 +1259,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         curves.setdefault(phase, {})[key] = crv
         finished.append((phase, kind))
         results["total_seconds"] = time.perf_counter() - start
-        written = write_outputs(results, curves, out)
+        own_runs[(phase, key)] = (res, crv)
+        if args.merge:  # another process may have added runs since this one started: take them in, under a lock
+            with _locked(out):
+                merged, merged_curves = overlay_runs(out, results, own_runs)
+                written = write_outputs(merged, merged_curves, out)
+        else:
+            written = write_outputs(results, curves, out)
         _finish_wandb(logger, res, [p for p in written if p.suffix == ".png" and phase in p.stem])
         data_numbers = entry["data"]
         extra = {"voxel": lambda: f" grid {res['grid_shape']}",
@@ -1243,7 +1298,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 continue
             done(phase, kind, res, crv, logger)
     results["total_seconds"] = time.perf_counter() - start
-    write_outputs(results, curves, out)
+    if not args.merge:  # with --merge every finished run was written into the folder's files as it landed
+        write_outputs(results, curves, out)
     if failures:
         raise SystemExit("[compare] some runs did not finish (the others are in " + str(out) + "):\n  "
                          + "\n  ".join(failures))

@@ -62,8 +62,10 @@ def test_cached_grid_matches_on_the_fly(crystals_h5: Path) -> None:
     cached.setup(), fresh.setup()
     assert cached._cache_name == "occupancy" and fresh._cache_name is None
     a, b = next(iter(cached.val_dataloader())), next(iter(fresh.val_dataloader()))
-    if fresh.grid_shape == cached.grid_shape:
-        torch.testing.assert_close(a["grid"], b["grid"], atol=1e-5, rtol=0)
+    # the grid chosen without the cache is the cache's (else a file with a cache would train on another grid)
+    assert fresh.grid_shape == cached.grid_shape
+    assert torch.equal(a["index"], b["index"]) and len(a["index"]) == len(cached.splits["val"])
+    torch.testing.assert_close(a["grid"], b["grid"], atol=1e-5, rtol=0)
     # cached grids roll by whole voxels under translation and still decode to the item's atoms
     moving = AtomsDataModule(str(crystals_h5), view="voxel", batch_size=6, translate=True)
     moving.setup()
@@ -90,16 +92,42 @@ def test_conditions_and_missing_property(crystals_h5: Path) -> None:
         bad.setup()
 
 
-def test_ranks_get_distinct_samples(fcc_h5: Path) -> None:
-    dm = AtomsDataModule(str(fcc_h5), view="particle", batch_size=4)
-    dm.setup()
-    dataset = dm.dataset("train")
-    seen = []
-    for rank in range(2):  # what Lightning's DistributedSampler gives each of two ranks
-        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        seen.append({int(dataset[i]["index"]) for i in sampler})
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(dm.splits["train"].tolist())
+def test_ranks_get_distinct_samples(tmp_path: Path) -> None:
+    """The DataModule's loaders on two ranks, an odd split: training, with the DistributedSampler Lightning puts
+    into the DataModule's loader (same collate, per-rank batch), gives the ranks disjoint structures covering the
+    train split; validation keeps the DataModule's own unpadded sampler (Lightning leaves a DistributedSampler
+    alone) and sees every validation structure exactly once."""
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    from datamodules.builders import build_dataset
+
+    path = build_dataset("crystals", tmp_path / "odd.h5", count=20, phases=["fcc"], split=(0.75, 0.16, 0.09), progress=False)
+
+    class Rank:
+        world_size = 2
+
+        def __init__(self, rank: int) -> None:
+            self.global_rank = rank
+
+    train, val = [], []
+    for rank in range(2):
+        dm = AtomsDataModule(str(path), view="particle", batch_size=4)
+        dm.trainer = Rank(rank)  # type: ignore[assignment]
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0),
+                                    mode=RunningStage.TRAINING)
+        batches = list(loader)
+        assert {len(b["index"]) for b in batches[:-1]} == {2} and batches[0]["frac_coords"].shape[1:] == (32, 3)
+        train.append([int(i) for b in batches for i in b["index"]])
+        evaluation = dm.val_dataloader()
+        assert isinstance(evaluation.sampler, DistributedSampler)  # so Lightning does not replace it with a padded one
+        val.append([int(i) for b in evaluation for i in b["index"]])
+    assert not set(train[0]) & set(train[1])
+    assert sorted(train[0] + train[1]) == dm.splits["train"].tolist()
+    assert len(dm.splits["val"]) == 3 and sorted(val[0] + val[1]) == dm.splits["val"].tolist()  # each once: 2 + 1
+    assert [len(v) for v in val] == [2, 1]
 
 
 def test_builds_default_dataset_when_missing(tmp_path: Path) -> None:

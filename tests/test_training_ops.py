@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from conftest import REPO, run_gcd
+from test_reporting import read_wandb_records
 
 VOXEL = str(REPO / "experiments/smoke/voxel.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -77,6 +79,7 @@ def test_kill9_then_resume_continues_from_last_checkpoint(tmp_path: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert step_at_kill >= 8, "training did not reach 8 steps before the deadline"
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed (it ended with {proc.returncode})"
     saved_step = torch.load(last, weights_only=True)["global_step"]  # the file is complete after a kill -9
     assert saved_step >= step_at_kill
 
@@ -145,6 +148,16 @@ def test_wandb_offline_run_id_is_reused_on_resume(tmp_path: Path) -> None:
     runs = sorted((tmp_path / "runs/wb/wandb").glob("offline-run-*"))
     assert len(runs) == 2
     assert all(r.name.endswith(run_id) for r in runs), [r.name for r in runs]
+    # the two runs' records: one W&B run id, and the resumed run's history continues the first one's (its
+    # steps and epoch follow on; a restarted run would log from step 0 again)
+    history = []
+    for run in runs:
+        records = list(read_wandb_records(run / f"run-{run_id}.wandb"))
+        assert [r.run.run_id for r in records if r.WhichOneof("record_type") == "run"] == [run_id]
+        rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+                for r in records if r.WhichOneof("record_type") == "history"]
+        history.append([(row["trainer/global_step"], row["epoch"]) for row in rows if "train/loss_step" in row])
+    assert history == [[(0, 0), (1, 0)], [(2, 1), (3, 1)]], history  # 2 steps per epoch (16 structures, batch 8)
 
 
 def test_speed_switches_bf16_compile_clip_accumulate(tmp_path: Path) -> None:

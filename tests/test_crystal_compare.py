@@ -29,7 +29,9 @@ TINY = ["--phases", "fcc", "--steps", "20", "--samples", "2", "--count", "12", "
         "--voxel-sample-steps", "4", "--particle-sample-steps", "4", "--particle-sampler", "pc",
         "--extra-samplers", "voxel:ddim-3", "voxel:ddpm-4+r1@0.5",
         "--set", "voxel.model.base_channels=8", "--set", "particle.model.hidden=16", "--set", "particle.model.layers=1",
-        "--threads", "1", "--quiet"]
+        "--set", "particle_torus.model.hidden=16", "--set", "particle_torus.model.layers=1",
+        "--set", "particle_torus.model.frequencies=4", "--set", "particle_torus.sample_steps=4",
+        "--supercell-samples", "1", "--threads", "1", "--quiet"]
 
 RUN_FIELDS = ("phase_match", "phase_match_strict", "displacement_rms", "displacement_rms_strict", "rdf_l1",
               "n_atoms_mean", "n_atoms_error", "n_atoms_target", "n_atoms_hist", "min_distance_violations",
@@ -42,9 +44,10 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     # the quick profile's two worker processes (one per run), each logging its own offline W&B run
     returned = compare.main([*TINY, "--workdir", str(tmp_path / "work"), "--out", str(out), "--wandb"])
     tasks = tmp_path / "work" / "tasks"
-    assert sorted(p.name for p in tasks.glob("*.json")) == ["fcc-particle.json", "fcc-voxel.json"]
+    assert sorted(p.name for p in tasks.glob("*.json")) == ["fcc-particle.json", "fcc-particle_torus.json",
+                                                             "fcc-voxel.json"]
     runs = sorted((tmp_path / "work" / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(list(r.glob("*.wandb")) for r in runs)
+    assert len(runs) == 3 and all(list(r.glob("*.wandb")) for r in runs)
     assert (tasks / "fcc-voxel" / "rdf_fcc.png").is_file()  # the plots that worker's W&B run logged
 
     results = json.loads((out / "results.json").read_text())
@@ -57,7 +60,8 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     data = fcc["data"]
     assert data["n_atoms"] == 32 and data["phase_match"] == 1.0
     assert 0.03 < data["displacement_rms"] < 0.15  # σ = 0.05 Å per component: about σ√3
-    assert set(fcc["models"]) == {"voxel", "particle"}
+    # the torus model's headline budget is convergence: at equal steps its key says so
+    assert set(fcc["models"]) == {"voxel", "particle", "particle_torus@steps"}
     for kind, run in fcc["models"].items():
         missing = [f for f in RUN_FIELDS if f not in run]
         assert not missing, f"{kind}: missing {missing}"
@@ -66,6 +70,13 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
         assert 0.0 <= run["phase_match"] <= 1.0 and run["phase_match_strict"] <= run["phase_match"]
         assert run["train_seconds"] > 0 and run["sample_seconds"] > 0
     assert fcc["models"]["particle"]["n_atoms_hist"] == {"32": 2}  # the particle model's count is fixed
+    torus = fcc["models"]["particle_torus@steps"]
+    assert torus["n_atoms_hist"] == {"32": 2} and torus["budget"] == "steps" and torus["model"] == "particle_torus"
+    assert torus["network_evaluations"] == 8  # predictor-corrector: two calls per level
+    assert fcc["models"]["particle"]["network_evaluations"] == 8
+    assert "tied to the training cell" in torus["supercell"]["na"]  # all pairs: no supercell
+    big = fcc["models"]["voxel"]["supercell"]  # twice the cell: matched against the 2x2x2 ideal crystal (256 atoms)
+    assert big["n_samples"] == 1 and big["n_atoms_target"] == 256 and 0.0 <= big["overlap_fraction"] <= 1.0
     assert fcc["models"]["particle"]["sampler"] == "pc" and fcc["models"]["voxel"]["sampler"] == "ddpm"
     variants = fcc["models"]["voxel"]["variants"]  # the same trained model, another sampler
     # without a suffix a variant keeps the profile's restart sampling (quick: 2 restarts back to 0.5 T)
@@ -80,7 +91,8 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
 
     md = (out / "results.md").read_text()
     assert "| phase | model | match 0.5 Å | match 0.2 Å |" in md
-    assert md.count("| fcc Cu |") == 5  # training data, voxel (three samplers), particle rows
+    assert md.count("| fcc Cu |") == 6  # training data, voxel (three samplers), particle, torus rows
+    assert "particle (torus VE + all-pairs Fourier net) [equal steps, 20 steps], PC-4" in md
     assert "↳ same model, DDPM-4 +1 restarts @0.5T" in md and "GCDM voxel, DDPM-4 +2 restarts @0.5T" in md
 
     for name in ("phase_match.png", "rdf_fcc.png", "n_atoms_fcc.png"):
@@ -118,7 +130,8 @@ def test_profiles_and_overrides() -> None:
     parser = compare.build_parser()
     quick = compare.resolve_settings(parser.parse_args([]))
     paper = compare.resolve_settings(parser.parse_args(["--profile", "paper"]))
-    assert quick["phases"] == ["sc", "fcc", "bcc", "hcp", "diamond"] and quick["models"] == ["voxel", "particle"]
+    assert quick["phases"] == ["sc", "fcc", "bcc", "hcp", "diamond"]
+    assert quick["models"] == ["voxel", "particle", "particle_torus"]
     assert quick["accelerator"] == "cpu" and paper["accelerator"] == "auto"
     assert quick["jobs"] == 2 and paper["jobs"] == 1  # one run per core on the CPU, one at a time on the GPU
     assert compare.resolve_settings(parser.parse_args(["--jobs", "1"]))["jobs"] == 1
@@ -159,5 +172,46 @@ def test_a_failed_worker_is_named_and_the_other_runs_are_kept(tmp_path: Path) ->
         compare.main([*TINY, "--steps", "2", "--samples", "1", "--extra-samplers", "--set", "particle.model.lr=-1",
                       "--workdir", str(tmp_path / "work"), "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
-    assert list(results["phases"]["fcc"]["models"]) == ["voxel"]
+    assert list(results["phases"]["fcc"]["models"]) == ["voxel", "particle_torus@steps"]
     assert "Traceback" in (tmp_path / "work" / "tasks" / "fcc-particle.log").read_text()
+
+
+def test_budgets_wall_time_and_convergence_merge_into_one_results_file(tmp_path: Path) -> None:
+    """Equal steps, then the voxel model's wall time, then a convergence run stopped after a chunk and resumed:
+    all in one results.json under their keys; the resumed run continues its validation history."""
+    compare = _load_compare()
+    out, work = tmp_path / "results", tmp_path / "work"
+    base = [*TINY, "--phases", "sc", "--samples", "2", "--extra-samplers", "--supercell-samples", "0", "--jobs", "1",
+            "--workdir", str(work), "--out", str(out)]
+    compare.main([*base, "--models", "voxel", "particle_torus", "--steps", "6"])
+    with pytest.raises(SystemExit, match="particle's learning-rate schedule from its equal-steps run"):
+        compare.main([*base, "--models", "particle", "--budget", "walltime", "--merge"])
+    compare.main([*base, "--models", "particle_torus", "--budget", "walltime", "--merge"])
+    converge = [*base, "--models", "particle_torus", "--budget", "converge", "--merge",
+                "--set", "particle_torus.converge.steps.sc=12", "--set", "particle_torus.converge.val_every=3",
+                "--set", "particle_torus.converge.val_samples=2", "--set", "particle_torus.converge.window=2",
+                "--set", "particle_torus.converge.standard_errors=-1",  # never plateaus: runs to the cap
+                "--save-weights", str(tmp_path / "weights")]
+    with pytest.raises(SystemExit, match="chunk ended at step"):
+        compare.main([*converge, "--chunk-minutes", "0.0001"])
+    last = work / "runs" / "sc-particle_torus" / "checkpoints" / "last.ckpt"
+    assert last.is_file() and not (work / "runs" / "sc-particle_torus" / "finished.json").exists()
+    compare.main(converge)
+    results = json.loads((out / "results.json").read_text())
+    models = results["phases"]["sc"]["models"]
+    assert list(models) == ["voxel", "particle_torus@steps", "particle_torus@walltime", "particle_torus"]
+    voxel, wall = models["voxel"], models["particle_torus@walltime"]
+    assert wall["wall_time_budget_seconds"] == pytest.approx(voxel["train_seconds"])
+    assert wall["train_seconds"] >= voxel["train_seconds"] and wall["budget"] == "walltime"
+    run = models["particle_torus"]
+    assert run["budget"] == "converge" and run["steps"] == 12 and run["batch_size"] == 32
+    history = run["convergence"]["validations"]
+    assert [v["step"] for v in history] == [3, 6, 9, 12]  # the chunk's stray validation is not counted
+    assert run["convergence"]["stopped"] == "step cap"
+    budgets = [m["command"][m["command"].index("--budget") + 1] for m in results["merged"]]
+    assert budgets == ["walltime", "converge"]  # the invocations that added runs (the chunk added none)
+    from lightning_gcd.models.loading import load_model
+
+    slim = tmp_path / "weights" / "sc-particle_torus.ckpt"
+    assert slim.stat().st_size < last.stat().st_size  # no optimiser state
+    assert load_model(slim).sample(load_model(slim).sample_template(1), steps=2, progress=False)[0].get_chemical_symbols()[0] == "Po"

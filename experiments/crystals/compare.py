@@ -986,10 +986,10 @@ def _figure(figsize):
 
 def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
     phases = list(results["phases"])
-    fig = _figure((max(5.0, 1.6 * len(phases) + 2), 3.8))
+    kinds = sorted({k for p in phases for k in results["phases"][p]["models"]}, key=table_order)
+    fig = _figure((max(7.0, 1.6 * len(phases) + 2), 3.4 + 0.3 * (len(kinds) + 1)))
     ax = fig.add_subplot()
     x = np.arange(len(phases))
-    kinds = sorted({k for p in phases for k in results["phases"][p]["models"]}, key=table_order)
     width = 0.8 / (len(kinds) + 1)
     series = [("data", lambda p: results["phases"][p]["data"])] + [
         (k, lambda p, k=k: results["phases"][p]["models"].get(k)) for k in kinds]

@@ -165,8 +165,14 @@ def test_speed_switches_bf16_compile_clip_accumulate(tmp_path: Path) -> None:
                   "--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0",
                   "--trainer.accumulate_grad_batches", "2", "--model.init_args.compile", "true",
                   "--model.init_args.compile_backend", "eager", "--model.init_args.matmul_precision", "high",
-                  "--model.init_args.val_samples", "2", cwd=tmp_path)
+                  "--model.init_args.val_samples", "2", "--trainer.callbacks+=probes.SpeedProbe",
+                  "--trainer.callbacks.out", str(tmp_path / "probe.json"), cwd=tmp_path, env={"PYTHONPATH": str(REPO / "tests")})
     assert run.returncode == 0, run.stderr[-3000:]
+    # in effect, not only accepted: the network was compiled (dynamo traced its forward), and its training
+    # forward ran under bf16 autocast (the U-Net's output in bfloat16)
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    assert probe["compiled_net"] == "OptimizedModule" and probe["dynamo_frames"].get("ok", 0) > 0, probe
+    assert {"compiling": True, "autocast": True, "dtype": "torch.bfloat16"} in probe["forwards"], probe["forwards"]
     checkpoint = torch.load(tmp_path / "runs/fast/checkpoints/last.ckpt", weights_only=True)
     assert not any("_orig_mod" in k or "_compiled" in k for k in checkpoint["state_dict"])
     assert checkpoint["global_step"] == 1  # 2 train batches (16 train structures, batch 8) accumulated into 1 step

@@ -12,10 +12,13 @@ when they are not installed here, and FAIL in CI (``CI=true``), which installs t
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ase.io
@@ -456,31 +459,60 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
 
 
 @needs_engines
-def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """guided.train_prior keeps ``{kind}_partial/last.ckpt`` current while it trains and removes it when done;
-    a rerun after a kill resumes from it: a left-behind step-2 checkpoint with marked weights is loaded as
-    it is when 2 steps are asked for, and training continues from it to 4 steps."""
-    import lightning as L
+def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """guided.train_prior keeps ``{kind}_partial/last.ckpt`` current while it trains and removes it when done.
+    A real kill: a process training the voxel prior (checkpoint every step) is killed with SIGKILL after step 2;
+    the rerun (asked for one step more) resumes from the partial checkpoint: it trains only the missing step,
+    starting from the killed run's weights. The same rerun with the partial checkpoint removed (no resume)
+    trains from step 0 from fresh weights: the difference the resume makes."""
+    from lightning_gcd.models.voxel import GrandCanonicalDiffusion
 
     data = _shipped_files(tmp_path, ("a_c_300",))["a_c_300"]
     guided = _script("guided")
     out = tmp_path / "ckpt"
-    first = guided.train_prior("voxel", str(data), 2, out, checkpoint_every=1)
-    assert torch.load(first, weights_only=False)["global_step"] == 2
-    assert not (out / "voxel_partial").exists()  # removed once the prior is finished
-    # a killed run: its partial checkpoint is all that is left (marked, so that loading it shows)
     partial = out / "voxel_partial" / "last.ckpt"
-    partial.parent.mkdir()
-    state = torch.load(first, weights_only=False)
-    name = next(k for k, v in state["state_dict"].items() if v.is_floating_point())
-    state["state_dict"][name] += 1.0
-    torch.save(state, partial)
-    resumed = guided.train_prior("voxel", str(data), 2, out, checkpoint_every=1)  # already at step 2: no step
-    assert "resuming the voxel prior" in capsys.readouterr().out
-    assert torch.equal(torch.load(resumed, weights_only=False)["state_dict"][name], state["state_dict"][name])
-    partial.parent.mkdir()
-    torch.save(state, partial)
-    L.seed_everything(0)
-    final = guided.train_prior("voxel", str(data), 4, out, checkpoint_every=1)
-    assert torch.load(final, weights_only=False)["global_step"] == 4
-    assert not partial.parent.exists()
+    # the training process: forked from this one (its imports done), killed with SIGKILL
+    proc = multiprocessing.get_context("fork").Process(target=guided.train_prior, args=("voxel", str(data), 200, out),
+                                                       kwargs={"checkpoint_every": 1})
+    proc.start()
+    deadline, step = time.time() + 300, 0
+    while time.time() < deadline and step < 2 and proc.is_alive():
+        time.sleep(0.2)
+        try:
+            step = torch.load(partial, weights_only=False)["global_step"] if partial.exists() else 0
+        except Exception:  # being replaced right now (atomic rename): the next read works
+            continue
+    proc.kill()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL, f"the run was not killed (it ended with {proc.exitcode})"
+    killed = torch.load(partial, weights_only=False)  # complete after a kill -9: written atomically
+    at_kill = killed["global_step"]
+    assert 2 <= at_kill < 200 and not (out / "voxel.ckpt").exists()
+    killed_net = {k: v for k, v in killed["state_dict"].items() if k.startswith("net.")}
+    saved = partial.read_bytes()
+
+    trained: list[tuple[int, dict]] = []  # (global step, the network's weights when the step starts) per step
+    real_step = GrandCanonicalDiffusion.training_step
+
+    def spy(self, batch, batch_idx):
+        trained.append((self.global_step, {k: v.detach().clone() for k, v in self.state_dict().items() if k in killed_net}))
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(GrandCanonicalDiffusion, "training_step", spy)
+    runs = {}
+    for resume in (True, False):
+        trained.clear()
+        partial.parent.mkdir(exist_ok=True)
+        partial.write_bytes(saved)
+        if not resume:
+            partial.unlink()
+        final = guided.train_prior("voxel", str(data), at_kill + 1, out, checkpoint_every=1)
+        runs[resume] = ([s for s, _ in trained], trained[0][1], "resuming the voxel prior" in capsys.readouterr().out)
+        assert torch.load(final, weights_only=False)["global_step"] == at_kill + 1
+        assert not partial.parent.exists()  # removed once the prior is finished
+    # resumed: only the missing step, from the killed run's weights
+    assert runs[True][0] == [at_kill] and runs[True][2]
+    assert runs[True][1].keys() == killed_net.keys() and all(torch.equal(runs[True][1][k], v) for k, v in killed_net.items())
+    # not resumed: every step, from fresh weights
+    assert runs[False][0] == list(range(at_kill + 1)) and not runs[False][2]
+    assert not all(torch.equal(runs[False][1][k], v) for k, v in killed_net.items())

@@ -276,3 +276,60 @@ def test_torus_model_rejects_the_voxel_view(fcc_h5) -> None:
     with pytest.raises(GcdError, match="needs data.view: particle"):
         model.data_info_from(dm)
     assert math.isfinite(model.hparams.step_lr)
+
+
+def test_sampler_started_from_a_noised_point_mass_returns_to_it() -> None:
+    """``start_time`` < 1 runs only the schedule's levels at or below it, from a structure noised to that level."""
+    diffusion = TorusDiffusion(0.005, 0.5)
+    sampler = TorusPredictorCorrector(100)
+    assert len(sampler.times(0.3)) == 30 and max(sampler.times(0.3)) <= 0.3
+    gen = torch.Generator().manual_seed(2)
+    center = torch.rand(4, 6, 3, generator=gen, dtype=torch.float64)
+    sigma = diffusion.sigma(torch.tensor([0.3], dtype=torch.float64))
+    start = center + sigma * torch.randn(4, 6, 3, generator=gen, dtype=torch.float64)
+    calls = []
+
+    def score(frac, t, s):
+        calls.append(t)
+        return frac, wrapped_normal_score(frac - center, s[:, None, None])
+
+    out = sampler.run(start, score, diffusion, torch.full((4,), 6), lambda: torch.randn(4, 6, 3, generator=gen,
+                                                                                          dtype=torch.float64),
+                      start_time=0.3)
+    error = (out - center) - torch.round(out - center)
+    assert float(error.abs().max()) < 4 * 0.005 and len(calls) == 2 * 30
+    with pytest.raises(ValueError, match="below the schedule"):
+        TorusEulerMaruyama(3).run(start, score, diffusion, torch.full((4,), 6), lambda: start, start_time=-0.1)
+
+
+def test_trapping_script_scores_sampling_from_noised_crystals(fcc_h5, tmp_path) -> None:
+    import importlib.util
+    import json
+
+    import lightning as L
+
+    from conftest import REPO
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+    L.seed_everything(0, verbose=False)
+    model = TorusParticleDiffusion(hidden=16, layers=1, frequencies=4, val_samples=0)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(model, fcc_datamodule(fcc_h5))
+    ckpt = tmp_path / "torus.ckpt"
+    trainer.save_checkpoint(ckpt)
+    spec = importlib.util.spec_from_file_location("trapping", REPO / "experiments" / "crystals" / "trapping.py")
+    trapping = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trapping)
+    result = trapping.main(["--ckpt", str(ckpt), "--dataset", str(fcc_h5), "--start-times", "0.01", "1.0",
+                            "--samplers", "pc-50", "em-4", "--samples", "3", "--out", str(tmp_path / "trap")])
+    rows = {(r["sampler"], r["start_time"]): r for r in result["rows"]}
+    assert set(rows) == {("pc", 0.01), ("pc", 1.0), ("em", 0.01), ("em", 1.0)}
+    # from the lowest level (σ 0.018 Å) even an untrained network leaves the crystal a crystal
+    assert rows[("pc", 0.01)]["phase_match"] == 1.0 and rows[("pc", 0.01)]["overlap_fraction"] == 0.0
+    assert rows[("pc", 1.0)]["sigma_angstrom"] == pytest.approx(0.5 * 7.23, rel=0.01)
+    assert json.loads((tmp_path / "trap" / "trapping.json").read_text())["samples"] == 3
+    assert (tmp_path / "trap" / "trapping.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="pc-LEVELS"):
+        trapping.parse_sampler("ddpm-10")

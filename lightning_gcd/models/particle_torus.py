@@ -122,6 +122,29 @@ class TorusParticleDiffusion(DiffusionModule):
         if posterior is not None:
             raise GcdError("spectrum posterior guidance is not available for TorusParticleDiffusion; "
                            "use lightning_gcd.models.particle.ParticleDiffusion for it")
+        return self._sample(template, None, 1.0, steps, sampler, guidance_scale, generator, progress)
+
+    @torch.no_grad()
+    def resample(self, structures: StructureBatch, start_time: float, steps: int | None = None,
+                 sampler: str | None = None, generator: torch.Generator | None = None) -> StructureBatch:
+        """Noise ``structures`` to ``sigma(start_time)`` and run the sampler's remaining levels from there.
+
+        Where a structure comes back from shows how far back in the anneal its atoms can still be sorted onto
+        sites; ``start_time`` 1 is ordinary sampling. Uses the weights as they are (swap EMA in yourself)."""
+        frac = structures.frac_coords.float()
+        mask = structures.mask.bool()
+        n = mask.sum(1)
+        sigma = self.diffusion.sigma(torch.full(n.shape, float(start_time)), n)
+        noise = (torch.randn(frac.shape, generator=generator, device=generator.device) if generator is not None
+                 else torch.randn(frac.shape)).to(frac.device)
+        start = (frac + sigma[:, None, None] * noise) * mask[..., None].float()
+        template = {"cell": structures.cell.float(), "numbers": structures.numbers, "mask": mask}
+        return self._sample(template, start, float(start_time), steps, sampler, 0.0, generator, False)
+
+    def _sample(self, template: Batch, start: torch.Tensor | None, start_time: float, steps: int | None,
+                sampler: str | None, guidance_scale: float | None, generator: torch.Generator | None,
+                progress: bool) -> StructureBatch:
+        """The sampler from ``start`` (B, N, 3) at ``start_time`` (None: uniform positions at t = 1)."""
         if "numbers" not in template or "mask" not in template:
             raise GcdError("the particle model needs the atom count and species of each structure to sample")
         hp = self.hparams
@@ -154,7 +177,8 @@ class TorusParticleDiffusion(DiffusionModule):
             pred = classifier_free_prediction(self.network, frac, numbers, mask, cell, tb, cond, scale)
             return frac, diffusion.score(pred, sigma) * fmask
 
-        frac = sampler_.run(draw(uniform=True), score, diffusion, mask.sum(1), draw, progress=progress) * fmask
+        start = draw(uniform=True) if start is None else start.to(cell.device)
+        frac = sampler_.run(start, score, diffusion, mask.sum(1), draw, progress=progress, start_time=start_time) * fmask
         if known is not None:
             frac = known.finish(frac) * fmask
         return StructureBatch(frac, numbers, mask, cell)

@@ -40,11 +40,12 @@ class TorusSampler(ABC):
         """Network evaluations of one run (classifier-free guidance at scale ≠ 0, 1 doubles the batch, not this)."""
         return self.steps * self.evaluations_per_level
 
-    def times(self) -> list[float]:
-        """Diffusion times of the levels, 1 → 0."""
+    def times(self, start_time: float = 1.0) -> list[float]:
+        """Diffusion times of the levels, 1 → 0; from ``start_time`` on, the full schedule's levels at or below it."""
         if self.steps == 1:
             return [1.0]
-        return [1.0 - k / (self.steps - 1) for k in range(self.steps)]
+        times = [1.0 - k / (self.steps - 1) for k in range(self.steps)]
+        return [t for t in times if t <= start_time + 1e-12]
 
     @abstractmethod
     def step(self, frac: torch.Tensor, score: ScoreFunction, t: float, sigma: torch.Tensor,
@@ -52,9 +53,15 @@ class TorusSampler(ABC):
         """One level: (B, N, 3) fractional coordinates at noise ``sigma`` (B,) -> at ``sigma_next`` (B,)."""
 
     def run(self, frac: torch.Tensor, score: ScoreFunction, diffusion: TorusDiffusion, n_atoms: torch.Tensor,
-            noise: NoiseFunction, progress: bool = False) -> torch.Tensor:
-        """Integrate from ``frac`` (B, N, 3) (uniform positions) to the denoised sample, wrapped into [0, 1)."""
-        times = self.times()
+            noise: NoiseFunction, progress: bool = False, start_time: float = 1.0) -> torch.Tensor:
+        """Integrate from ``frac`` (B, N, 3) to the denoised sample, wrapped into [0, 1).
+
+        ``frac`` is uniform positions for ``start_time`` 1 (the prior); a lower ``start_time`` continues a structure
+        already noised to ``sigma(start_time)`` (e.g. a real crystal: how far back can the sampler start and
+        still return to it?), over the schedule's levels at or below that time."""
+        times = self.times(start_time)
+        if not times:
+            raise ValueError(f"start_time {start_time} lies below the schedule's last level")
         for k in tqdm(range(len(times)), disable=not progress, desc=f"torus {self.name}"):
             t = times[k]
             tb = torch.full(n_atoms.shape, t, dtype=frac.dtype, device=frac.device)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -15,6 +17,25 @@ def _load():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _training_step_flops(net: torch.nn.Module, grid: int, batch: int) -> float:
+    """FLOPs of a forward + backward of ``net`` from the layers' shapes (see the test)."""
+    forward: list[tuple[str, int]] = []
+
+    def count(module: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv3d):
+            forward.append(("conv", 2 * out.numel() * module.in_channels // module.groups * int(np.prod(module.kernel_size))))
+        else:
+            forward.append(("linear", 2 * out.numel() * module.in_features))
+
+    for module in net.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Linear)):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        net(torch.randn(batch, 4, grid, grid, grid), torch.rand(batch))
+    first_conv = next(f for kind, f in forward if kind == "conv")
+    return 3.0 * sum(f for _, f in forward) - first_conv
 
 
 def test_bench_gpu_runs_on_a_cpu_and_reports_what_needs_cuda() -> None:
@@ -32,6 +53,12 @@ def test_bench_gpu_runs_on_a_cpu_and_reports_what_needs_cuda() -> None:
     assert result["peak_tflops"] == {"value": 2.0, "source": "--peak-tflops"}
     assert result["largest_training_grid"] == {"skipped": "needs CUDA"} and result["ddp_one_gpu"] == {"skipped": "--no-ddp"}
     assert result["network"]["params"] == 2965892  # the CPU benchmark's U-Net
+    # the FLOPs behind MFU, counted here without torch's FlopCounterMode: 2·MACs of every Conv3d and Linear
+    # in a forward at the quick run's grid 8, batch 2 (their real output shapes, from hooks); a training step
+    # is that forward, the gradient of every weight, and of every layer input except the data's (the first
+    # convolution): 3F - F_first. Left out (<0.1 % here): the coarsest attention's matmuls, and the time
+    # embedding's first Linear counts an input gradient that is not computed.
+    assert result["flops_per_step"] == pytest.approx(_training_step_flops(bench.make_net("cpu"), grid=8, batch=2), rel=1e-3)
 
     # the convolutions' FLOPs grow with the voxels: 8x the voxels, about 8x the FLOPs (attention at the
     # coarsest level a little more)

@@ -22,7 +22,6 @@ and rename it at the end, so an interrupted build never leaves a file that looks
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 from ase import Atoms
 
 from lightning_gcd.errors import DatasetFormatError
+from lightning_gcd.io import atomic_path
 
 FORMAT_NAME = "lightning_gcd"
 FORMAT_VERSION = 1
@@ -58,18 +58,7 @@ class DatasetRecords:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+atomic_output = atomic_path  # the old name (``datamodules.merge`` and user scripts import it)
 
 
 def write_dataset(

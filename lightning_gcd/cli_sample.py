@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from lightning_gcd.errors import GcdError
+from lightning_gcd.io import write_structures_atomic
 
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -156,19 +156,8 @@ def read_spectrum(path: str | Path, energy: Sequence[float] | None) -> torch.Ten
 
 
 def write_structures(atoms_list: list, out: str | Path) -> Path:
-    """Write structures with ASE, atomically (a temporary file renamed at the end)."""
-    import ase.io
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}{out.suffix}")
-    try:
-        ase.io.write(tmp, atoms_list)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+    """Write structures with ASE (format from the suffix), atomically (a temporary file renamed at the end)."""
+    return write_structures_atomic(out, atoms_list)
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from datamodules.datamodule import AtomsDataModule
 from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint
+from lightning_gcd.io import write_text_atomic
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 WANDB_ID_FILE = "wandb_id"
@@ -143,9 +144,7 @@ def wandb_run_id(run_dir: Path) -> str | None:
     alphabet = string.ascii_lowercase + string.digits
     run_id = "".join(secrets.choice(alphabet) for _ in range(8))  # W&B's own id format
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{WANDB_ID_FILE}.tmp{os.getpid()}")
-    tmp.write_text(run_id)
-    os.replace(tmp, path)
+    write_text_atomic(path, run_id)
     return run_id
 
 

@@ -64,6 +64,7 @@ from tqdm.auto import tqdm
 
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.errors import GcdError
+from lightning_gcd.io import atomic_path
 
 DEFAULT_DENSITIES: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 3.5)  # g/cm³
 DEFAULT_ENERGY_GRID: tuple[float, float, int] = (275.0, 315.0, 100)  # eV: start, stop, points (FEFF absolute scale)
@@ -442,13 +443,12 @@ def compute_structure(task: StructureTask) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lengths = np.array([len(e) for e in energies], dtype=np.int64)
-    tmp = part.with_name(f".{part.stem}.tmp{os.getpid()}.npz")
-    np.savez(
-        tmp, key=np.array(task.key()), positions=atoms.positions, cell=np.asarray(atoms.cell[:]), energy=np.float64(energy),
-        sites=sites.astype(np.int64), feff_energy=np.concatenate(energies), feff_mu=np.concatenate(mus), feff_lengths=lengths,
-        md_seconds=np.float64(md_seconds), feff_seconds=np.asarray(feff_seconds),
-    )
-    os.replace(tmp, part)
+    with atomic_path(part) as tmp:  # the temporary name ends in .npz, so np.savez adds no suffix
+        np.savez(
+            tmp, key=np.array(task.key()), positions=atoms.positions, cell=np.asarray(atoms.cell[:]), energy=np.float64(energy),
+            sites=sites.astype(np.int64), feff_energy=np.concatenate(energies), feff_mu=np.concatenate(mus), feff_lengths=lengths,
+            md_seconds=np.float64(md_seconds), feff_seconds=np.asarray(feff_seconds),
+        )
     return str(part)
 
 

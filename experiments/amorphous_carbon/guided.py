@@ -52,6 +52,15 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from lightning_gcd.cli_sample import density_value  # noqa: E402 - after the path insert above
+from lightning_gcd.io import write_extxyz_atomic, write_json_atomic  # noqa: E402
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """``path`` holds either the old or the new JSON, never half of one (a kill mid-write). NaN (a voxel
+    sample without atoms) stays NaN, which ``summary``'s ``nanmean`` skips when a resumed or merged file is
+    read back; ``null`` (``write_json_atomic``'s strict-JSON default) would break it."""
+    write_json_atomic(path, payload, keep_nan=True, indent=1)
+
 
 MODES = ("unguided", "cfg", "dps", "cfg+dps")
 
@@ -252,7 +261,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from datamodules.h5format import AtomsH5
     from lightning_gcd.density_scan import choose_density
-    from lightning_gcd.callbacks.metrics_history import write_extxyz_atomic
     from lightning_gcd.diffusion.guidance import SpectrumGuidance
     from lightning_gcd.metrics.coordination import sp_fractions
     from lightning_gcd.metrics.rdf import rdf_l1, structure_rdf
@@ -414,22 +422,14 @@ def main(argv: list[str] | None = None) -> int:
                 curves["r"] = np.linspace(0, 6.0, g.shape[-1] + 1)[:-1].tolist()
                 print(json.dumps({k: v for k, v in run.items() if k != "forward_rel_l2_per_sample"}), file=sys.stderr, flush=True)
                 results["timings"] = {**timings, "total_s": time.time() - started}
-                write_json_atomic(out / "curves.json", curves)  # curves first: a kill between the two
-                write_json_atomic(out / "results.json", results)  # writes only repeats this run on resume
-    write_json_atomic(out / "curves.json", curves)
-    write_json_atomic(out / "results.json", results)
+                # curves first: a kill between the two writes only repeats this run on resume
+                write_json(out / "curves.json", curves)
+                write_json(out / "results.json", results)
+    write_json(out / "curves.json", curves)
+    write_json(out / "results.json", results)
     plot(results, curves, energy, out / "guided.png")
     print(json.dumps(summary(results), indent=1))
     return 0
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """``path`` holds either the old or the new JSON, never half of one (a kill mid-write). Unlike
-    ``metrics_history.write_json_atomic`` it keeps NaN (a voxel sample without atoms) as NaN, which
-    ``summary``'s ``nanmean`` skips when a resumed or merged file is read back; ``null`` would break it."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    tmp.replace(path)
 
 
 def data_density_range(path: str) -> tuple[float, float]:
@@ -485,8 +485,8 @@ def merge(dirs: list[Path], data: str, out: Path) -> int:
     results["merged_from"] = [str(d) for d in dirs]
     with AtomsH5(data) as h5:
         energy = np.asarray(h5.attrs["meta_xanes_energy"], dtype=np.float64)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    (out / "curves.json").write_text(json.dumps(curves) + "\n")
+    write_json(out / "results.json", results)
+    write_json(out / "curves.json", curves)
     plot(results, curves, energy, out / "guided.png")
     print(json.dumps(summary(results), indent=1))
     return 0

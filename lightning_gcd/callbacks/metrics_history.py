@@ -12,7 +12,7 @@ sanity check):
                     ``null`` so the file is strict JSON.
 ``curves.json``     the curves of the latest sampled validation (``StructureMetrics.curves()``: ``r``,
                     ``g``, ``g_reference``, ``coordination`` {Z: fractions} ...), numpy as lists, written
-                    to a temporary file and renamed.
+                    atomically (``lightning_gcd.io.write_json_atomic``).
 ``samples/epoch_<E>.extxyz``   the structures generated at that validation (this rank's share under
                     DDP: rank 0 writes its own samples).
 
@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.callbacks import Callback
+
+# the I/O helpers live in lightning_gcd.io; re-exported under their old import names
+from lightning_gcd.io import to_jsonable, write_extxyz_atomic, write_json_atomic
 
 __all__ = ["MetricsHistory", "to_jsonable", "write_json_atomic", "write_extxyz_atomic",
            "METRICS_FILE", "CURVES_FILE", "SAMPLES_DIR"]
@@ -42,78 +43,6 @@ __all__ = ["MetricsHistory", "to_jsonable", "write_json_atomic", "write_extxyz_a
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.json"
 SAMPLES_DIR = "samples"
-
-
-def _key(key: Any) -> str:
-    """JSON object key: ints as their decimal string, tuples such as ``(Z1, Z2)`` as ``"Z1-Z2"``."""
-    if isinstance(key, tuple):
-        return "-".join(str(_key(k)) for k in key)
-    if isinstance(key, (np.integer,)):
-        return str(int(key))
-    return str(key)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Numpy arrays, tensors and scalars to lists and Python numbers; NaN/inf to None; keys to strings."""
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            obj = obj.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Mapping):
-        return {_key(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()] if obj.ndim else to_jsonable(obj.item())
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """``json.dump`` to a temporary file beside ``path``, then ``os.replace`` it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(to_jsonable(data), handle, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_extxyz_atomic(path: str | Path, atoms: list) -> Path:
-    """Structures to an extxyz file (temporary file, then rename)."""
-    import ase.io
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        ase.io.write(tmp, atoms, format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def _scalar(value: Any) -> float | None:

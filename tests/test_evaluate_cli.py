@@ -85,7 +85,7 @@ def test_user_errors(files, tmp_path):
         run_evaluate(parse(str(junk), "--reference", str(files["reference"])))
     with pytest.raises(GcdError, match="split 'test' is empty"):
         run_evaluate(parse(str(files["extxyz"]), "--reference", str(files["reference"]), "--split", "test"))
-    with pytest.raises(GcdError):
+    with pytest.raises(GcdError, match=r"extxyz: not a readable HDF5 file"):  # a reference must be a dataset file
         run_evaluate(parse(str(files["extxyz"]), "--reference", str(files["extxyz"])))
     with pytest.raises(SystemExit):
         parse(str(files["extxyz"]), "--reference", str(files["reference"]), "--tolerance", "-1")

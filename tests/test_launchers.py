@@ -190,7 +190,10 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def test_dockerfile_sanity() -> None:
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    try:
+        import tomllib  # Python >= 3.11
+    except ModuleNotFoundError:  # Python 3.10 (the package allows it): tomli, which pip vendors, is the same parser
+        from pip._vendor import tomli as tomllib
 
     instructions = _dockerfile_instructions()
     froms = [rest for key, rest in instructions if key == "FROM"]

@@ -61,8 +61,10 @@ def test_model_shapes_ema_and_checkpoint_round_trip(tmp_path: Path, fcc_h5: Path
     trainer.save_checkpoint(path)
     assert any(k.startswith("ema.shadow_") for k in torch.load(path, weights_only=True)["state_dict"])
     loaded = load_model(path)
-    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
-        torch.testing.assert_close(a, b)
+    saved_state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert list(loaded_state) == list(saved_state)  # every tensor back, EMA included, none extra
+    for key, value in saved_state.items():
+        torch.testing.assert_close(loaded_state[key], value, msg=key)
     template = loaded.sample_template(2, supercell=(2, 2, 2))
     out = loaded.generate(template, steps=2)
     assert out.cell.shape == (2, 3, 3)

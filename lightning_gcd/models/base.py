@@ -23,7 +23,10 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_gcd.errors import GcdError
+from lightning_gcd.models.checkpoint import model_from_checkpoint
 from lightning_gcd.models.ema import EMA
+from lightning_gcd.models.optim import warmup_cosine
+from lightning_gcd.models.spectrum import SpectrumModel
 from lightning_gcd.structures import StructureBatch, mass_density
 
 Batch = dict[str, torch.Tensor]
@@ -210,13 +213,10 @@ class DiffusionModule(L.LightningModule):
             return None
         forward = self.__dict__.get("_forward_model")
         if forward is None:
-            from lightning_gcd.models.loading import load_model
-            from lightning_gcd.models.spectrum import SpectrumModel
-
             if list(self.info.get("conditions", [])) != ["xanes"]:
                 raise GcdError(f"spectrum_forward_ckpt needs a model conditioned on the mean spectrum alone "
                                f"(data.conditions: [xanes]); this one has {self.info.get('conditions')}")
-            forward = load_model(path, base=SpectrumModel).float().eval()
+            forward = model_from_checkpoint(path, SpectrumModel).float().eval()
             energy, own = forward.info.get("energy"), self.info.get("spectrum_energy")
             if energy is not None and own is not None and not np.allclose(energy, own):
                 raise GcdError(f"{path}: its energy grid differs from the training data's")
@@ -447,24 +447,6 @@ def condition_statistics(values: np.ndarray, floor: float = 0.1) -> tuple[np.nda
     mean, std = values.mean(0), values.std(0)
     typical = float(std.mean())
     return mean, (np.maximum(std, floor * typical) if typical > 0 else np.ones_like(std))
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total: int, min_lr_ratio: float = 0.1,
-                  schedule: str = "cosine") -> dict[str, Any]:
-    """Lightning's optimiser dict: linear warm-up over ``warmup_steps``, then cosine decay to
-    ``min_lr_ratio`` at step ``total`` (or constant), stepped every optimiser step."""
-    warmup = max(0, int(warmup_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,36 +1,22 @@
 """Loading a trained model from a checkpoint without executing code from it.
 
 ``torch.load(weights_only=True)`` only unpickles tensors and plain containers, so a malicious or foreign
-checkpoint cannot run code; the model class is looked up by name among this package's models only.
+checkpoint cannot run code; the model class is looked up by name among this package's models only. The
+work is done in ``lightning_gcd.models.checkpoint`` (below ``models.base``, which uses it too); this module
+adds the default ``base=DiffusionModule`` that ``gcd sample`` and the studies rely on.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lightning_gcd.errors import GcdError
 from lightning_gcd.models.base import DiffusionModule
+from lightning_gcd.models.checkpoint import ALLOWED_MODULE_PREFIX, model_from_checkpoint, read_checkpoint
 
-ALLOWED_MODULE_PREFIX = "lightning_gcd.models."
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict, weights only; one clear error for missing, truncated or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise GcdError(f"{path}: no such checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, pickle with code, not a torch file...
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise GcdError(f"{path}: not a readable lightning_gcd checkpoint (truncated, foreign or unsafe): {reason}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise GcdError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    return checkpoint
+__all__ = ["ALLOWED_MODULE_PREFIX", "load_model", "read_checkpoint"]
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu", base: type = DiffusionModule) -> Any:
@@ -39,17 +25,4 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", base:
     ``base``: the class the checkpoint's model must derive from (``DiffusionModule`` for ``gcd sample``,
     ``SpectrumModel`` for a forward model); anything else is refused with one line.
     """
-    checkpoint = read_checkpoint(path, map_location)
-    class_path = checkpoint.get("gcd_model_class")
-    if not isinstance(class_path, str) or not class_path.startswith(ALLOWED_MODULE_PREFIX):
-        raise GcdError(f"{path}: checkpoint does not name a lightning_gcd model")
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise GcdError(f"{path}: holds a {class_name}, not a {base.__name__}")
-    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    if not hparams.get("data_info"):
-        raise GcdError(f"{path}: checkpoint has no data_info; it was saved before the model was set up")
-    model = cls(**hparams)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.to(map_location).eval()
+    return model_from_checkpoint(path, base, map_location)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lightning_gcd.errors import GcdError
-from lightning_gcd.models.base import warmup_cosine
+from lightning_gcd.models.optim import warmup_cosine
 from lightning_gcd.nets.spectrum import SpectrumNet
 
 Batch = dict[str, torch.Tensor]

@@ -18,10 +18,12 @@ On top of LightningCLI:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import string
 import sys
+from io import StringIO
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,10 +32,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+import torch
 
 from datamodules.datamodule import AtomsDataModule
 from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint
+from lightning_gcd.errors import GcdError
 from lightning_gcd.io import write_text_atomic
+from lightning_gcd.models.retired import drop_retired, retired_in, retired_message
 
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 WANDB_ID_FILE = "wandb_id"
@@ -75,6 +80,43 @@ class GcdCLI(LightningCLI):
             "checkpoint.filename": "step{step:07d}",
             "checkpoint.auto_insert_metric_name": False,
         })
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's parse; a config naming a removed model option fails in one line that says so and why
+        (``lightning_gcd.models.retired``) instead of jsonargparse's usage and its list of union subtypes."""
+        captured = StringIO()
+        try:
+            with contextlib.redirect_stderr(captured):
+                super().parse_arguments(parser, args)
+        except SystemExit as exc:
+            retired = retired_in(captured.getvalue()) if exc.code not in (0, None) else []
+            if retired:
+                raise GcdError(retired_message(retired[0])) from None
+            sys.stderr.write(captured.getvalue())
+            raise
+        sys.stderr.write(captured.getvalue())
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (``--ckpt_path``: the checkpoint's hyperparameters into the config), with the model
+        options removed since the checkpoint was saved dropped, a warning each, so that it still loads."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": drop_retired(hparams, str(ckpt_path))}
+        else:
+            hparams = drop_retired(hparams, str(ckpt_path))
+        try:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     # ------------------------------------------------------------------------------------------------
     def _section(self) -> Any:

@@ -107,18 +107,19 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     assert (out / "rdf_fcc.png").is_file()
     assert Path(fcc["models"]["voxel"]["checkpoint"]).is_file()
 
-    # the few-step study on the same work folder: the first sampler is the reference, +project is honoured
+    # the few-step study on the same work folder: the first sampler is the reference
     few_step = _load_script(FEW_STEP)
-    few = few_step.main(["--workdir", str(tmp_path / "work"), "--samplers", "ddpm-4", "dpm2m-sde-2@logsnr+project",
+    few = few_step.main(["--workdir", str(tmp_path / "work"), "--samplers", "ddpm-4", "dpm2m-sde-2@logsnr",
                          "--samples", "2", "--out", str(tmp_path / "few")])
     runs = few["phases"]["fcc"]["samplers"]
-    assert runs["ddpm-4"]["x0_projection"] is False and runs["dpm2m-sde-2@logsnr+project"]["x0_projection"] is True
-    assert runs["dpm2m-sde-2@logsnr+project"]["spacing"] == "logsnr"
-    assert few["summary"]["dpm2m-sde-2@logsnr+project"]["nfe_saving"] == 2.0
+    assert runs["dpm2m-sde-2@logsnr"]["spacing"] == "logsnr" and "x0_projection" not in runs["ddpm-4"]
+    assert few["summary"]["dpm2m-sde-2@logsnr"]["nfe_saving"] == 2.0
     assert json.loads((tmp_path / "few" / "few_step.json").read_text())["samplers"] == list(runs)
     assert (tmp_path / "few" / "few_step.png").read_bytes()[:4] == b"\x89PNG"
-    assert few_step.parse_sampler("ddim-10@quadratic") == ("ddim", 10, "quadratic", False, (0, 0.3))
-    assert few_step.parse_sampler("ddpm-10@logsnr+project+r2@0.4") == ("ddpm", 10, "logsnr", True, (2, 0.4))
+    assert few_step.parse_sampler("ddim-10@quadratic") == ("ddim", 10, "quadratic", (0, 0.3))
+    assert few_step.parse_sampler("ddpm-10@logsnr+r2@0.4") == ("ddpm", 10, "logsnr", (2, 0.4))
+    with pytest.raises(SystemExit, match=r"\+project \(x0_projection\) was removed: .*emptied few-step samples"):
+        few_step.parse_sampler("ddpm-10@logsnr+project+r2@0.4")
     with pytest.raises(SystemExit, match="SAMPLER-STEPS"):
         few_step.parse_sampler("ddpm-10+proj")
     with pytest.raises(SystemExit, match="restart suffix"):

@@ -17,7 +17,6 @@ Output: ``few_step.json``, ``few_step.md`` and ``few_step.png`` (phase match aga
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,39 +26,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from compare import PHASES, _jsonable, data_reference, evaluate, machine_info, split_restarts  # noqa: E402
 
+from lightning_gcd.io import write_json_atomic, write_text_atomic  # noqa: E402
+
 DEFAULT_SAMPLERS = ["ddpm-100", "ddpm-10", "ddim-10", "dpm2m-10", "dpm2m-sde-10", "dpm2m-20", "ddim-20"]
 
 
-PROJECT = "+project"
+REMOVED_PROJECT = "+project"  # x0_projection, removed (lightning_gcd.models.retired): it emptied few-step samples
 
 
-def parse_sampler(spec: str) -> tuple[str, int, str, bool, tuple[int, float]]:
-    """``"dpm2m-sde-10"`` -> ("dpm2m-sde", 10, "uniform", False, (0, 0.3)); ``"ddim-10@logsnr"`` -> ("ddim",
-    10, "logsnr", False, (0, 0.3)); a ``+project`` suffix (``"ddpm-10@logsnr+project"``) projects every step's
-    predicted grid onto the nearest valid grid (``GrandCanonicalDiffusion.project_to_grid``): the fourth field
-    True; a last ``+rN@T`` suffix (``"ddpm-100+r2@0.3"``) adds N restarts back to T × the training steps."""
+def parse_sampler(spec: str) -> tuple[str, int, str, tuple[int, float]]:
+    """``"dpm2m-sde-10"`` -> ("dpm2m-sde", 10, "uniform", (0, 0.3)); ``"ddim-10@logsnr"`` -> ("ddim", 10,
+    "logsnr", (0, 0.3)); a last ``+rN@T`` suffix (``"ddpm-100+r2@0.3"``) adds N restarts back to T × the
+    training steps. The ``+project`` suffix of the removed ``x0_projection`` is refused in one line."""
     from lightning_gcd.diffusion.vp import SAMPLERS, TIMESTEP_SPACINGS
+    from lightning_gcd.models.retired import RETIRED
 
     rest, restarts = split_restarts(spec)
-    project = rest.endswith(PROJECT)
-    base, _, spacing = rest.removesuffix(PROJECT).partition("@")
+    if rest.endswith(REMOVED_PROJECT):
+        raise SystemExit(f"sampler {spec!r}: {REMOVED_PROJECT} (x0_projection) was removed: {RETIRED['x0_projection'].why}")
+    base, _, spacing = rest.partition("@")
     spacing = spacing or "uniform"
     name, _, steps = base.rpartition("-")
     if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1 or spacing not in TIMESTEP_SPACINGS:
-        raise SystemExit(f"sampler {spec!r}: expected SAMPLER-STEPS[@SPACING][{PROJECT}][+rN@T] with SAMPLER one "
+        raise SystemExit(f"sampler {spec!r}: expected SAMPLER-STEPS[@SPACING][+rN@T] with SAMPLER one "
                          f"of {', '.join(SAMPLERS)} and SPACING one of {', '.join(TIMESTEP_SPACINGS)}")
-    return name, int(steps), spacing, project, restarts or (0, 0.3)
+    return name, int(steps), spacing, restarts or (0, 0.3)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/crystals_compare", help="compare.py's work folder (default: %(default)s)")
     p.add_argument("--phases", nargs="+", choices=PHASES, default=None, help="default: every phase with a voxel checkpoint")
-    p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="SAMPLER-STEPS[@SPACING][+project][+rN@T]",
+    p.add_argument("--samplers", nargs="+", default=DEFAULT_SAMPLERS, metavar="SAMPLER-STEPS[@SPACING][+rN@T]",
                    help="the first is the reference; @quadratic or @logsnr places the steps otherwise than evenly "
-                        "(lightning_gcd.diffusion.vp.respaced_timesteps); +project projects each step's predicted "
-                        "grid onto the nearest valid grid; +rN@T restarts the chain N times from T × the "
-                        "training steps (default: %(default)s)")
+                        "(lightning_gcd.diffusion.vp.respaced_timesteps); +rN@T restarts the chain N times from "
+                        "T × the training steps (default: %(default)s)")
     p.add_argument("--samples", type=int, default=32, help="structures per sampler and phase (default 32)")
     p.add_argument("--seed", type=int, default=1, help="sampling seed, the same for every sampler (default 1)")
     p.add_argument("--margin", type=float, default=0.02, help="allowed drop in phase match (default 0.02 = 2 points)")
@@ -103,9 +104,9 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    def family(spec: str) -> str:  # sampler, spacing, projection and restarts: one line per family
-        name, _, spacing, project, (restarts, level) = parse_sampler(spec)
-        return ((name if spacing == "uniform" else f"{name}@{spacing}") + (PROJECT if project else "")
+    def family(spec: str) -> str:  # sampler, spacing and restarts: one line per family
+        name, _, spacing, (restarts, level) = parse_sampler(spec)
+        return ((name if spacing == "uniform" else f"{name}@{spacing}")
                 + (f"+r{restarts}@{level:g}" if restarts else ""))
 
     names = sorted({family(s) for s in results["samplers"]})
@@ -154,9 +155,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data_path = candidates[-1]  # the newest: the one the checkpoint was trained on
         ideal, metrics, data_numbers = data_reference(data_path, 0.5, 0.2)
         entry: dict[str, Any] = {"checkpoint": str(ckpt), "dataset": str(data_path), "data": data_numbers, "samplers": {}}
-        for spec, (sampler, steps, spacing, project, (restarts, level)) in zip(args.samplers, specs):
+        for spec, (sampler, steps, spacing, (restarts, level)) in zip(args.samplers, specs):
             model.diffusion.timestep_spacing = spacing
-            model.x0_projection = project
             model.sample_restarts, model.sample_restart_t = restarts, level
             t0 = time.perf_counter()
             samples = model.sample(model.sample_template(args.samples), batch_size=min(args.samples, 64), steps=steps,
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             seconds = time.perf_counter() - t0
             res, _ = evaluate(samples, metrics, ideal, 0.2)
             res.update({"sampler": sampler, "nfe": model.sample_evaluations(steps, sampler), "spacing": spacing,
-                        "x0_projection": project, "restarts": restarts, "restart_t": level, "sample_seconds": seconds})
+                        "restarts": restarts, "restart_t": level, "sample_seconds": seconds})
             entry["samplers"][spec] = res
             print(f"[few-step] {phase} {spec}: match {res['phase_match']:.0%} / {res['phase_match_strict']:.0%}, disp "
                   f"{res['displacement_rms']:.3f} Å (data {data_numbers['displacement_rms']:.3f}), mean n "
@@ -183,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "few_step.json").write_text(json.dumps(_jsonable(results), indent=1) + "\n")
-    (out / "few_step.md").write_text(_table(results))
+    write_json_atomic(out / "few_step.json", _jsonable(results), indent=1)
+    write_text_atomic(out / "few_step.md", _table(results))
     _plot(results, out / "few_step.png")
     print(_table(results))
     return results

@@ -483,7 +483,6 @@ class GaussianDiffusion:
         posterior: Callable[[torch.Tensor], torch.Tensor] | None = None,
         posterior_scale: float = 0.0,
         spacing: str | None = None,
-        project_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
         restarts: int = 0,
         restart_t_index: int | None = None,
     ) -> torch.Tensor:
@@ -521,10 +520,6 @@ class GaussianDiffusion:
                 beta (the DDPM step moves x by β_k times the score) (``lightning_gcd.diffusion.guidance``).
             spacing: where the ``steps`` fall (``TIMESTEP_SPACINGS``); None: ``self.timestep_spacing``
                 ("uniform" unless set, e.g. by the few-step study).
-            project_x0: maps each step's predicted x0 (after ``clip_x0``) onto the data's own set, e.g. a
-                voxel grid's nearest valid grid (occupancy exactly 0 or 1); eps is recomputed from it. The
-                "clamping trick" of Diffusion-LM (Li et al. 2022) for data that lives on a discrete set:
-                it keeps few-step samplers from carrying half-decided values from one step to the next.
             restarts: after the chain, re-noise the sample to the first of its steps at or below
                 ``restart_t_index`` with fresh noise (``q_sample``) and run the chain's remaining steps again,
                 this many times (Restart sampling, Xu et al. 2023). A nearly finished sample with a local
@@ -573,7 +568,7 @@ class GaussianDiffusion:
         def denoise(x: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
             """Run the sampler from ``x`` at ``timesteps[0]`` down to the clean end."""
             x0_prev, h_prev = None, None  # DPM-Solver++: the previous step's x0 prediction and log-SNR step
-            x0_estimate = None  # self-conditioning: the previous step's x0 (after clipping and projection)
+            x0_estimate = None  # self-conditioning: the previous step's x0 (after clipping)
             for k, i in enumerate(timesteps):
                 if bar is not None:
                     bar.update(1)
@@ -590,11 +585,8 @@ class GaussianDiffusion:
                 else:
                     pred = self._model_prediction(model, x, i, cond, guidance_scale, x0_estimate)
                     x0, eps = self.split_prediction(pred, x, i)
-                if clip_x0 is not None or project_x0 is not None:
-                    if clip_x0 is not None:
-                        x0 = x0.clamp(*clip_x0)
-                    if project_x0 is not None:
-                        x0 = project_x0(x0)
+                if clip_x0 is not None:
+                    x0 = x0.clamp(*clip_x0)
                     eps = self.eps_from_x0(x, i, x0)
                 x0_estimate = x0
 

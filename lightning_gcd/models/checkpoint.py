@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from lightning_gcd.errors import GcdError
+from lightning_gcd.models.retired import drop_retired
 
 ALLOWED_MODULE_PREFIX = "lightning_gcd.models."
 
@@ -52,6 +53,7 @@ def model_from_checkpoint(path: str | Path, base: type, map_location: str | torc
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise GcdError(f"{path}: holds a {class_name}, not a {base.__name__}")
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    hparams = drop_retired(hparams, str(path))  # options removed since it was saved: a warning each
     if not hparams.get("data_info"):
         raise GcdError(f"{path}: checkpoint has no data_info; it was saved before the model was set up")
     model = cls(**hparams)

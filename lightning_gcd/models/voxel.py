@@ -54,11 +54,6 @@ class GrandCanonicalDiffusion(DiffusionModule):
             the loss whatever the network predicts (see ``GaussianDiffusion``). With ``offset_prediction:
             v`` this keeps v's identity at low noise for the offsets without v's loss weighting, whose large
             targets at high noise (v ≈ ε there, in every voxel) outweigh the occupancy channels.
-        x0_projection: while sampling, replace every step's predicted clean grid by the nearest valid grid
-            (``project_to_grid``: occupancy exactly 0 or 1, offsets 0 in empty voxels); the attribute of the
-            same name switches it on a loaded model (``experiments/crystals/few_step.py``'s ``+project``).
-            It empties few-step samples, so it is off (``experiments/crystals/RESULTS.md``, History:
-            projection).
         self_condition: give the U-Net its own previous clean-grid estimate as extra input channels
             (``GaussianDiffusion``'s self-conditioning): each sampling step refines which voxels hold atoms
             instead of deciding afresh. Costs one extra no-gradient forward pass on half the training batches.
@@ -96,7 +91,6 @@ class GrandCanonicalDiffusion(DiffusionModule):
         offset_prediction: Literal["x0", "eps", "v", "blend"] | None = None,
         offset_sigma_data: float = 0.05,
         loss_space: Literal["prediction", "x0"] = "prediction",
-        x0_projection: bool = False,
         self_condition: bool = False,
         geometry_condition: bool = False,
         sample_restarts: int = 0,
@@ -110,7 +104,6 @@ class GrandCanonicalDiffusion(DiffusionModule):
         self.encoding: VoxelEncoding | None = None
         super().__init__(**kwargs)
         self.save_hyperparameters()
-        self.x0_projection = x0_projection
         if sample_restarts < 0 or not 0.0 < sample_restart_t < 1.0:
             raise GcdError(f"sample_restarts must be >= 0 and sample_restart_t in (0, 1), got {sample_restarts}, "
                            f"{sample_restart_t}")
@@ -207,22 +200,6 @@ class GrandCanonicalDiffusion(DiffusionModule):
 
     def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-
-    def project_to_grid(self, x0: torch.Tensor) -> torch.Tensor:
-        """(B, C, D, H, W) model-space grid -> the nearest grid the encoding can produce: the occupancy
-        encoding's decode-then-encode (a voxel is occupied by its argmax species where that occupancy
-        passes the threshold, else empty; offsets kept where occupied, the voxel centre 0 elsewhere).
-        Other encodings are returned unchanged (their densities have no discrete set to project on)."""
-        if self.info["encoding"] != "occupancy":
-            return x0
-        s = self._n_occupancy
-        occupancy = x0[:, :s]  # model space: threshold 0.5 is 2 * 0.5 - 1 = 0
-        best, kind = occupancy.max(dim=1, keepdim=True)  # (B, 1, D, H, W)
-        occupied = best > 2.0 * self.encoding.threshold - 1.0
-        one_hot = torch.zeros_like(occupancy).scatter_(1, kind, 1.0).bool() & occupied
-        projected = torch.where(one_hot, torch.ones_like(occupancy), -torch.ones_like(occupancy))
-        offsets = torch.where(occupied, x0[:, s:], torch.zeros_like(x0[:, s:]))
-        return torch.cat([projected, offsets], dim=1)
 
     def _channel_weights(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.info["encoding"] != "occupancy" or self.hparams.offset_weight == 1.0:
@@ -345,7 +322,6 @@ class GrandCanonicalDiffusion(DiffusionModule):
             posterior_scale=posterior.scale if posterior is not None else 0.0,
             known=known,
             known_mask=known_mask,
-            project_x0=self.project_to_grid if self.x0_projection else None,
             restarts=self.sample_restarts,
             restart_t_index=self.restart_t_index,
         )

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from lightning_gcd.errors import GcdError
-from lightning_gcd.io import write_structures_atomic
+from lightning_gcd.io import write_json_atomic, write_structures_atomic
+from lightning_gcd.memory import available_bytes, format_bytes
 
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -160,11 +161,35 @@ def write_structures(atoms_list: list, out: str | Path) -> Path:
     return write_structures_atomic(out, atoms_list)
 
 
+def check_sampling_memory(model, template, args: argparse.Namespace) -> None:
+    """Refuse in one line, before anything is allocated, a grid or batch whose estimated memory
+    (``model.sampling_bytes``) exceeds what ``--device`` has free; name the flag that lowers it."""
+    estimate = getattr(model, "sampling_bytes", None)
+    free = available_bytes(args.device) if estimate is not None else None
+    if free is None:
+        return
+    batch = min(args.batch_size, len(template["cell"]))
+    need = estimate(template, batch)
+    if need <= free:
+        return
+    one = estimate(template, 1)
+    n_atoms = int(template["n_atoms"][0]) if "n_atoms" in template else None
+    grid = "×".join(map(str, model.grid_for_cell(template["cell"][0], n_atoms)))
+    if batch > 1 and one <= free:
+        fix = f"lower --batch-size to {max(1, int(0.7 * free) // one)} (one structure needs about {format_bytes(one)})"
+    else:
+        fix = "sample a smaller cell with --grid, --supercell or --n-atoms"
+    raise GcdError(f"sampling {batch} structure{'s' if batch > 1 else ''} at a time on a {grid} grid needs about "
+                   f"{format_bytes(need)} of memory, and {args.device} has {format_bytes(free)} free: {fix}")
+
+
 def run_sample(args: argparse.Namespace) -> int:
     from lightning_gcd.models.loading import load_model
 
     if args.n < 1:
         raise GcdError("--n must be at least 1")
+    if args.batch_size < 1:
+        raise GcdError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.inpaint is None and args.boundary_z is not None:
         raise GcdError("--boundary-z applies to --inpaint only")
     if args.relax_steps is not None and args.relax_steps < 1:
@@ -204,6 +229,7 @@ def run_sample(args: argparse.Namespace) -> int:
                 if hasattr(model, "grid_for_cell") else f"{args.n_atoms} atoms")
         print(f"sampling a cubic cell of {cell[0, 0]:.3f} Å for {args.n_atoms} atoms at "
               f"{args.density or training_mass_density(info):.3f} g/cm³: {size}", file=sys.stderr)
+    check_sampling_memory(model, template, args)
     atoms_list = model.sample(template, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
                               guidance_scale=args.guidance, seed=args.seed, progress=not args.no_progress,
                               posterior=posterior)
@@ -228,8 +254,6 @@ def run_sample(args: argparse.Namespace) -> int:
 def run_density_scan(args: argparse.Namespace, model, forward, target, relaxer):
     """``--density auto``: scan the candidate densities (``lightning_gcd.density_scan``), print the table,
     write it to ``OUT_density_scan.json`` and return the ``DensityScan``."""
-    import json
-
     from lightning_gcd.density_scan import candidate_densities, scan_density, training_density_range
 
     if args.n_atoms is None:
@@ -256,9 +280,8 @@ def run_density_scan(args: argparse.Namespace, model, forward, target, relaxer):
     print(scan.table(), file=sys.stderr)
     out = Path(args.out)
     record = out.with_name(f"{out.stem}_density_scan.json")
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({**scan.as_dict(), "n_atoms": n_scan, "samples": args.density_scan_samples,
-                                  "relaxed": relaxer is not None}, indent=1) + "\n")
+    write_json_atomic(record, {**scan.as_dict(), "n_atoms": n_scan, "samples": args.density_scan_samples,
+                               "relaxed": relaxer is not None}, keep_nan=True, indent=1)
     return scan
 
 

@@ -169,10 +169,33 @@ class GcdCLI(LightningCLI):
                 candidates += list(Path(self.trainer.checkpoint_callback.dirpath).glob("last.ckpt"))
             if candidates:
                 newest = max(candidates, key=lambda p: p.stat().st_mtime)
+                self.refuse_checkpoint_past_budget(newest)
                 print(f"gcd: resuming from {newest}", file=sys.stderr)
                 config["ckpt_path"] = str(newest)
+        elif Path(str(config["ckpt_path"])).is_file():
+            self.refuse_checkpoint_past_budget(Path(config["ckpt_path"]))
         if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True
+
+    def refuse_checkpoint_past_budget(self, ckpt_path: Path) -> None:
+        """One line when the checkpoint to resume is already past ``--trainer.max_steps`` or ``max_epochs``.
+
+        Otherwise Lightning raises its ``MisconfigurationException`` (epochs) or restores the run and stops
+        at once, having trained nothing (steps). A checkpoint exactly at the budget (a finished run re-run
+        as it was) passes: Lightning stops at once, as it should.
+        """
+        try:  # mmap: the loop counters without reading the weights
+            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - not ours to judge here: Lightning's loading reports it
+            return
+        step, epoch = int(checkpoint.get("global_step", 0)), int(checkpoint.get("epoch", 0))
+        max_steps, max_epochs = self.trainer.max_steps, self.trainer.max_epochs
+        if max_steps is not None and max_steps >= 0 and step > max_steps:
+            raise GcdError(f"{ckpt_path} is at step {step}, past --trainer.max_steps {max_steps}: raise "
+                           f"--trainer.max_steps above {step} to train on, or give a new --run_name to start a new run")
+        if max_epochs is not None and max_epochs >= 0 and epoch > max_epochs:
+            raise GcdError(f"{ckpt_path} is at epoch {epoch}, past --trainer.max_epochs {max_epochs}: raise "
+                           f"--trainer.max_epochs above {epoch} to train on, or give a new --run_name to start a new run")
 
 
 def wandb_run_id(run_dir: Path) -> str | None:

@@ -82,3 +82,71 @@ def test_a_checkpoint_holding_a_removed_option_loads_with_a_warning(old_checkpoi
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a checkpoint saved now has no retired option: no warning
         load_model(old_checkpoint.parent / "runs/smoke_voxel/checkpoints/last.ckpt")
+
+
+# ------------------------------------------------------------------------------------------------
+# item 6: a grid or batch larger than the free memory; a finished run re-run with a smaller budget
+
+
+def test_a_grid_larger_than_the_memory_is_refused_before_allocating(smoke_run: Path) -> None:
+    ckpt = smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt"
+    run = run_gcd("sample", "--ckpt", str(ckpt), "--grid", "2000", "2000", "2000", "--n", "1", "--out", "x.extxyz",
+                  "--no-progress", cwd=smoke_run)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "RuntimeError" not in run.stderr
+    (line,) = error_lines(run.stderr)
+    assert line == run.stderr.strip().splitlines()[-1]
+    assert "2000×2000×2000 grid needs about" in line and " TiB of memory, and cpu has " in line and " free: " in line
+    assert "--grid, --supercell or --n-atoms" in line
+    assert not (smoke_run / "x.extxyz").exists()
+
+
+def test_a_batch_larger_than_the_memory_names_the_batch_size_that_fits(smoke_run: Path, monkeypatch, capsys) -> None:
+    import lightning_gcd.cli_sample as cli_sample
+
+    model = load_model(smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt")
+    one = model.sampling_bytes(model.sample_template(1, supercell=(2, 2, 2)), 1)
+    assert model.sampling_bytes(model.sample_template(8, supercell=(2, 2, 2)), 4) == 4 * one  # linear in the batch
+    assert model.sampling_bytes(model.sample_template(3, supercell=(2, 2, 2)), 4) == 3 * one  # never more than n
+    monkeypatch.setattr(cli_sample, "available_bytes", lambda device: 5 * one)  # room for 3 at 70%
+    out = smoke_run / "batch.extxyz"
+    args = ["sample", "--ckpt", str(smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt"), "--supercell", "2", "2",
+            "2", "--steps", "1", "--out", str(out), "--no-progress"]
+    assert gcd_main([*args, "--n", "8", "--batch-size", "8"]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "sampling 8 structures at a time on a 16×16×16 grid" in line and "lower --batch-size to 3" in line
+    assert not out.exists()
+    assert gcd_main([*args, "--n", "3", "--batch-size", "3"]) == 0  # what it advised runs
+    assert out.is_file()
+
+
+def test_free_memory_is_known_on_linux_cpus() -> None:
+    from lightning_gcd.memory import available_bytes, format_bytes
+
+    free = available_bytes("cpu")
+    assert free is not None and 0 < free < 1 << 50
+    assert format_bytes(3 * 2**40) == "3.0 TiB" and format_bytes(512) == "512 B" and available_bytes("meta") is None
+
+
+def test_rerunning_a_finished_fit_with_a_smaller_max_steps_says_so_in_one_line(smoke_run: Path,
+                                                                               old_checkpoint: Path) -> None:
+    rerun = run_gcd("fit", "--config", str(SMOKE_VOXEL), "--trainer.max_steps", "1", *FAST, cwd=smoke_run)
+    assert rerun.returncode == 2, rerun.stderr[-3000:]
+    assert "Traceback" not in rerun.stderr and "Exception" not in rerun.stderr
+    (line,) = error_lines(rerun.stderr)
+    assert line == rerun.stderr.strip().splitlines()[-1]
+    assert "last.ckpt is at step 2, past --trainer.max_steps 1: raise --trainer.max_steps above 2" in line
+    assert "new --run_name" in line
+    # an explicit --ckpt_path is checked too; this one holds a removed option: dropped with a warning, then refused
+    other = run_gcd("fit", "--config", str(SMOKE_VOXEL), "--trainer.max_steps", "1", *FAST, "--run_name", "other",
+                    "--ckpt_path", str(old_checkpoint), cwd=smoke_run)
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "'x0_projection' was removed" in other.stderr and "Parsing of ckpt_path" not in other.stderr
+    (line,) = error_lines(other.stderr)
+    assert "old.ckpt is at step 2, past --trainer.max_steps 1" in line
+
+
+def test_a_finished_fit_rerun_as_it_was_still_passes(smoke_run: Path) -> None:
+    rerun = run_gcd("fit", "--config", str(SMOKE_VOXEL), "--trainer.max_steps", "2", *FAST, cwd=smoke_run)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stderr and not error_lines(rerun.stderr)

@@ -282,6 +282,26 @@ class GrandCanonicalDiffusion(DiffusionModule):
             spacing = spacing * (float(np.prod(lengths / spacing)) / voxels) ** (1.0 / 3.0)
         return tuple(int(max(factor, round(length / s / factor) * factor)) for length, s in zip(lengths, spacing))  # type: ignore[return-value]
 
+    def sampling_bytes(self, template: Batch, batch_size: int) -> int:
+        """A low estimate of the memory (bytes) that sampling ``template`` in batches of ``batch_size`` needs.
+
+        float32, per voxel of the largest grid, times the batch: the sampler's state (about ten grids of
+        the encoding's channels: x_t, x0, eps, fresh noise, the previous step's x0 ...) and the U-Net's live
+        activations without gradients (each level's skip tensors plus eight working tensors of its width; a
+        level has 1/8 of the voxels of the one above). Attention is not counted (PyTorch's fused kernels
+        need no voxels² matrix), nor guidance's doubled batch: a grid refused by this estimate cannot fit.
+        Measured on the smoke model (8 channels, 64³, CPU): 169 floats per voxel and structure in peak
+        resident memory against 140 estimated.
+        """
+        cell = template["cell"]
+        n_atoms = template["n_atoms"].tolist() if "n_atoms" in template else [None] * len(cell)
+        voxels = max(math.prod(self.grid_for_cell(c, n)) for c, n in zip(cell, n_atoms))
+        hp = self.hparams
+        floats = 10.0 * self.encoding.n_channels
+        for level, mult in enumerate(hp.channel_mults):
+            floats += hp.base_channels * mult * (hp.num_res_blocks + 1 + 8) / 8**level
+        return int(4 * floats * voxels * min(int(batch_size), len(cell)))
+
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,
                  progress: bool = False, posterior: Any = None) -> StructureBatch:

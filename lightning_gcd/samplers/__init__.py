@@ -5,11 +5,12 @@ held fixed, comes from composable pieces: ``classifier_free_prediction`` (guidan
 (in-painting) wrap the score function the sampler calls.
 """
 
-from lightning_gcd.samplers.base import ScoreFunction, TorusSampler, torus_sampler
+from lightning_gcd.samplers.base import ScoreFunction, TorusSampler
 from lightning_gcd.samplers.cfg import classifier_free_prediction
 from lightning_gcd.samplers.known_atoms import KnownAtoms
+from lightning_gcd.samplers.registry import TORUS_SAMPLERS, torus_sampler
 from lightning_gcd.samplers.torus_em import TorusEulerMaruyama
 from lightning_gcd.samplers.torus_pc import TorusPredictorCorrector
 
-__all__ = ["KnownAtoms", "ScoreFunction", "TorusEulerMaruyama", "TorusPredictorCorrector", "TorusSampler",
+__all__ = ["TORUS_SAMPLERS", "KnownAtoms", "ScoreFunction", "TorusEulerMaruyama", "TorusPredictorCorrector", "TorusSampler",
            "classifier_free_prediction", "torus_sampler"]

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from lightning_gcd.diffusion.torus import TorusDiffusion, wrap_unit
 
-__all__ = ["ScoreFunction", "TorusSampler", "torus_sampler"]
+__all__ = ["NoiseFunction", "ScoreFunction", "TorusSampler"]
 
 #: ``score(frac (B, N, 3), t float, sigma (B,)) -> (frac as evaluated (B, N, 3), score (B, N, 3))``: the
 #: score in 1/fractional units at noise ``sigma``; the frac it returns is the input after any hook (in-painting
@@ -70,15 +70,3 @@ class TorusSampler(ABC):
             sigma_next = torch.zeros_like(sigma) if last else diffusion.sigma(torch.full_like(tb, times[k + 1]), n_atoms)
             frac = wrap_unit(self.step(frac, score, t, sigma, sigma_next, noise, diffusion, last))
         return frac
-
-
-def torus_sampler(name: str, steps: int, step_lr: float = 1e-5) -> TorusSampler:
-    """The sampler called ``name`` ("em" or "pc") with ``steps`` levels."""
-    from lightning_gcd.samplers.torus_em import TorusEulerMaruyama
-    from lightning_gcd.samplers.torus_pc import TorusPredictorCorrector
-
-    if name == "em":
-        return TorusEulerMaruyama(steps)
-    if name == "pc":
-        return TorusPredictorCorrector(steps, step_lr=step_lr)
-    raise ValueError(f"unknown torus sampler {name!r}; use 'em' or 'pc'")

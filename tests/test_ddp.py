@@ -7,6 +7,7 @@ one pytest process would collide on the rendezvous port.
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -73,7 +74,10 @@ def test_two_process_ddp_fit_and_validate_match_one_process(tmp_path: Path) -> N
     # the validation loss draws each structure's noise from its index: equal however the data is split, the
     # third structure counted once (a padded sampler would count one twice: a difference of ~1e-2 here)
     assert abs(results["1"]["val/loss"] - results["2"]["val/loss"]) < 1e-5, results
-    # the sample metrics cover the 5 samples asked for, however many ranks made them
-    for result in results.values():
+    # the sample metrics cover the 5 samples asked for, however many ranks made them: the count and the
+    # atom-count histogram of curves.json (test_metrics checks every figure of the gathered metrics)
+    for devices, result in results.items():
         assert result["val/n_structures"] == 5 and result["val/n_atoms_mean"] >= 0, result
         assert "val/min_distance_violations" in result
+        curves = json.loads((tmp_path / f"runs/validate{devices}/curves.json").read_text())
+        assert sum(curves["n_atoms_hist"]) == 5, (devices, curves["n_atoms_hist"])

@@ -470,6 +470,36 @@ def test_states_merge_like_ddp(name):
     _assert_same_output(type(rank0).compute(rank0), expected)  # the unwrapped compute: no second sync
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
+def test_structure_metrics_of_two_ranks_equal_one_rank_that_saw_all():
+    """StructureMetrics as DDP validation uses it: two "ranks" with part of the samples each, through the
+    real torchmetrics sync of every sub-metric (only the gather is faked: it returns both ranks' states).
+    Every reported figure and curve equals one process's that saw all samples, the coordination and sp
+    fractions and the atom-count histogram included (they are read from states, which compute() alone
+    synchronises)."""
+    structures = ddp_structures() + [rattled(CrystalSpec("diamond", "C", 3.567).unit_cell() * (2, 2, 2), 0.1, 7)]
+    reference = structures[::2]
+    whole = StructureMetrics(reference)
+    whole.update(structures)
+    expected, expected_curves = whole.compute(), whole.curves()
+    rank0, rank1 = StructureMetrics(reference), StructureMetrics(reference)
+    rank0.update(structures[:3])
+    rank1.update(structures[3:])
+    for name, metric in rank0.metrics.items():
+        theirs = itertools.cycle([getattr(rank1.metrics[name], attr) for attr in rank1.metrics[name]._reductions])
+        metric.dist_sync_fn = lambda tensor, group=None, theirs=theirs: [tensor, next(theirs)]
+        metric.distributed_available_fn = lambda: True
+    got, curves = rank0.compute(), rank0.curves()
+    assert got.keys() == expected.keys() and got["n_structures"] == len(structures) == 7
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
+    np.testing.assert_array_equal(curves["n_atoms_hist"], expected_curves["n_atoms_hist"])
+    assert curves["coordination"].keys() == expected_curves["coordination"].keys()
+    for z, fractions in expected_curves["coordination"].items():
+        np.testing.assert_allclose(curves["coordination"][z], fractions, rtol=1e-12)
+    np.testing.assert_allclose(curves["g"], expected_curves["g"], rtol=1e-9, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------
 # the suite
 # --------------------------------------------------------------------------------------------------

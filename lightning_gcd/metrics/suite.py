@@ -52,6 +52,12 @@ def _chunks(atoms: Sequence[Atoms], size: int):
         yield as_batch(list(atoms[start:start + size]))
 
 
+def _gathered_fractions(metric: Metric) -> dict[int, torch.Tensor]:
+    """``{Z: coordination fractions}`` (CPU, float64) of a ``CoordinationHistogram`` over every process's
+    structures: its ``compute()`` synchronises the histogram (``fractions()`` alone reads this process's)."""
+    return {int(z): f.double().cpu() for z, f in metric.compute().items()}
+
+
 class StructureMetrics(torch.nn.Module):
     """All structure metrics of generated samples against a reference set.
 
@@ -214,11 +220,11 @@ class StructureMetrics(torch.nn.Module):
         out: dict[str, float] = {}
         g = metrics["rdf"].compute()
         out["rdf_l1"] = float(rdf_l1(g, self.g_reference.to(g.device), self.dr))
-        coord = metrics["coordination"]
+        fractions = _gathered_fractions(metrics["coordination"])
         ref_hist = self.coordination_reference.double().cpu()
         l1s = []
-        for z in sorted(set(self.reference_species) | set(coord.species)):
-            f = coord.fractions(z).cpu()
+        for z in sorted(set(self.reference_species) | set(fractions)):
+            f = fractions[z] if z in fractions else torch.full((self.max_cn + 1,), float("nan"), dtype=torch.float64)
             ref_total = ref_hist[z].sum()
             fr = ref_hist[z] / ref_total if ref_total > 0 else torch.zeros_like(f)
             have = not bool(torch.isnan(f).any())
@@ -235,8 +241,9 @@ class StructureMetrics(torch.nn.Module):
         out.update({k: float(v) for k, v in metrics["n_atoms"].compute().items()})
         out.update({k: float(v) for k, v in metrics["min_distance"].compute().items()})
         if "sp" in metrics:
-            for key, value in metrics["sp"].sp_fractions(CARBON).items():
-                out[f"{key}_fraction"] = value
+            f = _gathered_fractions(metrics["sp"]).get(CARBON)
+            for key, k in (("sp", 2), ("sp2", 3), ("sp3", 4)):
+                out[f"{key}_fraction"] = float(f[k]) if f is not None else float("nan")
         return out
 
     def compute(self) -> dict[str, float]:
@@ -265,7 +272,11 @@ class StructureMetrics(torch.nn.Module):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The ``compute`` method of metric")
             g = self.metrics["rdf"].compute().cpu().numpy()
-        coord = self.metrics["coordination"]
+            fractions = _gathered_fractions(self.metrics["coordination"])
+        count = self.metrics["n_atoms"]
+        # every process's samples, as compute() counts them
+        with count.sync_context(dist_sync_fn=count.dist_sync_fn, should_sync=count.sync_on_compute):
+            n_atoms_hist = count.hist.cpu().numpy().copy()
         ref_hist = self.coordination_reference.double().cpu().numpy()
         ref_frac = {z: ref_hist[z] / ref_hist[z].sum() for z in self.reference_species if ref_hist[z].sum() > 0}
         cutoff = self.coordination_cutoff
@@ -274,11 +285,11 @@ class StructureMetrics(torch.nn.Module):
             "dr": self.dr,
             "g": g,
             "g_reference": self.g_reference.cpu().numpy(),
-            "coordination": {z: coord.fractions(z).cpu().numpy() for z in coord.species},
+            "coordination": {z: f.numpy() for z, f in fractions.items()},
             "coordination_reference": ref_frac,
             "coordination_cutoff": dict(cutoff) if isinstance(cutoff, Mapping) else float(cutoff),
             "n_atoms": np.arange(self.max_atoms + 1),
-            "n_atoms_hist": self.metrics["n_atoms"].hist.cpu().numpy(),
+            "n_atoms_hist": n_atoms_hist,
             "n_atoms_hist_reference": self.n_atoms_hist_reference.cpu().numpy(),
         }
 

@@ -161,25 +161,29 @@ def write_structures(atoms_list: list, out: str | Path) -> Path:
     return write_structures_atomic(out, atoms_list)
 
 
-def check_sampling_memory(model, template, args: argparse.Namespace) -> None:
-    """Refuse in one line, before anything is allocated, a grid or batch whose estimated memory
-    (``model.sampling_bytes``) exceeds what ``--device`` has free; name the flag that lowers it."""
+def check_sampling_memory(model, one_row, args: argparse.Namespace) -> None:
+    """Refuse in one line, before the template or any sampler state is allocated, a grid, cell or batch whose
+    estimated memory (``model.sampling_bytes``, from a one-row template) exceeds what ``--device`` has free;
+    name the flag that lowers it."""
     estimate = getattr(model, "sampling_bytes", None)
     free = available_bytes(args.device) if estimate is not None else None
     if free is None:
         return
-    batch = min(args.batch_size, len(template["cell"]))
-    need = estimate(template, batch)
+    batch = min(args.batch_size, args.n)
+    need = estimate(one_row, batch)
     if need <= free:
         return
-    one = estimate(template, 1)
-    n_atoms = int(template["n_atoms"][0]) if "n_atoms" in template else None
-    grid = "×".join(map(str, model.grid_for_cell(template["cell"][0], n_atoms)))
+    one = estimate(one_row, 1)
+    n_atoms = int(one_row["n_atoms"][0]) if "n_atoms" in one_row else None
+    if hasattr(model, "grid_for_cell"):
+        size = f"a {'×'.join(map(str, model.grid_for_cell(one_row['cell'][0], n_atoms)))} grid"
+    else:
+        size = f"{int(one_row['mask'].sum())} atoms each"
     if batch > 1 and one <= free:
         fix = f"lower --batch-size to {max(1, int(0.7 * free) // one)} (one structure needs about {format_bytes(one)})"
     else:
         fix = "sample a smaller cell with --grid, --supercell or --n-atoms"
-    raise GcdError(f"sampling {batch} structure{'s' if batch > 1 else ''} at a time on a {grid} grid needs about "
+    raise GcdError(f"sampling {batch} structure{'s' if batch > 1 else ''} at a time on {size} needs about "
                    f"{format_bytes(need)} of memory, and {args.device} has {format_bytes(free)} free: {fix}")
 
 
@@ -223,13 +227,13 @@ def run_sample(args: argparse.Namespace) -> int:
         scan = run_density_scan(args, model, forward, target, relaxer)
         args.density = scan.best
     cell = requested_cell(args, info)
+    check_sampling_memory(model, model.sample_template(1, supercell, cond, target, cell=cell, n_atoms=args.n_atoms), args)
     template = model.sample_template(args.n, supercell, cond, target, cell=cell, n_atoms=args.n_atoms)
     if cell is not None:
         size = (f"grid {'×'.join(map(str, model.grid_for_cell(template['cell'][0], args.n_atoms)))}"
                 if hasattr(model, "grid_for_cell") else f"{args.n_atoms} atoms")
         print(f"sampling a cubic cell of {cell[0, 0]:.3f} Å for {args.n_atoms} atoms at "
               f"{args.density or training_mass_density(info):.3f} g/cm³: {size}", file=sys.stderr)
-    check_sampling_memory(model, template, args)
     atoms_list = model.sample(template, batch_size=args.batch_size, steps=args.steps, sampler=args.sampler,
                               guidance_scale=args.guidance, seed=args.seed, progress=not args.no_progress,
                               posterior=posterior)

@@ -96,7 +96,7 @@ def test_a_grid_larger_than_the_memory_is_refused_before_allocating(smoke_run: P
     assert "Traceback" not in run.stderr and "RuntimeError" not in run.stderr
     (line,) = error_lines(run.stderr)
     assert line == run.stderr.strip().splitlines()[-1]
-    assert "2000×2000×2000 grid needs about" in line and " TiB of memory, and cpu has " in line and " free: " in line
+    assert "on a 2000×2000×2000 grid needs about" in line and " TiB of memory, and cpu has " in line and " free: " in line
     assert "--grid, --supercell or --n-atoms" in line
     assert not (smoke_run / "x.extxyz").exists()
 
@@ -106,8 +106,7 @@ def test_a_batch_larger_than_the_memory_names_the_batch_size_that_fits(smoke_run
 
     model = load_model(smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt")
     one = model.sampling_bytes(model.sample_template(1, supercell=(2, 2, 2)), 1)
-    assert model.sampling_bytes(model.sample_template(8, supercell=(2, 2, 2)), 4) == 4 * one  # linear in the batch
-    assert model.sampling_bytes(model.sample_template(3, supercell=(2, 2, 2)), 4) == 3 * one  # never more than n
+    assert model.sampling_bytes(model.sample_template(1, supercell=(2, 2, 2)), 4) == 4 * one  # linear in the batch
     monkeypatch.setattr(cli_sample, "available_bytes", lambda device: 5 * one)  # room for 3 at 70%
     out = smoke_run / "batch.extxyz"
     args = ["sample", "--ckpt", str(smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt"), "--supercell", "2", "2",
@@ -118,6 +117,31 @@ def test_a_batch_larger_than_the_memory_names_the_batch_size_that_fits(smoke_run
     assert not out.exists()
     assert gcd_main([*args, "--n", "3", "--batch-size", "3"]) == 0  # what it advised runs
     assert out.is_file()
+
+
+def test_a_particle_cell_larger_than_the_memory_is_refused_before_its_template(tmp_path: Path, monkeypatch,
+                                                                                capsys) -> None:
+    import lightning_gcd.cli_sample as cli_sample
+
+    fit = run_gcd("fit", "--config", str(REPO / "experiments/smoke/particle.yaml"), "--trainer.max_steps", "1", *FAST,
+                  cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpt = tmp_path / "runs/smoke_particle/checkpoints/last.ckpt"
+    model = load_model(ckpt)
+    small, big = (model.sampling_bytes(model.sample_template(1, supercell=(s, s, s)), 1) for s in (2, 4))
+    assert 7.5 * small < big < 8.5 * small  # 8× the atoms, the same neighbours each
+    built = []
+    real_template = type(model).sample_template
+    monkeypatch.setattr(type(model), "sample_template",
+                        lambda self, n, *a, **k: built.append(n) or real_template(self, n, *a, **k))
+    monkeypatch.setattr(cli_sample, "available_bytes", lambda device: int(1.5 * small))
+    out = tmp_path / "p.extxyz"
+    assert gcd_main(["sample", "--ckpt", str(ckpt), "--supercell", "4", "4", "4", "--n", "64", "--steps", "1",
+                     "--out", str(out), "--no-progress"]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "sampling 16 structures at a time on 2048 atoms each needs about" in line
+    assert "--grid, --supercell or --n-atoms" in line and not out.exists()
+    assert built == [1]  # only the one-row template was built: the 64 rows never were
 
 
 def test_free_memory_is_known_on_linux_cpus() -> None:

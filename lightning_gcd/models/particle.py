@@ -10,6 +10,7 @@ at validation time), or density × volume for a new cell (``gcd sample --superce
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -108,6 +109,22 @@ class ParticleDiffusion(DiffusionModule):
         species by the training composition."""
         template = super().sample_template(n, supercell, cond, target, cell=cell, n_atoms=n_atoms)
         return with_fixed_count(template, self.info, n_atoms)
+
+    def sampling_bytes(self, template: Batch, batch_size: int) -> int:
+        """A low estimate of the memory (bytes) that sampling ``batch_size`` structures like the template's
+        largest row at once needs: float32 per atom (the sampler's state, about ten 3-vectors, and eight
+        node features of ``hidden``) and per radius-graph edge (two int64 indices, the displacement and
+        distance, the radial basis, the message MLP's input of 2 × hidden + num_rbf and two ``hidden``
+        intermediates), with as many edges per atom as the training number density puts within the cutoff
+        (sampling starts from uniform positions, which have that mean). Measured on the smoke model
+        (hidden 32, fcc Cu, 6,912 atoms, CPU): 63 MB per structure in peak resident memory, 61 MB estimated.
+        """
+        hp = self.hparams
+        atoms = int(template["mask"].sum(dim=1).max())
+        neighbours = float(self.info["number_density"]) * 4.0 / 3.0 * math.pi * float(hp.cutoff) ** 3
+        per_atom = 30 + 8 * hp.hidden
+        per_edge = 4 + 4 + hp.num_rbf + (2 * hp.hidden + hp.num_rbf) + 2 * hp.hidden
+        return int(4 * atoms * (per_atom + neighbours * per_edge) * int(batch_size))
 
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,

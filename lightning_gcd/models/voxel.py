@@ -283,7 +283,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
         return tuple(int(max(factor, round(length / s / factor) * factor)) for length, s in zip(lengths, spacing))  # type: ignore[return-value]
 
     def sampling_bytes(self, template: Batch, batch_size: int) -> int:
-        """A low estimate of the memory (bytes) that sampling ``template`` in batches of ``batch_size`` needs.
+        """A low estimate of the memory (bytes) that sampling ``batch_size`` structures like the template's
+        largest row at once needs.
 
         float32, per voxel of the largest grid, times the batch: the sampler's state (about ten grids of
         the encoding's channels: x_t, x0, eps, fresh noise, the previous step's x0 ...) and the U-Net's live
@@ -300,7 +301,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         floats = 10.0 * self.encoding.n_channels
         for level, mult in enumerate(hp.channel_mults):
             floats += hp.base_channels * mult * (hp.num_res_blocks + 1 + 8) / 8**level
-        return int(4 * floats * voxels * min(int(batch_size), len(cell)))
+        return int(4 * floats * voxels * int(batch_size))
 
     def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,

@@ -10,7 +10,9 @@ On top of LightningCLI:
   atomically; the resolved config is stored inside every checkpoint;
 - resume: ``gcd fit ... --ckpt_path last``, and automatically when the run directory already holds
   ``last.ckpt``; model, EMA, optimiser, LR schedule, loop state (global step) and RNG states are restored,
-  checkpoints are loaded weights-only;
+  checkpoints are loaded weights-only; a checkpoint already past ``--trainer.max_steps``/``max_epochs`` is
+  refused in one line (its step, and what to raise);
+- a config naming a removed model option (``lightning_gcd.models.retired``) fails in one line;
 - W&B: a ``WandbLogger`` gets the run name, the run directory as ``save_dir`` and an id kept in
   ``<run_dir>/wandb_id`` with ``resume="allow"``, so a resumed run continues the same W&B run;
 - preemption: SIGTERM (and SIGUSR1 outside SLURM auto-requeue) saves ``last.ckpt`` and exits with 0.
@@ -28,11 +30,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-import torch
 
 from datamodules.datamodule import AtomsDataModule
 from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO, PreemptionCheckpoint

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lightning_gcd.errors import GcdError
+from lightning_gcd.io import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"  # the names written by lightning_gcd.callbacks.metrics_history
 CURVES_FILE = "curves.json"
@@ -393,7 +394,7 @@ def write_report(runs: Sequence[Run], out: Path) -> dict[str, Any]:
           "(`n/a`: undefined, `–`: not computed for that run).", "", markdown_table(runs), "", "## Plots", ""]
     md += [f"![{Path(p).stem}]({p})" for p in rel]
     md_path = out / "report.md"
-    md_path.write_text("\n".join(md) + "\n")
+    write_text_atomic(md_path, "\n".join(md) + "\n")
 
     figures = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(Path(p).stem)}"></figure>\n' for p in rel)
     run_figs = "".join(
@@ -422,7 +423,7 @@ img {{ max-width: 100%; }} img.small {{ max-width: 32%; margin-right: 1%; }}
 {run_figs}</body></html>
 """
     html_path = out / "report.html"
-    html_path.write_text(page)
+    write_text_atomic(html_path, page)
     return {"markdown": md_path, "html": html_path, "plots": plots + [p for _, paths in per_run for p in paths]}
 
 

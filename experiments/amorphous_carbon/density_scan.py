@@ -36,6 +36,8 @@ sys.path.insert(0, str(HERE))
 
 from guided import data_density_range, density_scan_pool  # noqa: E402 - after the path inserts above
 
+from lightning_gcd.io import write_json_atomic  # noqa: E402
+
 
 def nearest_mean_density(train_spectra: np.ndarray, train_densities: np.ndarray, target: np.ndarray) -> float:
     """The density (of the training cells' distinct densities) whose mean spectrum is closest to ``target``."""
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "scan_seconds": time.time() - started,
                                               "scans": [s.as_dict() for s in scans]}
         print(json.dumps({kind: figures(chosen, truth), "seconds": time.time() - started}), file=sys.stderr, flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomic(out / "results.json", results, keep_nan=True, indent=1)
     plot(results, out / "density_scan.png")
     print(json.dumps({name: {k: v for k, v in m.items() if k in ("mae", "bias", "within_0.25")}
                       for name, m in results["methods"].items()}, indent=1))

@@ -27,7 +27,6 @@ Tersoff potential at fixed cell and these are measured on the relaxed structures
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from guided import min_distances, relax_samples, train_prior  # noqa: E402
 
+from lightning_gcd.io import write_json_atomic  # noqa: E402
 from lightning_gcd.structures import mass_density  # noqa: E402
 
 R_MAX, N_BINS = 6.0, 120
@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{run['rdf_l1_vs_ref512']:.2f}, sp3 of the data thinned to that count {run['data64_thinned_sp3_fraction']:.2f}, "
                       f"{seconds:.0f} s", file=sys.stderr, flush=True)
                 results["timings"]["total_s"] = time.time() - started
-                (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    (out / "curves.json").write_text(json.dumps(curves) + "\n")
+                write_json_atomic(out / "results.json", results, keep_nan=True, indent=1)
+    write_json_atomic(out / "curves.json", curves, keep_nan=True)
     plot(results, curves, out / "scale.png")
     return results
 

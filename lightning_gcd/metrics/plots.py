@@ -15,6 +15,8 @@ from ase.data import chemical_symbols
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lightning_gcd.io import atomic_path
+
 __all__ = ["plot_rdf", "plot_coordination", "plot_atom_counts", "save_all_plots"]
 
 SAMPLES_COLOR = "tab:blue"
@@ -23,9 +25,9 @@ REFERENCE_COLOR = "0.35"
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # the temporary name keeps the suffix: the format is the path's
+        fig.savefig(tmp, dpi=120)
     return path
 
 

@@ -658,8 +658,9 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
         steps = int(c["steps"][phase])
         plateau = RatePlateauStop("val/phase_match", int(c["val_samples"]), int(c["window"]), float(c["standard_errors"]),
                                   every_n_steps=int(c["val_every"]))
-        callbacks += [plateau, ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
-                                               every_n_train_steps=int(c["val_every"]))]
+        # last.ckpt after every validation (its rate already in the plateau history), not before it: a run stopped
+        # while sampling for a validation resumes from the previous one and repeats it
+        callbacks += [plateau, ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)]
         options = {"limit_val_batches": 1, "val_check_interval": int(c["val_every"]), "check_val_every_n_epoch": None,
                    "enable_checkpointing": True, "plugins": [AtomicCheckpointIO()]}
         last = run_dir / "checkpoints" / "last.ckpt"

@@ -99,7 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "supercell_samples": 16,
         "seed": 0,
         "voxel": {
-            # the capability-test recipe (tests/test_voxel_model.py: 16-channel two-level U-Net, no attention),
+            # the capability-test recipe (tests/integration/test_voxel_model.py: 16-channel two-level U-Net, no attention),
             # except lr 5e-4 instead of 2e-3: at 2e-3 diamond Si collapses to the mean grid (no atom decoded),
             # while 5e-4 keeps fcc and hcp where they were (RESULTS.md, History: learning rate)
             # offsets: "blend" (x0 = c x_t/sqrt(ā) + (1 - c) F, c = σ_d²/(σ² + σ_d²)) with σ_d = the data's thermal σ

@@ -128,7 +128,7 @@ def test_overfit_fcc_cu_cell_cartesian_smoke() -> None:
     """Smoke test of the Cartesian particle model: a small net on one 4-atom fcc Cu cell (a = 3.615 Å, cutoff
     3 Å > half the cell width) lowers its loss and samples structures without overlapping atoms. It does not
     assert that the samples are the crystal (this recipe does not reliably learn one at a test's budget); the
-    particle capability test is tests/test_particle_capability.py (the torus model)."""
+    particle capability test is tests/integration/test_particle_capability.py (the torus model)."""
     torch.manual_seed(0)
     net = PeriodicMPNN(hidden=32, layers=2, num_rbf=16)
     ve = VEParticleDiffusion(sigma_max=2.0)

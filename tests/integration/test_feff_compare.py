@@ -12,7 +12,7 @@ import pytest
 
 
 def _feff_compare():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "feff_compare.py"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "amorphous_carbon" / "feff_compare.py"
     spec = importlib.util.spec_from_file_location("ac_feff_compare", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

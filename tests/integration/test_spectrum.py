@@ -118,7 +118,7 @@ def test_forward_cv_evaluates_a_trained_checkpoint(forward_model, spectrum_h5: P
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(tmp_path / "forward.ckpt")
-    path = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "forward_cv.py"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "amorphous_carbon" / "forward_cv.py"
     spec = importlib.util.spec_from_file_location("forward_cv", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -3,7 +3,7 @@
 A small torus model is trained with the real Trainer on a real HDF5 file of rattled 4-atom fcc Cu cells
 (conventional cell, thermal σ 0.05 Å, random translations) and sampled from uniform positions with the
 predictor–corrector; the phase-match rate (0.5 Å) must reach the floor below. The floor is the lowest rate
-over five seeds minus two binomial standard errors, measured with ``python tests/test_particle_capability.py``
+over five seeds minus two binomial standard errors, measured with ``python tests/integration/test_particle_capability.py``
 (it prints the five rates and the floor); the measurement is in the test's docstring.
 """
 
@@ -34,7 +34,7 @@ def capability_rate(data: Path, seed: int, root: Path) -> float:
 
     Measured on 2026-12-06 with the module's ``__main__`` (2-core CPU shared with other jobs): seeds 0-4 gave
     0.688, 0.469, 0.312, 0.438, 0.625; lowest 0.312, one standard error 0.082, floor 0.149. The Cartesian
-    particle model at the same budget gives 0 (tests/test_ve_diffusion.py is its smoke test). About 6 minutes
+    particle model at the same budget gives 0 (tests/unit/test_ve_diffusion.py is its smoke test). About 6 minutes
     per seed on the loaded machine: an integration test.
     """
     import lightning as L

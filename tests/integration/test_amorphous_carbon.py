@@ -265,7 +265,7 @@ def test_engine_failure_is_one_line_naming_the_structure(tmp_path: Path, monkeyp
 def test_shipped_parts_still_load(name: str, options: dict, tmp_path: Path) -> None:
     """The committed parts of the shipped a-C builds match the builder's current settings and versions
     (else the documented command would silently recompute them)."""
-    shipped = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data" / f"{name}.h5.parts"
+    shipped = Path(__file__).resolve().parents[2] / "experiments" / "amorphous_carbon" / "data" / f"{name}.h5.parts"
     out = tmp_path / f"{name}.h5"
     shutil.copytree(shipped, f"{out}.parts")
     build_dataset("amorphous-carbon", out, workers=1, progress=False, finished_only=True, **options)
@@ -281,7 +281,7 @@ SHIPPED = {"a_c_300": dict(n_structures=300, xanes_sites=8),
 
 def _shipped_files(tmp_path: Path, names: tuple[str, ...] = tuple(SHIPPED)) -> dict[str, Path]:
     """HDF5 files written (--finished-only) from the shipped parts of the a-C builds ``names``."""
-    root = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / "data"
+    root = Path(__file__).resolve().parents[2] / "experiments" / "amorphous_carbon" / "data"
     files = {}
     for name in names:
         options = SHIPPED[name]
@@ -296,7 +296,7 @@ def _script(name: str):
     """experiments/amorphous_carbon/<name>.py as a module."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "amorphous_carbon" / f"{name}.py"
+    path = Path(__file__).resolve().parents[2] / "experiments" / "amorphous_carbon" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"ac_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

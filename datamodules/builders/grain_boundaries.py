@@ -33,7 +33,8 @@ Energies. ``energy`` is E_total (eV) after relaxation; E_coh is the calculator's
 perfect crystal at the same lattice constant (``cohesive_energy``); the boundary energy of the cell's two
 boundaries of area A each is ``gb_energy = (E_total − N·E_coh) / (2A)``, stored in J/m² (``gb_energy``) and
 eV/Å² (``gb_energy_ev_a2``). A fixed cell keeps the boundaries from relaxing their excess volume, which
-raises E_gb (Cu Σ5 minima with EMT: 1.06 → 0.96 J/m² tilt, 0.85 → 0.78 twist); normal relaxation removes it.
+raises E_gb (Cu Σ5 minima over an 8×8 translation grid, fixed → normal-relaxed, J/m²: EMT 1.045 → 0.963 tilt,
+0.845 → 0.784 twist; Mishin EAM 0.957 → 0.905, 0.773 → 0.731; experiments/grain_boundaries/RESULTS.md).
 
 Stored per structure (``/properties``): ``energy``, ``gb_energy``, ``gb_energy_ev_a2``, ``cohesive_energy``
 (eV/atom), ``lattice_a`` (Å), ``boundary_index`` (index into the file attribute ``meta_boundaries``),

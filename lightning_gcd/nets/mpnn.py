@@ -46,7 +46,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, sinusoidal_embedding
+from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, check_species, sinusoidal_embedding
 from lightning_gcd.periodic import radius_graph
 
 __all__ = ["GaussianRadialBasis", "PeriodicMPNN"]
@@ -141,10 +141,7 @@ class PeriodicMPNN(nn.Module):
             (B, N, 3) Cartesian vectors (the noise prediction ``eps_hat``), exactly zero at padding.
         """
         b, n, _ = frac_coords.shape
-        if numbers.shape != (b, n):
-            raise ValueError(f"numbers must be ({b}, {n}), got {tuple(numbers.shape)}")
-        if numbers.numel() and int(numbers.max()) > self.max_z:
-            raise ValueError(f"atomic number {int(numbers.max())} exceeds max_z={self.max_z}")
+        check_species(numbers, b, n, self.max_z)
         mask = mask.bool()
         dtype = self.species.weight.dtype
         g = radius_graph(frac_coords, cell, mask, self.cutoff, method=self.graph_method)

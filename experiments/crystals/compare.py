@@ -69,6 +69,13 @@ COLORS = {"voxel": "tab:blue", "particle": "tab:orange", "particle_torus": "tab:
           "particle_torus@steps": "yellowgreen", "particle_torus@walltime": "darkolivegreen", "data": "0.35"}
 STUDY = "crystals_compare"
 
+#: the torus model's --budget converge (both profiles): the study's step caps (20k on sc/fcc/bcc, 10k on hcp/diamond),
+#: batch 32 as the probe, EMA 0.999 (FlowMM), a validation of 64 samples every 1,000 steps, stop after no more than
+#: two standard errors of gain over five validations
+TORUS_CONVERGE: dict[str, Any] = {"steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
+                                  "batch_size": 32, "ema_decay": 0.999, "val_every": 1000, "val_samples": 64,
+                                  "window": 5, "standard_errors": 2.0}
+
 # ----------------------------------------------------------------------------------------------------
 # Profiles. Every number here is a choice; the comments say why, and the measurements behind them are in
 # experiments/crystals/RESULTS.md (History).
@@ -146,11 +153,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                       "step_lr": 1e-5, "lr": 1e-3, "warmup_steps": 20, "ema_decay": 0.99},
             "sampler": "pc",
             "sample_steps": 1000,
-            # --budget converge: the step caps of the study (20k on sc/fcc/bcc, 10k on hcp/diamond), batch 32 as
-            # the probe, EMA 0.999 (FlowMM), a validation of 64 samples every 1,000 steps
-            "converge": {"steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
-                         "batch_size": 32, "ema_decay": 0.999, "val_every": 1000, "val_samples": 64,
-                         "window": 5, "standard_errors": 2.0},
+            "converge": copy.deepcopy(TORUS_CONVERGE),
         },
         # other sampler settings evaluated on the same trained models (cheap for the voxel model): the
         # chain without restarts, and DDIM-50
@@ -193,9 +196,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                       "step_lr": 1e-5, "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999},
             "sampler": "pc",
             "sample_steps": 1000,
-            "converge": {"steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
-                         "batch_size": 32, "ema_decay": 0.999, "val_every": 1000, "val_samples": 64,
-                         "window": 5, "standard_errors": 2.0},
+            "converge": copy.deepcopy(TORUS_CONVERGE),
         },
         "extra_samplers": ["voxel:ddpm-250+r0", "voxel:ddim-100+r0", "particle:em-1000"],
     },
@@ -630,6 +631,7 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
     from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO
     from lightning_gcd.callbacks.clock import TrainingClock
     from lightning_gcd.callbacks.plateau import RatePlateauStop
+    from lightning_gcd.io import write_json_atomic
 
     budget = settings["budget"]
     key = run_key(kind, settings, args.key)
@@ -698,9 +700,7 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
             slim.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(slim, weights_only=True)
         if budget == "converge":
-            tmp = finished.with_suffix(".tmp")
-            tmp.write_text(json.dumps(_jsonable(convergence), indent=1))
-            tmp.replace(finished)
+            write_json_atomic(finished, convergence, indent=1)
     train_s = convergence.get("train_seconds", clock.seconds)
     ckpt = run_dir / "last.ckpt"
 

@@ -30,7 +30,7 @@ from lightning_gcd.errors import GcdError
 KINDS = ("voxel", "particle")
 RUN_NAMES = {"voxel": "smoke_voxel", "particle": "smoke_particle"}
 LOG_SAMPLES = 3
-# metrics both models must log under the same names (DESIGN.md §4); val/coordination/<Z>/<k> rows depend on
+# metrics both models must log under the same names (docs/metrics.md); val/coordination/<Z>/<k> rows depend on
 # which k occur, so they are compared as a family
 REQUIRED = {"val/loss", "val/rdf_l1", "val/coordination_l1", "val/n_atoms_mean", "val/n_atoms_error",
             "val/min_distance_violations", "val/min_distance"}

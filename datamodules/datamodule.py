@@ -26,7 +26,13 @@ from lightning_gcd.representations import (
     make_encoding,
 )
 
-DEFAULT_BUILD: dict[str, Any] = {"kind": "crystals", "phases": ["fcc"], "count": 64, "repeat": [2, 2, 2], "thermal_sigma": 0.05}
+DEFAULT_BUILD: dict[str, Any] = {
+    "kind": "crystals",
+    "phases": ["fcc"],
+    "count": 64,
+    "repeat": [2, 2, 2],
+    "thermal_sigma": 0.05,
+}
 
 
 class AtomsDataModule(L.LightningDataModule):
@@ -139,8 +145,11 @@ class AtomsDataModule(L.LightningDataModule):
                     raise DatasetFormatError(self.path, f"properties/{name}", "a condition must be numeric")
             for name in self.atom_properties:
                 if name not in data.atom_property_names:
-                    raise DatasetFormatError(self.path, f"atom_properties/{name}",
-                                             f"missing (available: {', '.join(data.atom_property_names) or 'none'})")
+                    raise DatasetFormatError(
+                        self.path,
+                        f"atom_properties/{name}",
+                        f"missing (available: {', '.join(data.atom_property_names) or 'none'})",
+                    )
             self.cond_dim = sum(int(np.prod(data.require_property(n).shape[1:])) for n in self.conditions)
             if len(self.splits["train"]) == 0:
                 raise GcdError(f"{self.path}: the train split is empty")
@@ -150,7 +159,11 @@ class AtomsDataModule(L.LightningDataModule):
 
     def _setup_voxels(self, data: AtomsH5) -> None:
         self.encoding = make_encoding(self.encoding_name, self.species, **self.encoding_options)
-        cache = data.voxel_cache(self.encoding_name) if (self.use_voxel_cache and self.encoding_name in data.voxel_names) else None
+        cache = (
+            data.voxel_cache(self.encoding_name)
+            if (self.use_voxel_cache and self.encoding_name in data.voxel_names)
+            else None
+        )
         if self.requested_grid is not None:
             self.grid_shape = self.requested_grid  # type: ignore[assignment]
         elif self.spacing is not None:
@@ -168,7 +181,11 @@ class AtomsDataModule(L.LightningDataModule):
             cache is not None
             and tuple(cache.shape[2:]) == tuple(self.grid_shape)
             and [int(z) for z in cache.attrs["species"]] == self.species
-            and all(float(cache.attrs.get(k, v)) == float(v) for k, v in self.encoding_options.items() if isinstance(v, (int, float)))
+            and all(
+                float(cache.attrs.get(k, v)) == float(v)
+                for k, v in self.encoding_options.items()
+                if isinstance(v, (int, float))
+            )
         )
         self._cache_name = self.encoding_name if cache_ok else None
 
@@ -193,7 +210,10 @@ class AtomsDataModule(L.LightningDataModule):
         if len(indices) == 0:
             raise GcdError(f"{self.path}: the {split} split is empty")
         return AtomsDataset(
-            self.path, indices, self.conditions, atom_properties=self.atom_properties,
+            self.path,
+            indices,
+            self.conditions,
+            atom_properties=self.atom_properties,
             translate=self.translate if translate is None else translate,
             voxel_cache=self._cache_name,
             collision_grid=self.grid_shape if self.view == "voxel" else None,
@@ -260,8 +280,9 @@ class AtomsDataModule(L.LightningDataModule):
         indices = self.splits[split] if split != "all" else None
         with AtomsH5(self.path, validate=False) as data:
             indices = np.arange(len(data)) if indices is None else indices
-            return np.asarray([structure_condition(data, self.conditions, int(i), np.float64)
-                               for i in indices]).reshape(len(indices), self.cond_dim)
+            return np.asarray(
+                [structure_condition(data, self.conditions, int(i), np.float64) for i in indices]
+            ).reshape(len(indices), self.cond_dim)
 
     def reference_atoms(self, split: str = "val", limit: int | None = None) -> list:
         """ASE structures of a split (the reference that generated samples are compared with)."""

@@ -107,8 +107,9 @@ MAX_TRANSLATION_DRAWS = 32
 
 def structure_condition(data: AtomsH5, names: Sequence[str], index: int, dtype: Any = np.float32) -> np.ndarray:
     """(cond_dim,) structure ``index``'s properties ``names`` flattened and concatenated: ``batch["cond"]``'s row."""
-    return np.concatenate([np.atleast_1d(np.asarray(data.structure_property(name, index), dtype=dtype)).ravel()
-                           for name in names])
+    return np.concatenate(
+        [np.atleast_1d(np.asarray(data.structure_property(name, index), dtype=dtype)).ravel() for name in names]
+    )
 
 
 def _shares_voxel(frac: np.ndarray, grid_shape: np.ndarray) -> bool:
@@ -155,7 +156,9 @@ class Collate:
     fractional coordinates, so DataLoader workers do the encoding in parallel.
     """
 
-    def __init__(self, n_max: int, encoding: VoxelEncoding | None = None, grid_shape: tuple[int, int, int] | None = None) -> None:
+    def __init__(
+        self, n_max: int, encoding: VoxelEncoding | None = None, grid_shape: tuple[int, int, int] | None = None
+    ) -> None:
         self.n_max = n_max
         self.encoding = encoding
         self.grid_shape = grid_shape
@@ -168,7 +171,9 @@ class Collate:
             assert self.grid_shape is not None
             structures = StructureBatch(
                 torch.as_tensor(np.stack([_pad(item["frac_coords"], self.n_max) for item in items])),
-                batch["numbers"], batch["mask"], batch["cell"].double(),
+                batch["numbers"],
+                batch["mask"],
+                batch["cell"].double(),
             )
             batch["grid"] = self.encoding.encode(structures, self.grid_shape)
         return batch

@@ -88,7 +88,9 @@ def _check_records(path: Path, records: DatasetRecords) -> None:
     if len(records.atoms) == 0:
         raise DatasetFormatError(path, "structures", "no structures to write (empty selection)")
     if len(records.labels) != len(records.atoms):
-        raise DatasetFormatError(path, "structures/label", f"{len(records.labels)} labels for {len(records.atoms)} structures")
+        raise DatasetFormatError(
+            path, "structures/label", f"{len(records.labels)} labels for {len(records.atoms)} structures"
+        )
     for i, atoms in enumerate(records.atoms):
         if len(atoms) == 0:
             raise DatasetFormatError(path, "structures/n_atoms", f"structure {i} has no atoms")
@@ -218,10 +220,14 @@ def validate_open(h5: h5py.File, path: Path | str) -> None:
     if isinstance(fmt, bytes):
         fmt = fmt.decode()
     if fmt != FORMAT_NAME:
-        raise DatasetFormatError(path, "/ attrs format", f"expected '{FORMAT_NAME}', found {fmt!r} (foreign HDF5 file?)")
+        raise DatasetFormatError(
+            path, "/ attrs format", f"expected '{FORMAT_NAME}', found {fmt!r} (foreign HDF5 file?)"
+        )
     version = h5.attrs.get("version")
     if version is None or int(version) != FORMAT_VERSION:
-        raise DatasetFormatError(path, "/ attrs version", f"unsupported version {version!r}; this reader knows {FORMAT_VERSION}")
+        raise DatasetFormatError(
+            path, "/ attrs version", f"unsupported version {version!r}; this reader knows {FORMAT_VERSION}"
+        )
     if "structures" not in h5:
         raise DatasetFormatError(path, "structures", "missing group")
     shapes = {}
@@ -239,19 +245,27 @@ def validate_open(h5: h5py.File, path: Path | str) -> None:
         raise DatasetFormatError(path, "structures/n_atoms", "the file holds no structures")
     for short in ("offset", "cell", "label"):
         if shapes[short][0] != n_structures:
-            raise DatasetFormatError(path, f"structures/{short}", f"{shapes[short][0]} rows for {n_structures} structures")
+            raise DatasetFormatError(
+                path, f"structures/{short}", f"{shapes[short][0]} rows for {n_structures} structures"
+            )
     n_atoms = h5["structures/n_atoms"][()].astype(np.int64)
     offset = h5["structures/offset"][()].astype(np.int64)
     total = int(n_atoms.sum())
     if np.any(n_atoms < 1):
-        raise DatasetFormatError(path, "structures/n_atoms", f"structures without atoms at {np.flatnonzero(n_atoms < 1)[:5].tolist()}")
+        raise DatasetFormatError(
+            path, "structures/n_atoms", f"structures without atoms at {np.flatnonzero(n_atoms < 1)[:5].tolist()}"
+        )
     expected_offset = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
     if not np.array_equal(offset, expected_offset):
         first = int(np.flatnonzero(offset != expected_offset)[0])
-        raise DatasetFormatError(path, "structures/offset", f"offsets do not add up to the cumulative n_atoms (first at structure {first})")
+        raise DatasetFormatError(
+            path, "structures/offset", f"offsets do not add up to the cumulative n_atoms (first at structure {first})"
+        )
     for short in ("positions", "numbers"):
         if shapes[short][0] != total:
-            raise DatasetFormatError(path, f"structures/{short}", f"{shapes[short][0]} rows, but n_atoms sums to {total}")
+            raise DatasetFormatError(
+                path, f"structures/{short}", f"{shapes[short][0]} rows, but n_atoms sums to {total}"
+            )
     cell = h5["structures/cell"][()]
     _finite(path, "structures/cell", cell, per="structure")
     singular = np.flatnonzero(np.abs(np.linalg.det(cell)) < SINGULAR_VOLUME)
@@ -267,15 +281,21 @@ def validate_open(h5: h5py.File, path: Path | str) -> None:
     _check_voxels(h5, path, n_structures)
 
 
-def _check_positions(h5: h5py.File, path: Path | str, offset: np.ndarray, n_atoms: np.ndarray, chunk: int = 1_000_000) -> None:
+def _check_positions(
+    h5: h5py.File, path: Path | str, offset: np.ndarray, n_atoms: np.ndarray, chunk: int = 1_000_000
+) -> None:
     ds = h5["structures/positions"]
     for start in range(0, ds.shape[0], chunk):
-        block = ds[start:start + chunk]
+        block = ds[start : start + chunk]
         bad = ~np.all(np.isfinite(block), axis=1)
         if bad.any():
             atom = start + int(np.flatnonzero(bad)[0])
             structure = int(np.searchsorted(offset, atom, side="right") - 1)
-            raise DatasetFormatError(path, "structures/positions", f"non-finite coordinates (NaN or inf) in structure {structure} (atom {atom})")
+            raise DatasetFormatError(
+                path,
+                "structures/positions",
+                f"non-finite coordinates (NaN or inf) in structure {structure} (atom {atom})",
+            )
 
 
 def _check_table(h5: h5py.File, path: Path | str, group: str, length: int, per: str) -> None:
@@ -285,7 +305,9 @@ def _check_table(h5: h5py.File, path: Path | str, group: str, length: int, per: 
         if not isinstance(ds, h5py.Dataset):
             raise DatasetFormatError(path, f"{group}/{name}", "is a group, expected a dataset")
         if ds.ndim == 0 or ds.shape[0] != length:
-            raise DatasetFormatError(path, f"{group}/{name}", f"shape {ds.shape}: first axis must have one row per {per} ({length})")
+            raise DatasetFormatError(
+                path, f"{group}/{name}", f"shape {ds.shape}: first axis must have one row per {per} ({length})"
+            )
         if ds.dtype.kind == "f":
             _finite(path, f"{group}/{name}", ds[()], per=per)
 
@@ -311,7 +333,9 @@ def _check_voxels(h5: h5py.File, path: Path | str, n_structures: int) -> None:
             if key not in ds.attrs:
                 raise DatasetFormatError(path, f"voxels/{name}", f"missing attribute '{key}'")
         if len(ds.attrs["channels"]) != ds.shape[1]:
-            raise DatasetFormatError(path, f"voxels/{name}", f"{len(ds.attrs['channels'])} channel names for {ds.shape[1]} channels")
+            raise DatasetFormatError(
+                path, f"voxels/{name}", f"{len(ds.attrs['channels'])} channel names for {ds.shape[1]} channels"
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,7 +412,9 @@ class AtomsH5:
 
     def require_property(self, name: str) -> h5py.Dataset:
         if name not in self.property_names:
-            raise DatasetFormatError(self.path, f"properties/{name}", f"missing (available: {', '.join(self.property_names) or 'none'})")
+            raise DatasetFormatError(
+                self.path, f"properties/{name}", f"missing (available: {', '.join(self.property_names) or 'none'})"
+            )
         return self._h5[f"properties/{name}"]
 
     def structure_property(self, name: str, i: int | slice | np.ndarray | None = None) -> np.ndarray:
@@ -407,7 +433,9 @@ class AtomsH5:
 
     def split(self, name: str) -> np.ndarray:
         if name not in self.split_names:
-            raise DatasetFormatError(self.path, f"splits/{name}", f"missing (available: {', '.join(self.split_names) or 'none'})")
+            raise DatasetFormatError(
+                self.path, f"splits/{name}", f"missing (available: {', '.join(self.split_names) or 'none'})"
+            )
         return self._h5[f"splits/{name}"][()]
 
     @property

@@ -24,9 +24,14 @@ def summarize(path: str | Path) -> dict[str, Any]:
         cells = data.cells
         lengths = np.linalg.norm(cells, axis=2)  # (S, 3)
         cos = lambda u, v: np.sum(u * v, -1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))  # noqa: E731
-        angles = np.degrees(np.arccos(np.stack([
-            cos(cells[:, 1], cells[:, 2]), cos(cells[:, 0], cells[:, 2]), cos(cells[:, 0], cells[:, 1])
-        ], axis=1)))
+        angles = np.degrees(
+            np.arccos(
+                np.stack(
+                    [cos(cells[:, 1], cells[:, 2]), cos(cells[:, 0], cells[:, 2]), cos(cells[:, 0], cells[:, 1])],
+                    axis=1,
+                )
+            )
+        )
         volumes = np.abs(np.linalg.det(cells))
         numbers = data._h5["structures/numbers"][()].astype(np.int64)
         masses = np.add.reduceat(atomic_masses[numbers], data.offset)
@@ -40,8 +45,13 @@ def summarize(path: str | Path) -> dict[str, Any]:
                 values = ds[()]
                 entry.update({"min": float(np.min(values)), "max": float(np.max(values))})
             properties[name] = entry
-        atom_properties = {name: {"shape": list(data._h5[f"atom_properties/{name}"].shape), "dtype": str(data._h5[f"atom_properties/{name}"].dtype)}
-                           for name in data.atom_property_names}
+        atom_properties = {
+            name: {
+                "shape": list(data._h5[f"atom_properties/{name}"].shape),
+                "dtype": str(data._h5[f"atom_properties/{name}"].dtype),
+            }
+            for name in data.atom_property_names
+        }
         voxels = {}
         for name in data.voxel_names:
             ds = data.voxel_cache(name)
@@ -59,7 +69,11 @@ def summarize(path: str | Path) -> dict[str, Any]:
             "atoms_per_structure": _range(data.n_atoms),
             "atom_count_histogram": {str(k): int(v) for k, v in sorted(Counter(data.n_atoms.tolist()).items())},
             "cell_lengths_A": {"a": _range(lengths[:, 0]), "b": _range(lengths[:, 1]), "c": _range(lengths[:, 2])},
-            "cell_angles_deg": {"alpha": _range(angles[:, 0]), "beta": _range(angles[:, 1]), "gamma": _range(angles[:, 2])},
+            "cell_angles_deg": {
+                "alpha": _range(angles[:, 0]),
+                "beta": _range(angles[:, 1]),
+                "gamma": _range(angles[:, 2]),
+            },
             "volume_A3": _range(volumes),
             "density_g_cm3": _range(density),
             "labels": dict(Counter(data.labels).most_common(20)),
@@ -97,5 +111,7 @@ def format_summary(summary: dict[str, Any], bar_width: int = 40) -> str:
             lines.append(f"    {name}: {tuple(entry['shape'])} {entry['dtype']}{extra}")
     lines.append("  voxel caches: " + ("none" if not summary["voxels"] else ""))
     for name, entry in summary["voxels"].items():
-        lines.append(f"    {name}: {tuple(entry['shape'])} spacing {entry['spacing_A']} Å channels {', '.join(entry['channels'])}")
+        lines.append(
+            f"    {name}: {tuple(entry['shape'])} spacing {entry['spacing_A']} Å channels {', '.join(entry['channels'])}"
+        )
     return "\n".join(line for line in lines if line)

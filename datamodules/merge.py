@@ -66,11 +66,17 @@ def _common_fields(readers: Sequence[AtomsH5], group: str, notes: list[str]) -> 
         for r in readers[1:]:
             ds = r._h5[f"{group}/{name}"]
             if ds.shape[1:] != ref.shape[1:]:
-                raise DatasetFormatError(r.path, f"{group}/{name}",
-                                         f"trailing shape {ds.shape[1:]} differs from {ref.shape[1:]} in {first.path}; cannot merge")
+                raise DatasetFormatError(
+                    r.path,
+                    f"{group}/{name}",
+                    f"trailing shape {ds.shape[1:]} differs from {ref.shape[1:]} in {first.path}; cannot merge",
+                )
             if _kind(ds.dtype) != _kind(ref.dtype):
-                raise DatasetFormatError(r.path, f"{group}/{name}",
-                                         f"{_kind(ds.dtype)} values, but {_kind(ref.dtype)} in {first.path}; cannot merge")
+                raise DatasetFormatError(
+                    r.path,
+                    f"{group}/{name}",
+                    f"{_kind(ds.dtype)} values, but {_kind(ref.dtype)} in {first.path}; cannot merge",
+                )
     return common
 
 
@@ -92,7 +98,9 @@ def _common_voxels(readers: Sequence[AtomsH5], notes: list[str]) -> list[str]:
             if ds.shape[1:] != ref.shape[1:]:
                 return False
             for key in VOXEL_ATTRS:
-                if (key in ds.attrs) != (key in ref.attrs) or (key in ref.attrs and not _same(ds.attrs[key], ref.attrs[key])):
+                if (key in ds.attrs) != (key in ref.attrs) or (
+                    key in ref.attrs and not _same(ds.attrs[key], ref.attrs[key])
+                ):
                     return False
             return True
 
@@ -116,11 +124,14 @@ def _merged_metadata(readers: Sequence[AtomsH5], spectra_kept: bool) -> dict[str
         ref_reader, ref = grids[0]
         for r, a in zip(readers, attrs):
             if "meta_xanes_energy" not in a or not _same(a["meta_xanes_energy"], ref):
-                raise DatasetFormatError(r.path, "/ attrs meta_xanes_energy",
-                                         f"spectrum energy grid missing or different from {ref_reader.path}; cannot merge spectra")
+                raise DatasetFormatError(
+                    r.path,
+                    "/ attrs meta_xanes_energy",
+                    f"spectrum energy grid missing or different from {ref_reader.path}; cannot merge spectra",
+                )
     for key, value in attrs[0].items():
         if key.startswith("meta_") and all(key in a and _same(a[key], value) for a in attrs[1:]):
-            out[key[len("meta_"):]] = value
+            out[key[len("meta_") :]] = value
     return out
 
 
@@ -144,7 +155,9 @@ def merge_files(
             r.close()
 
 
-def _merge(readers: Sequence[AtomsH5], out: Path, split: Sequence[float], seed: int, sort_by: str | None, voxel_chunk: int) -> Path:
+def _merge(
+    readers: Sequence[AtomsH5], out: Path, split: Sequence[float], seed: int, sort_by: str | None, voxel_chunk: int
+) -> Path:
     notes: list[str] = []
     props = _common_fields(readers, "properties", notes)
     aprops = _common_fields(readers, "atom_properties", notes)
@@ -159,7 +172,9 @@ def _merge(readers: Sequence[AtomsH5], out: Path, split: Sequence[float], seed: 
         for r in readers:
             values = np.asarray(r.structure_property(sort_by))
             if values.ndim != 1 or values.dtype.kind not in "iuf":
-                raise DatasetFormatError(r.path, f"properties/{sort_by}", "--sort-by needs a numeric property with one value per structure")
+                raise DatasetFormatError(
+                    r.path, f"properties/{sort_by}", "--sort-by needs a numeric property with one value per structure"
+                )
             keys.append(values)
         flat = np.concatenate(keys)
         order = [order[k] for k in np.argsort(flat, kind="stable")]
@@ -177,8 +192,12 @@ def _merge(readers: Sequence[AtomsH5], out: Path, split: Sequence[float], seed: 
         atoms.append(Atoms(numbers=numbers[f][sl], positions=positions[f][sl], cell=r.cells[i], pbc=True))
         labels.append(r.labels[i])
         atom_rows.append((f, sl))
-    properties = {name: np.concatenate([values[f][i:i + 1] for f, i in order]) for name, values in prop_values.items()}
-    atom_properties = {name: np.concatenate([values[f][sl] for f, sl in atom_rows]) for name, values in aprop_values.items()}
+    properties = {
+        name: np.concatenate([values[f][i : i + 1] for f, i in order]) for name, values in prop_values.items()
+    }
+    atom_properties = {
+        name: np.concatenate([values[f][sl] for f, sl in atom_rows]) for name, values in aprop_values.items()
+    }
     descriptions = [r.description for r in readers]
     description = descriptions[0] if len(set(descriptions)) == 1 else "merged: " + " | ".join(descriptions)
     records = DatasetRecords(atoms, labels, properties, atom_properties, description, metadata)
@@ -201,13 +220,17 @@ def _merge(readers: Sequence[AtomsH5], out: Path, split: Sequence[float], seed: 
     return out
 
 
-def _copy_voxels(h5: h5py.File, name: str, readers: Sequence[AtomsH5], order: Sequence[tuple[int, int]], chunk: int) -> None:
+def _copy_voxels(
+    h5: h5py.File, name: str, readers: Sequence[AtomsH5], order: Sequence[tuple[int, int]], chunk: int
+) -> None:
     """Stream one voxel cache structure by structure (it may not fit in memory)."""
     ref = readers[0].voxel_cache(name)
     g = h5.require_group("voxels")
-    ds = g.create_dataset(name, shape=(len(order), *ref.shape[1:]), dtype=np.float32, chunks=(1, *ref.shape[1:]), compression="lzf")
+    ds = g.create_dataset(
+        name, shape=(len(order), *ref.shape[1:]), dtype=np.float32, chunks=(1, *ref.shape[1:]), compression="lzf"
+    )
     for key, value in ref.attrs.items():
         ds.attrs[key] = value
     for start in range(0, len(order), chunk):
-        block = order[start:start + chunk]
-        ds[start:start + len(block)] = np.stack([readers[f].voxel_cache(name)[i] for f, i in block])
+        block = order[start : start + chunk]
+        ds[start : start + len(block)] = np.stack([readers[f].voxel_cache(name)[i] for f, i in block])

@@ -115,13 +115,23 @@ def train_step_worker(kind: str, size: int, workdir: str, batch_size: int, steps
         optimizer.step()
 
     net_elapsed = _seconds_per_call(net_step, steps, warmup=1, device=device)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
-        "model": kind, "size": size, "batch": batch_size, "params": sum(p.numel() for p in model.net.parameters()),
-        "s_per_step": round(elapsed, 4), "steps_per_s": round(1 / elapsed, 3), "samples_per_s": round(batch_size / elapsed, 2),
+        "model": kind,
+        "size": size,
+        "batch": batch_size,
+        "params": sum(p.numel() for p in model.net.parameters()),
+        "s_per_step": round(elapsed, 4),
+        "steps_per_s": round(1 / elapsed, 3),
+        "samples_per_s": round(batch_size / elapsed, 2),
         "network_only_s_per_step": round(net_elapsed, 4),
         "non_network_fraction": round(max(0.0, 1.0 - net_elapsed / elapsed), 3),
-        "peak_memory_mb": round(peak / 2**20, 1), "peak_memory_kind": "cuda max allocated" if device == "cuda" else "process max RSS",
+        "peak_memory_mb": round(peak / 2**20, 1),
+        "peak_memory_kind": "cuda max allocated" if device == "cuda" else "process max RSS",
         "malloc_thresholds_high": os.environ.get("MALLOC_MMAP_THRESHOLD_") == MALLOC_HIGH["MALLOC_MMAP_THRESHOLD_"],
     }
 
@@ -131,7 +141,9 @@ def _in_subprocess(args: list[str], env_extra: dict[str, str] | None = None) -> 
     for key in MALLOC_HIGH:
         if env_extra is None or key not in env_extra:
             env.pop(key, None)
-    out = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env, timeout=900)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env, timeout=900
+    )
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -141,8 +153,10 @@ def bench_sampling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
     """Structures/s for each sampler and step count (untrained weights: speed only)."""
     rows = []
     n = 4 if quick else 8
-    for kind, size, samplers in (("voxel", 16, [("ddim", 10), ("dpm2m", 10), ("ddim", 50), ("ddpm", 50)]),
-                                 ("particle", 32, [("em", 50), ("em", 200), ("pc", 50)])):
+    for kind, size, samplers in (
+        ("voxel", 16, [("ddim", 10), ("dpm2m", 10), ("ddim", 50), ("ddpm", 50)]),
+        ("particle", 32, [("em", 50), ("em", 200), ("pc", 50)]),
+    ):
         model, batch = _model_and_batch(kind, size, workdir, n)
         model.eval()
         template = {k: batch[k][:n] for k in ("cell", "numbers", "mask")}
@@ -151,10 +165,24 @@ def bench_sampling(workdir: Path, quick: bool) -> list[dict[str, Any]]:
                 steps = max(2, steps // 10)
             start = time.perf_counter()
             with torch.no_grad():
-                model.generate(template, steps=steps, sampler=sampler, generator=torch.Generator(device=model.device).manual_seed(0))
+                model.generate(
+                    template,
+                    steps=steps,
+                    sampler=sampler,
+                    generator=torch.Generator(device=model.device).manual_seed(0),
+                )
             elapsed = time.perf_counter() - start
-            rows.append({"model": kind, "size": size, "sampler": sampler, "steps": steps, "structures": n,
-                         "structures_per_s": round(n / elapsed, 3), "network_evals_per_s": round(steps / elapsed, 2)})
+            rows.append(
+                {
+                    "model": kind,
+                    "size": size,
+                    "sampler": sampler,
+                    "steps": steps,
+                    "structures": n,
+                    "structures_per_s": round(n / elapsed, 3),
+                    "network_evals_per_s": round(steps / elapsed, 2),
+                }
+            )
     return rows
 
 
@@ -170,8 +198,10 @@ def bench_grid_scaling(workdir: Path, quick: bool) -> dict[str, Any]:
             model.diffusion.sample(model.network, shape, steps=2, device=model.device)  # warm-up
             start = time.perf_counter()
             model.diffusion.sample(model.network, shape, steps=5, device=model.device)
-        rows.append({"grid": g, "voxels": g ** 3, "s_per_network_eval": round((time.perf_counter() - start) / 5, 4)})
-    slope = np.polyfit(np.log([r["voxels"] for r in rows[1:]]), np.log([r["s_per_network_eval"] for r in rows[1:]]), 1)[0]
+        rows.append({"grid": g, "voxels": g**3, "s_per_network_eval": round((time.perf_counter() - start) / 5, 4)})
+    slope = np.polyfit(np.log([r["voxels"] for r in rows[1:]]), np.log([r["s_per_network_eval"] for r in rows[1:]]), 1)[
+        0
+    ]
     return {"rows": rows, "time_vs_voxels_exponent": round(float(slope), 3)}
 
 
@@ -182,8 +212,9 @@ def bench_loader(workdir: Path, train_rows: list[dict[str, Any]]) -> dict[str, A
     out = {}
     for view, grid in (("voxel", [16, 16, 16]), ("particle", None)):
         for workers in (0, 2):
-            dm = AtomsDataModule(str(_dataset(workdir, 2, count=160)), view=view, batch_size=32, num_workers=workers,
-                                 grid_shape=grid)
+            dm = AtomsDataModule(
+                str(_dataset(workdir, 2, count=160)), view=view, batch_size=32, num_workers=workers, grid_shape=grid
+            )
             dm.setup()
             loader = dm.train_dataloader()
             next(iter(loader))
@@ -191,7 +222,9 @@ def bench_loader(workdir: Path, train_rows: list[dict[str, Any]]) -> dict[str, A
             for batch in loader:
                 n += len(batch["index"])
             out[f"{view}_workers{workers}_samples_per_s"] = round(n / (time.perf_counter() - start), 1)
-    consumption = {f"{r['model']}_{r['size']}_train_samples_per_s": r.get("samples_per_s") for r in train_rows if "error" not in r}
+    consumption = {
+        f"{r['model']}_{r['size']}_train_samples_per_s": r.get("samples_per_s") for r in train_rows if "error" not in r
+    }
     return {**out, **consumption}
 
 
@@ -204,7 +237,7 @@ def bench_graph_and_rdf(quick: bool) -> dict[str, Any]:
     from lightning_gcd.structures import StructureBatch
 
     rows = []
-    for repeat in ([2, 4, 6] if quick else [2, 4, 6, 8, 10, 14, 18]):
+    for repeat in [2, 4, 6] if quick else [2, 4, 6, 8, 10, 14, 18]:
         atoms = bulk("Cu", "fcc", cubic=True) * ((repeat,) * 3)
         atoms.rattle(0.05, seed=0)
         batch = StructureBatch.from_atoms([atoms])
@@ -220,14 +253,18 @@ def bench_graph_and_rdf(quick: bool) -> dict[str, Any]:
         rows.append({"n_atoms": len(atoms), "radius_graph_s": round(graph_s, 5), "rdf_s": round(rdf_s, 5)})
     # below ~2,000 atoms both are dominated by a fixed per-call cost; the exponent is fitted above it
     big = [r for r in rows if r["n_atoms"] >= (256 if quick else 2000)]
-    fit = lambda key: round(float(np.polyfit(np.log([r["n_atoms"] for r in big]), np.log([r[key] for r in big]), 1)[0]), 3)  # noqa: E731
+    fit = lambda key: round(
+        float(np.polyfit(np.log([r["n_atoms"] for r in big]), np.log([r[key] for r in big]), 1)[0]), 3
+    )  # noqa: E731
     return {"rows": rows, "radius_graph_exponent": fit("radius_graph_s"), "rdf_exponent": fit("rdf_s")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (a smoke check)")
-    parser.add_argument("--worker", nargs=5, metavar=("KIND", "SIZE", "WORKDIR", "BATCH", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=5, metavar=("KIND", "SIZE", "WORKDIR", "BATCH", "STEPS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         kind, size, workdir, batch, steps = args.worker
@@ -245,17 +282,28 @@ def main() -> None:
             _dataset(workdir, repeat)
         _dataset(workdir, 2, count=160)
         train = []
-        for kind, size, env in (("voxel", "16", None), ("voxel", "32", None), ("voxel", "32", MALLOC_HIGH),
-                                ("particle", "32", None), ("particle", "256", None)):
+        for kind, size, env in (
+            ("voxel", "16", None),
+            ("voxel", "32", None),
+            ("voxel", "32", MALLOC_HIGH),
+            ("particle", "32", None),
+            ("particle", "256", None),
+        ):
             say(f"training steps: {kind} {size}{' (high malloc thresholds)' if env else ''}")
             train.append(_in_subprocess([kind, size, tmp, "8", steps], env))
         low, high = train[1], train[2]
-        malloc_ratio = (round(low["s_per_step"] / high["s_per_step"], 3)
-                        if "s_per_step" in low and "s_per_step" in high else None)
+        malloc_ratio = (
+            round(low["s_per_step"] / high["s_per_step"], 3) if "s_per_step" in low and "s_per_step" in high else None
+        )
         result = {
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                        "torch_threads": torch.get_num_threads(), "device": _device(),
-                        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+            "machine": {
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "device": _device(),
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            },
             "training": train,
             "voxel32_step_speedup_with_high_malloc_thresholds": malloc_ratio,
         }

@@ -32,7 +32,9 @@ def _loader_rate(path: Path, view: str, workers: int, batch_size: int, epochs: i
     return n / (time.perf_counter() - start)
 
 
-def _codec_rate(atoms: list, encoding: str, shape: tuple[int, int, int], repeats: int = 5, **options) -> dict[str, float]:
+def _codec_rate(
+    atoms: list, encoding: str, shape: tuple[int, int, int], repeats: int = 5, **options
+) -> dict[str, float]:
     batch = StructureBatch.from_atoms(atoms, dtype=torch.float64)
     enc = make_encoding(encoding, sorted({int(z) for a in atoms for z in a.numbers}), **options)
     grids = enc.encode(batch, shape)
@@ -43,8 +45,11 @@ def _codec_rate(atoms: list, encoding: str, shape: tuple[int, int, int], repeats
     for _ in range(repeats):
         enc.decode(grids, batch.cell)
     t2 = time.perf_counter()
-    return {"encode_structures_per_s": len(atoms) * repeats / (t1 - t0), "decode_structures_per_s": len(atoms) * repeats / (t2 - t1),
-            "grid": list(shape)}
+    return {
+        "encode_structures_per_s": len(atoms) * repeats / (t1 - t0),
+        "decode_structures_per_s": len(atoms) * repeats / (t2 - t1),
+        "grid": list(shape),
+    }
 
 
 def main() -> None:
@@ -55,18 +60,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_dataset("crystals", Path(tmp) / "bench.h5", phases=["fcc"], count=args.count, voxels=["occupancy"], progress=False)
+        path = build_dataset(
+            "crystals", Path(tmp) / "bench.h5", phases=["fcc"], count=args.count, voxels=["occupancy"], progress=False
+        )
         loader = {}
         for workers in args.workers:
             loader[f"particle_workers{workers}"] = _loader_rate(path, "particle", workers, args.batch_size)
-            loader[f"voxel_onthefly_workers{workers}"] = _loader_rate(path, "voxel", workers, args.batch_size, use_voxel_cache=False)
+            loader[f"voxel_onthefly_workers{workers}"] = _loader_rate(
+                path, "voxel", workers, args.batch_size, use_voxel_cache=False
+            )
             loader[f"voxel_cached_workers{workers}"] = _loader_rate(path, "voxel", workers, args.batch_size)
         from datamodules.h5format import AtomsH5
 
         with AtomsH5(path) as data:
             atoms = [data.atoms(i) for i in range(64)]
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch_threads": torch.get_num_threads(),
+        },
         "loader_samples_per_s_batch32": {k: round(v, 1) for k, v in loader.items()},
         "codec_fcc_cu_32_atoms": {
             "occupancy": _codec_rate(atoms, "occupancy", (8, 8, 8)),

@@ -38,8 +38,17 @@ sys.path.insert(0, str(REPO / "experiments"))
 from bench import UNET  # noqa: E402  (the same network as the CPU benchmark)
 
 # dense bf16 tensor-core peaks (TFLOP/s) by a substring of torch.cuda.get_device_name(); the first match wins
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L40": 181.0, "A10": 125.0,
-               "RTX 4090": 165.0, "A6000": 155.0, "V100": 125.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L40": 181.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "A6000": 155.0,
+    "V100": 125.0,
+}
 CHANNELS = 4  # occupancy + three offsets: one species
 VARIANTS = ("fp32", "tf32", "bf16", "bf16+channels_last", "bf16+compile")
 
@@ -55,8 +64,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def training_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, t: torch.Tensor,
-                  bf16: bool) -> None:
+def training_step(
+    net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, t: torch.Tensor, bf16: bool
+) -> None:
     """One optimiser step of an x0-style regression on ``x`` (B, C, D, H, W)."""
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = (net(x, t).float() - x).square().mean()
@@ -152,13 +162,34 @@ def ddp_one_gpu(device: str, workdir: Path) -> dict[str, Any]:
     """``gcd fit`` on the smoke config with DDP on one GPU (NCCL) in a subprocess: its exit status and time."""
     if device != "cuda":
         return {"skipped": "needs CUDA"}
-    command = [sys.executable, "-m", "lightning_gcd.cli", "fit", "--config", str(REPO / "experiments/smoke/voxel.yaml"),
-               "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.strategy", "ddp",
-               "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_gcd.cli",
+        "fit",
+        "--config",
+        str(REPO / "experiments/smoke/voxel.yaml"),
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+    ]
     start = time.perf_counter()
-    run = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
-    return {"returncode": run.returncode, "seconds": round(time.perf_counter() - start, 1),
-            "nccl": "nccl" in (run.stdout + run.stderr).lower(), "stderr_tail": run.stderr[-800:] if run.returncode else ""}
+    run = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"}
+    )
+    return {
+        "returncode": run.returncode,
+        "seconds": round(time.perf_counter() - start, 1),
+        "nccl": "nccl" in (run.stdout + run.stderr).lower(),
+        "stderr_tail": run.stderr[-800:] if run.returncode else "",
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -180,10 +211,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     base = make_net(device)
     result: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "device": device,
-                    "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-                    "torch_threads": torch.get_num_threads()},
-        "network": {**UNET, "params": sum(q.numel() for q in base.parameters()), "grid": args.grid, "batch": args.batch},
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "device": device,
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "network": {
+            **UNET,
+            "params": sum(q.numel() for q in base.parameters()),
+            "grid": args.grid,
+            "batch": args.batch,
+        },
     }
     result["training"] = [time_variant(v, base, args.grid, args.batch, args.steps, device) for v in args.variants]
     flops = step_flops(base, args.grid, args.batch, device)

@@ -44,9 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100, 200, 500, 1000, 2000, 5000, 10000])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads; 1 by default: on a shared 2-core machine intra-op threads "
-                             "of small kernels wait on each other and the timings become noise (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads; 1 by default: on a shared 2-core machine intra-op threads "
+        "of small kernels wait on each other and the timings become noise (0: torch's default)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -74,26 +78,37 @@ def main() -> None:
     big = ns >= 1000  # fixed per-call overheads dominate small N
     exponent_large = float(np.polyfit(np.log(ns[big]), np.log(ts[big]), 1)[0]) if big.sum() >= 2 else None
     compiled = [(r["n_atoms"], r["compiled_ms"]) for r in rows if r.get("compiled_ms") and r["n_atoms"] >= 1000]
-    compiled_exp = (float(np.polyfit(np.log([c[0] for c in compiled]), np.log([c[1] for c in compiled]), 1)[0])
-                    if len(compiled) >= 2 else None)
+    compiled_exp = (
+        float(np.polyfit(np.log([c[0] for c in compiled]), np.log([c[1] for c in compiled]), 1)[0])
+        if len(compiled) >= 2
+        else None
+    )
     dense = [(r["n_atoms"], r["dense_ms"]) for r in rows if r.get("dense_ms")]
-    dense_exp = (float(np.polyfit(np.log([d[0] for d in dense]), np.log([d[1] for d in dense]), 1)[0])
-                 if len(dense) >= 2 else None)
-    print(json.dumps({
-        "benchmark": "radius_graph",
-        "device": args.device,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "timing": f"best of {args.repeats} after one warm-up call",
-        "machine": platform.processor() or platform.machine(),
-        "density_atoms_per_A3": DENSITY,
-        "cutoff_A": CUTOFF,
-        "results": rows,
-        "cell_list_time_exponent": round(exponent, 3),
-        "cell_list_time_exponent_n_ge_1000": None if exponent_large is None else round(exponent_large, 3),
-        "dense_time_exponent": None if dense_exp is None else round(dense_exp, 3),
-        "compiled_time_exponent_n_ge_1000": None if compiled_exp is None else round(compiled_exp, 3),
-    }, indent=2))
+    dense_exp = (
+        float(np.polyfit(np.log([d[0] for d in dense]), np.log([d[1] for d in dense]), 1)[0])
+        if len(dense) >= 2
+        else None
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "radius_graph",
+                "device": args.device,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "timing": f"best of {args.repeats} after one warm-up call",
+                "machine": platform.processor() or platform.machine(),
+                "density_atoms_per_A3": DENSITY,
+                "cutoff_A": CUTOFF,
+                "results": rows,
+                "cell_list_time_exponent": round(exponent, 3),
+                "cell_list_time_exponent_n_ge_1000": None if exponent_large is None else round(exponent_large, 3),
+                "dense_time_exponent": None if dense_exp is None else round(dense_exp, 3),
+                "compiled_time_exponent_n_ge_1000": None if compiled_exp is None else round(compiled_exp, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -95,53 +95,89 @@ def main() -> None:
         g_ase, t_ase = best_time(lambda: get_rdf(atoms, R_MAX, N_BINS, no_dists=True), repeat)
         g_ours, t_ours = best_time(lambda: structure_rdf(atoms, R_MAX, N_BINS)[0][0, 0].numpy(), repeat)
         t_rdf_torch = timed_torch(lambda: structure_rdf(atoms, R_MAX, N_BINS), 1)
-        cn_ase, t_cn_ase = best_time(lambda: np.bincount(neighbor_list("i", atoms, CN_CUTOFF), minlength=len(atoms)), repeat)
+        cn_ase, t_cn_ase = best_time(
+            lambda: np.bincount(neighbor_list("i", atoms, CN_CUTOFF), minlength=len(atoms)), repeat
+        )
         cn_ours, t_cn_ours = best_time(lambda: coordination_numbers(atoms, CN_CUTOFF)[0].numpy(), repeat)
         t_cn_torch = timed_torch(lambda: coordination_numbers(atoms, CN_CUTOFF), repeat)
-        cases.append({
-            "n_atoms": len(atoms),
-            "rdf": {
-                "r_max": R_MAX, "n_bins": N_BINS,
-                "ase_s": round(t_ase, 4), "ours_s": round(t_ours, 4), "speedup": round(t_ase / t_ours, 2),
-                "torch_search_s": round(t_rdf_torch, 4),
-                "max_abs_diff": float(np.abs(g_ase - g_ours).max()),
-            },
-            "coordination": {
-                "cutoff": CN_CUTOFF,
-                "ase_s": round(t_cn_ase, 4), "ours_s": round(t_cn_ours, 4), "speedup": round(t_cn_ase / t_cn_ours, 2),
-                "torch_search_s": round(t_cn_torch, 4),
-                "max_abs_diff": int(np.abs(cn_ase - cn_ours).max()),
-                "mean_cn": float(cn_ours.mean()),
-            },
-        })
+        cases.append(
+            {
+                "n_atoms": len(atoms),
+                "rdf": {
+                    "r_max": R_MAX,
+                    "n_bins": N_BINS,
+                    "ase_s": round(t_ase, 4),
+                    "ours_s": round(t_ours, 4),
+                    "speedup": round(t_ase / t_ours, 2),
+                    "torch_search_s": round(t_rdf_torch, 4),
+                    "max_abs_diff": float(np.abs(g_ase - g_ours).max()),
+                },
+                "coordination": {
+                    "cutoff": CN_CUTOFF,
+                    "ase_s": round(t_cn_ase, 4),
+                    "ours_s": round(t_cn_ours, 4),
+                    "speedup": round(t_cn_ase / t_cn_ours, 2),
+                    "torch_search_s": round(t_cn_torch, 4),
+                    "max_abs_diff": int(np.abs(cn_ase - cn_ours).max()),
+                    "mean_cn": float(cn_ours.mean()),
+                },
+            }
+        )
     # What validation does: one call on a batch of small cells (32 rattled 2x2x2 fcc cells = 2,048 atoms)
     # against ASE called once per cell.
     cells = [fcc_supercell(32, seed=k) for k in range(32)]
-    g_ase, t_ase = best_time(lambda: np.mean([get_rdf(a, 3.5, N_BINS, no_dists=True) for a in cells], axis=0), args.repeat)
+    g_ase, t_ase = best_time(
+        lambda: np.mean([get_rdf(a, 3.5, N_BINS, no_dists=True) for a in cells], axis=0), args.repeat
+    )
     g_ours, t_ours = best_time(lambda: structure_rdf(cells, 3.5, N_BINS)[0].mean(dim=0)[0].numpy(), args.repeat)
-    cn_ase, t_cn_ase = best_time(lambda: np.concatenate([np.bincount(neighbor_list("i", a, CN_CUTOFF), minlength=len(a))
-                                                         for a in cells]), args.repeat)
+    cn_ase, t_cn_ase = best_time(
+        lambda: np.concatenate([np.bincount(neighbor_list("i", a, CN_CUTOFF), minlength=len(a)) for a in cells]),
+        args.repeat,
+    )
     cn_ours, t_cn_ours = best_time(lambda: coordination_numbers(cells, CN_CUTOFF).reshape(-1).numpy(), args.repeat)
     t_rdf_torch = timed_torch(lambda: structure_rdf(cells, 3.5, N_BINS), args.repeat)
     t_cn_torch = timed_torch(lambda: coordination_numbers(cells, CN_CUTOFF), args.repeat)
     batched = {
-        "n_structures": len(cells), "atoms_each": len(cells[0]),
-        "rdf": {"r_max": 3.5, "n_bins": N_BINS, "ase_s": round(t_ase, 4), "ours_s": round(t_ours, 4),
-                "speedup": round(t_ase / t_ours, 2), "torch_search_s": round(t_rdf_torch, 4),
-                "max_abs_diff": float(np.abs(g_ase - g_ours).max())},
-        "coordination": {"cutoff": CN_CUTOFF, "ase_s": round(t_cn_ase, 4), "ours_s": round(t_cn_ours, 4),
-                         "speedup": round(t_cn_ase / t_cn_ours, 2), "torch_search_s": round(t_cn_torch, 4),
-                         "max_abs_diff": int(np.abs(cn_ase - cn_ours).max())},
+        "n_structures": len(cells),
+        "atoms_each": len(cells[0]),
+        "rdf": {
+            "r_max": 3.5,
+            "n_bins": N_BINS,
+            "ase_s": round(t_ase, 4),
+            "ours_s": round(t_ours, 4),
+            "speedup": round(t_ase / t_ours, 2),
+            "torch_search_s": round(t_rdf_torch, 4),
+            "max_abs_diff": float(np.abs(g_ase - g_ours).max()),
+        },
+        "coordination": {
+            "cutoff": CN_CUTOFF,
+            "ase_s": round(t_cn_ase, 4),
+            "ours_s": round(t_cn_ours, 4),
+            "speedup": round(t_cn_ase / t_cn_ours, 2),
+            "torch_search_s": round(t_cn_torch, 4),
+            "max_abs_diff": int(np.abs(cn_ase - cn_ours).max()),
+        },
     }
     import ase
     import numba
 
-    print(json.dumps({
-        "device": "cpu", "threads": args.threads, "torch": torch.__version__, "ase": ase.__version__,
-        "numba": numba.__version__, "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "goal": ">= 20x faster than ASE with equal results",
-        "cases": cases, "batch_of_small_cells": batched,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "device": "cpu",
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "ase": ase.__version__,
+                "numba": numba.__version__,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+                "python": platform.python_version(),
+                "goal": ">= 20x faster than ASE with equal results",
+                "cases": cases,
+                "batch_of_small_cells": batched,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

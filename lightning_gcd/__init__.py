@@ -1,2 +1,3 @@
 """lightning_gcd: grand canonical voxel diffusion and particle diffusion for atomic structures."""
+
 __version__ = "0.1.0"

@@ -14,7 +14,9 @@ from lightning_gcd.errors import GcdError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gcd", description="Grand canonical voxel and particle diffusion for atomic structures")
+    parser = argparse.ArgumentParser(
+        prog="gcd", description="Grand canonical voxel and particle diffusion for atomic structures"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     from lightning_gcd.cli_data import add_data_parser
 

@@ -37,22 +37,42 @@ METRICS_FILE = "metrics.jsonl"  # the names written by lightning_gcd.callbacks.m
 CURVES_FILE = "curves.json"
 META_KEYS = ("epoch", "global_step", "model", "sampled", "time")
 #: rows shown first, in this order (``val/`` names); everything else follows
-HEADLINE = ("val/rdf_l1", "val/coordination_l1", "val/phase_match", "val/displacement_rms", "val/n_atoms_mean",
-            "val/n_atoms_error", "val/min_distance_violations", "val/min_distance", "val/sp_fraction",
-            "val/sp2_fraction", "val/sp3_fraction", "val/spectrum_l2")
-HINT = ("train with the MetricsHistory callback (trainer.callbacks: - class_path: "
-        "lightning_gcd.callbacks.MetricsHistory), which writes it at every validation")
+HEADLINE = (
+    "val/rdf_l1",
+    "val/coordination_l1",
+    "val/phase_match",
+    "val/displacement_rms",
+    "val/n_atoms_mean",
+    "val/n_atoms_error",
+    "val/min_distance_violations",
+    "val/min_distance",
+    "val/sp_fraction",
+    "val/sp2_fraction",
+    "val/sp3_fraction",
+    "val/spectrum_l2",
+)
+HINT = (
+    "train with the MetricsHistory callback (trainer.callbacks: - class_path: "
+    "lightning_gcd.callbacks.MetricsHistory), which writes it at every validation"
+)
 
 
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "compare", help="compare training runs: a metrics table and overlaid g(r)/coordination/count plots",
+        "compare",
+        help="compare training runs: a metrics table and overlaid g(r)/coordination/count plots",
         description="Read metrics.jsonl and curves.json (MetricsHistory callback) of each run directory and write "
-                    "report.md, report.html and PNG plots that compare the runs.")
+        "report.md, report.html and PNG plots that compare the runs.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (e.g. runs/smoke_voxel)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.html and the PNGs")
-    p.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
-                   help="one name per run for the table and legends (default: the directory names)")
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="LABEL",
+        help="one name per run for the table and legends (default: the directory names)",
+    )
     return p
 
 
@@ -108,8 +128,10 @@ def _curves_from_json(data: dict[str, Any]) -> dict[str, Any]:
         if key in out and out[key] is not None:
             out[key] = np.asarray([np.nan if v is None else v for v in out[key]], dtype=float)
     for key in ("coordination", "coordination_reference"):
-        out[key] = {int(z): np.asarray([np.nan if v is None else v for v in values], dtype=float)
-                    for z, values in (out.get(key) or {}).items()}
+        out[key] = {
+            int(z): np.asarray([np.nan if v is None else v for v in values], dtype=float)
+            for z, values in (out.get(key) or {}).items()
+        }
     out["dr"] = float(out.get("dr") or 0.0)
     return out
 
@@ -125,15 +147,19 @@ def read_run(directory: str | Path, label: str | None = None) -> Run:
     records = _read_records(metrics_path)
     sampled = [r for r in records if r.get("sampled", True) and any(k not in META_KEYS and k != "val/loss" for k in r)]
     if not sampled:
-        raise GcdError(f"{directory}: {METRICS_FILE} has no sampled validation yet (the model generates samples "
-                       "every model.sample_every_n_epochs validations, when val_samples > 0)")
+        raise GcdError(
+            f"{directory}: {METRICS_FILE} has no sampled validation yet (the model generates samples "
+            "every model.sample_every_n_epochs validations, when val_samples > 0)"
+        )
     if not curves_path.is_file():
         raise GcdError(f"{directory}: no {CURVES_FILE}; {HINT}")
     try:
         curves = _curves_from_json(json.loads(curves_path.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise GcdError(f"{curves_path}: unreadable curves ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in ("r", "g", "g_reference", "n_atoms", "n_atoms_hist", "n_atoms_hist_reference") if k not in curves]
+    missing = [
+        k for k in ("r", "g", "g_reference", "n_atoms", "n_atoms_hist", "n_atoms_hist_reference") if k not in curves
+    ]
     if missing:
         raise GcdError(f"{curves_path}: missing {', '.join(missing)}")
     return Run(directory, label or directory.resolve().name, records, curves, sampled)
@@ -229,8 +255,10 @@ def markdown_table(runs: Sequence[Run]) -> str:
 
 def html_table(runs: Sequence[Run]) -> str:
     head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(r.label)}</th>" for r in runs) + "</tr>"
-    body = "".join("<tr><td>" + html.escape(name) + "</td>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>"
-                   for name, values in table_rows(runs))
+    body = "".join(
+        "<tr><td>" + html.escape(name) + "</td>" + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>"
+        for name, values in table_rows(runs)
+    )
     return f"<table>\n<thead>{head}</thead>\n<tbody>{body}</tbody>\n</table>"
 
 
@@ -259,7 +287,8 @@ def plot_rdf_overlay(runs: Sequence[Run], path: Path) -> Path:
     for run in runs[1:]:
         c = run.curves
         same = c["g_reference"].shape == first["g_reference"].shape and np.allclose(
-            np.nan_to_num(c["g_reference"]), np.nan_to_num(first["g_reference"]), atol=1e-9)
+            np.nan_to_num(c["g_reference"]), np.nan_to_num(first["g_reference"]), atol=1e-9
+        )
         if not same:
             ax.plot(c["r"], c["g_reference"], color=REFERENCE_COLOR, lw=1.2, ls="--", label=f"reference ({run.label})")
     for run, color in zip(runs, _colors(len(runs))):
@@ -289,7 +318,9 @@ def _grouped_bars(ax, series: list[tuple[str, Any, np.ndarray, np.ndarray]]) -> 
 def plot_coordination_bars(runs: Sequence[Run], path: Path) -> Path:
     from lightning_gcd.metrics.plots import REFERENCE_COLOR, _save, _symbol
 
-    species = sorted({z for run in runs for z in (*run.curves["coordination"], *run.curves["coordination_reference"])}) or [0]
+    species = sorted(
+        {z for run in runs for z in (*run.curves["coordination"], *run.curves["coordination_reference"])}
+    ) or [0]
     fig = _figure(7.0, 2.8 * len(species))
     axes = fig.subplots(len(species), 1, squeeze=False)[:, 0]
     for ax, z in zip(axes, species):
@@ -341,15 +372,18 @@ def plot_metrics_vs_epoch(runs: Sequence[Run], path: Path) -> Path:
     for ax, name in zip(axes, names):
         for run, color in zip(runs, colors):
             source = run.records if name == "val/loss" else run.sampled
-            pts = [(r["epoch"], v) for r in source
-                   if (v := metric_value(r, name)) is not None and r.get("epoch") is not None]
+            pts = [
+                (r["epoch"], v)
+                for r in source
+                if (v := metric_value(r, name)) is not None and r.get("epoch") is not None
+            ]
             if pts:
                 x, y = zip(*pts)
                 ax.plot(x, y, marker="o", ms=3, lw=1.2, color=color, label=run.label)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("epoch", fontsize=8)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_axis_off()
     handles, labels = axes[0].get_legend_handles_labels()
     if not handles:
@@ -387,23 +421,43 @@ def write_report(runs: Sequence[Run], out: Path) -> dict[str, Any]:
         used.add(name)
         per_run.append((run, save_all_plots(run.curves, out / "runs" / name)))
 
-    sources = "\n".join(f"- **{r.label}**: `{r.directory}` ({r.last.get('model', '?')}, {len(r.sampled)} sampled "
-                        f"validations, {len(r.records)} in all)" for r in runs)
+    sources = "\n".join(
+        f"- **{r.label}**: `{r.directory}` ({r.last.get('model', '?')}, {len(r.sampled)} sampled "
+        f"validations, {len(r.records)} in all)"
+        for r in runs
+    )
     rel = [p.relative_to(out).as_posix() for p in plots]
-    md = ["# Run comparison", "", sources, "", "Metrics of each run's last sampled validation "
-          "(`n/a`: undefined, `–`: not computed for that run).", "", markdown_table(runs), "", "## Plots", ""]
+    md = [
+        "# Run comparison",
+        "",
+        sources,
+        "",
+        "Metrics of each run's last sampled validation (`n/a`: undefined, `–`: not computed for that run).",
+        "",
+        markdown_table(runs),
+        "",
+        "## Plots",
+        "",
+    ]
     md += [f"![{Path(p).stem}]({p})" for p in rel]
     md_path = out / "report.md"
     write_text_atomic(md_path, "\n".join(md) + "\n")
 
     figures = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(Path(p).stem)}"></figure>\n' for p in rel)
     run_figs = "".join(
-        f"<h3>{html.escape(run.label)}</h3>\n" + "".join(
-            f'<img class="small" src="{html.escape(p.relative_to(out).as_posix())}" alt="{html.escape(p.stem)}">' for p in paths)
-        + "\n" for run, paths in per_run)
-    src_html = "".join(f"<li><b>{html.escape(r.label)}</b>: <code>{html.escape(str(r.directory))}</code> "
-                       f"({html.escape(str(r.last.get('model', '?')))}, {len(r.sampled)} sampled validations)</li>"
-                       for r in runs)
+        f"<h3>{html.escape(run.label)}</h3>\n"
+        + "".join(
+            f'<img class="small" src="{html.escape(p.relative_to(out).as_posix())}" alt="{html.escape(p.stem)}">'
+            for p in paths
+        )
+        + "\n"
+        for run, paths in per_run
+    )
+    src_html = "".join(
+        f"<li><b>{html.escape(r.label)}</b>: <code>{html.escape(str(r.directory))}</code> "
+        f"({html.escape(str(r.last.get('model', '?')))}, {len(r.sampled)} sampled validations)</li>"
+        for r in runs
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Run comparison</title>
 <style>

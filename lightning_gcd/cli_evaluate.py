@@ -35,21 +35,35 @@ def _positive(text: str) -> float:
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("evaluate", help="structure metrics of generated samples against a reference dataset",
-                              description="Print every structure metric of SAMPLES (an ASE-readable file or a "
-                              "lightning_gcd HDF5 file) beside the same metric of the reference split.")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="structure metrics of generated samples against a reference dataset",
+        description="Print every structure metric of SAMPLES (an ASE-readable file or a "
+        "lightning_gcd HDF5 file) beside the same metric of the reference split.",
+    )
     p.add_argument("samples", help="generated structures: an ASE-readable file or a lightning_gcd HDF5 file")
     p.add_argument("--reference", required=True, help="reference dataset (lightning_gcd HDF5 file)")
-    p.add_argument("--split", default="val", choices=SPLITS, help="reference split (default val; 'all' = every structure)")
+    p.add_argument(
+        "--split", default="val", choices=SPLITS, help="reference split (default val; 'all' = every structure)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a text table")
     p.add_argument("--plots", metavar="DIR", default=None, help="write rdf.png, coordination.png, n_atoms.png here")
     p.add_argument("--tolerance", type=_positive, default=0.5, help="phase-match tolerance in Å (default 0.5)")
     p.add_argument("--r-max", type=_positive, default=6.0, dest="r_max", help="g(r) range in Å (default 6)")
     p.add_argument("--n-bins", type=int, default=120, dest="n_bins", help="g(r) bins (default 120)")
-    p.add_argument("--cutoff", type=_positive, default=None,
-                   help="coordination cutoff in Å (default: first minimum of the reference g(r))")
-    p.add_argument("--min-distance", type=_positive, default=None, dest="min_distance",
-                   help="Å threshold of min_distance_violations (default 0.75 × the reference's smallest distance)")
+    p.add_argument(
+        "--cutoff",
+        type=_positive,
+        default=None,
+        help="coordination cutoff in Å (default: first minimum of the reference g(r))",
+    )
+    p.add_argument(
+        "--min-distance",
+        type=_positive,
+        default=None,
+        dest="min_distance",
+        help="Å threshold of min_distance_violations (default 0.75 × the reference's smallest distance)",
+    )
     p.add_argument("--format", default=None, help="ASE format of SAMPLES when the file name does not tell")
     p.add_argument("--index", default=":", help="frames of SAMPLES to read, ASE syntax (default ':' = all)")
     return p
@@ -126,13 +140,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     max_atoms = max(16, 2 * max(len(a) for a in reference), max(len(a) for a in samples))
     try:
         metrics = StructureMetrics(
-            reference, r_max=args.r_max, n_bins=args.n_bins, coordination_cutoff=args.cutoff, ideal=ideal,
-            tolerance=args.tolerance, max_atoms=max_atoms, min_distance=args.min_distance)
+            reference,
+            r_max=args.r_max,
+            n_bins=args.n_bins,
+            coordination_cutoff=args.cutoff,
+            ideal=ideal,
+            tolerance=args.tolerance,
+            max_atoms=max_atoms,
+            min_distance=args.min_distance,
+        )
     except ValueError as exc:
         raise GcdError(f"{args.reference}: {exc}") from None
     with torch.no_grad():
         for start in range(0, len(samples), 64):
-            metrics.update(samples[start:start + 64])
+            metrics.update(samples[start : start + 64])
         values = metrics.compute()
         reference_values = metrics.reference_metrics()
     plots: list[str] = []
@@ -150,7 +171,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "r_max": metrics.r_max,
             "n_bins": metrics.n_bins,
-            "coordination_cutoff": {f"{a}-{b}": c for (a, b), c in cutoff.items()} if isinstance(cutoff, dict) else float(cutoff),
+            "coordination_cutoff": {f"{a}-{b}": c for (a, b), c in cutoff.items()}
+            if isinstance(cutoff, dict)
+            else float(cutoff),
             "min_distance_threshold": metrics.min_distance_threshold,
             "tolerance": metrics.tolerance if ideal is not None else None,
             "ideal_crystals": {str(k): a.info.get("label", "") for k, a in (ideal or {}).items()},
@@ -169,14 +192,20 @@ def format_report(report: dict[str, Any]) -> str:
         f"samples:   {report['samples']} ({report['n_samples']} structures)",
         f"reference: {report['reference']}, split {report['split']} ({report['n_reference']} structures)",
         f"coordination cutoff {cutoff_text}; min-distance threshold {s['min_distance_threshold']:.3f} Å; "
-        + (f"phase tolerance {s['tolerance']} Å" if s["tolerance"] is not None else "no ideal crystals (no phase_match)"),
+        + (
+            f"phase tolerance {s['tolerance']} Å"
+            if s["tolerance"] is not None
+            else "no ideal crystals (no phase_match)"
+        ),
         "",
     ]
     keys = list(report["metrics"]) + [k for k in report["reference_metrics"] if k not in report["metrics"]]
     width = max([len(k) for k in keys] + [6])
     lines.append(f"{'metric':<{width}}  {'samples':>10}  {'reference':>10}")
     for k in keys:
-        lines.append(f"{k:<{width}}  {_fmt(report['metrics'].get(k)):>10}  {_fmt(report['reference_metrics'].get(k)):>10}")
+        lines.append(
+            f"{k:<{width}}  {_fmt(report['metrics'].get(k)):>10}  {_fmt(report['reference_metrics'].get(k)):>10}"
+        )
     if report["plots"]:
         lines += ["", "plots: " + ", ".join(report["plots"])]
     return "\n".join(lines)

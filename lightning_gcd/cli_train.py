@@ -70,18 +70,24 @@ class GcdCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--run_name", type=str | None, default=None,
-                            help="name of the run directory under run_root (default: the config file's stem)")
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="name of the run directory under run_root (default: the config file's stem)",
+        )
         parser.add_argument("--run_root", type=str, default="runs", help="folder that holds run directories")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.save_last": True,
-            "checkpoint.every_n_train_steps": 50,
-            "checkpoint.save_on_train_epoch_end": True,
-            "checkpoint.save_top_k": 1,
-            "checkpoint.filename": "step{step:07d}",
-            "checkpoint.auto_insert_metric_name": False,
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.every_n_train_steps": 50,
+                "checkpoint.save_on_train_epoch_end": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "step{step:07d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Lightning's parse; a config naming a removed model option fails in one line that says so and why
@@ -145,7 +151,9 @@ class GcdCLI(LightningCLI):
     def _configure_wandb(self, logger_config: Any, run_dir: Path) -> None:
         loggers = logger_config if isinstance(logger_config, list) else [logger_config]
         for logger in loggers:
-            class_path = getattr(logger, "class_path", None) or (logger.get("class_path") if isinstance(logger, dict) else None)
+            class_path = getattr(logger, "class_path", None) or (
+                logger.get("class_path") if isinstance(logger, dict) else None
+            )
             if not class_path or not str(class_path).endswith("WandbLogger"):
                 continue
             init = logger["init_args"]
@@ -193,11 +201,15 @@ class GcdCLI(LightningCLI):
         step, epoch = int(checkpoint.get("global_step", 0)), int(checkpoint.get("epoch", 0))
         max_steps, max_epochs = self.trainer.max_steps, self.trainer.max_epochs
         if max_steps is not None and max_steps >= 0 and step > max_steps:
-            raise GcdError(f"{ckpt_path} is at step {step}, past --trainer.max_steps {max_steps}: raise "
-                           f"--trainer.max_steps above {step} to train on, or give a new --run_name to start a new run")
+            raise GcdError(
+                f"{ckpt_path} is at step {step}, past --trainer.max_steps {max_steps}: raise "
+                f"--trainer.max_steps above {step} to train on, or give a new --run_name to start a new run"
+            )
         if max_epochs is not None and max_epochs >= 0 and epoch > max_epochs:
-            raise GcdError(f"{ckpt_path} is at epoch {epoch}, past --trainer.max_epochs {max_epochs}: raise "
-                           f"--trainer.max_epochs above {epoch} to train on, or give a new --run_name to start a new run")
+            raise GcdError(
+                f"{ckpt_path} is at epoch {epoch}, past --trainer.max_epochs {max_epochs}: raise "
+                f"--trainer.max_epochs above {epoch} to train on, or give a new --run_name to start a new run"
+            )
 
 
 def wandb_run_id(run_dir: Path) -> str | None:

@@ -50,8 +50,12 @@ class DensityScan:
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"densities": self.densities.tolist(), "errors": self.errors.tolist(),
-                "mean_errors": self.mean_errors.tolist(), "best": float(self.best)}
+        return {
+            "densities": self.densities.tolist(),
+            "errors": self.errors.tolist(),
+            "mean_errors": self.mean_errors.tolist(),
+            "best": float(self.best),
+        }
 
 
 def candidate_densities(low: float, high: float, points: int) -> np.ndarray:
@@ -76,8 +80,12 @@ def predicted_spectra(forward, structures: Sequence) -> np.ndarray:
         batch = StructureBatch.from_atoms([structures[k] for k in keep])
         device = next(forward.parameters()).device
         with torch.no_grad():
-            mean = forward.mean_spectrum(batch.frac_coords.float().to(device), batch.numbers.to(device),
-                                         batch.mask.to(device), batch.cell.float().to(device))
+            mean = forward.mean_spectrum(
+                batch.frac_coords.float().to(device),
+                batch.numbers.to(device),
+                batch.mask.to(device),
+                batch.cell.float().to(device),
+            )
         out[keep] = mean.double().cpu().numpy()
     return out
 
@@ -88,7 +96,7 @@ def refine(densities: np.ndarray, mean_errors: np.ndarray) -> float:
     k = int(np.nanargmin(mean_errors))
     if k == 0 or k == len(densities) - 1:
         return float(densities[k])
-    x, y = densities[k - 1:k + 2], mean_errors[k - 1:k + 2]
+    x, y = densities[k - 1 : k + 2], mean_errors[k - 1 : k + 2]
     a, b, _ = np.polyfit(x, y, 2)
     if not np.isfinite(a) or a <= 0:
         return float(densities[k])
@@ -104,9 +112,20 @@ def choose_density(densities: np.ndarray, spectra: np.ndarray, target: np.ndarra
     return DensityScan(densities, errors, refine(densities, np.nanmean(errors, axis=1)))
 
 
-def scan_samples(model, densities: np.ndarray, n_atoms: int, samples: int, *, cond: torch.Tensor | None = None,
-                 guidance_scale: float = 0.0, relaxer: Any = None, steps: int | None = None,
-                 sampler: str | None = None, seed: int = 0, progress: bool = False) -> list[list]:
+def scan_samples(
+    model,
+    densities: np.ndarray,
+    n_atoms: int,
+    samples: int,
+    *,
+    cond: torch.Tensor | None = None,
+    guidance_scale: float = 0.0,
+    relaxer: Any = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[list]:
     """For each density, ``samples`` cubic cells of ``n_atoms`` sampled by ``model`` (relaxed by ``relaxer``
     when given); the same seed at every density, so the candidates differ by their density only."""
     from tqdm.auto import tqdm
@@ -124,14 +143,28 @@ def scan_samples(model, densities: np.ndarray, n_atoms: int, samples: int, *, co
     for rho in tqdm(densities, desc="density scan", disable=not progress):
         cell = cubic_cell(n_atoms, float(rho), composition)
         template = model.sample_template(samples, cond=cond, cell=cell, n_atoms=n_atoms)
-        structures = model.sample(template, batch_size=samples, steps=steps, sampler=sampler,
-                                  guidance_scale=guidance_scale, seed=seed, progress=False)
+        structures = model.sample(
+            template,
+            batch_size=samples,
+            steps=steps,
+            sampler=sampler,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            progress=False,
+        )
         out.append(relax_structures(structures, relaxer) if relaxer is not None else structures)
     return out
 
 
-def scan_density(model, forward, target: torch.Tensor | np.ndarray, densities: np.ndarray, n_atoms: int,
-                 samples: int, **sampling: Any) -> DensityScan:
+def scan_density(
+    model,
+    forward,
+    target: torch.Tensor | np.ndarray,
+    densities: np.ndarray,
+    n_atoms: int,
+    samples: int,
+    **sampling: Any,
+) -> DensityScan:
     """Sample at every candidate density (``scan_samples``) and choose the one whose samples' predicted
     spectra are closest to ``target`` (K,)."""
     pools = scan_samples(model, densities, n_atoms, samples, **sampling)

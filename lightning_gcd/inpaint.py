@@ -32,8 +32,16 @@ from ase import Atoms
 
 from lightning_gcd.errors import GcdError
 
-SOURCE_PROPERTIES = ("n_atoms_perfect", "boundary_area", "cohesive_energy", "lattice_a", "gb_energy",
-                     "n_boundary_atoms", "energy", "boundary_index")
+SOURCE_PROPERTIES = (
+    "n_atoms_perfect",
+    "boundary_area",
+    "cohesive_energy",
+    "lattice_a",
+    "gb_energy",
+    "n_boundary_atoms",
+    "energy",
+    "boundary_index",
+)
 
 
 @dataclass
@@ -61,11 +69,16 @@ def read_source(spec: str, boundary_z: Sequence[float] | None = None) -> Inpaint
         if not 0 <= i < len(data):
             raise GcdError(f"{path}: index {i} out of range (the file holds {len(data)} structures)")
         atoms = data.atoms(i)
-        props = {name: np.asarray(data.structure_property(name, i)) for name in SOURCE_PROPERTIES
-                 if name in data.property_names}
+        props = {
+            name: np.asarray(data.structure_property(name, i))
+            for name in SOURCE_PROPERTIES
+            if name in data.property_names
+        }
         if boundary_z is None:
             if "boundary_z" not in data.property_names:
-                raise GcdError(f"{path}: no boundary_z property; give the boundary planes with --boundary-z Z [Z ...] (Å)")
+                raise GcdError(
+                    f"{path}: no boundary_z property; give the boundary planes with --boundary-z Z [Z ...] (Å)"
+                )
             boundary_z = data.structure_property("boundary_z", i)
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in data.attrs.items()}
         label = data.labels[i]
@@ -77,7 +90,9 @@ def _check_cell(atoms: Atoms) -> float:
     """The cell's z length; boundary planes normal to z need a and b in the xy plane."""
     cell = np.asarray(atoms.cell[:], dtype=np.float64)
     if abs(cell[0, 2]) > 1e-6 or abs(cell[1, 2]) > 1e-6 or cell[2, 2] <= 0:
-        raise GcdError("in-painting needs boundary planes normal to z: cell vectors a and b in the xy plane, c with z > 0")
+        raise GcdError(
+            "in-painting needs boundary planes normal to z: cell vectors a and b in the xy plane, c with z > 0"
+        )
     return float(cell[2, 2])
 
 
@@ -94,7 +109,9 @@ def _is_voxel(model: Any) -> bool:
     return "grid_shape" in model.info
 
 
-def inpaint_template(model: Any, source: InpaintSource, width: float, n: int) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+def inpaint_template(
+    model: Any, source: InpaintSource, width: float, n: int
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """The sampling template of ``n`` in-paintings of ``source`` and the (N,) mask of its fixed atoms."""
     if width <= 0:
         raise GcdError("--boundary-width must be positive (Å)")
@@ -122,7 +139,9 @@ def inpaint_template(model: Any, source: InpaintSource, width: float, n: int) ->
         known = StructureBatch.from_atoms([atoms[np.nonzero(fixed)[0]]], dtype=torch.float64)
         encoded = model.encoding.encode(known, grid)  # (1, C, D, H, W); EncodingError if two bulk atoms share a voxel
         template["inpaint_grid"] = encoded.expand(n, *encoded.shape[1:]).clone()
-        template["inpaint_mask"] = torch.as_tensor(~free_layer).view(1, 1, 1, 1, depth).expand(n, 1, 1, 1, depth).clone()
+        template["inpaint_mask"] = (
+            torch.as_tensor(~free_layer).view(1, 1, 1, 1, depth).expand(n, 1, 1, 1, depth).clone()
+        )
     else:
         free = slab_free(atoms.positions[:, 2], source.boundary_z, width, lz)
         fixed = ~free
@@ -141,17 +160,35 @@ def _check_split(fixed: np.ndarray, nothing_fixed: bool, nothing_free: bool, wid
         raise GcdError(f"--boundary-width {width:g} Å leaves no region to generate around the boundary planes")
 
 
-def inpaint(model: Any, source: InpaintSource, width: float, n: int, steps: int | None = None,
-            sampler: str | None = None, seed: int = 0, batch_size: int = 16, progress: bool = False) -> tuple[list[Atoms], np.ndarray]:
+def inpaint(
+    model: Any,
+    source: InpaintSource,
+    width: float,
+    n: int,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[list[Atoms], np.ndarray]:
     """Generate ``n`` boundaries of ``source`` (bulk fixed); returns the structures and the source's fixed-atom mask."""
     template, fixed = inpaint_template(model, source, width, n)
-    generated = model.sample(template, batch_size=batch_size, steps=steps, sampler=sampler, seed=seed, progress=progress)
+    generated = model.sample(
+        template, batch_size=batch_size, steps=steps, sampler=sampler, seed=seed, progress=progress
+    )
     n_perfect = source.properties.get("n_atoms_perfect")
     for k, atoms in enumerate(generated):
-        atoms.info.update({
-            "sample": k, "model": type(model).__name__, "seed": seed, "inpaint_source": f"{source.path}:{source.index}",
-            "boundary_width": float(width), "n_fixed": int(fixed.sum()), "n_atoms": len(atoms),
-        })
+        atoms.info.update(
+            {
+                "sample": k,
+                "model": type(model).__name__,
+                "seed": seed,
+                "inpaint_source": f"{source.path}:{source.index}",
+                "boundary_width": float(width),
+                "n_fixed": int(fixed.sum()),
+                "n_atoms": len(atoms),
+            }
+        )
         if n_perfect is not None:
             atoms.info["n_boundary_atoms"] = int(len(atoms) - int(n_perfect))
     return generated, fixed
@@ -166,12 +203,21 @@ def fixed_atoms_kept(generated: Atoms, source: InpaintSource, fixed: np.ndarray,
         return False
     _, d = get_distances(keep.positions, generated.positions, cell=source.atoms.cell, pbc=True)
     nearest = d.argmin(axis=1)
-    return bool((d.min(axis=1) <= tol).all() and (generated.numbers[nearest] == keep.numbers).all()
-                and len(set(nearest.tolist())) == len(keep))
+    return bool(
+        (d.min(axis=1) <= tol).all()
+        and (generated.numbers[nearest] == keep.numbers).all()
+        and len(set(nearest.tolist())) == len(keep)
+    )
 
 
-def relax_boundaries(structures: Sequence[Atoms], source: InpaintSource, calculator: str | None = None,
-                     max_steps: int | None = None, progress: bool = False, cell: str | None = None) -> list[Atoms]:
+def relax_boundaries(
+    structures: Sequence[Atoms],
+    source: InpaintSource,
+    calculator: str | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+    cell: str | None = None,
+) -> list[Atoms]:
     """Relax each structure with the dataset's calculator and cell mode (or ``calculator``, ``cell``: "fixed"
     or "normal") and score its E_gb."""
     from datamodules.builders.grain_boundaries import gb_energy, lattice_of, relaxer_for_file

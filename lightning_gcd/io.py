@@ -29,8 +29,16 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["atomic_path", "temporary_path", "to_jsonable", "write_bytes_atomic", "write_extxyz_atomic",
-           "write_json_atomic", "write_structures_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_path",
+    "temporary_path",
+    "to_jsonable",
+    "write_bytes_atomic",
+    "write_extxyz_atomic",
+    "write_json_atomic",
+    "write_structures_atomic",
+    "write_text_atomic",
+]
 
 
 def temporary_path(path: str | Path) -> Path:

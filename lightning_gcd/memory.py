@@ -26,8 +26,10 @@ def _meminfo_available() -> int | None:
 
 def _cgroup_available() -> int | None:
     """Limit minus usage of this process's cgroup (v2, then v1); None without a limit."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
             usage = Path("/sys/fs/cgroup", usage_file).read_text().strip()

@@ -172,8 +172,15 @@ def _shift_grid(n_max: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.cartesian_prod(*axes).reshape(-1, 3)
 
 
-def _finish(frac: torch.Tensor, cell: torch.Tensor, n: int, src: torch.Tensor, dst: torch.Tensor,
-            shifts: torch.Tensor, sort: bool = True) -> RadiusGraph:
+def _finish(
+    frac: torch.Tensor,
+    cell: torch.Tensor,
+    n: int,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    shifts: torch.Tensor,
+    sort: bool = True,
+) -> RadiusGraph:
     """Sort edges (optionally) and recompute differentiable vectors from the (unwrapped) inputs."""
     if sort and src.numel():
         # deterministic order, the same for every method: by src, then dst, then shift
@@ -182,8 +189,8 @@ def _finish(frac: torch.Tensor, cell: torch.Tensor, n: int, src: torch.Tensor, d
         rel = shifts - lo
         code = (rel[:, 0] * span + rel[:, 1]) * span + rel[:, 2]
         total = frac.shape[0] * n
-        if float(total) * total * span ** 3 < 2.0 ** 62:  # one sort on a unique int64 key
-            order = torch.argsort((src * total + dst) * span ** 3 + code)
+        if float(total) * total * span**3 < 2.0**62:  # one sort on a unique int64 key
+            order = torch.argsort((src * total + dst) * span**3 + code)
         else:
             order = torch.argsort(code, stable=True)
             order = order[torch.argsort((src * total + dst)[order], stable=True)]
@@ -214,8 +221,9 @@ def _per_structure_matmul(rows: torch.Tensor, cell: torch.Tensor, batch: torch.T
     return out + rows[:, 2:3] * cell[:, 2].index_select(0, batch)
 
 
-def _dense_candidates(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, cutoff: float,
-                      n_img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _dense_candidates(
+    wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, cutoff: float, n_img: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, n, _ = wrapped.shape
     device = wrapped.device
     shifts = _shift_grid(n_img.max(dim=0).values, device)  # (K, 3)
@@ -230,7 +238,7 @@ def _dense_candidates(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Ten
     cut2 = cutoff * cutoff
     out_src, out_dst, out_shift = [], [], []
     for start in range(0, shifts.shape[0], chunk):
-        s = shifts[start:start + chunk]  # (k, 3)
+        s = shifts[start : start + chunk]  # (k, 3)
         s_ok = (s.abs()[None, :, :] <= n_img[:, None, :]).all(-1)  # (B, k)
         shift_cart = torch.einsum("ki,bij->bkj", s.to(cell.dtype), cell)  # (B, k, 3)
         d2 = None
@@ -247,8 +255,9 @@ def _dense_candidates(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Ten
     return torch.cat(out_src), torch.cat(out_dst), torch.cat(out_shift)
 
 
-def _cell_list_candidates(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, cutoff: float,
-                          widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cell_list_candidates(
+    wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, cutoff: float, widths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, n, _ = wrapped.shape
     device = wrapped.device
     n_real = mask.sum(dim=1)  # (B,)
@@ -376,8 +385,10 @@ def _sweep_plan(widths: torch.Tensor, cell: torch.Tensor, n_real: torch.Tensor, 
     off = np.abs(gram) > 1e-9 * diag[:, :, None] * diag[:, None, :]
     ortho = ~(off & ~np.eye(3, dtype=bool)).any(axis=(1, 2))
     present = nr > 0
-    rows = np.concatenate([perm, ncol, reach, qwin[:, None], bshift[:, None], n_fine[:, None], ortho[:, None],
-                           cell_p.reshape(b, 9), w], axis=1).astype(np.float64)[present]
+    rows = np.concatenate(
+        [perm, ncol, reach, qwin[:, None], bshift[:, None], n_fine[:, None], ortho[:, None], cell_p.reshape(b, 9), w],
+        axis=1,
+    ).astype(np.float64)[present]
     uniform = bool(len(rows) == 0 or (rows == rows[:1]).all())
     if uniform:  # same columns everywhere: offsets are multiples of the structure index
         k = int(np.argmax(present)) if present.any() else 0
@@ -387,15 +398,36 @@ def _sweep_plan(widths: torch.Tensor, cell: torch.Tensor, n_real: torch.Tensor, 
     if int(n_cols.sum()) > _SWEEP_MAX_COLUMNS:
         raise _SweepUnsuitable
     # mean atoms per window (for the choice of trimming): atoms per column times the window's share of x
-    mean_window = float(np.mean((nr / n_cols * np.minimum(1.0, 2.0 * wide / w[:, 0]))[present])) if present.any() else 0.0
-    return dict(perm=perm, w=w, ncol=ncol, reach=reach, n_cols=n_cols, col_offset=np.cumsum(n_cols) - n_cols,
-                mean_window=mean_window,
-                qwin=qwin, bshift=bshift, n_fine=n_fine, table_offset=np.cumsum(n_cols * n_fine) - n_cols * n_fine,
-                cell_p=cell_p, ortho=ortho, uniform=uniform, wide=wide)
+    mean_window = (
+        float(np.mean((nr / n_cols * np.minimum(1.0, 2.0 * wide / w[:, 0]))[present])) if present.any() else 0.0
+    )
+    return dict(
+        perm=perm,
+        w=w,
+        ncol=ncol,
+        reach=reach,
+        n_cols=n_cols,
+        col_offset=np.cumsum(n_cols) - n_cols,
+        mean_window=mean_window,
+        qwin=qwin,
+        bshift=bshift,
+        n_fine=n_fine,
+        table_offset=np.cumsum(n_cols * n_fine) - n_cols * n_fine,
+        cell_p=cell_p,
+        ortho=ortho,
+        uniform=uniform,
+        wide=wide,
+    )
 
 
-def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, cutoff: float,
-                widths: torch.Tensor, want_shifts: bool = True) -> Neighbors:
+def _sweep_half(
+    wrapped: torch.Tensor,
+    cell: torch.Tensor,
+    mask: torch.Tensor,
+    cutoff: float,
+    widths: torch.Tensor,
+    want_shifts: bool = True,
+) -> Neighbors:
     """Half list with distances: every pair closer than ``cutoff`` once, as (i, j, S) or as (j, i, -S),
     shifts relative to ``wrapped``. Every structure with atoms in ``mask`` must pass ``_sweep_applicable``.
 
@@ -421,8 +453,9 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
 
     def nothing() -> Neighbors:
         empty = torch.zeros(0, **long)
-        return Neighbors(empty, empty, torch.zeros(0, 3, **long) if want_shifts else None,
-                         torch.zeros(0, dtype=dtype, device=device))
+        return Neighbors(
+            empty, empty, torch.zeros(0, 3, **long) if want_shifts else None, torch.zeros(0, dtype=dtype, device=device)
+        )
 
     n_atoms = atom.shape[0]
     if n_atoms == 0:
@@ -475,8 +508,8 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
     e_atom = torch.cat([torch.arange(n_atoms, device=device), plus, minus])  # index into the atom list
     n_ext = e_atom.shape[0]
     e_img = torch.zeros(n_ext, **long)
-    e_img[n_atoms:n_atoms + plus.shape[0]] = 1
-    e_img[n_atoms + plus.shape[0]:] = -1
+    e_img[n_atoms : n_atoms + plus.shape[0]] = 1
+    e_img[n_atoms + plus.shape[0] :] = -1
     e_u = qx.index_select(0, e_atom) + e_img * _KEY_ONE  # in [-qwin, 1 + qwin) key units
     e_key, order = torch.sort(column.index_select(0, e_atom) * _KEY_COLUMN + e_u, stable=True)
     e_atom, e_img, e_u = e_atom.index_select(0, order), e_img.index_select(0, order), e_u.index_select(0, order)
@@ -488,8 +521,9 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
     if uniform:
         e_cell = (local_col * n_fine + table_base).index_select(0, e_atom) + ((e_u + qwin) >> bshift)
     else:
-        e_cell = (local_col * n_fine + table_base).index_select(0, e_atom) \
-            + ((e_u + qwin.index_select(0, e_atom)) >> bshift.index_select(0, e_atom))
+        e_cell = (local_col * n_fine + table_base).index_select(0, e_atom) + (
+            (e_u + qwin.index_select(0, e_atom)) >> bshift.index_select(0, e_atom)
+        )
     n_table = int((plan["n_cols"] * plan["n_fine"]).sum())
     first = torch.zeros(n_table + 1, **long)
     torch.cumsum(torch.bincount(e_cell, minlength=n_table), 0, out=first[1:])
@@ -502,12 +536,18 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
         coords = [pos[:, k].index_select(0, e_atom) + e_imgf * float(cp[0, k]) for k in range(3)]
     else:
         a_cell = torch.as_tensor(plan["cell_p"], dtype=dtype, device=device).index_select(0, a_b)
-        coords = [pos[:, k].index_select(0, e_atom) + e_imgf * a_cell[:, 0, k].index_select(0, e_atom) for k in range(3)]
+        coords = [
+            pos[:, k].index_select(0, e_atom) + e_imgf * a_cell[:, 0, k].index_select(0, e_atom) for k in range(3)
+        ]
 
     # windows: (atom, column offset (dy, dz) >= (0, 0)) on an (A, K) grid; out-of-reach ones get length 0
     m_max = plan["reach"].max(axis=0)
-    offs = [(dy, dz) for dz in range(-int(m_max[1]), int(m_max[1]) + 1) for dy in range(-int(m_max[0]), int(m_max[0]) + 1)
-            if dz > 0 or (dz == 0 and dy > 0)]
+    offs = [
+        (dy, dz)
+        for dz in range(-int(m_max[1]), int(m_max[1]) + 1)
+        for dy in range(-int(m_max[0]), int(m_max[0]) + 1)
+        if dz > 0 or (dz == 0 and dy > 0)
+    ]
     offs = torch.as_tensor([(0, 0)] + offs, **long)  # (K, 2): the own column first
     n_off = offs.shape[0]
     o_y, o_z = offs[:, 0], offs[:, 1]
@@ -528,8 +568,10 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
         empty_window = None
     else:
         gap2 = None
-        for fk, t_k, nc_k, o_k, wk in ((frac[:, 1], ty, nc_y, o_y, per_atom("w", 1, torch.float64)),
-                                       (frac[:, 2], tz, nc_z, o_z, per_atom("w", 2, torch.float64))):
+        for fk, t_k, nc_k, o_k, wk in (
+            (frac[:, 1], ty, nc_y, o_y, per_atom("w", 1, torch.float64)),
+            (frac[:, 2], tz, nc_z, o_z, per_atom("w", 2, torch.float64)),
+        ):
             face = (t_k + (o_k < 0).long()).double() / c(nc_k)  # the face of the target column facing the atom
             g = (face - fk.double()[:, None]).abs_().mul_(c(wk)).masked_fill_(o_k == 0, 0.0)
             gap2 = g * g if gap2 is None else gap2.addcmul_(g, g)
@@ -560,8 +602,10 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
                     ck = ck - img * comp
             centre.append(ck.reshape(-1))
     else:
-        centre = [(pos[:, k, None] - img_yf * a_cell[:, 1, k, None] - img_zf * a_cell[:, 2, k, None]).view(-1)
-                  for k in range(3)]
+        centre = [
+            (pos[:, k, None] - img_yf * a_cell[:, 1, k, None] - img_zf * a_cell[:, 2, k, None]).view(-1)
+            for k in range(3)
+        ]
     lo, length = lo.view(-1), length.view(-1)
     n_p = lo.shape[0]  # window p: atom p // K, column offset p % K
 
@@ -606,8 +650,12 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
             sorted_len, by_len = torch.sort(length.to(small))
         p_src = atom.repeat_interleave(n_off) if n_off > 1 else atom
         if _SWEEP_STATS is not None:
-            _SWEEP_STATS.update(windows=n_p, candidates=int(length.sum()), chunks=len(bounds),
-                                evaluated=sum((stop - start) * width for start, stop, width in bounds))
+            _SWEEP_STATS.update(
+                windows=n_p,
+                candidates=int(length.sum()),
+                chunks=len(bounds),
+                evaluated=sum((stop - start) * width for start, stop, width in bounds),
+            )
         for start, stop, w_chunk in bounds:
             idx = by_len[start:stop] if by_len is not None else None
             lo_c = lo.index_select(0, idx) if idx is not None else lo
@@ -633,7 +681,7 @@ def _sweep_half(wrapped: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, c
                 p_parts.append(p_hit)
     if not src_parts:
         return nothing()
-    cat = (lambda parts: torch.cat(parts) if len(parts) > 1 else parts[0])
+    cat = lambda parts: torch.cat(parts) if len(parts) > 1 else parts[0]
     src, dst, distances = cat(src_parts), cat(dst_parts), cat(d2_parts).sqrt_()
     shifts = None
     if want_shifts:
@@ -664,9 +712,16 @@ def _half_mask(src: torch.Tensor, dst: torch.Tensor, shift: torch.Tensor) -> tor
     return (src < dst) | ((src == dst) & (first > 0))
 
 
-def neighbor_search(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor | None, cutoff: float,
-                    method: Literal["auto", "cell_list", "dense", "compiled"] = "auto", half: bool = False,
-                    shifts: bool = True, distances: bool = False) -> Neighbors:
+def neighbor_search(
+    frac_coords: torch.Tensor,
+    cell: torch.Tensor,
+    mask: torch.Tensor | None,
+    cutoff: float,
+    method: Literal["auto", "cell_list", "dense", "compiled"] = "auto",
+    half: bool = False,
+    shifts: bool = True,
+    distances: bool = False,
+) -> Neighbors:
     """Unsorted, non-differentiable pair search: the pairs of ``radius_graph`` without sorting or autograd.
 
     Args:
@@ -705,16 +760,28 @@ def neighbor_search(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.T
         if method == "compiled":
             src, dst, shift, dist = periodic_compiled.compiled_search(wrapped, cell_d, widths, mask, cutoff, half)
             device = frac_coords.device
-            parts.append((Neighbors(src.to(device), dst.to(device), shift.to(device),
-                                    dist.to(device=device, dtype=wrapped.dtype)), half))
+            parts.append(
+                (
+                    Neighbors(
+                        src.to(device), dst.to(device), shift.to(device), dist.to(device=device, dtype=wrapped.dtype)
+                    ),
+                    half,
+                )
+            )
             rest = None
         elif method == "cell_list":
             sweep = _sweep_applicable(widths, cutoff)
             sweep_all = bool(sweep.all())
             if sweep_all or bool(sweep.any()):
                 try:
-                    found = _sweep_half(wrapped, cell_d, mask if sweep_all else mask & sweep[:, None], cutoff, widths,
-                                        want_shifts=need_shifts)
+                    found = _sweep_half(
+                        wrapped,
+                        cell_d,
+                        mask if sweep_all else mask & sweep[:, None],
+                        cutoff,
+                        widths,
+                        want_shifts=need_shifts,
+                    )
                     parts.append((found, True))
                     rest = None if sweep_all else mask & ~sweep[:, None]
                 except _SweepUnsuitable:
@@ -744,16 +811,22 @@ def neighbor_search(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.T
         out: list[Neighbors] = []
         for found, is_half in parts:
             if not half and is_half:  # mirror: (i, j, S) and (j, i, -S)
-                found = Neighbors(torch.cat([found.src, found.dst]), torch.cat([found.dst, found.src]),
-                                  None if found.shifts is None else torch.cat([found.shifts, -found.shifts]),
-                                  None if found.distances is None else found.distances.repeat(2))
+                found = Neighbors(
+                    torch.cat([found.src, found.dst]),
+                    torch.cat([found.dst, found.src]),
+                    None if found.shifts is None else torch.cat([found.shifts, -found.shifts]),
+                    None if found.distances is None else found.distances.repeat(2),
+                )
             out.append(found)
         if len(out) == 1:
             result = out[0]
         else:
-            result = Neighbors(torch.cat([f.src for f in out]), torch.cat([f.dst for f in out]),
-                               torch.cat([f.shifts for f in out]) if need_shifts else None,
-                               torch.cat([f.distances for f in out]) if distances else None)
+            result = Neighbors(
+                torch.cat([f.src for f in out]),
+                torch.cat([f.dst for f in out]),
+                torch.cat([f.shifts for f in out]) if need_shifts else None,
+                torch.cat([f.distances for f in out]) if distances else None,
+            )
         if unwrapped and result.shifts is not None:  # relative to the coordinates as given: r'_x = r_x - floor_x
             fl = floor.reshape(-1, 3)
             result.shifts = result.shifts + fl.index_select(0, result.src) - fl.index_select(0, result.dst)
@@ -764,9 +837,15 @@ def neighbor_search(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.T
     return result
 
 
-def radius_graph(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor | None, cutoff: float,
-                 method: Literal["auto", "cell_list", "dense", "compiled"] = "auto", half: bool = False,
-                 sort: bool = True) -> RadiusGraph:
+def radius_graph(
+    frac_coords: torch.Tensor,
+    cell: torch.Tensor,
+    mask: torch.Tensor | None,
+    cutoff: float,
+    method: Literal["auto", "cell_list", "dense", "compiled"] = "auto",
+    half: bool = False,
+    sort: bool = True,
+) -> RadiusGraph:
     """All periodic neighbour pairs closer than ``cutoff`` (Å), as ASE's ``neighbor_list('ijdD')``.
 
     Args:
@@ -786,8 +865,13 @@ def radius_graph(frac_coords: torch.Tensor, cell: torch.Tensor, mask: torch.Tens
     return _finish(frac_coords, cell, frac_coords.shape[1], found.src, found.dst, found.shifts, sort=sort)
 
 
-def neighbor_pairs(positions, cell, cutoff: float, method: Literal["auto", "cell_list", "dense", "compiled"] = "auto",
-                   return_shifts: bool = False):
+def neighbor_pairs(
+    positions,
+    cell,
+    cutoff: float,
+    method: Literal["auto", "cell_list", "dense", "compiled"] = "auto",
+    return_shifts: bool = False,
+):
     """Neighbour pairs of ONE periodic structure, same semantics as ASE's ``neighbor_list('ijdD')``.
 
     Args:
@@ -807,8 +891,11 @@ def neighbor_pairs(positions, cell, cutoff: float, method: Literal["auto", "cell
         cell_t = torch.as_tensor(np.asarray(cell, dtype=np.float64))
     else:
         pos_t = positions
-        cell_t = torch.as_tensor(cell, dtype=positions.dtype, device=positions.device) \
-            if not isinstance(cell, torch.Tensor) else cell.to(positions.dtype)
+        cell_t = (
+            torch.as_tensor(cell, dtype=positions.dtype, device=positions.device)
+            if not isinstance(cell, torch.Tensor)
+            else cell.to(positions.dtype)
+        )
     if pos_t.dim() != 2 or pos_t.shape[1] != 3:
         raise ValueError(f"positions must be (N, 3), got {tuple(pos_t.shape)}")
     n = pos_t.shape[0]

@@ -147,13 +147,14 @@ def _expected_pairs(wrapped: np.ndarray, cell: np.ndarray, mask: np.ndarray, cut
     """A generous estimate of the pair count (uniform density, 1.5× and a floor), to size the output."""
     n_real = mask.sum(axis=1).astype(np.float64)
     volume = np.abs(np.linalg.det(cell))
-    per_atom = 4.0 / 3.0 * math.pi * cutoff ** 3 * n_real / np.maximum(volume, 1e-12)
+    per_atom = 4.0 / 3.0 * math.pi * cutoff**3 * n_real / np.maximum(volume, 1e-12)
     total = float((n_real * per_atom).sum()) * (0.5 if half else 1.0)
     return int(1.5 * total) + 1024
 
 
-def compiled_search(wrapped: torch.Tensor, cell: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor,
-                    cutoff: float, half: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def compiled_search(
+    wrapped: torch.Tensor, cell: torch.Tensor, widths: torch.Tensor, mask: torch.Tensor, cutoff: float, half: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs closer than ``cutoff`` (Å) among the wrapped CPU coordinates.
 
     Args:
@@ -180,5 +181,9 @@ def compiled_search(wrapped: torch.Tensor, cell: torch.Tensor, widths: torch.Ten
         if count <= capacity:
             break
         capacity = count  # exact now: the second pass fills every pair
-    return (torch.from_numpy(src[:count]), torch.from_numpy(dst[:count]), torch.from_numpy(shifts[:count]),
-            torch.from_numpy(dist[:count]))
+    return (
+        torch.from_numpy(src[:count]),
+        torch.from_numpy(dst[:count]),
+        torch.from_numpy(shifts[:count]),
+        torch.from_numpy(dist[:count]),
+    )

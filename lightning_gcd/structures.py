@@ -49,8 +49,9 @@ class StructureBatch:
         return self.frac_coords.shape[0]
 
     @classmethod
-    def from_atoms(cls, atoms_list: Sequence[Atoms], n_max: int | None = None,
-                   dtype: torch.dtype = torch.float32) -> "StructureBatch":
+    def from_atoms(
+        cls, atoms_list: Sequence[Atoms], n_max: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> "StructureBatch":
         """Pad a list of ASE structures into one batch; fractional coordinates are wrapped to [0, 1)."""
         if len(atoms_list) == 0:
             raise ValueError("cannot build a StructureBatch from an empty list of structures")

@@ -56,8 +56,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("needs_engine"):
         if not mark.kwargs["available"]:
             if in_ci():
-                pytest.fail(f"CI is set and {mark.kwargs['why']}: CI installs the engines, a missing one is an error",
-                            pytrace=False)
+                pytest.fail(
+                    f"CI is set and {mark.kwargs['why']}: CI installs the engines, a missing one is an error",
+                    pytrace=False,
+                )
             pytest.skip(mark.kwargs["why"])
 
 
@@ -67,8 +69,14 @@ def crystals_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from datamodules.builders import build_dataset
 
     out = tmp_path_factory.mktemp("data") / "crystals.h5"
-    return build_dataset("crystals", out, count=4, voxels=["occupancy"], progress=False,
-                         phases=["sc", "fcc", "bcc", "hcp", "diamond", "rocksalt"])
+    return build_dataset(
+        "crystals",
+        out,
+        count=4,
+        voxels=["occupancy"],
+        progress=False,
+        phases=["sc", "fcc", "bcc", "hcp", "diamond", "rocksalt"],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +108,14 @@ def run_gcd(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None):
     import sys
 
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lightning_gcd.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_gcd.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 @pytest.fixture()

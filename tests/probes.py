@@ -12,8 +12,13 @@ _FORWARDS: list[dict] = []
 
 
 def _record_forward(module, args, output) -> None:
-    _FORWARDS.append({"compiling": bool(torch.compiler.is_compiling()), "autocast": torch.is_autocast_enabled("cpu"),
-                      "dtype": str(output.dtype)})
+    _FORWARDS.append(
+        {
+            "compiling": bool(torch.compiler.is_compiling()),
+            "autocast": torch.is_autocast_enabled("cpu"),
+            "dtype": str(output.dtype),
+        }
+    )
 
 
 class SpeedProbe(Callback):
@@ -31,5 +36,11 @@ class SpeedProbe(Callback):
         from torch._dynamo.utils import counters
 
         with open(self.out, "w") as handle:
-            json.dump({"forwards": _FORWARDS, "dynamo_frames": dict(counters["frames"]),
-                       "compiled_net": type(pl_module.__dict__.get("_compiled_net")).__name__}, handle)
+            json.dump(
+                {
+                    "forwards": _FORWARDS,
+                    "dynamo_frames": dict(counters["frames"]),
+                    "compiled_net": type(pl_module.__dict__.get("_compiled_net")).__name__,
+                },
+                handle,
+            )

@@ -46,7 +46,7 @@ def voxel_cache(
         shape = grid_shape_for(largest.cell[:], spacing, multiple)
     grids = []
     for start in tqdm(range(0, len(records.atoms), batch_size), desc=f"voxels {encoding}", disable=not progress):
-        batch = StructureBatch.from_atoms(records.atoms[start:start + batch_size], dtype=torch.float64)
+        batch = StructureBatch.from_atoms(records.atoms[start : start + batch_size], dtype=torch.float64)
         grids.append(enc.encode(batch, shape).numpy())
     lengths = np.linalg.norm(np.asarray(largest.cell[:]), axis=1)
     attrs = {**enc.attrs(), "grid_shape": np.asarray(shape), "spacing": lengths / np.asarray(shape)}

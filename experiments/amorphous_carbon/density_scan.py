@@ -51,8 +51,11 @@ def nearest_mean_density(train_spectra: np.ndarray, train_densities: np.ndarray,
 def figures(chosen: np.ndarray, truth: np.ndarray) -> dict:
     """Mean absolute and signed error (g/cm³) and the share of choices within 0.25 g/cm³ of the truth."""
     error = chosen - truth
-    return {"mae": float(np.abs(error).mean()), "bias": float(error.mean()),
-            "within_0.25": float(np.mean(np.abs(error) <= 0.25 + 1e-9))}
+    return {
+        "mae": float(np.abs(error).mean()),
+        "bias": float(error.mean()),
+        "within_0.25": float(np.mean(np.abs(error) <= 0.25 + 1e-9)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--particle-ckpt")
     parser.add_argument("--voxel-ckpt")
     parser.add_argument("--forward-ckpt", required=True)
-    parser.add_argument("--relax", type=int, default=0, metavar="STEPS",
-                        help="relax the scan's samples (Tersoff, fixed cell, at most STEPS steps) before scoring")
+    parser.add_argument(
+        "--relax",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="relax the scan's samples (Tersoff, fixed cell, at most STEPS steps) before scoring",
+    )
     parser.add_argument("--density-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     parser.add_argument("--density-scan-points", type=int, default=9)
     parser.add_argument("--density-scan-samples", type=int, default=4)
@@ -86,10 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with AtomsH5(args.data) as data:
+
         def spectra_and_densities(split: str) -> tuple[list[int], np.ndarray, np.ndarray]:
             ids = [int(i) for i in data.split(split)]
-            return (ids, np.array([data.structure_property("xanes", i) for i in ids], dtype=np.float64),
-                    np.array([mass_density(data.atoms(i)) for i in ids]))
+            return (
+                ids,
+                np.array([data.structure_property("xanes", i) for i in ids], dtype=np.float64),
+                np.array([mass_density(data.atoms(i)) for i in ids]),
+            )
+
         target_ids, targets, truth = spectra_and_densities(args.split)
         _, train_spectra, train_densities = spectra_and_densities("train")
     forward = load_model(args.forward_ckpt, base=SpectrumModel).float()
@@ -108,14 +121,24 @@ def main(argv: list[str] | None = None) -> int:
         densities, spectra = density_scan_pool(model, forward, args, data_density_range(args.data), steps, sampler)
         scans = [choose_density(densities, spectra, t) for t in targets]
         chosen = np.array([s.best for s in scans])
-        results["methods"][f"{kind} scan"] = {"chosen": chosen.tolist(), **figures(chosen, truth),
-                                              "scan_seconds": time.time() - started,
-                                              "scans": [s.as_dict() for s in scans]}
+        results["methods"][f"{kind} scan"] = {
+            "chosen": chosen.tolist(),
+            **figures(chosen, truth),
+            "scan_seconds": time.time() - started,
+            "scans": [s.as_dict() for s in scans],
+        }
         print(json.dumps({kind: figures(chosen, truth), "seconds": time.time() - started}), file=sys.stderr, flush=True)
     write_json_atomic(out / "results.json", results, keep_nan=True, indent=1)
     plot(results, out / "density_scan.png")
-    print(json.dumps({name: {k: v for k, v in m.items() if k in ("mae", "bias", "within_0.25")}
-                      for name, m in results["methods"].items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                name: {k: v for k, v in m.items() if k in ("mae", "bias", "within_0.25")}
+                for name, m in results["methods"].items()
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -56,12 +56,17 @@ def sample_entries(settings: list[str]) -> tuple[dict, dict]:
             targets[key] = np.asarray(curves["spectra"][f"target {key}"], dtype=np.float64)
             energy = run.get("relaxed_energy_per_atom")
             if key in energies and energy is not None and abs(energies[key] - energy) > 1e-6:
-                raise SystemExit(f"{folder}: target {key}'s {mode} samples are not those of the other folders "
-                                 f"(energy {energy:.5f} against {energies[key]:.5f} eV/atom)")
+                raise SystemExit(
+                    f"{folder}: target {key}'s {mode} samples are not those of the other folders "
+                    f"(energy {energy:.5f} against {energies[key]:.5f} eV/atom)"
+                )
             if energy is not None:
                 energies[key] = energy
-            entries.setdefault(key, []).extend((np.asarray(e["feff_mean_spectrum"]), e["feff_sites_used"], e["sample"])
-                                               for e in run["feff"] if "feff_mean_spectrum" in e)
+            entries.setdefault(key, []).extend(
+                (np.asarray(e["feff_mean_spectrum"]), e["feff_sites_used"], e["sample"])
+                for e in run["feff"]
+                if "feff_mean_spectrum" in e
+            )
     return entries, targets
 
 
@@ -89,25 +94,47 @@ def compare(a: list[str], b: list[str], resamples: int = 2000, seed: int = 0) ->
     if not keys:
         raise SystemExit("--a and --b share no target")
     targets.update(targets_b)
-    per_target = {k: {"a": pooled_error(entries_a[k], targets[k]), "b": pooled_error(entries_b[k], targets[k]),
-                      "sites_a": int(sum(n for _, n, _ in entries_a[k])), "sites_b": int(sum(n for _, n, _ in entries_b[k]))}
-                  for k in keys}
+    per_target = {
+        k: {
+            "a": pooled_error(entries_a[k], targets[k]),
+            "b": pooled_error(entries_b[k], targets[k]),
+            "sites_a": int(sum(n for _, n, _ in entries_a[k])),
+            "sites_b": int(sum(n for _, n, _ in entries_b[k])),
+        }
+        for k in keys
+    }
     rng = np.random.default_rng(seed)
-    diffs = [np.mean([pooled_error(resample_by_sample(entries_b[k], rng), targets[k])
-                      - pooled_error(resample_by_sample(entries_a[k], rng), targets[k]) for k in keys])
-             for _ in range(resamples)]
+    diffs = [
+        np.mean(
+            [
+                pooled_error(resample_by_sample(entries_b[k], rng), targets[k])
+                - pooled_error(resample_by_sample(entries_a[k], rng), targets[k])
+                for k in keys
+            ]
+        )
+        for _ in range(resamples)
+    ]
     mean_a = float(np.mean([v["a"] for v in per_target.values()]))
     mean_b = float(np.mean([v["b"] for v in per_target.values()]))
-    return {"a": a, "b": b, "targets": per_target, "mean_a": mean_a, "mean_b": mean_b, "mean_b_minus_a": mean_b - mean_a,
-            "b_lower_on": int(sum(v["b"] < v["a"] for v in per_target.values())),
-            "bootstrap_95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
-            "resamples": resamples}
+    return {
+        "a": a,
+        "b": b,
+        "targets": per_target,
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "mean_b_minus_a": mean_b - mean_a,
+        "b_lower_on": int(sum(v["b"] < v["a"] for v in per_target.values())),
+        "bootstrap_95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+        "resamples": resamples,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", nargs="+", required=True, metavar="DIR:MODE@DENSITY", help="the reference setting")
-    parser.add_argument("--b", nargs="+", required=True, metavar="DIR:MODE@DENSITY", help="the setting compared with it")
+    parser.add_argument(
+        "--b", nargs="+", required=True, metavar="DIR:MODE@DENSITY", help="the setting compared with it"
+    )
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the JSON here")

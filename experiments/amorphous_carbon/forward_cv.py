@@ -55,9 +55,17 @@ def run_fold(path: str, train: np.ndarray, test: np.ndarray, epochs: int, seed: 
     dm = spectrum_datamodule(path)
     dm.splits = {"train": train, "val": test, "test": test}
     model = SpectrumModel(**model_args)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=10**6,
-                        num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=10**6,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
     return dict(model.last_metrics)
@@ -93,13 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         results.append(metrics)
         print(json.dumps(metrics), file=sys.stderr, flush=True)
     sites = np.asarray([r["n_sites"] for r in results])
-    pooled = {name: float(np.sum([r[name] * r["n_sites"] for r in results]) / sites.sum())
-              for name in ("spectrum_rel_l2", "spectrum_mae", "baseline_rel_l2")}
+    pooled = {
+        name: float(np.sum([r[name] * r["n_sites"] for r in results]) / sites.sum())
+        for name in ("spectrum_rel_l2", "spectrum_mae", "baseline_rel_l2")
+    }
     for name in ("mean_spectrum_rel_l2", "baseline_mean_rel_l2"):  # per structure (equal folds)
         pooled[name] = float(np.mean([r[name] for r in results]))
-    summary = {"data": args.data, "folds": args.folds, "epochs": args.epochs, "model": model_args,
-              "n_structures": int(len(densities)), "pooled": pooled, "per_fold": results,
-              "wall_seconds": round(time.time() - start, 1)}
+    summary = {
+        "data": args.data,
+        "folds": args.folds,
+        "epochs": args.epochs,
+        "model": model_args,
+        "n_structures": int(len(densities)),
+        "pooled": pooled,
+        "per_fold": results,
+        "wall_seconds": round(time.time() - start, 1),
+    }
     return report(summary, args.out)
 
 
@@ -115,10 +132,18 @@ def evaluate(ckpt: str, path: str, split: str) -> dict:
     if split not in dm.splits or len(dm.splits[split]) == 0:
         raise SystemExit(f"--split {split}: {path} has no structures in that split")
     dm.splits = {**dm.splits, "test": dm.splits[split]}
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     trainer.test(model, dm, verbose=False)
-    return {"data": path, "checkpoint": ckpt, "split": split, "structures": [int(i) for i in dm.splits[split]],
-            "metrics": dict(model.last_metrics), "hybridization_contrast": hybridization_contrast(model, path, dm.splits[split])}
+    return {
+        "data": path,
+        "checkpoint": ckpt,
+        "split": split,
+        "structures": [int(i) for i in dm.splits[split]],
+        "metrics": dict(model.last_metrics),
+        "hybridization_contrast": hybridization_contrast(model, path, dm.splits[split]),
+    }
 
 
 def hybridization_contrast(model, path: str, structures) -> dict:
@@ -154,11 +179,13 @@ def hybridization_contrast(model, path: str, structures) -> dict:
         d_feff = feff[coordination == high].mean(0) - feff[coordination == low].mean(0)
         d_pred = pred[coordination == high].mean(0) - pred[coordination == low].mean(0)
         norms = float(np.linalg.norm(d_pred) * np.linalg.norm(d_feff))
-        out[name] = {"sites": [int((coordination == low).sum()), int((coordination == high).sum())],
-                     "cosine": float(d_pred @ d_feff / norms) if norms > 0 else float("nan"),  # a flat model: none
-                     "norm_ratio": float(np.linalg.norm(d_pred) / np.linalg.norm(d_feff)),
-                     "rel_l2": float(np.linalg.norm(d_pred - d_feff) / np.linalg.norm(d_feff)),
-                     "contrast_over_site_error": float(np.linalg.norm(d_feff) / site_error)}
+        out[name] = {
+            "sites": [int((coordination == low).sum()), int((coordination == high).sum())],
+            "cosine": float(d_pred @ d_feff / norms) if norms > 0 else float("nan"),  # a flat model: none
+            "norm_ratio": float(np.linalg.norm(d_pred) / np.linalg.norm(d_feff)),
+            "rel_l2": float(np.linalg.norm(d_pred - d_feff) / np.linalg.norm(d_feff)),
+            "contrast_over_site_error": float(np.linalg.norm(d_feff) / site_error),
+        }
     return out
 
 

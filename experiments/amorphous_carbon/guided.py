@@ -65,8 +65,9 @@ def write_json(path: Path, payload: dict) -> None:
 MODES = ("unguided", "cfg", "dps", "cfg+dps")
 
 
-def _trainer(max_steps: int = -1, max_epochs: int | None = None, partial_dir: Path | None = None,
-             every_n_steps: int = 500):
+def _trainer(
+    max_steps: int = -1, max_epochs: int | None = None, partial_dir: Path | None = None, every_n_steps: int = 500
+):
     """A CPU trainer without logger or validation; with ``partial_dir`` it keeps ``partial_dir/last.ckpt``
     current every ``every_n_steps`` steps (atomic writes), so a killed training loses at most that many."""
     import lightning as L
@@ -76,11 +77,25 @@ def _trainer(max_steps: int = -1, max_epochs: int | None = None, partial_dir: Pa
 
     extra = dict(enable_checkpointing=False)
     if partial_dir is not None:
-        extra = dict(enable_checkpointing=True, plugins=[AtomicCheckpointIO()], callbacks=[ModelCheckpoint(
-            dirpath=partial_dir, save_last=True, save_top_k=0, every_n_train_steps=every_n_steps)])
-    return L.Trainer(max_steps=max_steps, max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, limit_val_batches=0, **extra)
+        extra = dict(
+            enable_checkpointing=True,
+            plugins=[AtomicCheckpointIO()],
+            callbacks=[
+                ModelCheckpoint(dirpath=partial_dir, save_last=True, save_top_k=0, every_n_train_steps=every_n_steps)
+            ],
+        )
+    return L.Trainer(
+        max_steps=max_steps,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **extra,
+    )
 
 
 def train_forward(path: str, epochs: int, out: Path):
@@ -98,8 +113,16 @@ def train_forward(path: str, epochs: int, out: Path):
     return out / "forward.ckpt"
 
 
-def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: bool = False,
-                standardize_condition: bool = True, checkpoint_every: int = 500, voxel_input_perturbation: float = 0.0):
+def train_prior(
+    kind: str,
+    path: str,
+    steps: int,
+    out: Path,
+    voxel_geometry: bool = False,
+    standardize_condition: bool = True,
+    checkpoint_every: int = 500,
+    voxel_input_perturbation: float = 0.0,
+):
     """Train the particle or voxel prior (spectrum-conditioned, CFG dropout 0.2) for ``steps`` on ``path``;
     ``voxel_geometry``: the voxel U-Net is told each grid's voxel spacing (``geometry_condition``);
     ``standardize_condition``: the spectrum is standardised with the training cells' statistics;
@@ -113,16 +136,23 @@ def train_prior(kind: str, path: str, steps: int, out: Path, voxel_geometry: boo
     from lightning_gcd.models.voxel import GrandCanonicalDiffusion
 
     L.seed_everything(0, verbose=False)
-    common = dict(cond_drop_prob=0.2, val_samples=0, warmup_steps=50, ema_decay=0.995,
-                  standardize_condition=standardize_condition)
+    common = dict(
+        cond_drop_prob=0.2, val_samples=0, warmup_steps=50, ema_decay=0.995, standardize_condition=standardize_condition
+    )
     if kind == "particle":
         dm = AtomsDataModule(path, view="particle", batch_size=4, conditions=["xanes"])
         model = ParticleDiffusion(hidden=64, layers=3, cutoff=3.0, sigma_max=0.8, sigma_min=0.01, lr=2e-3, **common)
     else:
         dm = AtomsDataModule(path, view="voxel", batch_size=4, conditions=["xanes"])
-        model = GrandCanonicalDiffusion(base_channels=16, channel_mults=(1, 2), attention=False, lr=5e-4,
-                                        geometry_condition=voxel_geometry, input_perturbation=voxel_input_perturbation,
-                                        **common)
+        model = GrandCanonicalDiffusion(
+            base_channels=16,
+            channel_mults=(1, 2),
+            attention=False,
+            lr=5e-4,
+            geometry_condition=voxel_geometry,
+            input_perturbation=voxel_input_perturbation,
+            **common,
+        )
     partial_dir = out / f"{kind}_partial"
     resume = partial_dir / "last.ckpt"
     resume_from = resume if resume.exists() else None
@@ -164,8 +194,10 @@ def relax_samples(structures, max_steps: int) -> tuple[list, list[float]]:
 
 def min_distances(structures) -> list[float]:
     """Each structure's smallest interatomic distance (Å, minimum image); NaN with fewer than two atoms."""
-    return [float(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)])) if len(a) > 1 else np.nan
-            for a in structures]
+    return [
+        float(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)])) if len(a) > 1 else np.nan
+        for a in structures
+    ]
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -205,8 +237,9 @@ def previous_results(out: Path, settings: dict) -> tuple[dict, dict] | None:
     old = json.loads(path.read_text())
     if "merged_from" in old:
         raise SystemExit(f"--out {out} holds merged results; give another --out")
-    differ = sorted(k for k in set(settings) | set(old.get("settings", {}))
-                    if old.get("settings", {}).get(k) != settings.get(k))
+    differ = sorted(
+        k for k in set(settings) | set(old.get("settings", {})) if old.get("settings", {}).get(k) != settings.get(k)
+    )
     if old.get("feff_site_draw") != SITE_DRAW:
         differ.append("FEFF site draw (results of an older guided.py)")
     if differ or not curves_path.exists():
@@ -222,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", help="targets: the structures of this split")
     parser.add_argument("--max-targets", type=int, default=2)
     parser.add_argument("--targets", type=int, nargs="+", help="dataset indices of the targets (instead of --split)")
-    parser.add_argument("--merge", nargs="+", metavar="DIR",
-                        help="join the results of runs made separately (e.g. one per model, in parallel) into --out")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="join the results of runs made separately (e.g. one per model, in parallel) into --out",
+    )
     parser.add_argument("--models", nargs="+", default=["particle", "voxel"], choices=["particle", "voxel"])
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--prior-steps", type=int, default=1500)
@@ -233,29 +270,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward-ckpt")
     parser.add_argument("--cfg-scale", type=float, default=2.0)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="modes to run (default: all)")
-    parser.add_argument("--dps-scale-particle", type=float, nargs="+", default=[800.0],
-                        help="DPS ρ of the particle model; several values: a sweep (each DPS mode once per ρ)")
+    parser.add_argument(
+        "--dps-scale-particle",
+        type=float,
+        nargs="+",
+        default=[800.0],
+        help="DPS ρ of the particle model; several values: a sweep (each DPS mode once per ρ)",
+    )
     parser.add_argument("--dps-scale-voxel", type=float, nargs="+", default=[10.0], help="DPS ρ of the voxel model")
     parser.add_argument("--particle-steps", type=int, default=64, help="Euler-Maruyama steps (the paper's 64)")
     parser.add_argument("--voxel-steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--feff-structures", type=int, default=1, help="samples per (model, target, mode) run through FEFF")
+    parser.add_argument(
+        "--feff-structures", type=int, default=1, help="samples per (model, target, mode) run through FEFF"
+    )
     parser.add_argument("--feff-sites", type=int, default=4)
-    parser.add_argument("--n-atoms", type=int, default=None,
-                        help="sample this many atoms in a cubic cell at each target's density (default: the target's "
-                             "own cell and count); e.g. 512 from priors trained on 64-atom cells")
-    parser.add_argument("--density", type=density_value, default=None, metavar="G_PER_CM3|auto",
-                        help="sample every target's structures at this density instead of the target's own (a steering "
-                             "test: can guidance move a structure of one density toward another's spectrum?); auto: "
-                             "the density the forward model reads from each target's spectrum (gcd sample --density "
-                             "auto: unconditional samples at --density-range, relaxed with --relax)")
-    parser.add_argument("--density-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="--density auto: the densities to scan (default: the file's training cells' range)")
+    parser.add_argument(
+        "--n-atoms",
+        type=int,
+        default=None,
+        help="sample this many atoms in a cubic cell at each target's density (default: the target's "
+        "own cell and count); e.g. 512 from priors trained on 64-atom cells",
+    )
+    parser.add_argument(
+        "--density",
+        type=density_value,
+        default=None,
+        metavar="G_PER_CM3|auto",
+        help="sample every target's structures at this density instead of the target's own (a steering "
+        "test: can guidance move a structure of one density toward another's spectrum?); auto: "
+        "the density the forward model reads from each target's spectrum (gcd sample --density "
+        "auto: unconditional samples at --density-range, relaxed with --relax)",
+    )
+    parser.add_argument(
+        "--density-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="--density auto: the densities to scan (default: the file's training cells' range)",
+    )
     parser.add_argument("--density-scan-points", type=int, default=9)
     parser.add_argument("--density-scan-samples", type=int, default=4)
-    parser.add_argument("--relax", type=int, default=0, metavar="STEPS",
-                        help="relax every sample with the builder's Tersoff potential (fixed cell, at most STEPS "
-                             "conjugate-gradient steps) and measure the relaxed structures; the raw samples' "
-                             "sp fractions and minimum distance are kept as raw_* (default 0: no relaxation)")
+    parser.add_argument(
+        "--relax",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="relax every sample with the builder's Tersoff potential (fixed cell, at most STEPS "
+        "conjugate-gradient steps) and measure the relaxed structures; the raw samples' "
+        "sp fractions and minimum distance are kept as raw_* (default 0: no relaxation)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -283,17 +347,27 @@ def main(argv: list[str] | None = None) -> int:
         target_ids = args.targets or [int(i) for i in data.split(args.split)[: args.max_targets]]
         if not all(0 <= i < len(data) for i in target_ids):
             raise SystemExit(f"--targets: {args.data} has structures 0-{len(data) - 1}, got {target_ids}")
-        targets = {i: (data.atoms(i), np.asarray(data.structure_property("xanes", i), dtype=np.float64),
-                       np.asarray(data.atom_property("xanes", i)), np.asarray(data.atom_property("xanes_mask", i), bool))
-                   for i in target_ids}
+        targets = {
+            i: (
+                data.atoms(i),
+                np.asarray(data.structure_property("xanes", i), dtype=np.float64),
+                np.asarray(data.atom_property("xanes", i)),
+                np.asarray(data.atom_property("xanes_mask", i), bool),
+            )
+            for i in target_ids
+        }
 
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     t = time.time()
     trained_forward = ckpt_dir / "forward.ckpt"
-    forward_path = (Path(args.forward_ckpt) if args.forward_ckpt
-                    else trained_forward if previous and trained_forward.exists()  # resumed: trained before the kill
-                    else train_forward(args.data, args.forward_epochs, ckpt_dir))
+    forward_path = (
+        Path(args.forward_ckpt)
+        if args.forward_ckpt
+        else trained_forward
+        if previous and trained_forward.exists()  # resumed: trained before the kill
+        else train_forward(args.data, args.forward_epochs, ckpt_dir)
+    )
     timings["train_forward_s"] = time.time() - t
     forward = load_model(forward_path, base=SpectrumModel).float()
     guidance_rhos = {"particle": args.dps_scale_particle, "voxel": args.dps_scale_voxel}
@@ -301,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     def predicted(atoms_list) -> np.ndarray:
         batch = StructureBatch.from_atoms(atoms_list)
         with torch.no_grad():
-            return forward.mean_spectrum(batch.frac_coords.float(), batch.numbers, batch.mask, batch.cell.float()).numpy()
+            return forward.mean_spectrum(
+                batch.frac_coords.float(), batch.numbers, batch.mask, batch.cell.float()
+            ).numpy()
 
     rng = np.random.default_rng(args.seed)
     results: dict = {"settings": settings, "feff_site_draw": SITE_DRAW, "targets": {}, "runs": []}
@@ -316,13 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     for i, (atoms, spectrum, site_spectra, site_mask) in targets.items():
         g_ref, _ = structure_rdf(StructureBatch.from_atoms([atoms]))
         labelled = np.flatnonzero(site_mask)
-        floor = [rel_l2(site_spectra[rng.choice(labelled, args.feff_sites, replace=False)].mean(0), spectrum)
-                 for _ in range(200)]
+        floor = [
+            rel_l2(site_spectra[rng.choice(labelled, args.feff_sites, replace=False)].mean(0), spectrum)
+            for _ in range(200)
+        ]
         results["targets"][i] = {
-            "n_atoms": len(atoms), "density": mass_density(atoms),
+            "n_atoms": len(atoms),
+            "density": mass_density(atoms),
             **{f"{k}_fraction": v for k, v in sp_fractions([atoms]).items()},
             "forward_rel_l2": rel_l2(predicted([atoms])[0], spectrum),
-            "feff_floor_rel_l2_mean": float(np.mean(floor)), "feff_floor_rel_l2_p90": float(np.quantile(floor, 0.9)),
+            "feff_floor_rel_l2_mean": float(np.mean(floor)),
+            "feff_floor_rel_l2_p90": float(np.quantile(floor, 0.9)),
         }
         curves["target_g"][i] = g_ref[0, 0].tolist()
         curves["spectra"][f"target {i}"] = spectrum.tolist()
@@ -330,8 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.models:
         t = time.time()
         given, trained = getattr(args, f"{kind}_ckpt"), ckpt_dir / f"{kind}.ckpt"
-        path = (Path(given) if given else trained if previous and trained.exists()
-                else train_prior(kind, args.data, args.prior_steps, ckpt_dir))
+        path = (
+            Path(given)
+            if given
+            else trained
+            if previous and trained.exists()
+            else train_prior(kind, args.data, args.prior_steps, ckpt_dir)
+        )
         timings[f"train_{kind}_s"] = time.time() - t
         model = load_model(path, base=DiffusionModule)
         steps, sampler = (args.particle_steps, "em") if kind == "particle" else (args.voxel_steps, "ddim")
@@ -351,21 +436,34 @@ def main(argv: list[str] | None = None) -> int:
             else:  # the target's own cell and atom count
                 n_atoms, cell = len(atoms), np.asarray(atoms.cell[:])
             template = model.sample_template(args.samples, cond=target, target=target, cell=cell, n_atoms=n_atoms)
-            runs_here = [(mode, rho if "dps" in mode else 0.0) for mode in args.modes
-                         for rho in (guidance_rhos[kind] if "dps" in mode else [0.0])]
+            runs_here = [
+                (mode, rho if "dps" in mode else 0.0)
+                for mode in args.modes
+                for rho in (guidance_rhos[kind] if "dps" in mode else [0.0])
+            ]
             for mode, rho in runs_here:
                 if (kind, str(i), mode, float(rho), setting) in done:
                     continue
                 cfg = args.cfg_scale if "cfg" in mode else 0.0
                 posterior = SpectrumGuidance(forward, rho) if "dps" in mode else None
                 t = time.time()
-                samples = model.sample(template, batch_size=args.samples, steps=steps, sampler=sampler,
-                                       guidance_scale=cfg, seed=args.seed + i, progress=False, posterior=posterior)
+                samples = model.sample(
+                    template,
+                    batch_size=args.samples,
+                    steps=steps,
+                    sampler=sampler,
+                    guidance_scale=cfg,
+                    seed=args.seed + i,
+                    progress=False,
+                    posterior=posterior,
+                )
                 seconds = time.time() - t
                 raw, raw_samples = {}, samples
                 if args.relax:
-                    raw = {"raw_min_distance_mean": float(np.nanmean(min_distances(samples))),
-                           **{f"raw_{k}_fraction": v for k, v in sp_fractions(samples).items()}}
+                    raw = {
+                        "raw_min_distance_mean": float(np.nanmean(min_distances(samples))),
+                        **{f"raw_{k}_fraction": v for k, v in sp_fractions(samples).items()},
+                    }
                     t = time.time()
                     samples, energies = relax_samples(samples, args.relax)
                     raw.update(relax_seconds=time.time() - t, relaxed_energy_per_atom=float(np.nanmean(energies)))
@@ -375,11 +473,15 @@ def main(argv: list[str] | None = None) -> int:
                 g_mean = g[:, 0][valid[:, 0]].mean(0) if valid.any() else torch.zeros_like(g[0, 0])
                 dists = min_distances(samples)
                 run = {
-                    "model": kind, "target": i, "mode": mode, "cfg_scale": cfg,
+                    "model": kind,
+                    "target": i,
+                    "mode": mode,
+                    "cfg_scale": cfg,
                     "cell_density": cell_density,
                     "density_setting": setting,
                     **({"density_scan": scan.as_dict()} if scan else {}),
-                    "dps_scale": rho, "sample_seconds": seconds,
+                    "dps_scale": rho,
+                    "sample_seconds": seconds,
                     "n_atoms_mean": float(np.mean([len(a) for a in samples])),
                     "density_mean": float(np.mean([mass_density(a) for a in samples])),  # g/cm³ the samples hold
                     "min_distance_mean": float(np.nanmean(dists)),
@@ -406,8 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                         entry["feff_rel_l2"] = rel_l2(spectra.mean(0), spectrum)
                         entry["feff_mean_spectrum"] = spectra.mean(0).tolist()
                         entry["feff_sites_used"] = len(spectra)
-                        entry["forward_same_sites_rel_l2"] = rel_l2(
-                            forward_sites(forward, a, sites).mean(0), spectrum)
+                        entry["forward_same_sites_rel_l2"] = rel_l2(forward_sites(forward, a, sites).mean(0), spectrum)
                         curves["spectra"][f"{kind} {curve_label(run)} target {i} FEFF"] = spectra.mean(0).tolist()
                     feff.append(entry)
                 run["feff"] = feff
@@ -420,7 +521,11 @@ def main(argv: list[str] | None = None) -> int:
                 curves["g"][f"{kind} {curve_label(run)} target {i}"] = g_mean.tolist()
                 curves["spectra"][f"{kind} {curve_label(run)} target {i} forward"] = np.nanmean(pred, 0).tolist()
                 curves["r"] = np.linspace(0, 6.0, g.shape[-1] + 1)[:-1].tolist()
-                print(json.dumps({k: v for k, v in run.items() if k != "forward_rel_l2_per_sample"}), file=sys.stderr, flush=True)
+                print(
+                    json.dumps({k: v for k, v in run.items() if k != "forward_rel_l2_per_sample"}),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results["timings"] = {**timings, "total_s": time.time() - started}
                 # curves first: a kill between the two writes only repeats this run on resume
                 write_json(out / "curves.json", curves)
@@ -452,8 +557,16 @@ def density_scan_pool(model, forward, args, default_range: tuple[float, float], 
     low, high = args.density_range or default_range
     densities = candidate_densities(low, high, args.density_scan_points)
     relaxer = Relaxer("C", "lammps", max_steps=args.relax) if args.relax else None
-    pools = scan_samples(model, densities, round(float(model.info["n_atoms_mean"])), args.density_scan_samples,
-                         relaxer=relaxer, steps=steps, sampler=sampler, seed=args.seed)
+    pools = scan_samples(
+        model,
+        densities,
+        round(float(model.info["n_atoms_mean"])),
+        args.density_scan_samples,
+        relaxer=relaxer,
+        steps=steps,
+        sampler=sampler,
+        seed=args.seed,
+    )
     return densities, np.stack([predicted_spectra(forward, pool) for pool in pools])
 
 
@@ -474,12 +587,18 @@ def merge(dirs: list[Path], data: str, out: Path) -> int:
     results, curves = parts[0]
     for other, other_curves in parts[1:]:
         if set(other["targets"]) != set(results["targets"]):
-            raise SystemExit(f"--merge: the runs have different targets ({sorted(results['targets'])} vs {sorted(other['targets'])})")
+            raise SystemExit(
+                f"--merge: the runs have different targets ({sorted(results['targets'])} vs {sorted(other['targets'])})"
+            )
         results["runs"] += other["runs"]
-        seen = [(r["model"], r["mode"], r.get("dps_scale", 0.0), str(r["target"]), r.get("density_setting"))
-                for r in results["runs"]]
+        seen = [
+            (r["model"], r["mode"], r.get("dps_scale", 0.0), str(r["target"]), r.get("density_setting"))
+            for r in results["runs"]
+        ]
         if len(set(seen)) != len(seen):
-            raise SystemExit("--merge: two runs hold the same model, mode, ρ, density setting and target; merge one of them only")
+            raise SystemExit(
+                "--merge: two runs hold the same model, mode, ρ, density setting and target; merge one of them only"
+            )
         for key in ("g", "spectra"):
             curves[key].update(other_curves[key])
     results["merged_from"] = [str(d) for d in dirs]
@@ -507,8 +626,11 @@ def curve_label(run: dict) -> str:
 
 def run_labels(runs: list[dict]) -> list[str]:
     """Each run's mode as the tables show it: with its ρ only where that model ran DPS at several ρ."""
-    swept = {model for model in {r["model"] for r in runs}
-             if len({r["dps_scale"] for r in runs if r["model"] == model and "dps" in r["mode"]}) > 1}
+    swept = {
+        model
+        for model in {r["model"] for r in runs}
+        if len({r["dps_scale"] for r in runs if r["model"] == model and "dps" in r["mode"]}) > 1
+    }
     return [curve_label(r) if r["model"] in swept else r["mode"] + density_tag(r) for r in runs]
 
 
@@ -519,7 +641,15 @@ def summary(results: dict) -> dict:
     targets = {str(i): target for i, target in results["targets"].items()}  # int keys in memory, str in JSON
     for run, label in zip(results["runs"], run_labels(results["runs"])):
         row = table.setdefault(f"{run['model']} {label}", {})
-        for key in ("forward_rel_l2", "rdf_l1", "sp_fraction", "sp2_fraction", "sp3_fraction", "n_atoms_mean", "min_distance_mean"):
+        for key in (
+            "forward_rel_l2",
+            "rdf_l1",
+            "sp_fraction",
+            "sp2_fraction",
+            "sp3_fraction",
+            "n_atoms_mean",
+            "min_distance_mean",
+        ):
             row.setdefault(key, []).append(run[key])
         target = targets[str(run["target"])]
         gaps = {k: abs(run[f"{k}_fraction"] - target[f"{k}_fraction"]) for k in ("sp", "sp2", "sp3")}
@@ -543,14 +673,33 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
     table = summary(results)
     models = sorted({r["model"] for r in results["runs"]})
     labels = run_labels(results["runs"])
-    columns = sorted(set(labels), key=lambda lab: (MODES.index(lab.split(" ")[0]), float(lab.split("ρ")[-1]) if "ρ" in lab else 0, lab))
+    columns = sorted(
+        set(labels),
+        key=lambda lab: (MODES.index(lab.split(" ")[0]), float(lab.split("ρ")[-1]) if "ρ" in lab else 0, lab),
+    )
     fig, axes = plt.subplots(1, 4, figsize=(max(21, 12 + 1.5 * len(columns)), 4.5))
     x = np.arange(len(columns))
     for k, model in enumerate(models):
-        axes[0].bar(x + 0.4 * k, [table.get(f"{model} {m}", {}).get("forward_rel_l2", np.nan) for m in columns], 0.4, label=f"{model} (forward model)")
-        feff = [table.get(f"{model} {m}", {}).get("feff_pooled_rel_l2", table.get(f"{model} {m}", {}).get("feff_rel_l2", np.nan))
-                for m in columns]
-        axes[0].scatter(x + 0.4 * k, feff, color="k", marker="x", zorder=3, label="FEFF (the run's sites pooled)" if k == 0 else None)
+        axes[0].bar(
+            x + 0.4 * k,
+            [table.get(f"{model} {m}", {}).get("forward_rel_l2", np.nan) for m in columns],
+            0.4,
+            label=f"{model} (forward model)",
+        )
+        feff = [
+            table.get(f"{model} {m}", {}).get(
+                "feff_pooled_rel_l2", table.get(f"{model} {m}", {}).get("feff_rel_l2", np.nan)
+            )
+            for m in columns
+        ]
+        axes[0].scatter(
+            x + 0.4 * k,
+            feff,
+            color="k",
+            marker="x",
+            zorder=3,
+            label="FEFF (the run's sites pooled)" if k == 0 else None,
+        )
     axes[0].set_xticks(x + 0.2, columns, fontsize=7)
     axes[0].set_ylabel("spectrum relative L2 vs target")
     axes[0].legend(fontsize=7)
@@ -572,14 +721,20 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
     # sp3 fraction per target: does guidance move it toward the target's?
     markers = dict(zip(MODES, "osD^"))
     for k, (i, target) in enumerate(results["targets"].items()):
-        axes[3].scatter([k], [target["sp3_fraction"]], color="k", marker="_", s=400, zorder=3,
-                        label="target" if k == 0 else None)
+        axes[3].scatter(
+            [k], [target["sp3_fraction"]], color="k", marker="_", s=400, zorder=3, label="target" if k == 0 else None
+        )
         for j, model in enumerate(models):
             for run, label in zip(results["runs"], labels):
                 if run["model"] == model and str(run["target"]) == str(i):
                     colour = f"C{j}" if len(models) > 1 else f"C{columns.index(label)}"  # one model: by setting
-                    axes[3].scatter([k + 0.15 * (2 * j - 1)], [run["sp3_fraction"]], color=colour,
-                                    marker=markers[run["mode"]], label=f"{model} {label}" if k == 0 else None)
+                    axes[3].scatter(
+                        [k + 0.15 * (2 * j - 1)],
+                        [run["sp3_fraction"]],
+                        color=colour,
+                        marker=markers[run["mode"]],
+                        label=f"{model} {label}" if k == 0 else None,
+                    )
     axes[3].set_xticks(range(len(results["targets"])), [f"target {i}" for i in results["targets"]])
     axes[3].set_ylabel("sp3 fraction")
     axes[3].legend(fontsize=6)

@@ -63,22 +63,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voxel-ckpt", help="use this voxel prior instead of training one")
     p.add_argument("--guidance", type=float, default=1.0, help="CFG scale of the spectrum condition (1: conditional)")
     p.add_argument("--particle-steps", type=int, default=64, help="Euler-Maruyama steps (the paper's 64)")
-    p.add_argument("--particle-sampler", choices=["em", "pc"], default="em",
-                   help="particle sampler: Euler-Maruyama (default, the paper's) or predictor-corrector (Langevin)")
+    p.add_argument(
+        "--particle-sampler",
+        choices=["em", "pc"],
+        default="em",
+        help="particle sampler: Euler-Maruyama (default, the paper's) or predictor-corrector (Langevin)",
+    )
     p.add_argument("--voxel-steps", type=int, default=100, help="voxel sampler steps")
     p.add_argument("--voxel-sampler", choices=["ddpm", "ddim"], default="ddpm", help="voxel sampler (default DDPM)")
-    p.add_argument("--voxel-geometry", choices=["on", "off"], default="off",
-                   help="train the voxel prior told each grid's voxel spacing (geometry_condition; default off)")
-    p.add_argument("--standardize-condition", choices=["on", "off"], default="on",
-                   help="priors trained here standardise the spectrum condition (default on)")
-    p.add_argument("--voxel-input-perturbation", type=float, default=0.0,
-                   help="a voxel prior trained here uses DDPM-IP input perturbation with this γ (default 0: off)")
-    p.add_argument("--voxel-restarts", type=int, default=0, help="restart sampling of the voxel model: N restarts (default 0)")
-    p.add_argument("--voxel-restart-t", type=float, default=0.5, help="the level restarts go back to, × T (default 0.5)")
-    p.add_argument("--relax", type=int, default=0, metavar="STEPS",
-                   help="relax every sample with the builder's Tersoff potential (fixed cell, at most STEPS steps) and "
-                        "measure the relaxed structures; the raw samples' figures are kept as raw_* (default 0: off)")
-    p.add_argument("--density-tolerance", type=float, default=0.05, help="g/cm³: training cells counted as 'this density'")
+    p.add_argument(
+        "--voxel-geometry",
+        choices=["on", "off"],
+        default="off",
+        help="train the voxel prior told each grid's voxel spacing (geometry_condition; default off)",
+    )
+    p.add_argument(
+        "--standardize-condition",
+        choices=["on", "off"],
+        default="on",
+        help="priors trained here standardise the spectrum condition (default on)",
+    )
+    p.add_argument(
+        "--voxel-input-perturbation",
+        type=float,
+        default=0.0,
+        help="a voxel prior trained here uses DDPM-IP input perturbation with this γ (default 0: off)",
+    )
+    p.add_argument(
+        "--voxel-restarts", type=int, default=0, help="restart sampling of the voxel model: N restarts (default 0)"
+    )
+    p.add_argument(
+        "--voxel-restart-t", type=float, default=0.5, help="the level restarts go back to, × T (default 0.5)"
+    )
+    p.add_argument(
+        "--relax",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="relax every sample with the builder's Tersoff potential (fixed cell, at most STEPS steps) and "
+        "measure the relaxed structures; the raw samples' figures are kept as raw_* (default 0: off)",
+    )
+    p.add_argument(
+        "--density-tolerance", type=float, default=0.05, help="g/cm³: training cells counted as 'this density'"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     return p
@@ -129,10 +156,18 @@ def load_references(args: argparse.Namespace) -> list[dict[str, Any]]:
         rho = mass_density(ref)
         same = [(a, s) for a, s in cells if abs(mass_density(a) - rho) <= args.density_tolerance]
         if not same:
-            raise SystemExit(f"no 64-atom training cell within {args.density_tolerance} g/cm³ of the reference at "
-                             f"{rho:.2f} g/cm³: build more data or widen --density-tolerance")
-        entries.append({"reference": ref, "density": rho, "cells": [a for a, _ in same],
-                        "condition": np.mean([s for _, s in same], axis=0)})
+            raise SystemExit(
+                f"no 64-atom training cell within {args.density_tolerance} g/cm³ of the reference at "
+                f"{rho:.2f} g/cm³: build more data or widen --density-tolerance"
+            )
+        entries.append(
+            {
+                "reference": ref,
+                "density": rho,
+                "cells": [a for a, _ in same],
+                "condition": np.mean([s for _, s in same], axis=0),
+            }
+        )
     return entries
 
 
@@ -174,12 +209,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         key = f"{e['density']:.2f}"
         curves["g"][f"ref512 {key}"] = e["g"]["ref512"].tolist()
         curves["g"][f"data64 {key}"] = e["g"]["data64"].tolist()
-        results["references"].append({
-            "density": e["density"], "n_atoms": len(e["reference"]), "first_peak_r": first_peak(e["g"]["ref512"]),
-            **{f"{k}_fraction": v for k, v in sp_fractions([e["reference"]]).items()},
-            "data64_cells": len(e["cells"]),
-            **{f"data64_{k}_fraction": v for k, v in sp_fractions(e["cells"]).items()},
-        })
+        results["references"].append(
+            {
+                "density": e["density"],
+                "n_atoms": len(e["reference"]),
+                "first_peak_r": first_peak(e["g"]["ref512"]),
+                **{f"{k}_fraction": v for k, v in sp_fractions([e["reference"]]).items()},
+                "data64_cells": len(e["cells"]),
+                **{f"data64_{k}_fraction": v for k, v in sp_fractions(e["cells"]).items()},
+            }
+        )
 
     ckpt_dir = out / "checkpoints"
     for kind in args.models:
@@ -189,12 +228,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             path = Path(given)
         else:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-            path = train_prior(kind, args.data, args.prior_steps, ckpt_dir, voxel_geometry=args.voxel_geometry == "on",
-                               standardize_condition=args.standardize_condition == "on",
-                               voxel_input_perturbation=args.voxel_input_perturbation)
+            path = train_prior(
+                kind,
+                args.data,
+                args.prior_steps,
+                ckpt_dir,
+                voxel_geometry=args.voxel_geometry == "on",
+                standardize_condition=args.standardize_condition == "on",
+                voxel_input_perturbation=args.voxel_input_perturbation,
+            )
         results["timings"][f"train_{kind}_s"] = time.time() - t
         model = load_model(path, base=DiffusionModule)
-        sampler, steps = (args.particle_sampler, args.particle_steps) if kind == "particle" else (args.voxel_sampler, args.voxel_steps)
+        sampler, steps = (
+            (args.particle_sampler, args.particle_steps)
+            if kind == "particle"
+            else (args.voxel_sampler, args.voxel_steps)
+        )
         if kind == "voxel":
             model.sample_restarts, model.sample_restart_t = args.voxel_restarts, args.voxel_restart_t
         for e in entries:
@@ -203,8 +252,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cell = cubic_cell(n_atoms, e["density"], {6: 1.0})
                 template = model.sample_template(args.samples, cond=cond, cell=cell, n_atoms=n_atoms)
                 t = time.time()
-                samples = model.sample(template, batch_size=args.samples, steps=steps, sampler=sampler,
-                                       guidance_scale=args.guidance, seed=args.seed, progress=False)
+                samples = model.sample(
+                    template,
+                    batch_size=args.samples,
+                    steps=steps,
+                    sampler=sampler,
+                    guidance_scale=args.guidance,
+                    seed=args.seed,
+                    progress=False,
+                )
                 seconds = time.time() - t
                 raw: dict[str, Any] = {}
                 if args.relax:  # the raw samples' figures first, then measure the relaxed ones
@@ -215,18 +271,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     samples, energies = relax_samples(samples, args.relax)
                     raw.update(relax_seconds=time.time() - t, relaxed_energy_per_atom=float(np.nanmean(energies)))
                 row, g_mean = structure_metrics(samples, e["g"])
-                run = {"model": kind, "density": e["density"], "requested_atoms": n_atoms, "sampler": sampler,
-                       "steps": steps, "sample_seconds": seconds, **row, **raw}
+                run = {
+                    "model": kind,
+                    "density": e["density"],
+                    "requested_atoms": n_atoms,
+                    "sampler": sampler,
+                    "steps": steps,
+                    "sample_seconds": seconds,
+                    **row,
+                    **raw,
+                }
                 # the training cells of this density thinned to the samples' share of the requested atoms
                 run["data64_thinned_sp3_fraction"] = thinned_sp3(e["cells"], row["n_atoms_mean"] / n_atoms)
                 if hasattr(model, "grid_for_cell"):
                     run["grid"] = list(model.grid_for_cell(torch.as_tensor(cell), n_atoms))
                 results["runs"].append(run)
                 curves["g"][f"{kind}{n_atoms} {e['density']:.2f}"] = g_mean.tolist()
-                print(f"[scale] {kind} {n_atoms} atoms at {e['density']:.2f} g/cm³: n {run['n_atoms_mean']:.1f}, "
-                      f"density {run['density_mean']:.2f}, sp3 {run['sp3_fraction']:.2f}, first peak {run['first_peak_r']:.2f} Å, g(r) L1 vs ref512 "
-                      f"{run['rdf_l1_vs_ref512']:.2f}, sp3 of the data thinned to that count {run['data64_thinned_sp3_fraction']:.2f}, "
-                      f"{seconds:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"[scale] {kind} {n_atoms} atoms at {e['density']:.2f} g/cm³: n {run['n_atoms_mean']:.1f}, "
+                    f"density {run['density_mean']:.2f}, sp3 {run['sp3_fraction']:.2f}, first peak {run['first_peak_r']:.2f} Å, g(r) L1 vs ref512 "
+                    f"{run['rdf_l1_vs_ref512']:.2f}, sp3 of the data thinned to that count {run['data64_thinned_sp3_fraction']:.2f}, "
+                    f"{seconds:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results["timings"]["total_s"] = time.time() - started
                 write_json_atomic(out / "results.json", results, keep_nan=True, indent=1)
     write_json_atomic(out / "curves.json", curves, keep_nan=True)
@@ -269,8 +337,14 @@ def plot(results: dict[str, Any], curves: dict[str, Any], path: Path) -> None:
     for model in models:
         for n, style in ((64, "o:"), (big, "^-")):
             rows = [run for run in results["runs"] if run["model"] == model and run["requested_atoms"] == n]
-            ax.plot([run["density"] for run in rows], [run["sp3_fraction"] for run in rows], style,
-                    color=COLORS[model], mfc="none" if n == 64 else COLORS[model], label=f"{model} {n}")
+            ax.plot(
+                [run["density"] for run in rows],
+                [run["sp3_fraction"] for run in rows],
+                style,
+                color=COLORS[model],
+                mfc="none" if n == 64 else COLORS[model],
+                label=f"{model} {n}",
+            )
     ax.set_xlabel("density (g/cm³)")
     ax.set_ylabel("sp3 fraction")
     ax.legend(fontsize=7, ncol=2)

@@ -59,22 +59,37 @@ import numpy as np
 
 PHASES = ("sc", "fcc", "bcc", "hcp", "diamond")
 MODELS = ("voxel", "particle", "particle_torus")
-MODEL_LABELS = {"voxel": "GCDM voxel", "particle": "particle (Cartesian VE + MPNN)",
-                "particle_torus": "particle (torus VE + all-pairs Fourier net)"}
+MODEL_LABELS = {
+    "voxel": "GCDM voxel",
+    "particle": "particle (Cartesian VE + MPNN)",
+    "particle_torus": "particle (torus VE + all-pairs Fourier net)",
+}
 #: training budgets (``--budget``): the profile's optimiser steps, the voxel model's training wall time on the
 #: same phase, or until the validation phase match stops improving (``RatePlateauStop``) within a step cap
 BUDGETS = ("steps", "walltime", "converge")
 BUDGET_LABELS = {"steps": "equal steps", "walltime": "equal wall time", "converge": "to convergence"}
-COLORS = {"voxel": "tab:blue", "particle": "tab:orange", "particle_torus": "tab:green",
-          "particle_torus@steps": "yellowgreen", "particle_torus@walltime": "darkolivegreen", "data": "0.35"}
+COLORS = {
+    "voxel": "tab:blue",
+    "particle": "tab:orange",
+    "particle_torus": "tab:green",
+    "particle_torus@steps": "yellowgreen",
+    "particle_torus@walltime": "darkolivegreen",
+    "data": "0.35",
+}
 STUDY = "crystals_compare"
 
 #: the torus model's --budget converge (both profiles): the study's step caps (20k on sc/fcc/bcc, 10k on hcp/diamond),
 #: batch 32 as the probe, EMA 0.999 (FlowMM), a validation of 64 samples every 1,000 steps, stop after no more than
 #: two standard errors of gain over five validations
-TORUS_CONVERGE: dict[str, Any] = {"steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
-                                  "batch_size": 32, "ema_decay": 0.999, "val_every": 1000, "val_samples": 64,
-                                  "window": 5, "standard_errors": 2.0}
+TORUS_CONVERGE: dict[str, Any] = {
+    "steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
+    "batch_size": 32,
+    "ema_decay": 0.999,
+    "val_every": 1000,
+    "val_samples": 64,
+    "window": 5,
+    "standard_errors": 2.0,
+}
 
 # ----------------------------------------------------------------------------------------------------
 # Profiles. Every number here is a choice; the comments say why, and the measurements behind them are in
@@ -114,10 +129,21 @@ PROFILES: dict[str, dict[str, Any]] = {
             # budget, blend keeps the data's spread (RESULTS.md, History: offset parametrisation)
             # restart sampling (2 restarts back to 0.5 T after the DDPM-100 chain: 200 network evaluations): it
             # fixes most diamond samples the chain commits to a defect (RESULTS.md, History: restarts)
-            "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention": False,
-                      "prediction": "x0", "offset_prediction": "blend", "offset_sigma_data": 0.05, "loss_space": "x0",
-                      "lr": 5e-4, "warmup_steps": 20, "ema_decay": 0.99,
-                      "sample_restarts": 2, "sample_restart_t": 0.5},
+            "model": {
+                "base_channels": 16,
+                "channel_mults": [1, 2],
+                "num_res_blocks": 1,
+                "attention": False,
+                "prediction": "x0",
+                "offset_prediction": "blend",
+                "offset_sigma_data": 0.05,
+                "loss_space": "x0",
+                "lr": 5e-4,
+                "warmup_steps": 20,
+                "ema_decay": 0.99,
+                "sample_restarts": 2,
+                "sample_restart_t": 0.5,
+            },
             "spacing": None,  # the coarsest grid that keeps one atom per voxel (8^3 for fcc Cu)
             # diamond Si: 8^3 (voxel a/4 = 1.36 Å, both fcc sublattices on the voxel lattice, bonds along voxel
             # diagonals) instead of the 12^3 that the one-atom-per-voxel rule picks (its margin rejects 8^3; the
@@ -132,8 +158,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "particle": {
             # hidden 64, 3 layers, sigma_max 2 and PC-300 from a colleague's 4-atom fcc study; lr 2e-3 beat 5e-4
             # on sc Po (RESULTS.md, History: particle baseline)
-            "model": {"hidden": 64, "layers": 3, "num_rbf": 32, "sigma_min": 0.01, "lr": 2e-3,
-                      "warmup_steps": 20, "ema_decay": 0.99},
+            "model": {
+                "hidden": 64,
+                "layers": 3,
+                "num_rbf": 32,
+                "sigma_min": 0.01,
+                "lr": 2e-3,
+                "warmup_steps": 20,
+                "ema_decay": 0.99,
+            },
             # per phase: cutoff = cutoff_factor × nearest-neighbour distance (sc Po and hcp Mg have their
             # first shell beyond the default 3 Å); sigma_max = sigma_max_factor × the longest cell edge,
             # so that the VE prior is close to the uniform positions the sampler starts from
@@ -149,8 +182,17 @@ PROFILES: dict[str, dict[str, Any]] = {
             # DiffCSP's recipe (fractional wrapped-normal VE, sigma 0.005-0.5, normalised score, all-pairs Fourier
             # network, predictor-corrector with step_lr 1e-5 over 1,000 levels) at the size of the probe in
             # RESULTS.md (hidden 128, 4 layers, 32 frequencies: DiffCSP's 512 x 6 x 128 is GPU sized)
-            "model": {"hidden": 128, "layers": 4, "frequencies": 32, "sigma_min": 0.005, "sigma_max": 0.5,
-                      "step_lr": 1e-5, "lr": 1e-3, "warmup_steps": 20, "ema_decay": 0.99},
+            "model": {
+                "hidden": 128,
+                "layers": 4,
+                "frequencies": 32,
+                "sigma_min": 0.005,
+                "sigma_max": 0.5,
+                "step_lr": 1e-5,
+                "lr": 1e-3,
+                "warmup_steps": 20,
+                "ema_decay": 0.99,
+            },
             "sampler": "pc",
             "sample_steps": 1000,
             "converge": copy.deepcopy(TORUS_CONVERGE),
@@ -175,16 +217,35 @@ PROFILES: dict[str, dict[str, Any]] = {
         "supercell_samples": 64,
         "seed": 0,
         "voxel": {
-            "model": {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 2, "attention": True,
-                      "prediction": "x0", "offset_prediction": "blend", "offset_sigma_data": 0.05, "loss_space": "x0",
-                      "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999, "sample_restarts": 2, "sample_restart_t": 0.5},
+            "model": {
+                "base_channels": 32,
+                "channel_mults": [1, 2],
+                "num_res_blocks": 2,
+                "attention": True,
+                "prediction": "x0",
+                "offset_prediction": "blend",
+                "offset_sigma_data": 0.05,
+                "loss_space": "x0",
+                "lr": 1e-3,
+                "warmup_steps": 200,
+                "ema_decay": 0.999,
+                "sample_restarts": 2,
+                "sample_restart_t": 0.5,
+            },
             "spacing": None,
             "sampler": "ddpm",
             "sample_steps": 250,
         },
         "particle": {
-            "model": {"hidden": 128, "layers": 4, "num_rbf": 32, "sigma_min": 0.01, "lr": 1e-3,
-                      "warmup_steps": 200, "ema_decay": 0.999},
+            "model": {
+                "hidden": 128,
+                "layers": 4,
+                "num_rbf": 32,
+                "sigma_min": 0.01,
+                "lr": 1e-3,
+                "warmup_steps": 200,
+                "ema_decay": 0.999,
+            },
             "cutoff_factor": 1.6,
             "sigma_max_factor": 0.35,
             "sigma_max_min": 2.0,
@@ -192,8 +253,17 @@ PROFILES: dict[str, dict[str, Any]] = {
             "sample_steps": 1000,
         },
         "particle_torus": {
-            "model": {"hidden": 512, "layers": 6, "frequencies": 128, "sigma_min": 0.005, "sigma_max": 0.5,
-                      "step_lr": 1e-5, "lr": 1e-3, "warmup_steps": 200, "ema_decay": 0.999},
+            "model": {
+                "hidden": 512,
+                "layers": 6,
+                "frequencies": 128,
+                "sigma_min": 0.005,
+                "sigma_max": 0.5,
+                "step_lr": 1e-5,
+                "lr": 1e-3,
+                "warmup_steps": 200,
+                "ema_decay": 0.999,
+            },
             "sampler": "pc",
             "sample_steps": 1000,
             "converge": copy.deepcopy(TORUS_CONVERGE),
@@ -208,71 +278,139 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compare.py",
         description="Train the particle baseline and the grand canonical voxel model on the same crystal data "
-                    "with the same budget, sample both and compare them (results.json, results.md, PNGs).")
+        "with the same budget, sample both and compare them (results.json, results.md, PNGs).",
+    )
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="settings preset (default: quick)")
-    p.add_argument("--phases", nargs="+", choices=PHASES, default=None, metavar="PHASE",
-                   help=f"phases to run (default: all of {' '.join(PHASES)})")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=None, metavar="MODEL",
-                   help=f"models to run (default: all of {' '.join(MODELS)})")
-    p.add_argument("--budget", choices=BUDGETS, default="steps",
-                   help="training budget: the profile's steps (default), the voxel model's training wall time on the "
-                        "same phase (walltime; read from --wall-time-from), or until the validation phase match "
-                        "plateaus within the profile's step cap (converge; resumable)")
-    p.add_argument("--key", default=None,
-                   help="results.json key of the runs (default: the model's name for its headline budget — steps for "
-                        "voxel and particle, converge for particle_torus — else MODEL@BUDGET, e.g. particle_torus@steps); "
-                        "one model per invocation when given")
-    p.add_argument("--wall-time-from", default=None, metavar="RESULTS_JSON",
-                   help="--budget walltime: the results.json whose voxel train_seconds set each phase's budget "
-                        "(default: <out>/results.json)")
-    p.add_argument("--merge", action="store_true",
-                   help="add the runs to <out>/results.json and curves.json instead of starting them anew (phases and "
-                        "models run now replace their earlier entries)")
-    p.add_argument("--chunk-minutes", type=float, default=None,
-                   help="--budget converge: stop this process after so many minutes (its last.ckpt saved); the same "
-                        "command continues the run (for sessions or jobs with a time limit)")
-    p.add_argument("--save-weights", default=None, metavar="DIR",
-                   help="also write each trained model's weights (EMA included, no optimiser state) to "
-                        "DIR/<phase>-<key>.ckpt: a small checkpoint that gcd sample reads")
-    p.add_argument("--supercell-samples", type=int, default=None,
-                   help="structures sampled from each model in the 2x2x2 supercell of the training cell and matched "
-                        "against the ideal crystal there (default: the profile's; 0 skips)")
+    p.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=None,
+        metavar="PHASE",
+        help=f"phases to run (default: all of {' '.join(PHASES)})",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=None,
+        metavar="MODEL",
+        help=f"models to run (default: all of {' '.join(MODELS)})",
+    )
+    p.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="steps",
+        help="training budget: the profile's steps (default), the voxel model's training wall time on the "
+        "same phase (walltime; read from --wall-time-from), or until the validation phase match "
+        "plateaus within the profile's step cap (converge; resumable)",
+    )
+    p.add_argument(
+        "--key",
+        default=None,
+        help="results.json key of the runs (default: the model's name for its headline budget — steps for "
+        "voxel and particle, converge for particle_torus — else MODEL@BUDGET, e.g. particle_torus@steps); "
+        "one model per invocation when given",
+    )
+    p.add_argument(
+        "--wall-time-from",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="--budget walltime: the results.json whose voxel train_seconds set each phase's budget "
+        "(default: <out>/results.json)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add the runs to <out>/results.json and curves.json instead of starting them anew (phases and "
+        "models run now replace their earlier entries)",
+    )
+    p.add_argument(
+        "--chunk-minutes",
+        type=float,
+        default=None,
+        help="--budget converge: stop this process after so many minutes (its last.ckpt saved); the same "
+        "command continues the run (for sessions or jobs with a time limit)",
+    )
+    p.add_argument(
+        "--save-weights",
+        default=None,
+        metavar="DIR",
+        help="also write each trained model's weights (EMA included, no optimiser state) to "
+        "DIR/<phase>-<key>.ckpt: a small checkpoint that gcd sample reads",
+    )
+    p.add_argument(
+        "--supercell-samples",
+        type=int,
+        default=None,
+        help="structures sampled from each model in the 2x2x2 supercell of the training cell and matched "
+        "against the ideal crystal there (default: the profile's; 0 skips)",
+    )
     p.add_argument("--workdir", default="runs/crystals_compare", help="datasets and run folders (default: %(default)s)")
     p.add_argument("--out", default=None, help="results folder (default: <workdir>/results)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimiser steps of EACH model on every phase (default: the profile's, quick: 1200, diamond 3000)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimiser steps of EACH model on every phase (default: the profile's, quick: 1200, diamond 3000)",
+    )
     p.add_argument("--samples", type=int, default=None, help="structures sampled from each model")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size of both models")
     p.add_argument("--sigma", type=float, default=None, help="thermal displacement sigma per component, Å (0.05)")
     p.add_argument("--count", type=int, default=None, help="structures per phase dataset (80%% train)")
     p.add_argument("--voxel-sample-steps", type=int, default=None, help="DDIM/DDPM steps of the voxel model")
     p.add_argument("--particle-sample-steps", type=int, default=None, help="noise levels of the particle sampler")
-    p.add_argument("--voxel-sampler", choices=["ddim", "ddpm", "dpm2m", "dpm2m-sde"], default=None, help="voxel sampler")
+    p.add_argument(
+        "--voxel-sampler", choices=["ddim", "ddpm", "dpm2m", "dpm2m-sde"], default=None, help="voxel sampler"
+    )
     p.add_argument("--particle-sampler", choices=["em", "pc"], default=None, help="particle sampler")
-    p.add_argument("--extra-samplers", nargs="*", default=None, metavar="MODEL:SAMPLER-STEPS",
-                   help="more sampler settings evaluated on the same trained models, e.g. voxel:ddim-200 "
-                        "particle:em-300 (profile default; none to disable)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any profile entry, e.g. --set voxel.model.base_channels=32 "
-                        "--set particle.model.hidden=128 (VALUE is parsed as JSON when it can be)")
+    p.add_argument(
+        "--extra-samplers",
+        nargs="*",
+        default=None,
+        metavar="MODEL:SAMPLER-STEPS",
+        help="more sampler settings evaluated on the same trained models, e.g. voxel:ddim-200 "
+        "particle:em-300 (profile default; none to disable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any profile entry, e.g. --set voxel.model.base_channels=32 "
+        "--set particle.model.hidden=128 (VALUE is parsed as JSON when it can be)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (profile default; quick: 1)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained at the same time, each in its own process (profile default; quick: 2, one "
-                        "per core; paper: 1). The longest runs start first")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained at the same time, each in its own process (profile default; quick: 2, one "
+        "per core; paper: 1). The longest runs start first",
+    )
     p.add_argument("--task", default=None, help=argparse.SUPPRESS)  # internal: PHASE:MODEL of one worker process
     p.add_argument("--task-out", default=None, help=argparse.SUPPRESS)  # internal: where that worker writes
     p.add_argument("--accelerator", default=None, help="Lightning accelerator (quick: cpu, paper: auto)")
     p.add_argument("--seed", type=int, default=None, help="training and sampling seed")
-    p.add_argument("--wandb", action="store_true",
-                   help="log every run with a WandbLogger (offline unless WANDB_MODE=online)")
+    p.add_argument(
+        "--wandb", action="store_true", help="log every run with a WandbLogger (offline unless WANDB_MODE=online)"
+    )
     p.add_argument("--wandb-project", default="lightning_gcd", help="W&B project (default: %(default)s)")
     p.add_argument("--study", default=STUDY, help="study name: the W&B group (default: %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the datasets even when they exist")
     p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
-    p.add_argument("--replot", action="store_true",
-                   help="train nothing: rewrite results.md and the PNGs from <out>/results.json and curves.json")
-    p.add_argument("--note", action="append", default=[], metavar="TEXT",
-                   help="a line for the Notes section of results.md (repeatable; kept in results.json)")
+    p.add_argument(
+        "--replot",
+        action="store_true",
+        help="train nothing: rewrite results.md and the PNGs from <out>/results.json and curves.json",
+    )
+    p.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a line for the Notes section of results.md (repeatable; kept in results.json)",
+    )
     return p
 
 
@@ -297,9 +435,17 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The profile with the command line's overrides applied."""
     s = copy.deepcopy(PROFILES[args.profile])
     s["profile"] = args.profile
-    for name, key in (("steps", "steps"), ("samples", "samples"), ("batch_size", "batch_size"),
-                      ("sigma", "thermal_sigma"), ("count", "count"), ("threads", "threads"),
-                      ("accelerator", "accelerator"), ("seed", "seed"), ("jobs", "jobs")):
+    for name, key in (
+        ("steps", "steps"),
+        ("samples", "samples"),
+        ("batch_size", "batch_size"),
+        ("sigma", "thermal_sigma"),
+        ("count", "count"),
+        ("threads", "threads"),
+        ("accelerator", "accelerator"),
+        ("seed", "seed"),
+        ("jobs", "jobs"),
+    ):
         value = getattr(args, name)
         if value is not None:
             s[key] = value
@@ -352,7 +498,7 @@ def split_restarts(spec: str) -> tuple[str, tuple[int, float] | None]:
     restarts, level = int(match[1]), float(match[2]) if match[2] else 0.3
     if restarts and match[2] is None or not 0.0 < level < 1.0:
         raise SystemExit(f"{spec!r}: a restart suffix is +rN@T with T in (0, 1), e.g. +r2@0.3, or +r0 for none")
-    return spec[:match.start()], (restarts, level)
+    return spec[: match.start()], (restarts, level)
 
 
 def parse_variant(spec: str) -> tuple[str, str, int, tuple[int, float] | None]:
@@ -363,7 +509,9 @@ def parse_variant(spec: str) -> tuple[str, str, int, tuple[int, float] | None]:
         sampler, steps = rest.rsplit("-", 1)
         steps_i = int(steps)
     except ValueError:
-        raise SystemExit(f"--extra-samplers takes MODEL:SAMPLER-STEPS[+rN@T] (e.g. voxel:ddpm-100+r0), got {spec!r}") from None
+        raise SystemExit(
+            f"--extra-samplers takes MODEL:SAMPLER-STEPS[+rN@T] (e.g. voxel:ddpm-100+r0), got {spec!r}"
+        ) from None
     valid = {"voxel": ("ddim", "ddpm", "dpm2m", "dpm2m-sde"), "particle": ("em", "pc")}
     if kind not in valid or sampler not in valid[kind] or steps_i < 1 or (restarts and kind != "voxel"):
         raise SystemExit(f"--extra-samplers: {spec!r} is not one of voxel:ddim|ddpm-N[+rN@T], particle:em|pc-N")
@@ -403,15 +551,25 @@ def build_phase_dataset(phase: str, settings: dict[str, Any], workdir: Path, reb
 
     sigma = float(settings["thermal_sigma"])
     repeat = [int(r) for r in settings["repeat"]]
-    name = f"{phase}_{'x'.join(map(str, repeat))}_s{sigma:g}_n{int(settings['count'])}_seed{int(settings['data_seed'])}.h5"
+    name = (
+        f"{phase}_{'x'.join(map(str, repeat))}_s{sigma:g}_n{int(settings['count'])}_seed{int(settings['data_seed'])}.h5"
+    )
     path = workdir / "data" / name
     if path.exists() and not rebuild:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.unlink()
-    return build_dataset("crystals", path, phases=[phase], count=int(settings["count"]), thermal_sigma=sigma,
-                         repeat=repeat, seed=int(settings["data_seed"]), progress=False)
+    return build_dataset(
+        "crystals",
+        path,
+        phases=[phase],
+        count=int(settings["count"]),
+        thermal_sigma=sigma,
+        repeat=repeat,
+        seed=int(settings["data_seed"]),
+        progress=False,
+    )
 
 
 def nearest_neighbour_distance(atoms) -> float:
@@ -512,7 +670,9 @@ def data_reference(path: Path, tolerance: float, strict_tolerance: float):
 
 # ----------------------------------------------------------------------------------------------------
 # one run
-def _model_and_data(kind: str, path: Path, settings: dict[str, Any], geometry: dict[str, float], phase: str | None = None):
+def _model_and_data(
+    kind: str, path: Path, settings: dict[str, Any], geometry: dict[str, float], phase: str | None = None
+):
     from datamodules.datamodule import AtomsDataModule
     from lightning_gcd.models.particle import ParticleDiffusion
     from lightning_gcd.models.voxel import GrandCanonicalDiffusion
@@ -520,16 +680,35 @@ def _model_and_data(kind: str, path: Path, settings: dict[str, Any], geometry: d
     common = {"val_samples": 0, "sample_every_n_epochs": 0}
     if kind == "voxel":
         v = settings["voxel"]
-        dm = AtomsDataModule(str(path), view="voxel", batch_size=int(settings["batch_size"]),
-                             num_workers=int(settings["num_workers"]), spacing=v.get("spacing"),
-                             grid_shape=(v.get("grid_shapes") or {}).get(phase) or v.get("grid_shape"), build={})
-        model = GrandCanonicalDiffusion(**v["model"], sampler=v["sampler"], sample_steps=int(v["sample_steps"]), **common)
+        dm = AtomsDataModule(
+            str(path),
+            view="voxel",
+            batch_size=int(settings["batch_size"]),
+            num_workers=int(settings["num_workers"]),
+            spacing=v.get("spacing"),
+            grid_shape=(v.get("grid_shapes") or {}).get(phase) or v.get("grid_shape"),
+            build={},
+        )
+        model = GrandCanonicalDiffusion(
+            **v["model"], sampler=v["sampler"], sample_steps=int(v["sample_steps"]), **common
+        )
     elif kind == "particle":
         p = settings["particle"]
-        dm = AtomsDataModule(str(path), view="particle", batch_size=int(settings["batch_size"]),
-                             num_workers=int(settings["num_workers"]), build={})
-        model = ParticleDiffusion(**p["model"], cutoff=geometry["cutoff"], sigma_max=geometry["sigma_max"],
-                                  sampler=p["sampler"], sample_steps=int(p["sample_steps"]), **common)
+        dm = AtomsDataModule(
+            str(path),
+            view="particle",
+            batch_size=int(settings["batch_size"]),
+            num_workers=int(settings["num_workers"]),
+            build={},
+        )
+        model = ParticleDiffusion(
+            **p["model"],
+            cutoff=geometry["cutoff"],
+            sigma_max=geometry["sigma_max"],
+            sampler=p["sampler"],
+            sample_steps=int(p["sample_steps"]),
+            **common,
+        )
     else:
         from lightning_gcd.models.particle_torus import TorusParticleDiffusion
 
@@ -541,8 +720,9 @@ def _model_and_data(kind: str, path: Path, settings: dict[str, Any], geometry: d
             options["ema_decay"] = c["ema_decay"]
             batch_size = int(c["batch_size"])
             common = {"val_samples": int(c["val_samples"]), "sample_every_n_epochs": 1}
-        dm = AtomsDataModule(str(path), view="particle", batch_size=batch_size,
-                             num_workers=int(settings["num_workers"]), build={})
+        dm = AtomsDataModule(
+            str(path), view="particle", batch_size=batch_size, num_workers=int(settings["num_workers"]), build={}
+        )
         model = TorusParticleDiffusion(**options, sampler=p["sampler"], sample_steps=int(p["sample_steps"]), **common)
     return model, dm
 
@@ -562,28 +742,54 @@ def run_key(kind: str, settings: dict[str, Any], key: str | None = None) -> str:
 def wall_time_budget(settings: dict[str, Any], phase: str, source: Path) -> float:
     """Seconds of training for ``--budget walltime``: the voxel model's ``train_seconds`` on ``phase`` in ``source``."""
     if not source.is_file():
-        raise SystemExit(f"--budget walltime needs the voxel model's training time: {source} does not exist "
-                         "(run the voxel model first, or give --wall-time-from RESULTS_JSON)")
+        raise SystemExit(
+            f"--budget walltime needs the voxel model's training time: {source} does not exist "
+            "(run the voxel model first, or give --wall-time-from RESULTS_JSON)"
+        )
     voxel = json.loads(source.read_text())["phases"].get(phase, {}).get("models", {}).get("voxel")
     if not voxel or not voxel.get("train_seconds"):
         raise SystemExit(f"{source} has no voxel run on {phase} to take the wall-time budget from")
     return float(voxel["train_seconds"])
 
 
-def _wandb_logger(args: argparse.Namespace, settings: dict[str, Any], phase: str, kind: str, workdir: Path,
-                  extra: dict[str, Any], key: str):
+def _wandb_logger(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    phase: str,
+    kind: str,
+    workdir: Path,
+    extra: dict[str, Any],
+    key: str,
+):
     """One W&B run per (phase, model, budget), grouped by phase so that a dashboard shows the models side by side."""
     from lightning.pytorch.loggers import WandbLogger
 
     offline = os.environ.get("WANDB_MODE", "offline").lower() != "online"
     save_dir = workdir / "wandb"
     save_dir.mkdir(parents=True, exist_ok=True)
-    config = {"phase": phase, "model": kind, "key": key, "budget": settings["budget"], "profile": settings["profile"],
-              "steps": phase_steps(settings, phase), "batch_size": settings["batch_size"], "samples": settings["samples"],
-              "thermal_sigma": settings["thermal_sigma"], "model_settings": settings[kind], **extra}
-    return WandbLogger(project=args.wandb_project, group=f"{args.study}-{phase}", name=f"{phase}-{key}",
-                       tags=[kind, phase, settings["budget"]], save_dir=str(save_dir), offline=offline, config=config,
-                       job_type="compare")
+    config = {
+        "phase": phase,
+        "model": kind,
+        "key": key,
+        "budget": settings["budget"],
+        "profile": settings["profile"],
+        "steps": phase_steps(settings, phase),
+        "batch_size": settings["batch_size"],
+        "samples": settings["samples"],
+        "thermal_sigma": settings["thermal_sigma"],
+        "model_settings": settings[kind],
+        **extra,
+    }
+    return WandbLogger(
+        project=args.wandb_project,
+        group=f"{args.study}-{phase}",
+        name=f"{phase}-{key}",
+        tags=[kind, phase, settings["budget"]],
+        save_dir=str(save_dir),
+        offline=offline,
+        config=config,
+        job_type="compare",
+    )
 
 
 class ChunkEnded(Exception):
@@ -600,16 +806,26 @@ def supercell_evaluation(model: Any, kind: str, ideal, metrics, settings: dict[s
         return {"na": "all-pairs Fourier features are tied to the training cell (train with graph: radius)"}
     big = ideal.repeat((2, 2, 2))
     t0 = time.perf_counter()
-    samples = model.sample(model.sample_template(n, supercell=(2, 2, 2)), batch_size=min(n, 16),
-                           seed=int(settings["seed"]) + 2, progress=False)
+    samples = model.sample(
+        model.sample_template(n, supercell=(2, 2, 2)),
+        batch_size=min(n, 16),
+        seed=int(settings["seed"]) + 2,
+        progress=False,
+    )
     seconds = time.perf_counter() - t0
     rate, rms = _strict_match(samples, big, float(settings["tolerance"]))
     threshold = float(metrics.min_distance_threshold)
     overlap = [bool(len(a) > 1 and nearest_neighbour_distance(a) < threshold) for a in samples]
-    return {"n_samples": n, "phase_match": rate, "displacement_rms": rms, "n_atoms_target": len(big),
-            "n_atoms_mean": float(np.mean([len(a) for a in samples])),
-            "n_atoms_exact": float(np.mean([len(a) == len(big) for a in samples])),
-            "overlap_fraction": float(np.mean(overlap)), "sample_seconds": seconds}
+    return {
+        "n_samples": n,
+        "phase_match": rate,
+        "displacement_rms": rms,
+        "n_atoms_target": len(big),
+        "n_atoms_mean": float(np.mean([len(a) for a in samples])),
+        "n_atoms_exact": float(np.mean([len(a) == len(big) for a in samples])),
+        "overlap_fraction": float(np.mean(overlap)),
+        "sample_seconds": seconds,
+    }
 
 
 def steps_in_budget(source: Path, phase: str, kind: str, seconds: float) -> int:
@@ -617,13 +833,24 @@ def steps_in_budget(source: Path, phase: str, kind: str, seconds: float) -> int:
     models = json.loads(source.read_text())["phases"].get(phase, {}).get("models", {})
     run = next((r for r in models.values() if r.get("model") == kind and r.get("budget", "steps") == "steps"), None)
     if run is None or not run.get("train_seconds"):
-        raise SystemExit(f"--budget walltime sets {kind}'s learning-rate schedule from its equal-steps run, and {source} "
-                         f"has none on {phase}: run --budget steps for it first")
+        raise SystemExit(
+            f"--budget walltime sets {kind}'s learning-rate schedule from its equal-steps run, and {source} "
+            f"has none on {phase}: run --budget steps for it first"
+        )
     return max(1, int(round(seconds * run["steps"] / run["train_seconds"])))
 
 
-def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[str, Any], workdir: Path,
-            geometry: dict[str, float], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def run_one(
+    kind: str,
+    phase: str,
+    path: Path,
+    ideal,
+    metrics,
+    settings: dict[str, Any],
+    workdir: Path,
+    geometry: dict[str, float],
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
     """Train one model on one phase, sample it, evaluate; returns (results, curves, logger or None)."""
     import lightning as L
     import torch
@@ -637,7 +864,11 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
     key = run_key(kind, settings, args.key)
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = _model_and_data(kind, path, settings, geometry, phase)
-    logger = _wandb_logger(args, settings, phase, kind, workdir, geometry if kind == "particle" else {}, key) if args.wandb else False
+    logger = (
+        _wandb_logger(args, settings, phase, kind, workdir, geometry if kind == "particle" else {}, key)
+        if args.wandb
+        else False
+    )
     run_dir = workdir / "runs" / f"{phase}-{key}"
     steps = phase_steps(settings, phase)
     clock = TrainingClock(chunk_seconds=60.0 * args.chunk_minutes if args.chunk_minutes else None)
@@ -645,7 +876,9 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
     options: dict[str, Any] = {"limit_val_batches": 0, "enable_checkpointing": False}
     resume = None
     if budget == "walltime":
-        source = Path(args.wall_time_from) if args.wall_time_from else Path(args.out or workdir / "results") / "results.json"
+        source = (
+            Path(args.wall_time_from) if args.wall_time_from else Path(args.out or workdir / "results") / "results.json"
+        )
         clock.budget_seconds = wall_time_budget(settings, phase, source)
         # the cosine schedule needs a length: the steps the budget allows at this model's speed in its equal-steps run
         model.hparams.lr_total_steps = steps_in_budget(source, phase, kind, clock.budget_seconds)
@@ -658,19 +891,37 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
 
         c = settings[kind]["converge"]
         steps = int(c["steps"][phase])
-        plateau = RatePlateauStop("val/phase_match", int(c["val_samples"]), int(c["window"]), float(c["standard_errors"]),
-                                  every_n_steps=int(c["val_every"]))
+        plateau = RatePlateauStop(
+            "val/phase_match",
+            int(c["val_samples"]),
+            int(c["window"]),
+            float(c["standard_errors"]),
+            every_n_steps=int(c["val_every"]),
+        )
         # last.ckpt after every validation (its rate already in the plateau history), not before it: a run stopped
         # while sampling for a validation resumes from the previous one and repeats it
         callbacks += [plateau, ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)]
-        options = {"limit_val_batches": 1, "val_check_interval": int(c["val_every"]), "check_val_every_n_epoch": None,
-                   "enable_checkpointing": True, "plugins": [AtomicCheckpointIO()]}
+        options = {
+            "limit_val_batches": 1,
+            "val_check_interval": int(c["val_every"]),
+            "check_val_every_n_epoch": None,
+            "enable_checkpointing": True,
+            "plugins": [AtomicCheckpointIO()],
+        }
         last = run_dir / "checkpoints" / "last.ckpt"
         resume = str(last) if last.is_file() else None
     trainer = L.Trainer(
-        max_steps=steps, accelerator=settings["accelerator"], devices=1, logger=logger, callbacks=callbacks,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, abs(steps) // 20)), default_root_dir=str(run_dir), **options,
+        max_steps=steps,
+        accelerator=settings["accelerator"],
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, abs(steps) // 20)),
+        default_root_dir=str(run_dir),
+        **options,
     )
     finished = run_dir / "finished.json"  # a converge run that ended: sample it again without training
     convergence: dict[str, Any] = {}
@@ -688,12 +939,19 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
         if budget == "converge":
             trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
             if plateau.stopped_step is None and global_step < steps:
-                raise ChunkEnded(f"{phase}-{key}: chunk ended at step {global_step} of at most {steps}; the same "
-                                 f"command continues from {run_dir / 'checkpoints' / 'last.ckpt'}")
-            convergence = {"steps": global_step, "step_cap": steps, "final_train_loss": loss,
-                           "stopped": "plateau" if plateau.stopped_step is not None else "step cap",
-                           "validations": [{"step": st, "phase_match": r} for st, r in plateau.history],
-                           "train_seconds": clock.seconds, "validation_seconds": clock.validation_seconds}
+                raise ChunkEnded(
+                    f"{phase}-{key}: chunk ended at step {global_step} of at most {steps}; the same "
+                    f"command continues from {run_dir / 'checkpoints' / 'last.ckpt'}"
+                )
+            convergence = {
+                "steps": global_step,
+                "step_cap": steps,
+                "final_train_loss": loss,
+                "stopped": "plateau" if plateau.stopped_step is not None else "step cap",
+                "validations": [{"step": st, "phase_match": r} for st, r in plateau.history],
+                "train_seconds": clock.seconds,
+                "validation_seconds": clock.validation_seconds,
+            }
         trainer.save_checkpoint(run_dir / "last.ckpt")  # for later sampling / inspection (gcd sample --ckpt ...)
         if args.save_weights:  # slim (no optimiser state): small enough to ship as a pretrained model
             slim = Path(args.save_weights) / f"{phase}-{key}.ckpt"
@@ -715,8 +973,14 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
         if kind == "voxel":
             model.sample_restarts, model.sample_restart_t = restarts or own_restarts
         t0 = time.perf_counter()
-        samples = model.sample(model.sample_template(n), batch_size=min(n, 64), steps=sample_steps, sampler=sampler,
-                               seed=int(settings["seed"]) + 1, progress=False)
+        samples = model.sample(
+            model.sample_template(n),
+            batch_size=min(n, 64),
+            steps=sample_steps,
+            sampler=sampler,
+            seed=int(settings["seed"]) + 1,
+            progress=False,
+        )
         sample_s = time.perf_counter() - t0
         res, crv = evaluate(samples, metrics, ideal, float(settings["strict_tolerance"]))
         res.update({"sampler": sampler, "sample_steps": sample_steps, "sample_seconds": sample_s})
@@ -743,21 +1007,23 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
             variants.append(res)
     results["variants"] = variants
     results["supercell"] = supercell_evaluation(model, kind, ideal, metrics, settings)
-    results.update({
-        "model": kind,
-        "key": key,
-        "budget": budget,
-        "phase": phase,
-        "steps": global_step,
-        "batch_size": int(dm.batch_size),
-        "parameters": int(sum(p.numel() for p in model.net.parameters())),
-        "final_train_loss": float(loss) if loss is not None else float("nan"),
-        "train_seconds": train_s,
-        **({"convergence": convergence} if convergence else {}),
-        **({"wall_time_budget_seconds": clock.budget_seconds} if budget == "walltime" else {}),
-        "device": str(model.device),
-        "checkpoint": str(ckpt),
-    })
+    results.update(
+        {
+            "model": kind,
+            "key": key,
+            "budget": budget,
+            "phase": phase,
+            "steps": global_step,
+            "batch_size": int(dm.batch_size),
+            "parameters": int(sum(p.numel() for p in model.net.parameters())),
+            "final_train_loss": float(loss) if loss is not None else float("nan"),
+            "train_seconds": train_s,
+            **({"convergence": convergence} if convergence else {}),
+            **({"wall_time_budget_seconds": clock.budget_seconds} if budget == "walltime" else {}),
+            "device": str(model.device),
+            "checkpoint": str(ckpt),
+        }
+    )
     if kind == "voxel":
         results["grid_shape"] = list(model.info["grid_shape"])
         results["spacing"] = [float(x) for x in model.info["spacing"]]
@@ -772,14 +1038,22 @@ def run_one(kind: str, phase: str, path: Path, ideal, metrics, settings: dict[st
 def _finish_wandb(logger, results: dict[str, Any], plots: Sequence[Path]) -> None:
     if not logger:
         return
-    scalars = {f"val/{k}": v for k, v in results.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("train_seconds", "sample_seconds")}
+    scalars = {
+        f"val/{k}": v
+        for k, v in results.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("train_seconds", "sample_seconds")
+    }
     scalars["time/train_seconds"] = results["train_seconds"]
     scalars["time/sample_seconds"] = results["sample_seconds"]
     for v in results.get("variants", []):  # other sampler settings of the same model
         prefix = f"val_{v['sampler']}{v['sample_steps']}" + (f"_r{v['restarts']}" if "restarts" in v else "")
-        scalars.update({f"{prefix}/{k}": x for k, x in v.items()
-                        if isinstance(x, (int, float)) and not isinstance(x, bool) and k != "sample_seconds"})
+        scalars.update(
+            {
+                f"{prefix}/{k}": x
+                for k, x in v.items()
+                if isinstance(x, (int, float)) and not isinstance(x, bool) and k != "sample_seconds"
+            }
+        )
     logger.log_metrics(scalars)
     try:
         import wandb
@@ -836,7 +1110,9 @@ class _locked:
         self.handle.close()
 
 
-def overlay_runs(out: Path, results: dict[str, Any], own_runs: dict[tuple[str, str], tuple[dict, dict]]) -> tuple[dict, dict]:
+def overlay_runs(
+    out: Path, results: dict[str, Any], own_runs: dict[tuple[str, str], tuple[dict, dict]]
+) -> tuple[dict, dict]:
     """``<out>/results.json`` and curves as they are on disk now, with this process's finished runs put in (so
     that processes merging into one folder at the same time keep each other's runs)."""
     if not (out / "results.json").is_file():
@@ -865,8 +1141,9 @@ def merged_start(results: dict[str, Any], curves: dict[str, dict[str, Any]], out
     this invocation's command and settings are recorded under ``merged`` (the first run's stay on top)."""
     earlier = json.loads((out / "results.json").read_text())
     raw = json.loads((out / "curves.json").read_text()) if (out / "curves.json").is_file() else {}
-    earlier.setdefault("merged", []).append({"command": results["command"], "settings": results["settings"],
-                                              "machine": results["machine"]})
+    earlier.setdefault("merged", []).append(
+        {"command": results["command"], "settings": results["settings"], "machine": results["machine"]}
+    )
     earlier["notes"] = [*earlier.get("notes", []), *results["notes"]]
     for kind in MODELS:  # settings of a model the earlier runs did not have (e.g. the torus model added later)
         if kind in results["settings"]:
@@ -893,7 +1170,7 @@ def _pct(v: Any) -> str:
 
 
 def sampler_label(run: dict[str, Any]) -> str:
-    """"DDPM-100", or "DDPM-100 +2 restarts @0.3T" for the voxel model's restart sampling."""
+    """ "DDPM-100", or "DDPM-100 +2 restarts @0.3T" for the voxel model's restart sampling."""
     label = f"{run['sampler'].upper()}-{run['sample_steps']}"
     if run.get("restarts"):
         label += f" +{run['restarts']} restarts @{run['restart_t']:g}T"
@@ -912,8 +1189,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     m = results["machine"]
     vm = s["voxel"]["model"]
-    voxel_sampler = sampler_label({"sampler": s["voxel"]["sampler"], "sample_steps": s["voxel"]["sample_steps"],
-                                   "restarts": vm.get("sample_restarts"), "restart_t": vm.get("sample_restart_t", 0.3)})
+    voxel_sampler = sampler_label(
+        {
+            "sampler": s["voxel"]["sampler"],
+            "sample_steps": s["voxel"]["sample_steps"],
+            "restarts": vm.get("sample_restarts"),
+            "restart_t": vm.get("sample_restart_t", 0.3),
+        }
+    )
     lines = [
         "# Crystalline phases: particle baseline vs grand canonical voxel model",
         "",
@@ -925,10 +1208,14 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"mults {s['voxel']['model'].get('channel_mults')}, {voxel_sampler}. "
         f"Particle (Cartesian): MPNN hidden {s['particle']['model'].get('hidden')}, "
         f"{s['particle']['model'].get('layers')} layers, {s['particle']['sampler'].upper()}-{s['particle']['sample_steps']}."
-        + (f" Particle (torus): pair network hidden {s['particle_torus']['model'].get('hidden')}, "
-           f"{s['particle_torus']['model'].get('layers')} layers, {s['particle_torus']['model'].get('frequencies')} "
-           f"frequencies, {s['particle_torus']['sampler'].upper()}-{s['particle_torus']['sample_steps']}; its "
-           "budget and batch are in its row (steps) and in results.json." if "particle_torus" in s else ""),
+        + (
+            f" Particle (torus): pair network hidden {s['particle_torus']['model'].get('hidden')}, "
+            f"{s['particle_torus']['model'].get('layers')} layers, {s['particle_torus']['model'].get('frequencies')} "
+            f"frequencies, {s['particle_torus']['sampler'].upper()}-{s['particle_torus']['sample_steps']}; its "
+            "budget and batch are in its row (steps) and in results.json."
+            if "particle_torus" in s
+            else ""
+        ),
         f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
         f"{m['cuda'] or 'no GPU'}; {m['date']}.",
         "",
@@ -947,19 +1234,23 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     for phase, entry in results["phases"].items():
         d = entry["data"]
-        lines.append(f"| {phase} {entry['element']} | training data | {_pct(d['phase_match'])} | "
-                     f"{_pct(d['phase_match_strict'])} | {_fmt(d['displacement_rms'], 3)} | — | {d['n_atoms']} | 0 | "
-                     f"**{d['n_atoms']}**×{d['n_structures']} | 0% | — | — | — | — |")
+        lines.append(
+            f"| {phase} {entry['element']} | training data | {_pct(d['phase_match'])} | "
+            f"{_pct(d['phase_match_strict'])} | {_fmt(d['displacement_rms'], 3)} | — | {d['n_atoms']} | 0 | "
+            f"**{d['n_atoms']}**×{d['n_structures']} | 0% | — | — | — | — |"
+        )
         for key, run in entry["models"].items():
             for r, label in [(run, f"{run_label(run)}, {sampler_label(run)}")] + [
-                    (v, f"↳ same model, {sampler_label(v)}") for v in run.get("variants", [])]:
+                (v, f"↳ same model, {sampler_label(v)}") for v in run.get("variants", [])
+            ]:
                 lines.append(
                     f"| {phase} {entry['element']} | {label} | {_pct(r['phase_match'])} | "
                     f"{_pct(r['phase_match_strict'])} | {_fmt(r['displacement_rms'], 3)} | {_fmt(r['rdf_l1'], 3)} | "
                     f"{_fmt(r['n_atoms_mean'], 1)} ({r['n_atoms_target']}) | {_fmt(r['n_atoms_error'], 2)} | "
                     f"{_hist_text(r['n_atoms_hist'], r['n_atoms_target'])} | {_pct(r['min_distance_violations'])} | "
                     f"{run['train_seconds']:.0f} | {r['sample_seconds']:.0f} | {r.get('network_evaluations') or '—'} | "
-                    f"{_supercell_text(run) if r is run else '—'} |")
+                    f"{_supercell_text(run) if r is run else '—'} |"
+                )
     lines += ["", f"Total wall time: {results.get('total_seconds', float('nan')):.0f} s.", ""]
     notes = results.get("notes")
     if notes:
@@ -993,7 +1284,8 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
     x = np.arange(len(phases))
     width = 0.8 / (len(kinds) + 1)
     series = [("data", lambda p: results["phases"][p]["data"])] + [
-        (k, lambda p, k=k: results["phases"][p]["models"].get(k)) for k in kinds]
+        (k, lambda p, k=k: results["phases"][p]["models"].get(k)) for k in kinds
+    ]
     for i, (name, get) in enumerate(series):
         pos = x + (i - len(kinds) / 2) * width
         loose = [_num((get(p) or {}).get("phase_match")) for p in phases]
@@ -1009,10 +1301,10 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("phase-match rate")
     s = results["settings"]
-    budget = f"{s['steps']} steps each" + "".join(f", {p} {n}" for p, n in (s.get("phase_steps") or {}).items()
-                                                    if p in s["phases"])
-    ax.set_title(f"Samples that are the crystal ({budget}): dark 0.2 Å, "
-                 "light 0.5 Å tolerance, % at 0.5 Å", fontsize=10)
+    budget = f"{s['steps']} steps each" + "".join(
+        f", {p} {n}" for p, n in (s.get("phase_steps") or {}).items() if p in s["phases"]
+    )
+    ax.set_title(f"Samples that are the crystal ({budget}): dark 0.2 Å, light 0.5 Å tolerance, % at 0.5 Å", fontsize=10)
     ax.legend(frameon=False, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -1029,7 +1321,9 @@ def plot_rdf(phase: str, entry: dict[str, Any], curves: dict[str, Any], path: Pa
         if kind not in entry["models"]:
             continue
         res = entry["models"][kind]
-        ax.plot(r, np.asarray(c["g"]), color=run_color(kind), lw=1.2, label=f"{run_label(res)} (L1 {_fmt(res['rdf_l1'])})")
+        ax.plot(
+            r, np.asarray(c["g"]), color=run_color(kind), lw=1.2, label=f"{run_label(res)} (L1 {_fmt(res['rdf_l1'])})"
+        )
     ax.set_xlabel("r (Å)")
     ax.set_ylabel("g(r)")
     ax.set_xlim(0, float(r[-1]))
@@ -1050,13 +1344,24 @@ def plot_counts(phase: str, entry: dict[str, Any], path: Path) -> Path:
     lo, hi = min(all_n), max(all_n)
     n = np.arange(lo, hi + 1)
     width = 0.8 / (len(kinds) + 1)
-    ax.bar(n - width * len(kinds) / 2, (n == target).astype(float), width=width, color=COLORS["data"], label="training data")
+    ax.bar(
+        n - width * len(kinds) / 2,
+        (n == target).astype(float),
+        width=width,
+        color=COLORS["data"],
+        label="training data",
+    )
     for i, kind in enumerate(kinds):
         hist = entry["models"][kind]["n_atoms_hist"]
         total = max(1, sum(hist.values()))
         h = np.array([hist.get(str(k), 0) / total for k in n])
-        ax.bar(n + width * (i + 1 - len(kinds) / 2), h, width=width, color=run_color(kind),
-               label=run_label(entry["models"][kind]))
+        ax.bar(
+            n + width * (i + 1 - len(kinds) / 2),
+            h,
+            width=width,
+            color=run_color(kind),
+            label=run_label(entry["models"][kind]),
+        )
     ax.set_xlabel("atoms per structure")
     ax.set_ylabel("fraction of structures")
     ax.set_title(f"Atom counts, {phase} {entry['element']} (target {target})")
@@ -1089,8 +1394,10 @@ def write_outputs(results: dict[str, Any], curves: dict[str, dict[str, Any]], ou
     written.append(out / "results.json")
     (out / "results.md").write_text(results_markdown(results))
     written.append(out / "results.md")
-    small = {phase: {kind: {"r": c["r"], "g": c["g"], "g_reference": c["g_reference"]} for kind, c in per.items()}
-             for phase, per in curves.items()}
+    small = {
+        phase: {kind: {"r": c["r"], "g": c["g"], "g_reference": c["g_reference"]} for kind, c in per.items()}
+        for phase, per in curves.items()
+    }
     (out / "curves.json").write_text(json.dumps(_jsonable(small)))
     written.append(out / "curves.json")
     if results["phases"]:
@@ -1131,13 +1438,20 @@ def _quiet_lightning() -> None:
 def _prepare_phase(phase: str, settings: dict[str, Any], workdir: Path, rebuild: bool):
     """Build (or reuse) a phase's dataset; returns (path, ideal cell, metrics, the data's own numbers, geometry)."""
     path = build_phase_dataset(phase, settings, workdir, rebuild=rebuild)
-    ideal, metrics, data_numbers = data_reference(path, float(settings["tolerance"]), float(settings["strict_tolerance"]))
+    ideal, metrics, data_numbers = data_reference(
+        path, float(settings["tolerance"]), float(settings["strict_tolerance"])
+    )
     return path, ideal, metrics, data_numbers, particle_geometry(ideal, settings)
 
 
 def _phase_entry(ideal, path: Path, data_numbers: dict[str, Any], geometry: dict[str, float]) -> dict[str, Any]:
-    return {"element": ideal.info.get("element", ""), "dataset": str(path), "data": data_numbers,
-            "particle_geometry": geometry, "models": {}}
+    return {
+        "element": ideal.info.get("element", ""),
+        "dataset": str(path),
+        "data": data_numbers,
+        "particle_geometry": geometry,
+        "models": {},
+    }
 
 
 def _run_task(args: argparse.Namespace, settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -1167,12 +1481,15 @@ def _run_task(args: argparse.Namespace, settings: dict[str, Any], workdir: Path)
 
 
 def _curves_from_json(raw: dict[str, Any]) -> dict[str, Any]:
-    return {k: np.asarray([np.nan if x is None else x for x in v], dtype=float) if isinstance(v, list) else v
-            for k, v in raw.items()}
+    return {
+        k: np.asarray([np.nan if x is None else x for x in v], dtype=float) if isinstance(v, list) else v
+        for k, v in raw.items()
+    }
 
 
-def _run_parallel(tasks: Sequence[tuple[str, str]], argv: Sequence[str], workdir: Path, jobs: int,
-                  done: Any) -> list[str]:
+def _run_parallel(
+    tasks: Sequence[tuple[str, str]], argv: Sequence[str], workdir: Path, jobs: int, done: Any
+) -> list[str]:
     """Run ``tasks`` (phase, model) as ``jobs`` concurrent worker processes of this script (``--task``), in the
     given order; call ``done(phase, kind, results, curves)`` as each finishes. Returns the failures (one line
     each, with the worker's log file); the other runs' results are kept."""
@@ -1188,8 +1505,17 @@ def _run_parallel(tasks: Sequence[tuple[str, str]], argv: Sequence[str], workdir
             out = task_dir / f"{phase}-{kind}.json"
             out.unlink(missing_ok=True)
             log = task_dir / f"{phase}-{kind}.log"
-            cmd = [sys.executable, str(Path(__file__).resolve()), *child_argv, "--jobs", "1",
-                   "--task", f"{phase}:{kind}", "--task-out", str(out)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                *child_argv,
+                "--jobs",
+                "1",
+                "--task",
+                f"{phase}:{kind}",
+                "--task-out",
+                str(out),
+            ]
             with open(log, "w") as handle:
                 proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
             running.append((proc, phase, kind, out, log))
@@ -1227,27 +1553,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return _run_task(args, settings, workdir)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
 
-    results: dict[str, Any] = {"study": args.study, "settings": settings, "machine": machine_info(settings),
-                               "command": [sys.argv[0], *argv], "phases": {}, "notes": list(args.note)}
+    results: dict[str, Any] = {
+        "study": args.study,
+        "settings": settings,
+        "machine": machine_info(settings),
+        "command": [sys.argv[0], *argv],
+        "phases": {},
+        "notes": list(args.note),
+    }
     curves: dict[str, dict[str, Any]] = {phase: {} for phase in settings["phases"]}
     if args.merge and (out / "results.json").is_file():
         results, curves = merged_start(results, curves, out)
     jobs = int(settings["jobs"])
     start = time.perf_counter()
-    say(f"[compare] profile {settings['profile']}: phases {' '.join(settings['phases'])}, models "
+    say(
+        f"[compare] profile {settings['profile']}: phases {' '.join(settings['phases'])}, models "
         f"{' '.join(settings['models'])}, {settings['steps']} steps × batch {settings['batch_size']}, "
         f"{settings['samples']} samples; torch threads {torch.get_num_threads()} per run, {jobs} run(s) at a time; "
-        f"out {out}")
+        f"out {out}"
+    )
     prepared = {}
     for phase in settings["phases"]:
         t0 = time.perf_counter()
-        prepared[phase] = path, ideal, metrics, data_numbers, geometry = _prepare_phase(phase, settings, workdir, args.rebuild)
+        prepared[phase] = path, ideal, metrics, data_numbers, geometry = _prepare_phase(
+            phase, settings, workdir, args.rebuild
+        )
         earlier = results["phases"].get(phase, {}).get("models", {})
         results["phases"][phase] = entry = _phase_entry(ideal, path, data_numbers, geometry)
         entry["models"].update(earlier)
-        say(f"[compare] {phase} {entry['element']}: {data_numbers['n_structures']} training cells of {len(ideal)} atoms; data "
+        say(
+            f"[compare] {phase} {entry['element']}: {data_numbers['n_structures']} training cells of {len(ideal)} atoms; data "
             f"match {data_numbers['phase_match']:.0%} / {data_numbers['phase_match_strict']:.0%} (0.5/0.2 Å), disp RMS "
-            f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)")
+            f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)"
+        )
     tasks = [(phase, kind) for phase in settings["phases"] for kind in settings["models"]]
     finished = []
     own_runs: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}  # (phase, key) -> (results, curves)
@@ -1269,24 +1607,32 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             written = write_outputs(results, curves, out)
         _finish_wandb(logger, res, [p for p in written if p.suffix == ".png" and phase in p.stem])
         data_numbers = entry["data"]
-        extra = {"voxel": lambda: f" grid {res['grid_shape']}",
-                 "particle": lambda: f" cutoff {res['cutoff']} Å σmax {res['sigma_max']} Å"}.get(kind, lambda: "")()
-        say(f"[compare] run {len(finished)}/{len(tasks)}: {phase}-{key} done: match {_pct(res['phase_match'])} (0.5 Å) "
+        extra = {
+            "voxel": lambda: f" grid {res['grid_shape']}",
+            "particle": lambda: f" cutoff {res['cutoff']} Å σmax {res['sigma_max']} Å",
+        }.get(kind, lambda: "")()
+        say(
+            f"[compare] run {len(finished)}/{len(tasks)}: {phase}-{key} done: match {_pct(res['phase_match'])} (0.5 Å) "
             f"{_pct(res['phase_match_strict'])} (0.2 Å), disp RMS {_fmt(res['displacement_rms'], 3)} Å (data "
             f"{data_numbers['displacement_rms']:.3f}), g(r) L1 {_fmt(res['rdf_l1'], 3)}, mean n {_fmt(res['n_atoms_mean'], 1)}/"
             f"{res['n_atoms_target']}, viol. {_pct(res['min_distance_violations'])}; train {res['train_seconds']:.0f} s, "
-            f"sample {res['sample_seconds']:.0f} s;{extra}; elapsed {time.perf_counter() - start:.0f} s")
+            f"sample {res['sample_seconds']:.0f} s;{extra}; elapsed {time.perf_counter() - start:.0f} s"
+        )
         for v in res["variants"]:
-            say(f"[compare]   same model, {sampler_label(v)}: match {_pct(v['phase_match'])} / "
+            say(
+                f"[compare]   same model, {sampler_label(v)}: match {_pct(v['phase_match'])} / "
                 f"{_pct(v['phase_match_strict'])}, disp RMS {_fmt(v['displacement_rms'], 3)} Å, mean n "
-                f"{_fmt(v['n_atoms_mean'], 1)}, viol. {_pct(v['min_distance_violations'])}; sample {v['sample_seconds']:.0f} s")
+                f"{_fmt(v['n_atoms_mean'], 1)}, viol. {_pct(v['min_distance_violations'])}; sample {v['sample_seconds']:.0f} s"
+            )
 
     failures: list[str] = []
     if jobs > 1 and len(tasks) > 1:
         # the longest runs first (most steps, then most atoms), so that the last ones to start are short
         tasks.sort(key=lambda t: (phase_steps(settings, t[0]), len(prepared[t[0]][1])), reverse=True)
-        say(f"[compare] {len(tasks)} runs, {jobs} at a time, in this order: {' '.join(f'{p}-{k}' for p, k in tasks)}; "
-            f"worker logs in {workdir / 'tasks'}")
+        say(
+            f"[compare] {len(tasks)} runs, {jobs} at a time, in this order: {' '.join(f'{p}-{k}' for p, k in tasks)}; "
+            f"worker logs in {workdir / 'tasks'}"
+        )
         failures = _run_parallel(tasks, argv, workdir, jobs, done)
     else:
         for i, (phase, kind) in enumerate(tasks, 1):
@@ -1302,8 +1648,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.merge:  # with --merge every finished run was written into the folder's files as it landed
         write_outputs(results, curves, out)
     if failures:
-        raise SystemExit("[compare] some runs did not finish (the others are in " + str(out) + "):\n  "
-                         + "\n  ".join(failures))
+        raise SystemExit(
+            "[compare] some runs did not finish (the others are in " + str(out) + "):\n  " + "\n  ".join(failures)
+        )
     say(f"[compare] done in {results['total_seconds']:.0f} s: {out / 'results.md'}")
     return results
 

@@ -35,10 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trapping.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="a TorusParticleDiffusion checkpoint")
     p.add_argument("--dataset", required=True, help="the phase's HDF5 dataset (training split: the starting crystals)")
-    p.add_argument("--start-times", type=float, nargs="+", default=[0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-                   metavar="T", help="diffusion times to start from (1: uniform positions)")
-    p.add_argument("--samplers", nargs="+", default=["pc-1000"], metavar="SAMPLER-LEVELS",
-                   help="sampler and number of levels of the full schedule, e.g. pc-1000 pc-200 em-1000")
+    p.add_argument(
+        "--start-times",
+        type=float,
+        nargs="+",
+        default=[0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        metavar="T",
+        help="diffusion times to start from (1: uniform positions)",
+    )
+    p.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["pc-1000"],
+        metavar="SAMPLER-LEVELS",
+        help="sampler and number of levels of the full schedule, e.g. pc-1000 pc-200 em-1000",
+    )
     p.add_argument("--samples", type=int, default=32, help="structures per (sampler, start time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -105,18 +116,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     out = model.resample(batch, t, steps=levels, sampler=name, generator=generator)
                 seconds = time.perf_counter() - t0
                 sigma = float(model.diffusion.sigma(torch.tensor([t]), batch.n_atoms[:1])[0])
-                row = {"sampler": name, "levels": levels, "start_time": t, "sigma_frac": sigma,
-                       "sigma_angstrom": sigma * edge, "seconds": seconds, **score(out.to_atoms(), ideal, threshold)}
+                row = {
+                    "sampler": name,
+                    "levels": levels,
+                    "start_time": t,
+                    "sigma_frac": sigma,
+                    "sigma_angstrom": sigma * edge,
+                    "seconds": seconds,
+                    **score(out.to_atoms(), ideal, threshold),
+                }
                 rows.append(row)
-                print(f"[trapping] {name}-{levels} from t={t:.2f} (σ {sigma:.4f} = {sigma * edge:.3f} Å): "
-                      f"match {row['phase_match']:.0%}, overlap {row['overlap_fraction']:.0%} ({seconds:.0f} s)", flush=True)
+                print(
+                    f"[trapping] {name}-{levels} from t={t:.2f} (σ {sigma:.4f} = {sigma * edge:.3f} Å): "
+                    f"match {row['phase_match']:.0%}, overlap {row['overlap_fraction']:.0%} ({seconds:.0f} s)",
+                    flush=True,
+                )
     finally:
         if context is not None:
             context.__exit__(None, None, None)
-    result = {"command": [sys.argv[0], *argv], "checkpoint": args.ckpt, "dataset": args.dataset,
-              "samples": args.samples, "min_distance_threshold": threshold, "rows": rows,
-              "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                          "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+    result = {
+        "command": [sys.argv[0], *argv],
+        "checkpoint": args.ckpt,
+        "dataset": args.dataset,
+        "samples": args.samples,
+        "min_distance_threshold": threshold,
+        "rows": rows,
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
     write(result, Path(args.out))
     return result
 
@@ -127,14 +158,22 @@ def write(result: dict[str, Any], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "trapping.json").write_text(json.dumps(result, indent=1))
-    lines = ["# Trapping: sampling started from noised training crystals", "",
-             f"`{' '.join(result['command'])}`", "",
-             f"{result['samples']} samples per row; overlap: a pair closer than {result['min_distance_threshold']:.2f} Å.",
-             "", "| sampler | start t | σ (frac) | σ (Å) | phase match | overlap | s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Trapping: sampling started from noised training crystals",
+        "",
+        f"`{' '.join(result['command'])}`",
+        "",
+        f"{result['samples']} samples per row; overlap: a pair closer than {result['min_distance_threshold']:.2f} Å.",
+        "",
+        "| sampler | start t | σ (frac) | σ (Å) | phase match | overlap | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
-        lines.append(f"| {r['sampler']}-{r['levels']} | {r['start_time']:.2f} | {r['sigma_frac']:.4f} | "
-                     f"{r['sigma_angstrom']:.3f} | {100 * r['phase_match']:.0f}% | {100 * r['overlap_fraction']:.0f}% | "
-                     f"{r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['sampler']}-{r['levels']} | {r['start_time']:.2f} | {r['sigma_frac']:.4f} | "
+            f"{r['sigma_angstrom']:.3f} | {100 * r['phase_match']:.0f}% | {100 * r['overlap_fraction']:.0f}% | "
+            f"{r['seconds']:.0f} |"
+        )
     (out / "trapping.md").write_text("\n".join(lines) + "\n")
     fig = Figure(figsize=(6, 3.8), layout="constrained")
     FigureCanvasAgg(fig)

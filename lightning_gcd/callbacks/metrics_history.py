@@ -37,8 +37,15 @@ from lightning.pytorch.callbacks import Callback
 # the I/O helpers live in lightning_gcd.io; re-exported under their old import names
 from lightning_gcd.io import to_jsonable, write_extxyz_atomic, write_json_atomic
 
-__all__ = ["MetricsHistory", "to_jsonable", "write_json_atomic", "write_extxyz_atomic",
-           "METRICS_FILE", "CURVES_FILE", "SAMPLES_DIR"]
+__all__ = [
+    "MetricsHistory",
+    "to_jsonable",
+    "write_json_atomic",
+    "write_extxyz_atomic",
+    "METRICS_FILE",
+    "CURVES_FILE",
+    "SAMPLES_DIR",
+]
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.json"

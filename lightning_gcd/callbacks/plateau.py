@@ -41,8 +41,14 @@ class RatePlateauStop(Callback):
             runs when a time-limited chunk stops elsewhere is then left out); None counts every validation.
     """
 
-    def __init__(self, monitor: str = "val/phase_match", samples: int = 64, window: int = 5,
-                 standard_errors: float = 2.0, every_n_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        monitor: str = "val/phase_match",
+        samples: int = 64,
+        window: int = 5,
+        standard_errors: float = 2.0,
+        every_n_steps: int | None = None,
+    ) -> None:
         if samples < 2 or window < 1:
             raise ValueError(f"need samples >= 2 and window >= 1, got {samples}, {window}")
         self.monitor = monitor

@@ -64,12 +64,20 @@ class SpectrumGuidance:
             p.requires_grad_(False)
         self.scale = float(scale)
 
-    def loss(self, target: torch.Tensor, frac_coords: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
-             cell: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        target: torch.Tensor,
+        frac_coords: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B,) squared L2 error between ``target`` (B, K) and the structures' mean predicted spectra."""
         dtype = next(self.forward_model.parameters()).dtype
-        pred = self.forward_model.mean_spectrum(frac_coords.to(dtype), numbers, mask, cell.to(dtype),
-                                                None if weights is None else weights.to(dtype))
+        pred = self.forward_model.mean_spectrum(
+            frac_coords.to(dtype), numbers, mask, cell.to(dtype), None if weights is None else weights.to(dtype)
+        )
         return ((pred - target.to(pred)) ** 2).sum(-1)
 
     def bind(self, target: torch.Tensor) -> StructureLoss:

@@ -99,8 +99,13 @@ class TorusDiffusion:
         n_reference: the atom count at which that factor is one (the training structures' mean).
     """
 
-    def __init__(self, sigma_min: float = 0.005, sigma_max: float = 0.5, atom_scaled_sigma: bool = False,
-                 n_reference: float | None = None) -> None:
+    def __init__(
+        self,
+        sigma_min: float = 0.005,
+        sigma_max: float = 0.5,
+        atom_scaled_sigma: bool = False,
+        n_reference: float | None = None,
+    ) -> None:
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         if sigma_min < 0.001:
@@ -139,10 +144,18 @@ class TorusDiffusion:
         norm = self.score_norm(sigma).sqrt()[:, None, None].to(clean.dtype)
         return -wrapped_normal_score(noisy - clean, s) / norm
 
-    def training_loss(self, model: Callable[..., torch.Tensor], frac: torch.Tensor, numbers: torch.Tensor,
-                      mask: torch.Tensor, cell: torch.Tensor, cond: torch.Tensor | None = None,
-                      cond_keep: torch.Tensor | None = None, t: torch.Tensor | None = None,
-                      eps: torch.Tensor | None = None) -> torch.Tensor:
+    def training_loss(
+        self,
+        model: Callable[..., torch.Tensor],
+        frac: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cond_keep: torch.Tensor | None = None,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Denoising score-matching loss: masked MSE of the normalised target over real atoms, a scalar.
 
         Args:

@@ -62,8 +62,9 @@ __all__ = ["VEParticleDiffusion", "n_atoms_for_cell", "wrap_frac_torch"]
 Model = Callable[..., torch.Tensor]
 
 
-def _rand(shape, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype,
-          normal: bool) -> torch.Tensor:
+def _rand(
+    shape, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype, normal: bool
+) -> torch.Tensor:
     """Uniform [0, 1) or standard normal numbers, drawn on the generator's own device (a CPU generator
     works for CUDA data, as in the voxel model's sampler)."""
     fn = torch.randn if normal else torch.rand
@@ -110,9 +111,13 @@ class VEParticleDiffusion:
         max_images: largest lattice-image index per axis in the wrapped-normal sum.
     """
 
-    def __init__(self, sigma_max: float = 3.0, sigma_min: float = 0.01,
-                 target: Literal["wrapped_normal", "minimum_image"] = "wrapped_normal",
-                 max_images: int = 4) -> None:
+    def __init__(
+        self,
+        sigma_max: float = 3.0,
+        sigma_min: float = 0.01,
+        target: Literal["wrapped_normal", "minimum_image"] = "wrapped_normal",
+        max_images: int = 4,
+    ) -> None:
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         if target not in ("wrapped_normal", "minimum_image"):
@@ -128,8 +133,9 @@ class VEParticleDiffusion:
         return self.sigma_min + (self.sigma_max - self.sigma_min) * t
 
     # ------------------------------------------------------------------ training
-    def noise_target(self, clean_frac: torch.Tensor, noisy_frac: torch.Tensor, cell: torch.Tensor,
-                     sigma: torch.Tensor) -> torch.Tensor:
+    def noise_target(
+        self, clean_frac: torch.Tensor, noisy_frac: torch.Tensor, cell: torch.Tensor, sigma: torch.Tensor
+    ) -> torch.Tensor:
         """Target ``eps*`` (B, N, 3) for noisy (wrapped) positions; ``sigma`` is (B,) in Å."""
         delta = minimum_image(noisy_frac - clean_frac, cell[:, None])  # (B, N, 3) Å
         s = sigma[:, None, None].to(delta.dtype)
@@ -145,9 +151,16 @@ class VEParticleDiffusion:
         w = torch.softmax(logw, dim=-1)
         return (w[..., None] * cand).sum(2) / s
 
-    def training_loss(self, model: Model, batch: StructureBatch, cond: torch.Tensor | None = None,
-                      cond_drop_prob: float = 0.0, generator: torch.Generator | None = None,
-                      t: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+    def training_loss(
+        self,
+        model: Model,
+        batch: StructureBatch,
+        cond: torch.Tensor | None = None,
+        cond_drop_prob: float = 0.0,
+        generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Denoising score-matching loss (masked MSE on eps over real atoms), a scalar.
 
         t ~ U(0, 1) per structure; noisy positions are wrapped into the cell before the model sees them.
@@ -177,16 +190,37 @@ class VEParticleDiffusion:
         return err.sum() / (3.0 * mask.sum().clamp(min=1))
 
     # ------------------------------------------------------------------ sampling
-    def _eps(self, model: Model, frac: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
-             cell: torch.Tensor, t: float, cond: torch.Tensor | None, guidance_scale: float,
-             grad: bool = False) -> torch.Tensor:
+    def _eps(
+        self,
+        model: Model,
+        frac: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        t: float,
+        cond: torch.Tensor | None,
+        guidance_scale: float,
+        grad: bool = False,
+    ) -> torch.Tensor:
         tb = torch.full((frac.shape[0],), t, device=frac.device, dtype=frac.dtype)
         with torch.set_grad_enabled(grad):
             return classifier_free_prediction(model, frac, numbers, mask, cell, tb, cond, guidance_scale)
 
-    def _posterior_eps(self, model: Model, frac: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
-                       cell: torch.Tensor, inv_cell: torch.Tensor, t: float, sigma: float, cond: torch.Tensor | None,
-                       guidance_scale: float, posterior: Callable[..., torch.Tensor], posterior_scale: float) -> torch.Tensor:
+    def _posterior_eps(
+        self,
+        model: Model,
+        frac: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        inv_cell: torch.Tensor,
+        t: float,
+        sigma: float,
+        cond: torch.Tensor | None,
+        guidance_scale: float,
+        posterior: Callable[..., torch.Tensor],
+        posterior_scale: float,
+    ) -> torch.Tensor:
         """eps with diffusion posterior sampling: ``eps + sigma * rho * unit(grad_x_t L(x0_hat))`` (guidance.py)."""
         from lightning_gcd.diffusion.guidance import unit_per_sample
 
@@ -205,12 +239,25 @@ class VEParticleDiffusion:
         """Cartesian displacement -> wrapped fractional coordinates; padding stays at 0."""
         return wrap_frac_torch(frac + torch.einsum("bni,bij->bnj", dx, inv_cell)) * mask[..., None].to(frac.dtype)
 
-    def sample(self, model: Model, cell: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
-               steps: int = 200, sampler: Literal["em", "pc"] = "em", cond: torch.Tensor | None = None,
-               guidance_scale: float = 1.0, generator: torch.Generator | None = None, progress: bool = False,
-               snr: float = 0.16, corrector_steps: int = 1,
-               posterior: Callable[..., torch.Tensor] | None = None, posterior_scale: float = 0.0,
-               known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        model: Model,
+        cell: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        steps: int = 200,
+        sampler: Literal["em", "pc"] = "em",
+        cond: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        snr: float = 0.16,
+        corrector_steps: int = 1,
+        posterior: Callable[..., torch.Tensor] | None = None,
+        posterior_scale: float = 0.0,
+        known: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Generate fractional coordinates (B, N, 3) in [0, 1) for the given cells and species.
 
         Args:
@@ -278,8 +325,9 @@ class VEParticleDiffusion:
                     frac = self._move(frac, step * score + torch.sqrt(2.0 * step) * z, inv_cell, mask)
                 frac = impose(frac, s)
             if posterior is not None and posterior_scale > 0:
-                eps = self._posterior_eps(model, frac, numbers, mask, cell, inv_cell, t, s, cond, guidance_scale,
-                                          posterior, posterior_scale)
+                eps = self._posterior_eps(
+                    model, frac, numbers, mask, cell, inv_cell, t, s, cond, guidance_scale, posterior, posterior_scale
+                )
             else:
                 eps = self._eps(model, frac, numbers, mask, cell, t, cond, guidance_scale)
             var = s * s - s_next * s_next

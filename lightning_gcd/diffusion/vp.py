@@ -43,7 +43,14 @@ import torch
 
 from lightning_gcd.diffusion.schedules import VPSchedule
 
-__all__ = ["TIMESTEP_SPACINGS", "GaussianDiffusion", "Prediction", "Sampler", "classifier_free_guidance", "respaced_timesteps"]
+__all__ = [
+    "TIMESTEP_SPACINGS",
+    "GaussianDiffusion",
+    "Prediction",
+    "Sampler",
+    "classifier_free_guidance",
+    "respaced_timesteps",
+]
 
 Prediction = Literal["eps", "x0", "v", "blend"]
 PREDICTIONS = ("eps", "x0", "v", "blend")
@@ -66,8 +73,9 @@ TIMESTEP_SPACINGS = ("uniform", "quadratic", "logsnr")
 LOGSNR_FLOOR = -8.0
 
 
-def respaced_timesteps(T: int, steps: int, spacing: str = "uniform",
-                       alphas_cumprod: torch.Tensor | None = None) -> list[int]:
+def respaced_timesteps(
+    T: int, steps: int, spacing: str = "uniform", alphas_cumprod: torch.Tensor | None = None
+) -> list[int]:
     """``steps`` distinct step indices from ``T-1`` down to 0 (or just ``[T-1]``), descending.
 
     The first index is always ``T-1`` (sampling starts from pure noise); with ``steps >= 2`` the last is 0.
@@ -104,8 +112,9 @@ def respaced_timesteps(T: int, steps: int, spacing: str = "uniform",
     return out
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device,
-           dtype: torch.dtype) -> torch.Tensor:
+def _randn(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Standard normal noise; drawn on the generator's own device (so a CPU generator works for CUDA data)."""
     if generator is None:
         return torch.randn(tuple(shape), device=device, dtype=dtype)
@@ -147,17 +156,30 @@ class GaussianDiffusion:
     ``.half()`` nor ``.to(device)`` of a surrounding module can degrade it.
     """
 
-    def __init__(self, prediction: Prediction = "x0", schedule: str | VPSchedule = "cosine", T: int = 1000,
-                 loss_space: str = "prediction", blend_sigma_data: float | Sequence[float] = 1.0,
-                 self_condition: bool = False, self_condition_prob: float = 0.5,
-                 self_condition_clip: tuple[float, float] | None = None,
-                 input_perturbation: float = 0.0) -> None:
+    def __init__(
+        self,
+        prediction: Prediction = "x0",
+        schedule: str | VPSchedule = "cosine",
+        T: int = 1000,
+        loss_space: str = "prediction",
+        blend_sigma_data: float | Sequence[float] = 1.0,
+        self_condition: bool = False,
+        self_condition_prob: float = 0.5,
+        self_condition_clip: tuple[float, float] | None = None,
+        input_perturbation: float = 0.0,
+    ) -> None:
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-        scales = [float(blend_sigma_data)] if isinstance(blend_sigma_data, (int, float)) else [float(v) for v in blend_sigma_data]
+        scales = (
+            [float(blend_sigma_data)]
+            if isinstance(blend_sigma_data, (int, float))
+            else [float(v) for v in blend_sigma_data]
+        )
         if not scales or not all(v > 0 for v in scales):
             raise ValueError(f"blend_sigma_data must be positive, got {blend_sigma_data}")
-        self.blend_sigma_data: float | tuple[float, ...] = scales[0] if isinstance(blend_sigma_data, (int, float)) else tuple(scales)
+        self.blend_sigma_data: float | tuple[float, ...] = (
+            scales[0] if isinstance(blend_sigma_data, (int, float)) else tuple(scales)
+        )
         if loss_space not in ("prediction", "x0"):
             raise ValueError(f"unknown loss_space {loss_space!r}; choose 'prediction' or 'x0'")
         self.loss_space = loss_space
@@ -170,7 +192,9 @@ class GaussianDiffusion:
             raise ValueError(f"self_condition_prob must be in [0, 1], got {self_condition_prob}")
         self.self_condition = bool(self_condition)
         self.self_condition_prob = float(self_condition_prob)
-        self.self_condition_clip = None if self_condition_clip is None else (float(self_condition_clip[0]), float(self_condition_clip[1]))
+        self.self_condition_clip = (
+            None if self_condition_clip is None else (float(self_condition_clip[0]), float(self_condition_clip[1]))
+        )
         if not 0.0 <= input_perturbation < 1.0:
             raise ValueError(f"input_perturbation must be in [0, 1), got {input_perturbation}")
         # DDPM-IP (Ning et al. 2023): the training input is noised with eps + gamma * xi while the target keeps
@@ -197,7 +221,9 @@ class GaussianDiffusion:
         kinds = self.channel_predictions
         assert kinds is not None
         if like.ndim < 2 or like.shape[1] != len(kinds):
-            raise ValueError(f"per-channel predictions {kinds} need (B, {len(kinds)}, ...) tensors, got {tuple(like.shape)}")
+            raise ValueError(
+                f"per-channel predictions {kinds} need (B, {len(kinds)}, ...) tensors, got {tuple(like.shape)}"
+            )
         mask = torch.tensor([k == kind for k in kinds], device=like.device)
         return mask.view(1, -1, *([1] * (like.ndim - 2)))
 
@@ -208,8 +234,10 @@ class GaussianDiffusion:
             loss += ", self_condition=True"
         if "blend" in (self.channel_predictions or (self.prediction,)):
             loss += f", blend_sigma_data={self.blend_sigma_data!r}"
-        return (f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}{loss}, "
-                f"schedule={self.schedule.name!r}, T={self.T})")
+        return (
+            f"GaussianDiffusion(prediction={self.prediction!r}{per_channel}{loss}, "
+            f"schedule={self.schedule.name!r}, T={self.T})"
+        )
 
     @property
     def T(self) -> int:
@@ -272,20 +300,25 @@ class GaussianDiffusion:
         sa, s1a = self._coefs(t_index, x_t)
         return s1a * x_t + sa * v
 
-    def _blend_coefs(self, t_index: int | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _blend_coefs(
+        self, t_index: int | torch.Tensor, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(1/sqrt(ā), σ = sqrt((1-ā)/ā), c = σ_d²/(σ² + σ_d²)) of the ``"blend"`` prediction, in ``like``'s dtype."""
         a = self._alpha_bar(t_index, like)
         sd = self.blend_sigma_data
         if isinstance(sd, tuple):  # one per channel: (1, C, 1, ...)
             if like.ndim < 2 or like.shape[1] != len(sd):
-                raise ValueError(f"per-channel blend_sigma_data {sd} needs (B, {len(sd)}, ...) tensors, got {tuple(like.shape)}")
+                raise ValueError(
+                    f"per-channel blend_sigma_data {sd} needs (B, {len(sd)}, ...) tensors, got {tuple(like.shape)}"
+                )
             sd = torch.tensor(sd, dtype=a.dtype, device=a.device).view(1, -1, *([1] * (like.ndim - 2)))
         sigma2 = (1.0 - a) / a
-        c = sd ** 2 / (sigma2 + sd ** 2)
+        c = sd**2 / (sigma2 + sd**2)
         return a.rsqrt().to(like.dtype), sigma2.sqrt().to(like.dtype), c.to(like.dtype)
 
-    def split_prediction(self, pred: torch.Tensor, x_t: torch.Tensor,
-                         t_index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_prediction(
+        self, pred: torch.Tensor, x_t: torch.Tensor, t_index: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Turn a raw model output (of kind ``self.prediction``, or per channel) into ``(x0, eps)``."""
         if self.channel_predictions is not None:
             x0, eps = pred.clone(), pred.clone()
@@ -296,8 +329,9 @@ class GaussianDiffusion:
             return x0, eps
         return self._split_one(self.prediction, pred, x_t, t_index)
 
-    def _split_one(self, kind: str, pred: torch.Tensor, x_t: torch.Tensor,
-                   t_index: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split_one(
+        self, kind: str, pred: torch.Tensor, x_t: torch.Tensor, t_index: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if kind == "eps":
             return self.x0_from_eps(x_t, t_index, pred), pred
         if kind == "x0":
@@ -387,7 +421,9 @@ class GaussianDiffusion:
             keep = (torch.rand((b,), generator=generator, device=gen_device) >= cond_drop_prob).to(device)
         t = self.time(t_index, x0.dtype)
         estimate = None
-        if self.self_condition and (fixed or float(torch.rand((), generator=generator, device=gen_device)) < self.self_condition_prob):
+        if self.self_condition and (
+            fixed or float(torch.rand((), generator=generator, device=gen_device)) < self.self_condition_prob
+        ):
             with torch.no_grad():
                 estimate = self.split_prediction(model(self.model_input(x_t, None), t, cond, keep), x_t, t_index)[0]
                 if self.self_condition_clip is not None:
@@ -408,30 +444,52 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ sampling
 
-    def chain(self, steps: int | None = None, spacing: str | None = None, restarts: int = 0,
-              restart_t_index: int | None = None) -> tuple[list[int], list[int]]:
+    def chain(
+        self,
+        steps: int | None = None,
+        spacing: str | None = None,
+        restarts: int = 0,
+        restart_t_index: int | None = None,
+    ) -> tuple[list[int], list[int]]:
         """The step indices ``sample`` visits: the chain (``steps`` respaced with ``spacing``) and the part of
         it each restart runs again (its steps at or below ``restart_t_index``; empty without restarts)."""
-        timesteps = respaced_timesteps(self.T, self.T if steps is None else int(steps),
-                                       spacing or self.timestep_spacing, self.schedule.alphas_cumprod)
+        timesteps = respaced_timesteps(
+            self.T,
+            self.T if steps is None else int(steps),
+            spacing or self.timestep_spacing,
+            self.schedule.alphas_cumprod,
+        )
         if not restarts:
             return timesteps, []
         if restart_t_index is None or not 0 < int(restart_t_index) < self.T:
             raise ValueError(f"restarts need restart_t_index in (0, T={self.T}), got {restart_t_index}")
         restart_steps = [i for i in timesteps if i <= int(restart_t_index)]
         if not restart_steps:  # one step: [T-1] only
-            raise ValueError(f"restarts need a chain step at or below restart_t_index {restart_t_index}; "
-                             f"this chain has {timesteps}")
+            raise ValueError(
+                f"restarts need a chain step at or below restart_t_index {restart_t_index}; this chain has {timesteps}"
+            )
         return timesteps, restart_steps
 
-    def network_evaluations(self, steps: int | None = None, spacing: str | None = None, restarts: int = 0,
-                            restart_t_index: int | None = None) -> int:
+    def network_evaluations(
+        self,
+        steps: int | None = None,
+        spacing: str | None = None,
+        restarts: int = 0,
+        restart_t_index: int | None = None,
+    ) -> int:
         """Model calls per sample (per guidance branch) of ``sample`` with these settings."""
         timesteps, restart_steps = self.chain(steps, spacing, restarts, restart_t_index)
         return len(timesteps) + int(restarts) * len(restart_steps)
 
-    def _model_prediction(self, model: Model, x: torch.Tensor, t_index: int, cond: torch.Tensor | None,
-                          guidance_scale: float, x0_estimate: torch.Tensor | None = None) -> torch.Tensor:
+    def _model_prediction(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        t_index: int,
+        cond: torch.Tensor | None,
+        guidance_scale: float,
+        x0_estimate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Raw (guided) model output at step ``t_index`` for the whole batch (``x0_estimate``: the previous
         step's x0 for a self-conditioned model)."""
         b = x.shape[0]
@@ -444,21 +502,32 @@ class GaussianDiffusion:
         if guidance_scale == 1.0:
             return model(inp, t, cond, None)
         # One batched call: the first half conditional, the second half with the condition dropped.
-        keep = torch.cat([torch.ones(b, dtype=torch.bool, device=x.device),
-                          torch.zeros(b, dtype=torch.bool, device=x.device)])
+        keep = torch.cat(
+            [torch.ones(b, dtype=torch.bool, device=x.device), torch.zeros(b, dtype=torch.bool, device=x.device)]
+        )
         out = model(torch.cat([inp, inp]), torch.cat([t, t]), torch.cat([cond, cond]), keep)
         cond_pred, uncond_pred = out[:b], out[b:]
         return classifier_free_guidance(uncond_pred, cond_pred, guidance_scale)
 
-    def _posterior_step(self, model: Model, x: torch.Tensor, i: int, cond: torch.Tensor | None, guidance_scale: float,
-                        clip_x0: tuple[float, float] | None, posterior: Callable[[torch.Tensor], torch.Tensor],
-                        x0_estimate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _posterior_step(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        i: int,
+        cond: torch.Tensor | None,
+        guidance_scale: float,
+        clip_x0: tuple[float, float] | None,
+        posterior: Callable[[torch.Tensor], torch.Tensor],
+        x0_estimate: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, eps, unit gradient of the posterior loss of x0_hat with respect to x_t through the model)."""
         from lightning_gcd.diffusion.guidance import straight_through_clamp, unit_per_sample
 
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
-            x0, eps = self.split_prediction(self._model_prediction(model, xr, i, cond, guidance_scale, x0_estimate), xr, i)
+            x0, eps = self.split_prediction(
+                self._model_prediction(model, xr, i, cond, guidance_scale, x0_estimate), xr, i
+            )
             x0_hat = straight_through_clamp(x0, *clip_x0) if clip_x0 is not None else x0
             (g,) = torch.autograd.grad(posterior(x0_hat).sum(), xr)
         return x0.detach(), eps.detach(), unit_per_sample(g)
@@ -580,7 +649,9 @@ class GaussianDiffusion:
 
                 guide = None
                 if posterior is not None and posterior_scale > 0:
-                    x0, eps, guide = self._posterior_step(model, x, i, cond, guidance_scale, clip_x0, posterior, x0_estimate)
+                    x0, eps, guide = self._posterior_step(
+                        model, x, i, cond, guidance_scale, clip_x0, posterior, x0_estimate
+                    )
                     guide = posterior_scale * (1.0 - a / a_prev) * guide  # beta_k * rho * unit gradient
                 else:
                     pred = self._model_prediction(model, x, i, cond, guidance_scale, x0_estimate)
@@ -628,8 +699,15 @@ class GaussianDiffusion:
         return x
 
     @staticmethod
-    def _dpm2m_step(x: torch.Tensor, x0: torch.Tensor, x0_prev: torch.Tensor | None, h_prev: float | None,
-                    a: float, a_prev: float, sde: bool) -> tuple[torch.Tensor, float, float]:
+    def _dpm2m_step(
+        x: torch.Tensor,
+        x0: torch.Tensor,
+        x0_prev: torch.Tensor | None,
+        h_prev: float | None,
+        a: float,
+        a_prev: float,
+        sde: bool,
+    ) -> tuple[torch.Tensor, float, float]:
         """One DPM-Solver++(2M) step from ā = ``a`` to ā = ``a_prev`` < 1 in the data-prediction form.
 
         With α = sqrt(ā), σ = sqrt(1 - ā), λ = log(α/σ) and h = λ_prev - λ > 0, the ODE step is

@@ -88,8 +88,9 @@ class Pairs:
     half: bool = False
 
 
-def find_pairs(batch: StructureBatch, cutoff: float, search_dtype: torch.dtype = torch.float32,
-               half: bool = False) -> Pairs:
+def find_pairs(
+    batch: StructureBatch, cutoff: float, search_dtype: torch.dtype = torch.float32, half: bool = False
+) -> Pairs:
     """Every pair (images included) with ``distance < cutoff`` Å, distances in float64, in no particular
     order (grouped by structure).
 

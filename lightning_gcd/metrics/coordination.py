@@ -49,8 +49,9 @@ def _cutoff_table(cutoffs: Cutoffs) -> tuple[float, torch.Tensor | None]:
     return c, None
 
 
-def coordination_numbers(structures: Structures, cutoffs: Cutoffs,
-                         search_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def coordination_numbers(
+    structures: Structures, cutoffs: Cutoffs, search_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """(B, N) int64 coordination number of every atom (0 for padding)."""
     batch = as_batch(structures)
     top, table = _cutoff_table(cutoffs)
@@ -102,8 +103,10 @@ def cutoff_from_rdf_minimum(r, g, smooth: int = 3, tolerance: float = 0.02) -> f
             rose = True
             break
     if m == i or not rose:
-        raise ValueError(f"no minimum after the first peak (r = {r[i]:.2f} Å) within r <= {r[-1]:.2f} Å; "
-                         "pass a coordination cutoff explicitly or use a larger r_max")
+        raise ValueError(
+            f"no minimum after the first peak (r = {r[i]:.2f} Å) within r <= {r[-1]:.2f} Å; "
+            "pass a coordination cutoff explicitly or use a larger r_max"
+        )
     flat = gs <= gs[m] + tolerance * peak
     lo = m
     while lo - 1 > i and flat[lo - 1]:
@@ -169,8 +172,12 @@ class CoordinationHistogram(Metric):
         return {"sp": float(f[2]), "sp2": float(f[3]), "sp3": float(f[4])}
 
 
-def sp_fractions(structures: Structures, cutoff: float = CARBON_CUTOFF, element: int | str = 6,
-                 search_dtype: torch.dtype = torch.float32) -> dict[str, float]:
+def sp_fractions(
+    structures: Structures,
+    cutoff: float = CARBON_CUTOFF,
+    element: int | str = 6,
+    search_dtype: torch.dtype = torch.float32,
+) -> dict[str, float]:
     """Fractions of ``element`` atoms (default carbon) with 2 / 3 / 4 neighbours of the same element
     closer than ``cutoff`` (default 1.85 Å): ``{"sp": ..., "sp2": ..., "sp3": ...}`` over all given
     structures (NaN when there is no such atom)."""

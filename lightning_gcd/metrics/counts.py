@@ -83,8 +83,13 @@ class MinDistanceViolations(Metric):
     is_differentiable = False
     higher_is_better = False
 
-    def __init__(self, threshold: float = 0.5, search_radius: float | None = None,
-                 search_dtype: torch.dtype = torch.float32, **kwargs) -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        search_radius: float | None = None,
+        search_dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not threshold > 0:
             raise ValueError(f"threshold must be positive, got {threshold}")
@@ -115,4 +120,3 @@ class MinDistanceViolations(Metric):
             "min_distance_violations": self.n_violating / self.n_structures if self.n_structures > 0 else nan,
             "min_distance": self.min_distance.clone(),
         }
-

@@ -48,8 +48,9 @@ def _wrap(d: np.ndarray) -> np.ndarray:
     return d - np.floor(d + 0.5)
 
 
-def phase_matches(sample: Atoms, ideal: Atoms, tolerance: float = 0.5,
-                  max_candidates: int = 4) -> tuple[bool, np.ndarray]:
+def phase_matches(
+    sample: Atoms, ideal: Atoms, tolerance: float = 0.5, max_candidates: int = 4
+) -> tuple[bool, np.ndarray]:
     """Whether ``sample`` is the crystal ``ideal``, and its per-atom displacements (Å) from ideal sites.
 
     Args:
@@ -88,7 +89,7 @@ def phase_matches(sample: Atoms, ideal: Atoms, tolerance: float = 0.5,
     msd = np.full(len(candidates), np.inf)
     step = max(1, _CHUNK // max(1, 3 * max(len(s) * len(i) for s, i in groups)))
     for c0 in range(0, len(candidates), step):
-        t = candidates[c0:c0 + step]
+        t = candidates[c0 : c0 + step]
         w = np.zeros(len(t))
         m = np.zeros(len(t))
         for s, i in groups:
@@ -96,7 +97,7 @@ def phase_matches(sample: Atoms, ideal: Atoms, tolerance: float = 0.5,
             nearest = np.sqrt((d * d).sum(-1).min(-1))  # (c, n_s)
             w = np.maximum(w, nearest.max(-1))
             m += (nearest**2).sum(-1)
-        worst[c0:c0 + step], msd[c0:c0 + step] = w, m
+        worst[c0 : c0 + step], msd[c0 : c0 + step] = w, m
         if np.count_nonzero(worst <= 2 * tolerance) >= max_candidates:
             break
     ok = np.flatnonzero(worst <= 2 * tolerance)
@@ -268,8 +269,10 @@ def ideal_for_dataset(path: str | Path, strict: bool = True) -> dict[int, Atoms]
         props = ("phase_index", "lattice_a", "lattice_c")
         if any(k not in attrs for k in needed) or any(p not in data.property_names for p in props):
             if strict:
-                raise GcdError(f"{path}: not a crystals dataset (needs attributes {', '.join(needed)} and "
-                               f"properties {', '.join(props)}); ideal crystals are unknown")
+                raise GcdError(
+                    f"{path}: not a crystals dataset (needs attributes {', '.join(needed)} and "
+                    f"properties {', '.join(props)}); ideal crystals are unknown"
+                )
             return {}
         phases = _attr_list(attrs["meta_phases"])
         elements = _attr_list(attrs["meta_elements"])
@@ -279,7 +282,9 @@ def ideal_for_dataset(path: str | Path, strict: bool = True) -> dict[int, Atoms]
         lattice_c = np.asarray(data.structure_property("lattice_c"), dtype=np.float64).ravel()
         labels = data.labels
     if len(phases) != len(elements) or len(repeat) != 3:
-        raise GcdError(f"{path}: inconsistent crystals metadata (phases {phases}, elements {elements}, repeat {repeat})")
+        raise GcdError(
+            f"{path}: inconsistent crystals metadata (phases {phases}, elements {elements}, repeat {repeat})"
+        )
     out: dict[int, Atoms] = {}
     for p, (phase, element) in enumerate(zip(phases, elements)):
         rows = np.flatnonzero(phase_index == p)

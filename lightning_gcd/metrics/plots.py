@@ -88,8 +88,10 @@ def plot_atom_counts(curves: Mapping[str, Any], path: str | Path, title: str = "
     ax = fig.add_subplot()
     n = np.asarray(curves["n_atoms"])
     used = np.zeros(len(n), dtype=bool)
-    for key, color, label, shift in (("n_atoms_hist_reference", REFERENCE_COLOR, "reference", -0.2),
-                                     ("n_atoms_hist", SAMPLES_COLOR, "samples", 0.2)):
+    for key, color, label, shift in (
+        ("n_atoms_hist_reference", REFERENCE_COLOR, "reference", -0.2),
+        ("n_atoms_hist", SAMPLES_COLOR, "samples", 0.2),
+    ):
         h = np.asarray(curves[key], dtype=float)
         used |= h > 0
         if h.sum() > 0:

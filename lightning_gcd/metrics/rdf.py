@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from lightning_gcd.metrics._pairs import MAX_Z, Structures, as_batch, cell_volumes, element_number, find_pairs, species_counts
+from lightning_gcd.metrics._pairs import (
+    MAX_Z,
+    Structures,
+    as_batch,
+    cell_volumes,
+    element_number,
+    find_pairs,
+    species_counts,
+)
 
 __all__ = ["RadialDistribution", "structure_rdf", "rdf_l1", "bin_edges", "bin_centres"]
 
@@ -57,9 +65,13 @@ def _normalize_pairs(pairs: str | Sequence[tuple[int | str, int | str]]) -> list
     return out
 
 
-def structure_rdf(structures: Structures, r_max: float = 6.0, n_bins: int = 120,
-                  pairs: str | Sequence[tuple[int | str, int | str]] = "total",
-                  search_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def structure_rdf(
+    structures: Structures,
+    r_max: float = 6.0,
+    n_bins: int = 120,
+    pairs: str | Sequence[tuple[int | str, int | str]] = "total",
+    search_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """g(r) of every structure in a batch.
 
     Returns:
@@ -84,7 +96,7 @@ def structure_rdf(structures: Structures, r_max: float = 6.0, n_bins: int = 120,
         k = torch.ceil(found.distances / dr).clamp_(0, n_bins + 1).long()
         if b > 1:
             k += found.batch * (n_bins + 2)
-        counts = torch.bincount(k, minlength=b * (n_bins + 2)).view(b, n_bins + 2)[:, 1:n_bins + 1]
+        counts = torch.bincount(k, minlength=b * (n_bins + 2)).view(b, n_bins + 2)[:, 1 : n_bins + 1]
         counts = 2.0 * counts.double().view(b, 1, n_bins)
         n_c = counts_z.sum(1, keepdim=True)  # (B, 1)
         n_p = n_c
@@ -111,7 +123,9 @@ def structure_rdf(structures: Structures, r_max: float = 6.0, n_bins: int = 120,
     shells = torch.as_tensor(_shell_volumes(r_max, n_bins), device=device)
     norm = n_c[..., None] * (n_p / volume[:, None])[..., None] * shells  # (B, P, n_bins)
     valid = (n_c > 0) & (n_p > 0)
-    g = torch.where(valid[..., None], counts / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(norm))
+    g = torch.where(
+        valid[..., None], counts / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.zeros_like(norm)
+    )
     return g, valid
 
 
@@ -150,9 +164,14 @@ class RadialDistribution(Metric):
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, r_max: float = 6.0, n_bins: int = 120,
-                 pairs: str | Sequence[tuple[int | str, int | str]] = "total",
-                 search_dtype: torch.dtype = torch.float32, **kwargs) -> None:
+    def __init__(
+        self,
+        r_max: float = 6.0,
+        n_bins: int = 120,
+        pairs: str | Sequence[tuple[int | str, int | str]] = "total",
+        search_dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not r_max > 0 or int(n_bins) < 1:
             raise ValueError(f"need r_max > 0 and n_bins >= 1, got {r_max}, {n_bins}")
@@ -175,8 +194,13 @@ class RadialDistribution(Metric):
 
     def update(self, batch: Structures) -> None:
         batch = as_batch(batch)
-        g, valid = structure_rdf(batch, self.r_max, self.n_bins, "total" if self.pairs is None else self.pairs,
-                                 search_dtype=self.search_dtype)
+        g, valid = structure_rdf(
+            batch,
+            self.r_max,
+            self.n_bins,
+            "total" if self.pairs is None else self.pairs,
+            search_dtype=self.search_dtype,
+        )
         self.g_sum += (g * valid[..., None]).sum(0).to(self.g_sum)
         self.n_structures += valid.sum(0).to(self.n_structures)
 

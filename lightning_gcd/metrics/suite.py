@@ -49,7 +49,7 @@ CARBON = 6
 
 def _chunks(atoms: Sequence[Atoms], size: int):
     for start in range(0, len(atoms), size):
-        yield as_batch(list(atoms[start:start + size]))
+        yield as_batch(list(atoms[start : start + size]))
 
 
 def _gathered_fractions(metric: Metric) -> dict[int, torch.Tensor]:
@@ -107,7 +107,9 @@ class StructureMetrics(torch.nn.Module):
 
         # reference g(r), minimum distance, atom counts: computed on every rank alike, never synchronised
         rdf = RadialDistribution(self.r_max, self.n_bins, search_dtype=search_dtype, sync_on_compute=False)
-        mind = MinDistanceViolations(threshold=1e-3, search_radius=self.r_max, search_dtype=search_dtype, sync_on_compute=False)
+        mind = MinDistanceViolations(
+            threshold=1e-3, search_radius=self.r_max, search_dtype=search_dtype, sync_on_compute=False
+        )
         for batch in _chunks(ref, self.batch_size):
             rdf.update(batch)
             mind.update(batch)
@@ -116,8 +118,9 @@ class StructureMetrics(torch.nn.Module):
         self.register_buffer("r", torch.as_tensor(rdf.r), persistent=False)
         ref_min = float(mind.compute()["min_distance"])
         self.reference_min_distance = ref_min
-        self.min_distance_threshold = float(min_distance) if min_distance is not None else (
-            0.75 * ref_min if math.isfinite(ref_min) else 0.5)
+        self.min_distance_threshold = (
+            float(min_distance) if min_distance is not None else (0.75 * ref_min if math.isfinite(ref_min) else 0.5)
+        )
         if coordination_cutoff is None:
             coordination_cutoff = cutoff_from_rdf_minimum(rdf.r, g_ref.cpu().numpy())
         self.coordination_cutoff = coordination_cutoff
@@ -133,7 +136,11 @@ class StructureMetrics(torch.nn.Module):
 
         coord = CoordinationHistogram(coordination_cutoff, self.max_cn, search_dtype=search_dtype)
         count = AtomCount(self.max_atoms)
-        sp = CoordinationHistogram({(CARBON, CARBON): self.carbon_cutoff}, 8, search_dtype=search_dtype) if self.has_carbon else None
+        sp = (
+            CoordinationHistogram({(CARBON, CARBON): self.carbon_cutoff}, 8, search_dtype=search_dtype)
+            if self.has_carbon
+            else None
+        )
         for batch in _chunks(ref, self.batch_size):
             coord.update(batch)
             count.update(batch)
@@ -151,12 +158,16 @@ class StructureMetrics(torch.nn.Module):
         kw = {"sync_on_compute": sync}
         m: dict[str, Metric] = {
             "rdf": RadialDistribution(self.r_max, self.n_bins, search_dtype=self.search_dtype, **kw),
-            "coordination": CoordinationHistogram(self.coordination_cutoff, self.max_cn, search_dtype=self.search_dtype, **kw),
+            "coordination": CoordinationHistogram(
+                self.coordination_cutoff, self.max_cn, search_dtype=self.search_dtype, **kw
+            ),
             "n_atoms": AtomCount(self.max_atoms, **kw),
             "min_distance": MinDistanceViolations(self.min_distance_threshold, search_dtype=self.search_dtype, **kw),
         }
         if self.has_carbon:
-            m["sp"] = CoordinationHistogram({(CARBON, CARBON): self.carbon_cutoff}, 8, search_dtype=self.search_dtype, **kw)
+            m["sp"] = CoordinationHistogram(
+                {(CARBON, CARBON): self.carbon_cutoff}, 8, search_dtype=self.search_dtype, **kw
+            )
         if self.ideal is not None:
             m["phase"] = PhaseMatch(self.ideal, self.tolerance, **kw)
         return m
@@ -205,8 +216,12 @@ class StructureMetrics(torch.nn.Module):
         if "phase" in metrics:
             metrics["phase"].update(batch, phase=phase)
 
-    def update(self, batch: Structures, phase: Sequence[Any] | torch.Tensor | None = None,
-               target_n_atoms: int | Sequence[int] | torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        batch: Structures,
+        phase: Sequence[Any] | torch.Tensor | None = None,
+        target_n_atoms: int | Sequence[int] | torch.Tensor | None = None,
+    ) -> None:
         """Add generated structures. ``phase`` (B,) selects the ideal crystal per structure (keys of
         ``ideal``) for conditional models; ``target_n_atoms`` overrides ``target_counts``."""
         self._update(self.metrics, batch, phase, target_n_atoms)
@@ -257,8 +272,8 @@ class StructureMetrics(torch.nn.Module):
         (``phase_match`` and ``displacement_rms`` of the training-like data, its thermal spread)."""
         metrics = torch.nn.ModuleDict(self._new_metrics(sync=False)).to(self.g_reference.device)
         for start in range(0, len(self._reference), self.batch_size):
-            chunk = self._reference[start:start + self.batch_size]
-            ph = None if phase is None else list(phase)[start:start + self.batch_size]
+            chunk = self._reference[start : start + self.batch_size]
+            ph = None if phase is None else list(phase)[start : start + self.batch_size]
             self._update(metrics, as_batch(chunk), ph)
         return self._flat(metrics)
 
@@ -292,4 +307,3 @@ class StructureMetrics(torch.nn.Module):
             "n_atoms_hist": n_atoms_hist,
             "n_atoms_hist_reference": self.n_atoms_hist_reference.cpu().numpy(),
         }
-

@@ -141,7 +141,9 @@ class DiffusionModule(L.LightningModule):
             "n_atoms_mean": float(np.mean(counts)),
             # g/cm³ of the lightest and densest training cells: the default range of ``--density auto``
             "mass_density_range": [float(min(densities)), float(max(densities))],
-            "composition": {str(z): float(np.mean([np.mean(a.numbers == z) for a in train])) for z in datamodule.species},
+            "composition": {
+                str(z): float(np.mean([np.mean(a.numbers == z) for a in train])) for z in datamodule.species
+            },
         }
 
     @abstractmethod
@@ -158,9 +160,16 @@ class DiffusionModule(L.LightningModule):
         """
 
     @abstractmethod
-    def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
-                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False, posterior: Any = None) -> StructureBatch:
+    def generate(
+        self,
+        template: Batch,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        posterior: Any = None,
+    ) -> StructureBatch:
         """Generate one structure per row of ``template``.
 
         ``template`` carries ``cell`` (B,3,3) and optionally ``numbers``/``mask`` (B,N) (the particle model
@@ -214,8 +223,10 @@ class DiffusionModule(L.LightningModule):
         forward = self.__dict__.get("_forward_model")
         if forward is None:
             if list(self.info.get("conditions", [])) != ["xanes"]:
-                raise GcdError(f"spectrum_forward_ckpt needs a model conditioned on the mean spectrum alone "
-                               f"(data.conditions: [xanes]); this one has {self.info.get('conditions')}")
+                raise GcdError(
+                    f"spectrum_forward_ckpt needs a model conditioned on the mean spectrum alone "
+                    f"(data.conditions: [xanes]); this one has {self.info.get('conditions')}"
+                )
             forward = model_from_checkpoint(path, SpectrumModel).float().eval()
             energy, own = forward.info.get("energy"), self.info.get("spectrum_energy")
             if energy is not None and own is not None and not np.allclose(energy, own):
@@ -227,7 +238,9 @@ class DiffusionModule(L.LightningModule):
         """Mean over all ranks' non-empty samples of the forward model's relative spectrum error."""
         forward = self._spectrum_forward()
         with torch.no_grad():
-            pred = forward.mean_spectrum(samples.frac_coords.float(), samples.numbers, samples.mask, samples.cell.float())
+            pred = forward.mean_spectrum(
+                samples.frac_coords.float(), samples.numbers, samples.mask, samples.cell.float()
+            )
         cond = cond.float()
         err = (pred - cond).norm(dim=-1) / cond.norm(dim=-1).clamp(min=1e-12)  # (B,)
         err = torch.where(samples.mask.any(dim=1), err, torch.full_like(err, float("nan")))
@@ -239,8 +252,10 @@ class DiffusionModule(L.LightningModule):
     def sampler_choice(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
         """The sampler and step count to use: the call's, else the config's, else the model's defaults."""
         hp = self.hparams
-        return (sampler or hp.sampler or self.default_sampler,
-                int(steps or hp.sample_steps or self.default_sample_steps))
+        return (
+            sampler or hp.sampler or self.default_sampler,
+            int(steps or hp.sample_steps or self.default_sample_steps),
+        )
 
     @property
     def info(self) -> dict[str, Any]:
@@ -260,7 +275,15 @@ class DiffusionModule(L.LightningModule):
     # training
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self.diffusion_loss(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["index"]), sync_dist=True)
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["index"]),
+            sync_dist=True,
+        )
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
@@ -325,7 +348,10 @@ class DiffusionModule(L.LightningModule):
         for batch in self._val_templates:
             for key, value in batch.items():
                 rows.setdefault(key, []).append(value)
-        cat = {key: torch.cat(values) if key not in ("numbers", "mask") else _pad_cat(values) for key, values in rows.items()}
+        cat = {
+            key: torch.cat(values) if key not in ("numbers", "mask") else _pad_cat(values)
+            for key, values in rows.items()
+        }
         size = len(cat["cell"])
         pick = torch.arange(n, device=cat["cell"].device) % size
         return {key: value[pick] for key, value in cat.items()}
@@ -378,8 +404,15 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------
     # sampling outside training
-    def sample_template(self, n: int, supercell: Sequence[float] = (1, 1, 1), cond: torch.Tensor | None = None,
-                        target: torch.Tensor | None = None, cell: Any = None, n_atoms: int | None = None) -> Batch:
+    def sample_template(
+        self,
+        n: int,
+        supercell: Sequence[float] = (1, 1, 1),
+        cond: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        cell: Any = None,
+        n_atoms: int | None = None,
+    ) -> Batch:
         """``n`` rows of the training reference cell scaled by ``supercell``, or of ``cell`` ((3, 3) Å), and
         the condition and the posterior-sampling target spectrum, if any.
 
@@ -394,9 +427,14 @@ class DiffusionModule(L.LightningModule):
                 raise GcdError("give either a cell or supercell factors, not both")
             cell = torch.as_tensor(np.asarray(cell, dtype=np.float64), dtype=torch.float32)
             if cell.shape != (3, 3) or not abs(float(torch.linalg.det(cell.double()))) > 1e-6:
-                raise GcdError(f"the cell must be a (3, 3) matrix of lattice vectors (rows, Å) with a volume, got {cell.tolist()}")
+                raise GcdError(
+                    f"the cell must be a (3, 3) matrix of lattice vectors (rows, Å) with a volume, got {cell.tolist()}"
+                )
         else:
-            cell = torch.as_tensor(self.info["reference_cell"], dtype=torch.float32) * torch.as_tensor(supercell, dtype=torch.float32)[:, None]
+            cell = (
+                torch.as_tensor(self.info["reference_cell"], dtype=torch.float32)
+                * torch.as_tensor(supercell, dtype=torch.float32)[:, None]
+            )
         template: Batch = {"cell": cell.expand(n, 3, 3).clone()}
         if n_atoms is not None:
             if int(n_atoms) < 1:
@@ -405,14 +443,25 @@ class DiffusionModule(L.LightningModule):
         if cond is not None:
             template["cond"] = cond.float().reshape(1, -1).expand(n, -1).clone()
         elif self.info.get("cond_dim", 0):
-            raise GcdError("this model was trained with a condition: pass one (--condition-from DATASET:INDEX or --spectrum FILE)")
+            raise GcdError(
+                "this model was trained with a condition: pass one (--condition-from DATASET:INDEX or --spectrum FILE)"
+            )
         if target is not None:
             template["target"] = target.float().reshape(1, -1).expand(n, -1).clone()
         return template
 
     @torch.no_grad()
-    def sample(self, template: Batch, batch_size: int = 16, steps: int | None = None, sampler: str | None = None,
-               guidance_scale: float | None = None, seed: int = 0, progress: bool = True, posterior: Any = None) -> list:
+    def sample(
+        self,
+        template: Batch,
+        batch_size: int = 16,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        posterior: Any = None,
+    ) -> list:
         """Generate one structure per template row with the EMA weights; returns ASE ``Atoms``.
 
         ``posterior``: a ``SpectrumGuidance`` for diffusion posterior sampling toward ``template["target"]``.
@@ -426,9 +475,15 @@ class DiffusionModule(L.LightningModule):
         context = self.ema.swapped_in(self.net) if self.ema is not None else contextlib.nullcontext()
         with context, tqdm(total=n, desc="sampling", unit="structure", disable=not progress) as bar:
             for start in range(0, n, batch_size):
-                chunk = {k: v[start:start + batch_size].to(self.device) for k, v in template.items()}
-                structures = self.generate(chunk, steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-                                           generator=generator, posterior=posterior)
+                chunk = {k: v[start : start + batch_size].to(self.device) for k, v in template.items()}
+                structures = self.generate(
+                    chunk,
+                    steps=steps,
+                    sampler=sampler,
+                    guidance_scale=guidance_scale,
+                    generator=generator,
+                    posterior=posterior,
+                )
                 out.extend(structures.to_atoms())
                 bar.update(len(chunk["cell"]))
         return out

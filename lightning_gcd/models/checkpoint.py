@@ -32,7 +32,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file...
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise GcdError(f"{path}: not a readable lightning_gcd checkpoint (truncated, foreign or unsafe): {reason}") from None
+        raise GcdError(
+            f"{path}: not a readable lightning_gcd checkpoint (truncated, foreign or unsafe): {reason}"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise GcdError(f"{path}: not a Lightning checkpoint (no state_dict)")
     return checkpoint

@@ -39,7 +39,9 @@ class EMA(nn.Module):
         n = int(self.updates)
         decay = min(self.decay, (1.0 + n) / (10.0 + n))
         current = [t for _, t in _tensors(model) if t.dtype.is_floating_point]
-        torch._foreach_lerp_(self._shadows(), [c.detach().to(s.dtype) for c, s in zip(current, self._shadows())], 1.0 - decay)
+        torch._foreach_lerp_(
+            self._shadows(), [c.detach().to(s.dtype) for c, s in zip(current, self._shadows())], 1.0 - decay
+        )
         self.updates += 1
 
     @torch.no_grad()

@@ -11,8 +11,9 @@ import torch
 __all__ = ["warmup_cosine"]
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total: int, min_lr_ratio: float = 0.1,
-                  schedule: str = "cosine") -> dict[str, Any]:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total: int, min_lr_ratio: float = 0.1, schedule: str = "cosine"
+) -> dict[str, Any]:
     """Lightning's optimiser dict: linear warm-up over ``warmup_steps``, then cosine decay to
     ``min_lr_ratio`` at step ``total`` (or constant), stepped every optimiser step."""
     warmup = max(0, int(warmup_steps))

@@ -82,9 +82,15 @@ class ParticleDiffusion(DiffusionModule):
 
     def build_network(self, info: dict[str, Any]) -> nn.Module:
         hp = self.hparams
-        return PeriodicMPNN(hidden=hp.hidden, layers=hp.layers, cutoff=hp.cutoff, num_rbf=hp.num_rbf,
-                            cond_dim=info.get("cond_dim", 0), cond_mean=info.get("cond_mean"),
-                            cond_std=info.get("cond_std"))
+        return PeriodicMPNN(
+            hidden=hp.hidden,
+            layers=hp.layers,
+            cutoff=hp.cutoff,
+            num_rbf=hp.num_rbf,
+            cond_dim=info.get("cond_dim", 0),
+            cond_mean=info.get("cond_mean"),
+            cond_std=info.get("cond_std"),
+        )
 
     def sample_evaluations(self, steps: int | None = None, sampler: str | None = None) -> int:
         """Network evaluations of one sampling run: one per level, two with the corrector ("pc")."""
@@ -99,12 +105,24 @@ class ParticleDiffusion(DiffusionModule):
         t = eps = None
         if fixed_noise:
             t, eps = self.structure_noise(batch, batch["frac_coords"].shape[1:])
-        return self.diffusion.training_loss(self.network, self._structures(batch), cond=batch.get("cond"),
-                                            cond_drop_prob=0.0 if fixed_noise else self.hparams.cond_drop_prob,
-                                            t=t, eps=eps)
+        return self.diffusion.training_loss(
+            self.network,
+            self._structures(batch),
+            cond=batch.get("cond"),
+            cond_drop_prob=0.0 if fixed_noise else self.hparams.cond_drop_prob,
+            t=t,
+            eps=eps,
+        )
 
-    def sample_template(self, n: int, supercell=(1, 1, 1), cond: torch.Tensor | None = None,
-                        target: torch.Tensor | None = None, cell: Any = None, n_atoms: int | None = None) -> Batch:
+    def sample_template(
+        self,
+        n: int,
+        supercell=(1, 1, 1),
+        cond: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        cell: Any = None,
+        n_atoms: int | None = None,
+    ) -> Batch:
         """Cells as the base class; atom count ``n_atoms`` (default: training number density × volume),
         species by the training composition."""
         template = super().sample_template(n, supercell, cond, target, cell=cell, n_atoms=n_atoms)
@@ -126,9 +144,16 @@ class ParticleDiffusion(DiffusionModule):
         per_edge = 4 + 4 + hp.num_rbf + (2 * hp.hidden + hp.num_rbf) + 2 * hp.hidden
         return int(4 * atoms * (per_atom + neighbours * per_edge) * int(batch_size))
 
-    def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
-                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False, posterior: Any = None) -> StructureBatch:
+    def generate(
+        self,
+        template: Batch,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        posterior: Any = None,
+    ) -> StructureBatch:
         hp = self.hparams
         if "numbers" not in template or "mask" not in template:
             raise GcdError("the particle model needs the atom count and species of each structure to sample")
@@ -138,7 +163,10 @@ class ParticleDiffusion(DiffusionModule):
         sampler, steps = self.sampler_choice(sampler, steps)
         loss = posterior.bind(self.posterior_target(template, posterior)) if posterior is not None else None
         frac = self.diffusion.sample(
-            self.network, cell, numbers, mask,
+            self.network,
+            cell,
+            numbers,
+            mask,
             steps=steps,
             sampler=sampler,
             cond=cond,

@@ -72,8 +72,12 @@ class TorusParticleDiffusion(DiffusionModule):
     @property
     def diffusion(self) -> TorusDiffusion:
         hp = self.hparams
-        return TorusDiffusion(sigma_min=hp.sigma_min, sigma_max=hp.sigma_max, atom_scaled_sigma=hp.atom_scaled_sigma,
-                              n_reference=self.info["n_atoms_mean"] if hp.atom_scaled_sigma else None)
+        return TorusDiffusion(
+            sigma_min=hp.sigma_min,
+            sigma_max=hp.sigma_max,
+            atom_scaled_sigma=hp.atom_scaled_sigma,
+            n_reference=self.info["n_atoms_mean"] if hp.atom_scaled_sigma else None,
+        )
 
     def data_info_from(self, datamodule: Any) -> dict[str, Any]:
         require_particle_view(datamodule, type(self).__name__)
@@ -81,10 +85,18 @@ class TorusParticleDiffusion(DiffusionModule):
 
     def build_network(self, info: dict[str, Any]) -> nn.Module:
         hp = self.hparams
-        return FourierPairNet(hidden=hp.hidden, layers=hp.layers, frequencies=hp.frequencies, graph=hp.graph,
-                              cutoff=hp.cutoff, num_rbf=hp.num_rbf, avg_neighbors=hp.avg_neighbors,
-                              cond_dim=info.get("cond_dim", 0), cond_mean=info.get("cond_mean"),
-                              cond_std=info.get("cond_std"))
+        return FourierPairNet(
+            hidden=hp.hidden,
+            layers=hp.layers,
+            frequencies=hp.frequencies,
+            graph=hp.graph,
+            cutoff=hp.cutoff,
+            num_rbf=hp.num_rbf,
+            avg_neighbors=hp.avg_neighbors,
+            cond_dim=info.get("cond_dim", 0),
+            cond_mean=info.get("cond_mean"),
+            cond_std=info.get("cond_std"),
+        )
 
     def diffusion_loss(self, batch: Batch, fixed_noise: bool = False) -> torch.Tensor:
         frac = batch["frac_coords"]
@@ -95,11 +107,19 @@ class TorusParticleDiffusion(DiffusionModule):
             t, eps = t.to(frac.dtype), eps.to(frac.dtype)
         elif cond is not None:
             keep = torch.rand(len(frac), device=frac.device) >= self.hparams.cond_drop_prob
-        return self.diffusion.training_loss(self.network, frac, batch["numbers"], batch["mask"], batch["cell"],
-                                            cond=cond, cond_keep=keep, t=t, eps=eps)
+        return self.diffusion.training_loss(
+            self.network, frac, batch["numbers"], batch["mask"], batch["cell"], cond=cond, cond_keep=keep, t=t, eps=eps
+        )
 
-    def sample_template(self, n: int, supercell=(1, 1, 1), cond: torch.Tensor | None = None,
-                        target: torch.Tensor | None = None, cell: Any = None, n_atoms: int | None = None) -> Batch:
+    def sample_template(
+        self,
+        n: int,
+        supercell=(1, 1, 1),
+        cond: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        cell: Any = None,
+        n_atoms: int | None = None,
+    ) -> Batch:
         """Cells as the base class; atom count ``n_atoms`` (default: training number density × volume),
         species by the training composition. An all-pairs network samples only cells of its training shape."""
         template = super().sample_template(n, supercell, cond, target, cell=cell, n_atoms=n_atoms)
@@ -107,8 +127,10 @@ class TorusParticleDiffusion(DiffusionModule):
         if self.hparams.graph == "all_pairs":
             reference = torch.as_tensor(self.info["reference_cell"], dtype=torch.float32)
             if not torch.allclose(template["cell"][0], reference, rtol=0.05, atol=0.05):
-                raise GcdError("this torus model's all-pairs Fourier features are tied to its training cell; "
-                               "train it with graph: radius (and atom_scaled_sigma: true) to sample other cells")
+                raise GcdError(
+                    "this torus model's all-pairs Fourier features are tied to its training cell; "
+                    "train it with graph: radius (and atom_scaled_sigma: true) to sample other cells"
+                )
         return template
 
     def sample_evaluations(self, steps: int | None = None, sampler: str | None = None) -> int:
@@ -116,17 +138,32 @@ class TorusParticleDiffusion(DiffusionModule):
         sampler, steps = self.sampler_choice(sampler, steps)
         return torus_sampler(sampler, steps, self.hparams.step_lr).evaluations
 
-    def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
-                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False, posterior: Any = None) -> StructureBatch:
+    def generate(
+        self,
+        template: Batch,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        posterior: Any = None,
+    ) -> StructureBatch:
         if posterior is not None:
-            raise GcdError("spectrum posterior guidance is not available for TorusParticleDiffusion; "
-                           "use lightning_gcd.models.particle.ParticleDiffusion for it")
+            raise GcdError(
+                "spectrum posterior guidance is not available for TorusParticleDiffusion; "
+                "use lightning_gcd.models.particle.ParticleDiffusion for it"
+            )
         return self._sample(template, None, 1.0, steps, sampler, guidance_scale, generator, progress)
 
     @torch.no_grad()
-    def resample(self, structures: StructureBatch, start_time: float, steps: int | None = None,
-                 sampler: str | None = None, generator: torch.Generator | None = None) -> StructureBatch:
+    def resample(
+        self,
+        structures: StructureBatch,
+        start_time: float,
+        steps: int | None = None,
+        sampler: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> StructureBatch:
         """Noise ``structures`` to ``sigma(start_time)`` and run the sampler's remaining levels from there.
 
         Where a structure comes back from shows how far back in the anneal its atoms can still be sorted onto
@@ -135,15 +172,26 @@ class TorusParticleDiffusion(DiffusionModule):
         mask = structures.mask.bool()
         n = mask.sum(1)
         sigma = self.diffusion.sigma(torch.full(n.shape, float(start_time)), n)
-        noise = (torch.randn(frac.shape, generator=generator, device=generator.device) if generator is not None
-                 else torch.randn(frac.shape)).to(frac.device)
+        noise = (
+            torch.randn(frac.shape, generator=generator, device=generator.device)
+            if generator is not None
+            else torch.randn(frac.shape)
+        ).to(frac.device)
         start = (frac + sigma[:, None, None] * noise) * mask[..., None].float()
         template = {"cell": structures.cell.float(), "numbers": structures.numbers, "mask": mask}
         return self._sample(template, start, float(start_time), steps, sampler, 0.0, generator, False)
 
-    def _sample(self, template: Batch, start: torch.Tensor | None, start_time: float, steps: int | None,
-                sampler: str | None, guidance_scale: float | None, generator: torch.Generator | None,
-                progress: bool) -> StructureBatch:
+    def _sample(
+        self,
+        template: Batch,
+        start: torch.Tensor | None,
+        start_time: float,
+        steps: int | None,
+        sampler: str | None,
+        guidance_scale: float | None,
+        generator: torch.Generator | None,
+        progress: bool,
+    ) -> StructureBatch:
         """The sampler from ``start`` (B, N, 3) at ``start_time`` (None: uniform positions at t = 1)."""
         if "numbers" not in template or "mask" not in template:
             raise GcdError("the particle model needs the atom count and species of each structure to sample")
@@ -178,7 +226,9 @@ class TorusParticleDiffusion(DiffusionModule):
             return frac, diffusion.score(pred, sigma) * fmask
 
         start = draw(uniform=True) if start is None else start.to(cell.device)
-        frac = sampler_.run(start, score, diffusion, mask.sum(1), draw, progress=progress, start_time=start_time) * fmask
+        frac = (
+            sampler_.run(start, score, diffusion, mask.sum(1), draw, progress=progress, start_time=start_time) * fmask
+        )
         if known is not None:
             frac = known.finish(frac) * fmask
         return StructureBatch(frac, numbers, mask, cell)

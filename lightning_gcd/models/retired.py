@@ -29,7 +29,7 @@ RETIRED: dict[str, RetiredOption] = {
     "x0_projection": RetiredOption(
         default=False,
         why="projecting every sampling step's predicted grid onto the nearest valid grid emptied few-step samples "
-            "(fcc, 10 steps: 12-16 of 32 atoms; experiments/crystals/RESULTS.md, History: projection)",
+        "(fcc, 10 steps: 12-16 of 32 atoms; experiments/crystals/RESULTS.md, History: projection)",
     ),
 }
 
@@ -55,6 +55,7 @@ def drop_retired(hparams: Mapping[str, Any], source: str) -> dict[str, Any]:
             note = f"it holds the default ({value!r}), so nothing changes"
         else:
             note = f"it holds {value!r}, which is ignored: samples may differ from those made when it was saved"
-        warnings.warn(f"{source}: model option {key!r} was removed ({RETIRED[key].why}); {note}", UserWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{source}: model option {key!r} was removed ({RETIRED[key].why}); {note}", UserWarning, stacklevel=2
+        )
     return kept

@@ -47,9 +47,19 @@ class SpectrumModel(L.LightningModule):
             stored in checkpoints, so a checkpoint rebuilds the model without the data.
     """
 
-    def __init__(self, hidden: int = 64, layers: int = 3, cutoff: float = 4.0, num_rbf: int = 32,
-                 spectrum: str = "xanes", spectrum_mask: str = "xanes_mask", lr: float = 1e-3,
-                 weight_decay: float = 0.0, warmup_steps: int = 20, data_info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        hidden: int = 64,
+        layers: int = 3,
+        cutoff: float = 4.0,
+        num_rbf: int = 32,
+        spectrum: str = "xanes",
+        spectrum_mask: str = "xanes_mask",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 20,
+        data_info: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net: SpectrumNet | None = None
@@ -69,7 +79,9 @@ class SpectrumModel(L.LightningModule):
 
     def _build(self, info: dict[str, Any]) -> None:
         hp = self.hparams
-        self.net = SpectrumNet(int(info["n_out"]), hidden=hp.hidden, layers=hp.layers, cutoff=hp.cutoff, num_rbf=hp.num_rbf)
+        self.net = SpectrumNet(
+            int(info["n_out"]), hidden=hp.hidden, layers=hp.layers, cutoff=hp.cutoff, num_rbf=hp.num_rbf
+        )
         self.register_buffer("spec_mean", torch.as_tensor(info["mean"], dtype=torch.float32))
         self.register_buffer("spec_scale", torch.tensor(float(info["scale"]), dtype=torch.float32))
 
@@ -80,8 +92,10 @@ class SpectrumModel(L.LightningModule):
         datamodule.setup()
         missing = [n for n in (hp.spectrum, hp.spectrum_mask) if n not in datamodule.atom_properties]
         if missing:
-            raise GcdError(f"SpectrumModel needs data.atom_properties to include {missing} "
-                           f"(e.g. data.atom_properties: [{hp.spectrum}, {hp.spectrum_mask}])")
+            raise GcdError(
+                f"SpectrumModel needs data.atom_properties to include {missing} "
+                f"(e.g. data.atom_properties: [{hp.spectrum}, {hp.spectrum_mask}])"
+            )
         values = []
         with AtomsH5(datamodule.path, validate=False) as data:
             for i in datamodule.splits["train"]:
@@ -111,14 +125,26 @@ class SpectrumModel(L.LightningModule):
             self._build(info)
 
     # ------------------------------------------------------------------------------------------------
-    def forward(self, frac_coords: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cell: torch.Tensor,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        frac_coords: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, N, K) per-atom spectra in the data's units (zero at padding); differentiable."""
         out = self.net(frac_coords, numbers, mask, cell, weights)
         return (self.spec_mean + self.spec_scale * out) * mask[..., None].to(out.dtype)
 
-    def mean_spectrum(self, frac_coords: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cell: torch.Tensor,
-                      weights: torch.Tensor | None = None) -> torch.Tensor:
+    def mean_spectrum(
+        self,
+        frac_coords: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, K) the structure's spectrum: the (weighted) mean of its atoms' predicted spectra."""
         spectra = self(frac_coords, numbers, mask, cell, weights)
         w = mask.to(spectra.dtype) if weights is None else weights.to(spectra.dtype) * mask.to(spectra.dtype)
@@ -154,8 +180,12 @@ class SpectrumModel(L.LightningModule):
         has = labelled.any(1)
         mean_pred = (pred * w).sum(1)[has] / w.sum(1)[has]
         mean_true = (target * w).sum(1)[has] / w.sum(1)[has]
-        store.setdefault("mean_rel", []).append((mean_pred - mean_true).norm(dim=-1) / mean_true.norm(dim=-1).clamp(min=1e-12))
-        store.setdefault("mean_base", []).append((self.spec_mean - mean_true).norm(dim=-1) / mean_true.norm(dim=-1).clamp(min=1e-12))
+        store.setdefault("mean_rel", []).append(
+            (mean_pred - mean_true).norm(dim=-1) / mean_true.norm(dim=-1).clamp(min=1e-12)
+        )
+        store.setdefault("mean_base", []).append(
+            (self.spec_mean - mean_true).norm(dim=-1) / mean_true.norm(dim=-1).clamp(min=1e-12)
+        )
         return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:

@@ -98,15 +98,23 @@ class GrandCanonicalDiffusion(DiffusionModule):
         input_perturbation: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        self.diffusion = GaussianDiffusion(prediction=prediction, schedule=schedule, T=timesteps, loss_space=loss_space,
-                                           self_condition=self_condition, self_condition_clip=(-1.0, 1.0),
-                                           input_perturbation=input_perturbation)
+        self.diffusion = GaussianDiffusion(
+            prediction=prediction,
+            schedule=schedule,
+            T=timesteps,
+            loss_space=loss_space,
+            self_condition=self_condition,
+            self_condition_clip=(-1.0, 1.0),
+            input_perturbation=input_perturbation,
+        )
         self.encoding: VoxelEncoding | None = None
         super().__init__(**kwargs)
         self.save_hyperparameters()
         if sample_restarts < 0 or not 0.0 < sample_restart_t < 1.0:
-            raise GcdError(f"sample_restarts must be >= 0 and sample_restart_t in (0, 1), got {sample_restarts}, "
-                           f"{sample_restart_t}")
+            raise GcdError(
+                f"sample_restarts must be >= 0 and sample_restart_t in (0, 1), got {sample_restarts}, "
+                f"{sample_restart_t}"
+            )
         self.sample_restarts = int(sample_restarts)
         self.sample_restart_t = float(sample_restart_t)
 
@@ -116,15 +124,17 @@ class GrandCanonicalDiffusion(DiffusionModule):
             raise GcdError("GrandCanonicalDiffusion needs data.view: voxel")
         info = super().data_info_from(datamodule)
         reference_cell = np.asarray(info["reference_cell"])
-        info.update({
-            "encoding": datamodule.encoding_name,
-            "encoding_options": dict(datamodule.encoding_options),
-            "grid_shape": list(datamodule.grid_shape),
-            "spacing": (np.linalg.norm(reference_cell, axis=1) / np.asarray(datamodule.grid_shape)).tolist(),
-            # voxels per atom of the training grids: the grid of an n-atom sample (``grid_for_cell``), right
-            # also where the training cells differ in size but share one grid (a-C at several densities)
-            "voxels_per_atom": float(np.prod(datamodule.grid_shape)) / info["n_atoms_mean"],
-        })
+        info.update(
+            {
+                "encoding": datamodule.encoding_name,
+                "encoding_options": dict(datamodule.encoding_options),
+                "grid_shape": list(datamodule.grid_shape),
+                "spacing": (np.linalg.norm(reference_cell, axis=1) / np.asarray(datamodule.grid_shape)).tolist(),
+                # voxels per atom of the training grids: the grid of an n-atom sample (``grid_for_cell``), right
+                # also where the training cells differ in size but share one grid (a-C at several densities)
+                "voxels_per_atom": float(np.prod(datamodule.grid_shape)) / info["n_atoms_mean"],
+            }
+        )
         # log voxel spacing (Å) over the training cells: the scale of ``geometry_features``
         lengths = np.array([np.linalg.norm(a.cell[:], axis=1) for a in datamodule.reference_atoms("train", limit=256)])
         log_spacing = np.log(lengths / np.asarray(datamodule.grid_shape, dtype=np.float64))  # (S, 3)
@@ -135,8 +145,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
     def geometry_features(self, cell: torch.Tensor, grid_shape: Sequence[int]) -> torch.Tensor:
         """(B,3,3) cells (Å) sampled on one grid -> (B,3) the U-Net's geometry input: log voxel spacing per
         axis, standardised over the training cells (a spread below 1 % counts as none: one cell size)."""
-        spacing = torch.linalg.norm(cell.double(), dim=-1) / torch.as_tensor(grid_shape, dtype=torch.float64,
-                                                                             device=cell.device)  # (B,3) Å
+        spacing = torch.linalg.norm(cell.double(), dim=-1) / torch.as_tensor(
+            grid_shape, dtype=torch.float64, device=cell.device
+        )  # (B,3) Å
         scale = max(float(self.info["log_spacing_std"]), 0.01)
         return ((spacing.log() - float(self.info["log_spacing_mean"])) / scale).float()
 
@@ -147,29 +158,36 @@ class GrandCanonicalDiffusion(DiffusionModule):
             return self.network
         geometry = self.geometry_features(cell, grid_shape)  # (B,3)
 
-        def model(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
-                  keep: torch.Tensor | None = None) -> torch.Tensor:
+        def model(
+            x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, keep: torch.Tensor | None = None
+        ) -> torch.Tensor:
             # the classifier-free guidance branch stacks the batch twice: repeat the geometry to match
             repeats, rest = divmod(x.shape[0], geometry.shape[0])
             assert rest == 0, f"batch {x.shape[0]} is not a multiple of the {geometry.shape[0]} cells' geometry"
             return self.network(x, t, cond, keep, geometry=geometry.repeat(repeats, 1))
+
         return model
 
     def build_network(self, info: dict[str, Any]) -> nn.Module:
         self.encoding = make_encoding(info["encoding"], info["species"], **info.get("encoding_options", {}))
         hp = self.hparams
         if hp.get("offset_prediction") and info["encoding"] != "occupancy":
-            raise GcdError("offset_prediction applies to the occupancy encoding (it has offset channels); "
-                           f"this dataset view uses {info['encoding']!r}")
+            raise GcdError(
+                "offset_prediction applies to the occupancy encoding (it has offset channels); "
+                f"this dataset view uses {info['encoding']!r}"
+            )
         if hp.get("offset_prediction"):
             n_occ = len(info["species"])
             self.diffusion.set_channel_predictions(
-                [hp.prediction] * n_occ + [hp.offset_prediction] * (self.encoding.n_channels - n_occ))
+                [hp.prediction] * n_occ + [hp.offset_prediction] * (self.encoding.n_channels - n_occ)
+            )
             if hp.offset_prediction == "blend":  # Å -> model units per axis (a voxel spans 2)
                 sigma = float(hp.get("offset_sigma_data", 0.05))
                 if not sigma > 0:
                     raise GcdError(f"offset_sigma_data must be positive (Å), got {sigma}")
-                self.diffusion.blend_sigma_data = tuple([1.0] * n_occ + [2.0 * sigma / float(s) for s in info["spacing"]])
+                self.diffusion.blend_sigma_data = tuple(
+                    [1.0] * n_occ + [2.0 * sigma / float(s) for s in info["spacing"]]
+                )
         return PeriodicUNet3d(
             in_channels=self.encoding.n_channels * (2 if hp.get("self_condition") else 1),
             out_channels=self.encoding.n_channels,
@@ -205,7 +223,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         if self.info["encoding"] != "occupancy" or self.hparams.offset_weight == 1.0:
             return None
         w = torch.ones(1, x.shape[1], 1, 1, 1, device=x.device, dtype=x.dtype)
-        w[:, self._n_occupancy:] = self.hparams.offset_weight
+        w[:, self._n_occupancy :] = self.hparams.offset_weight
         return w
 
     def diffusion_loss(self, batch: Batch, fixed_noise: bool = False) -> torch.Tensor:
@@ -215,13 +233,20 @@ class GrandCanonicalDiffusion(DiffusionModule):
             u, noise = self.structure_noise(batch, x0.shape[1:])
             t_index = (u * self.diffusion.T).long().clamp(max=self.diffusion.T - 1)
         model = self.denoiser(batch["cell"], x0.shape[2:])
-        return self.diffusion.training_loss(model, x0, cond=batch.get("cond"),
-                                            cond_drop_prob=0.0 if fixed_noise else self.hparams.cond_drop_prob,
-                                            weights=self._channel_weights(x0), t_index=t_index, noise=noise)
+        return self.diffusion.training_loss(
+            model,
+            x0,
+            cond=batch.get("cond"),
+            cond_drop_prob=0.0 if fixed_noise else self.hparams.cond_drop_prob,
+            weights=self._channel_weights(x0),
+            t_index=t_index,
+            noise=noise,
+        )
 
     # ------------------------------------------------------------------------------------------------
-    def soft_atoms(self, x0: torch.Tensor, cell: torch.Tensor, min_weight: float = 0.1, max_ratio: float = 1.5
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def soft_atoms(
+        self, x0: torch.Tensor, cell: torch.Tensor, min_weight: float = 0.1, max_ratio: float = 1.5
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Differentiable decoding of model-space grids for diffusion posterior sampling.
 
         Every voxel whose occupancy exceeds ``min_weight`` is a candidate atom at voxel corner + offset
@@ -240,10 +265,11 @@ class GrandCanonicalDiffusion(DiffusionModule):
         b, dims = x0.shape[0], x0.shape[2:]
         occupancy = ((x0[:, :s] + 1.0) / 2.0).clamp(0.0, 1.0).flatten(2)  # (B, S, V)
         weight, kind = occupancy.max(dim=1)  # (B, V)
-        offsets = ((x0[:, s:s + 3] + 1.0) / 2.0).clamp(0.0, 1.0).flatten(2).transpose(1, 2)  # (B, V, 3)
+        offsets = ((x0[:, s : s + 3] + 1.0) / 2.0).clamp(0.0, 1.0).flatten(2).transpose(1, 2)  # (B, V, 3)
         grid = torch.as_tensor(dims, device=x0.device, dtype=x0.dtype)
-        index = torch.stack(torch.meshgrid(*[torch.arange(d, device=x0.device, dtype=x0.dtype) for d in dims],
-                                           indexing="ij"), dim=-1).reshape(-1, 3)  # (V, 3), C order as flatten
+        index = torch.stack(
+            torch.meshgrid(*[torch.arange(d, device=x0.device, dtype=x0.dtype) for d in dims], indexing="ij"), dim=-1
+        ).reshape(-1, 3)  # (V, 3), C order as flatten
         frac = (index[None] + offsets) / grid  # (B, V, 3)
         volume = torch.linalg.det(cell.double()).abs().max()
         m = max(1, min(weight.shape[1], int(math.ceil(max_ratio * self.info["number_density"] * float(volume)))))
@@ -263,7 +289,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
     def sample_evaluations(self, steps: int | None = None, sampler: str | None = None) -> int:
         """U-Net calls per sample with the current sampler settings (restarts included)."""
         _, steps = self.sampler_choice(sampler, steps)
-        return self.diffusion.network_evaluations(steps, restarts=self.sample_restarts, restart_t_index=self.restart_t_index)
+        return self.diffusion.network_evaluations(
+            steps, restarts=self.sample_restarts, restart_t_index=self.restart_t_index
+        )
 
     def grid_for_cell(self, cell: torch.Tensor, n_atoms: int | None = None) -> tuple[int, int, int]:
         """Voxel counts of a cell, rounded to the U-Net's downsampling factor.
@@ -303,9 +331,16 @@ class GrandCanonicalDiffusion(DiffusionModule):
             floats += hp.base_channels * mult * (hp.num_res_blocks + 1 + 8) / 8**level
         return int(4 * floats * voxels * int(batch_size))
 
-    def generate(self, template: Batch, steps: int | None = None, sampler: str | None = None,
-                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 progress: bool = False, posterior: Any = None) -> StructureBatch:
+    def generate(
+        self,
+        template: Batch,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        posterior: Any = None,
+    ) -> StructureBatch:
         hp = self.hparams
         cell = template["cell"]
         n_atoms = template["n_atoms"].tolist() if "n_atoms" in template else [None] * len(cell)
@@ -322,6 +357,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
 
             def loss(x0: torch.Tensor) -> torch.Tensor:
                 return bound(*self.soft_atoms(x0, cell_f))
+
         known = known_mask = None
         if "inpaint_grid" in template:  # in-painting: voxels under inpaint_mask keep the template's values
             known = self.to_model_space(template["inpaint_grid"].float())

@@ -53,8 +53,9 @@ class ConditionEmbedding(nn.Module):
     tenth of its magnitude, and a plain linear layer sees mostly the part every structure shares.
     """
 
-    def __init__(self, cond_dim: int, dim: int, cond_mean: Sequence[float] | None = None,
-                 cond_std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, cond_dim: int, dim: int, cond_mean: Sequence[float] | None = None, cond_std: Sequence[float] | None = None
+    ) -> None:
         super().__init__()
         self.cond_dim = cond_dim
         self.mlp = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))

@@ -72,14 +72,27 @@ class _PairLayer(nn.Module):
     def dense(self, h: torch.Tensor, shape: torch.Tensor, edges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """All pairs. h: (B, N, H); shape: (B, 9); edges: (B, N, N, E); mask: (B, N) -> (B, N, H)."""
         hn = self.norm(h)
-        pre = (self.w_src(hn)[:, :, None] + self.w_dst(hn)[:, None, :] + self.w_cell(shape)[:, None, None]
-               + self.w_edge(edges))  # (B, N_i, N_j, H)
+        pre = (
+            self.w_src(hn)[:, :, None]
+            + self.w_dst(hn)[:, None, :]
+            + self.w_cell(shape)[:, None, None]
+            + self.w_edge(edges)
+        )  # (B, N_i, N_j, H)
         m = self.edge_out(pre) * mask[:, None, :, None].to(h.dtype)
         agg = m.sum(2) / mask.sum(1).clamp(min=1)[:, None, None].to(h.dtype)  # mean over the cell's atoms j
         return h + self.node(torch.cat([hn, agg], dim=-1))
 
-    def sparse(self, h: torch.Tensor, shape: torch.Tensor, edges: torch.Tensor, src: torch.Tensor,
-               dst: torch.Tensor, batch: torch.Tensor, weight: torch.Tensor, avg_neighbors: float) -> torch.Tensor:
+    def sparse(
+        self,
+        h: torch.Tensor,
+        shape: torch.Tensor,
+        edges: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        batch: torch.Tensor,
+        weight: torch.Tensor,
+        avg_neighbors: float,
+    ) -> torch.Tensor:
         """Listed pairs. h: (M, H) flat atoms; edges: (E, edge_dim); src/dst/batch: (E,); weight: (E,)."""
         hn = self.norm(h)
         pre = self.w_src(hn)[src] + self.w_dst(hn)[dst] + self.w_cell(shape)[batch] + self.w_edge(edges)
@@ -103,10 +116,20 @@ class FourierPairNet(nn.Module):
         max_z: largest atomic number embedded.
     """
 
-    def __init__(self, hidden: int = 128, layers: int = 4, frequencies: int = 32,
-                 graph: Literal["all_pairs", "radius"] = "all_pairs", cutoff: float = 5.0, num_rbf: int = 32,
-                 avg_neighbors: float = 30.0, cond_dim: int = 0, max_z: int = 100,
-                 cond_mean: Sequence[float] | None = None, cond_std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        hidden: int = 128,
+        layers: int = 4,
+        frequencies: int = 32,
+        graph: Literal["all_pairs", "radius"] = "all_pairs",
+        cutoff: float = 5.0,
+        num_rbf: int = 32,
+        avg_neighbors: float = 30.0,
+        cond_dim: int = 0,
+        max_z: int = 100,
+        cond_mean: Sequence[float] | None = None,
+        cond_std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         if graph not in ("all_pairs", "radius"):
             raise ValueError(f"graph must be 'all_pairs' or 'radius', got {graph!r}")
@@ -126,9 +149,16 @@ class FourierPairNet(nn.Module):
         self.final_norm = nn.LayerNorm(hidden)
         self.readout = nn.Linear(hidden, 3, bias=False)
 
-    def forward(self, frac_coords: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cell: torch.Tensor,
-                t: torch.Tensor, cond: torch.Tensor | None = None,
-                cond_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        frac_coords: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cond_keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predict the normalised score.
 
         Args:

@@ -72,8 +72,9 @@ class GaussianRadialBasis(nn.Module):
 
 
 def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                         nn.Linear(hidden, d_out))
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, d_out)
+    )
 
 
 class _MessageLayer(nn.Module):
@@ -84,8 +85,15 @@ class _MessageLayer(nn.Module):
         self.node = _mlp(3 * hidden, hidden, hidden)
         self.avg_neighbors = avg_neighbors
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                rbf: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        rbf: torch.Tensor,
+        env: torch.Tensor,
+    ) -> torch.Tensor:
         m = self.edge(torch.cat([h[src], h[dst], rbf], dim=-1)) * env[:, None]
         agg = torch.zeros_like(h).index_add_(0, src, m) / self.avg_neighbors
         return h + self.node(torch.cat([self.norm(h), agg, c], dim=-1))
@@ -107,10 +115,19 @@ class PeriodicMPNN(nn.Module):
         graph_method: ``radius_graph`` method (``"auto"``, ``"cell_list"``, ``"dense"``).
     """
 
-    def __init__(self, hidden: int = 128, layers: int = 4, cutoff: float = 3.0, num_rbf: int = 32,
-                 cond_dim: int = 0, max_z: int = 100, avg_neighbors: float = 12.0,
-                 graph_method: str = "auto", cond_mean: Sequence[float] | None = None,
-                 cond_std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        hidden: int = 128,
+        layers: int = 4,
+        cutoff: float = 3.0,
+        num_rbf: int = 32,
+        cond_dim: int = 0,
+        max_z: int = 100,
+        avg_neighbors: float = 12.0,
+        graph_method: str = "auto",
+        cond_mean: Sequence[float] | None = None,
+        cond_std: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.hidden = hidden
         self.cutoff = float(cutoff)
@@ -124,9 +141,16 @@ class PeriodicMPNN(nn.Module):
         self.layers = nn.ModuleList(_MessageLayer(hidden, num_rbf, avg_neighbors) for _ in range(layers))
         self.readout = _mlp(2 * hidden + num_rbf, hidden, 1)
 
-    def forward(self, frac_coords: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cell: torch.Tensor,
-                t: torch.Tensor, cond: torch.Tensor | None = None,
-                cond_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        frac_coords: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cond_keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predict the noise.
 
         Args:

@@ -34,8 +34,17 @@ class SpectrumNet(nn.Module):
         hidden, layers, cutoff, num_rbf, max_z, avg_neighbors, graph_method: as ``PeriodicMPNN``.
     """
 
-    def __init__(self, n_out: int, hidden: int = 64, layers: int = 3, cutoff: float = 4.0, num_rbf: int = 32,
-                 max_z: int = 100, avg_neighbors: float = 12.0, graph_method: str = "auto") -> None:
+    def __init__(
+        self,
+        n_out: int,
+        hidden: int = 64,
+        layers: int = 3,
+        cutoff: float = 4.0,
+        num_rbf: int = 32,
+        max_z: int = 100,
+        avg_neighbors: float = 12.0,
+        graph_method: str = "auto",
+    ) -> None:
         super().__init__()
         self.n_out = int(n_out)
         self.hidden = hidden
@@ -48,8 +57,14 @@ class SpectrumNet(nn.Module):
         self.layers = nn.ModuleList(_MessageLayer(hidden, num_rbf, avg_neighbors) for _ in range(layers))
         self.readout = _mlp(hidden, hidden, self.n_out)
 
-    def forward(self, frac_coords: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cell: torch.Tensor,
-                weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        frac_coords: torch.Tensor,
+        numbers: torch.Tensor,
+        mask: torch.Tensor,
+        cell: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, N, K) per-atom predictions (zero at padding); differentiable w.r.t. coordinates and weights.
 
         Args:

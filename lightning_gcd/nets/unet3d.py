@@ -192,8 +192,11 @@ class PeriodicUNet3d(nn.Module):
         self.time_embed = TimeEmbedding(emb_dim)
         self.cond_embed = ConditionEmbedding(cond_dim, emb_dim, cond_mean, cond_std) if cond_dim > 0 else None
         self.geometry_dim = geometry_dim
-        self.geometry_embed = (nn.Sequential(nn.Linear(geometry_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-                               if geometry_dim > 0 else None)
+        self.geometry_embed = (
+            nn.Sequential(nn.Linear(geometry_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if geometry_dim > 0
+            else None
+        )
 
         self.conv_in = _conv3d(in_channels, base_channels)
 
@@ -234,8 +237,14 @@ class PeriodicUNet3d(nn.Module):
         """Every grid side must be a multiple of this; the net commutes with circular shifts by multiples of it."""
         return 2 ** (len(self.channel_mults) - 1)
 
-    def _embed(self, t: torch.Tensor, cond: torch.Tensor | None, cond_keep: torch.Tensor | None,
-               geometry: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    def _embed(
+        self,
+        t: torch.Tensor,
+        cond: torch.Tensor | None,
+        cond_keep: torch.Tensor | None,
+        geometry: torch.Tensor | None,
+        batch_size: int,
+    ) -> torch.Tensor:
         """(B,) time [+ (B,cond_dim) condition] [+ (B,geometry_dim) geometry] -> (B, 4*base_channels)."""
         emb = self.time_embed(t)
         if self.cond_embed is not None:

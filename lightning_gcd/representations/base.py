@@ -105,7 +105,9 @@ def pair_frac_displacements(atoms, cutoff: float) -> np.ndarray:
     return vectors @ np.linalg.inv(np.asarray(atoms.cell[:]))
 
 
-def coarsest_grid_shape(atoms_list: Sequence, multiple: int = 1, margin: float = 0.1, max_per_axis: int = 256) -> GridShape:
+def coarsest_grid_shape(
+    atoms_list: Sequence, multiple: int = 1, margin: float = 0.1, max_per_axis: int = 256
+) -> GridShape:
     """The coarsest common grid on which no translation can put two atoms of any structure in one voxel.
 
     Grid counts are proportional to the largest cell's lattice vector lengths and multiples of

@@ -31,7 +31,9 @@ def _quadratic_fit_matrix() -> tuple[torch.Tensor, torch.Tensor]:
     r = torch.arange(-1, 2, dtype=torch.float64)
     offs = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), dim=-1).reshape(27, 3)
     u, v, w = offs.unbind(-1)
-    design = torch.stack([torch.ones(27, dtype=torch.float64), u, v, w, u * u, v * v, w * w, u * v, u * w, v * w], dim=-1)
+    design = torch.stack(
+        [torch.ones(27, dtype=torch.float64), u, v, w, u * u, v * v, w * w, u * v, u * w, v * w], dim=-1
+    )
     return offs, torch.linalg.pinv(design)
 
 
@@ -79,11 +81,13 @@ class GaussianDensityEncoding(VoxelEncoding):
             points = base[cb, ca][:, None, :] + window[None]  # (M, K, 3) grid coordinates
             dfrac = points / dims - frac[cb, ca][:, None, :]  # (M, K, 3)
             cart = torch.einsum("mki,mij->mkj", dfrac, cell[cb])
-            value = torch.exp(-(cart * cart).sum(-1) / (2 * self.sigma ** 2))  # (M, K)
+            value = torch.exp(-(cart * cart).sum(-1) / (2 * self.sigma**2))  # (M, K)
             idx = torch.remainder(points, dims).long()
             flat = (idx[..., 0] * grid_shape[1] + idx[..., 1]) * grid_shape[2] + idx[..., 2]  # (M, K)
             target = (cb * n_species + channel[cb, ca])[:, None].expand_as(flat)
-            grid.view(-1, grid.shape[-1]).index_put_((target.reshape(-1), flat.reshape(-1)), value.reshape(-1), accumulate=True)
+            grid.view(-1, grid.shape[-1]).index_put_(
+                (target.reshape(-1), flat.reshape(-1)), value.reshape(-1), accumulate=True
+            )
         return grid.float().view(b, n_species, *grid_shape)
 
     def _check_grid(self, batch: StructureBatch, cell: torch.Tensor, dims: torch.Tensor) -> None:
@@ -92,7 +96,7 @@ class GaussianDensityEncoding(VoxelEncoding):
         signs = torch.tensor([[1, 1, 1], [1, 1, -1], [1, -1, 1], [1, -1, -1]], dtype=cell.dtype, device=cell.device)
         diagonals = torch.linalg.norm(torch.einsum("sk,bkj->bsj", signs, edges), dim=-1)  # (B, 4)
         centre_gap = diagonals.min(dim=1).values / 2  # distance from a voxel centre to its nearest corner
-        worst_peak = torch.exp(-centre_gap ** 2 / (2 * self.sigma ** 2))
+        worst_peak = torch.exp(-(centre_gap**2) / (2 * self.sigma**2))
         if (worst_peak <= self.threshold).any():
             raise EncodingError(
                 f"grid too coarse for sigma={self.sigma} Å: an atom between grid points would peak below the "
@@ -103,13 +107,13 @@ class GaussianDensityEncoding(VoxelEncoding):
         eye = torch.eye(n, dtype=torch.bool, device=frac.device)
         chunk = max(1, 4_000_000 // max(1, n * n))  # structures per pairwise block (bounded memory)
         for start in range(0, len(batch), chunk):
-            f = frac[start:start + chunk]  # (b, N, 3)
-            m = batch.mask[start:start + chunk]
+            f = frac[start : start + chunk]  # (b, N, 3)
+            m = batch.mask[start : start + chunk]
             valid = m[:, :, None] & m[:, None, :] & ~eye  # (b, N, N)
             d = f[:, :, None, :] - f[:, None, :, :]
             d = d - torch.round(d)  # minimum image in fractional space, (b, N, N, 3)
             cheb = (d.abs() * dims).amax(-1)
-            dist = torch.linalg.norm(torch.einsum("bnmi,bij->bnmj", d, cell[start:start + chunk]), dim=-1)
+            dist = torch.linalg.norm(torch.einsum("bnmi,bij->bnmj", d, cell[start : start + chunk]), dim=-1)
             close = ((cheb < 2.0) & valid).flatten(1).any(1)
             if close.any():
                 i = start + int(torch.nonzero(close)[0])
@@ -117,7 +121,9 @@ class GaussianDensityEncoding(VoxelEncoding):
             merged = ((dist < _MERGE_SIGMAS * self.sigma) & valid).flatten(1).any(1)
             if merged.any():
                 i = start + int(torch.nonzero(merged)[0])
-                raise EncodingError(f"sigma={self.sigma} Å too wide: atoms closer than {_MERGE_SIGMAS}σ in structure {i} would merge")
+                raise EncodingError(
+                    f"sigma={self.sigma} Å too wide: atoms closer than {_MERGE_SIGMAS}σ in structure {i} would merge"
+                )
 
     # ----------------------------------------------------------------------------------------------
     def decode(self, grids: torch.Tensor, cell: torch.Tensor) -> StructureBatch:
@@ -135,22 +141,26 @@ class GaussianDensityEncoding(VoxelEncoding):
         values = density[bi[:, None], si[:, None], neigh[..., 0], neigh[..., 1], neigh[..., 2]]  # (M, 27)
         coef = torch.log(values.clamp_min(1e-12)) @ self._pinv.to(grids.device).T  # (M, 10)
         grad = coef[:, 1:4]
-        hess = torch.stack([
-            torch.stack([2 * coef[:, 4], coef[:, 7], coef[:, 8]], -1),
-            torch.stack([coef[:, 7], 2 * coef[:, 5], coef[:, 9]], -1),
-            torch.stack([coef[:, 8], coef[:, 9], 2 * coef[:, 6]], -1),
-        ], dim=-2)  # (M, 3, 3)
+        hess = torch.stack(
+            [
+                torch.stack([2 * coef[:, 4], coef[:, 7], coef[:, 8]], -1),
+                torch.stack([coef[:, 7], 2 * coef[:, 5], coef[:, 9]], -1),
+                torch.stack([coef[:, 8], coef[:, 9], 2 * coef[:, 6]], -1),
+            ],
+            dim=-2,
+        )  # (M, 3, 3)
         delta = -torch.linalg.solve(hess, grad[..., None])[..., 0] if len(bi) else grad
         delta = torch.nan_to_num(delta).clamp(-1.0, 1.0)
         frac_all = torch.remainder((center.double() + delta) / dims, 1.0)
 
         counts = torch.bincount(bi, minlength=b)
         n_max = max(int(counts.max()) if b else 0, 1)
-        slot = torch.arange(len(bi), device=grids.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        slot = torch.arange(len(bi), device=grids.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
         frac = torch.zeros(b, n_max, 3, dtype=torch.float64, device=grids.device)
         numbers = torch.zeros(b, n_max, dtype=torch.long, device=grids.device)
         frac[bi, slot] = frac_all
         numbers[bi, slot] = torch.as_tensor(self.species, device=grids.device)[si]
         mask = torch.arange(n_max, device=grids.device)[None, :] < counts[:, None]
         return StructureBatch(frac.to(cell.dtype), numbers, mask, cell)
-

@@ -72,7 +72,7 @@ class OccupancyOffsetEncoding(VoxelEncoding):
         n_species = len(self.species)
         dims = torch.as_tensor(grids.shape[2:], device=grids.device)
         occupancy = grids[:, :n_species].flatten(2)  # (B, S, V)
-        offsets = grids[:, n_species:n_species + 3].flatten(2).double().clamp(0.0, 1.0 - 1e-7)  # (B, 3, V)
+        offsets = grids[:, n_species : n_species + 3].flatten(2).double().clamp(0.0, 1.0 - 1e-7)  # (B, 3, V)
         best, channel = occupancy.max(dim=1)  # (B, V)
         present = best > self.threshold  # (B, V)
         counts = present.sum(dim=1)
@@ -91,4 +91,3 @@ class OccupancyOffsetEncoding(VoxelEncoding):
         species = torch.as_tensor(self.species, device=grids.device)
         numbers[bi, slot] = species[channel[bi, vi]]
         return StructureBatch(frac.to(cell.dtype), numbers, mask, cell)
-

@@ -12,5 +12,13 @@ from lightning_gcd.samplers.registry import TORUS_SAMPLERS, torus_sampler
 from lightning_gcd.samplers.torus_em import TorusEulerMaruyama
 from lightning_gcd.samplers.torus_pc import TorusPredictorCorrector
 
-__all__ = ["TORUS_SAMPLERS", "KnownAtoms", "ScoreFunction", "TorusEulerMaruyama", "TorusPredictorCorrector", "TorusSampler",
-           "classifier_free_prediction", "torus_sampler"]
+__all__ = [
+    "TORUS_SAMPLERS",
+    "KnownAtoms",
+    "ScoreFunction",
+    "TorusEulerMaruyama",
+    "TorusPredictorCorrector",
+    "TorusSampler",
+    "classifier_free_prediction",
+    "torus_sampler",
+]

@@ -48,12 +48,29 @@ class TorusSampler(ABC):
         return [t for t in times if t <= start_time + 1e-12]
 
     @abstractmethod
-    def step(self, frac: torch.Tensor, score: ScoreFunction, t: float, sigma: torch.Tensor,
-             sigma_next: torch.Tensor, noise: NoiseFunction, diffusion: TorusDiffusion, last: bool) -> torch.Tensor:
+    def step(
+        self,
+        frac: torch.Tensor,
+        score: ScoreFunction,
+        t: float,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        noise: NoiseFunction,
+        diffusion: TorusDiffusion,
+        last: bool,
+    ) -> torch.Tensor:
         """One level: (B, N, 3) fractional coordinates at noise ``sigma`` (B,) -> at ``sigma_next`` (B,)."""
 
-    def run(self, frac: torch.Tensor, score: ScoreFunction, diffusion: TorusDiffusion, n_atoms: torch.Tensor,
-            noise: NoiseFunction, progress: bool = False, start_time: float = 1.0) -> torch.Tensor:
+    def run(
+        self,
+        frac: torch.Tensor,
+        score: ScoreFunction,
+        diffusion: TorusDiffusion,
+        n_atoms: torch.Tensor,
+        noise: NoiseFunction,
+        progress: bool = False,
+        start_time: float = 1.0,
+    ) -> torch.Tensor:
         """Integrate from ``frac`` (B, N, 3) to the denoised sample, wrapped into [0, 1).
 
         ``frac`` is uniform positions for ``start_time`` 1 (the prior); a lower ``start_time`` continues a structure
@@ -67,6 +84,8 @@ class TorusSampler(ABC):
             tb = torch.full(n_atoms.shape, t, dtype=frac.dtype, device=frac.device)
             sigma = diffusion.sigma(tb, n_atoms)
             last = k == len(times) - 1
-            sigma_next = torch.zeros_like(sigma) if last else diffusion.sigma(torch.full_like(tb, times[k + 1]), n_atoms)
+            sigma_next = (
+                torch.zeros_like(sigma) if last else diffusion.sigma(torch.full_like(tb, times[k + 1]), n_atoms)
+            )
             frac = wrap_unit(self.step(frac, score, t, sigma, sigma_next, noise, diffusion, last))
         return frac

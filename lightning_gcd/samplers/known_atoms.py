@@ -23,7 +23,9 @@ class KnownAtoms:
 
     def __init__(self, known: torch.Tensor, fixed: torch.Tensor, noise: Callable[[], torch.Tensor]) -> None:
         if known.shape[:2] != fixed.shape or known.shape[-1] != 3:
-            raise ValueError(f"known must be (B, N, 3) and its mask (B, N); got {tuple(known.shape)}, {tuple(fixed.shape)}")
+            raise ValueError(
+                f"known must be (B, N, 3) and its mask (B, N); got {tuple(known.shape)}, {tuple(fixed.shape)}"
+            )
         self.known = wrap_unit(known)
         self.fixed = fixed.bool()[..., None]
         self.noise = noise

@@ -16,8 +16,17 @@ class TorusEulerMaruyama(TorusSampler):
     name = "em"
     evaluations_per_level = 1
 
-    def step(self, frac: torch.Tensor, score: ScoreFunction, t: float, sigma: torch.Tensor,
-             sigma_next: torch.Tensor, noise: NoiseFunction, diffusion: TorusDiffusion, last: bool) -> torch.Tensor:
+    def step(
+        self,
+        frac: torch.Tensor,
+        score: ScoreFunction,
+        t: float,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        noise: NoiseFunction,
+        diffusion: TorusDiffusion,
+        last: bool,
+    ) -> torch.Tensor:
         frac, s = score(frac, t, sigma)
         var = (sigma * sigma - sigma_next * sigma_next)[:, None, None]
         frac = frac + var * s

@@ -30,8 +30,17 @@ class TorusPredictorCorrector(TorusSampler):
             raise ValueError(f"step_lr must be >= 0, got {step_lr}")
         self.step_lr = float(step_lr)
 
-    def step(self, frac: torch.Tensor, score: ScoreFunction, t: float, sigma: torch.Tensor,
-             sigma_next: torch.Tensor, noise: NoiseFunction, diffusion: TorusDiffusion, last: bool) -> torch.Tensor:
+    def step(
+        self,
+        frac: torch.Tensor,
+        score: ScoreFunction,
+        t: float,
+        sigma: torch.Tensor,
+        sigma_next: torch.Tensor,
+        noise: NoiseFunction,
+        diffusion: TorusDiffusion,
+        last: bool,
+    ) -> torch.Tensor:
         size = (self.step_lr * (sigma / diffusion.sigma_min) ** 2)[:, None, None]
         frac, s = score(frac, t, sigma)
         frac = frac + size * s

@@ -40,9 +40,31 @@ needs_engines = needs_engine(AVAILABLE, f"LAMMPS/FEFF10 not usable (install the 
 
 REDUCED_MD = ac.MeltQuench(melt_time=0.05, quench_time=0.1)  # REDUCED: 300 MD steps
 REDUCED_FEFF = ac.FeffSettings(scf_radius=2.0, fms_radius=2.5)  # REDUCED radii, still SCF + core hole + FMS
-OPTIONS = dict(n_structures=2, n_atoms=64, densities=[2.0, 3.0], xanes_sites=1, seed=5, md=REDUCED_MD, feff=REDUCED_FEFF)
-CLI_OPTIONS = ["--n-structures", "2", "--n-atoms", "64", "--densities", "2.0", "3.0", "--xanes-sites", "1", "--seed", "5",
-               "--melt-ps", "0.05", "--quench-ps", "0.1", "--scf-radius", "2.0", "--fms-radius", "2.5", "--no-progress"]
+OPTIONS = dict(
+    n_structures=2, n_atoms=64, densities=[2.0, 3.0], xanes_sites=1, seed=5, md=REDUCED_MD, feff=REDUCED_FEFF
+)
+CLI_OPTIONS = [
+    "--n-structures",
+    "2",
+    "--n-atoms",
+    "64",
+    "--densities",
+    "2.0",
+    "3.0",
+    "--xanes-sites",
+    "1",
+    "--seed",
+    "5",
+    "--melt-ps",
+    "0.05",
+    "--quench-ps",
+    "0.1",
+    "--scf-radius",
+    "2.0",
+    "--fms-radius",
+    "2.5",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +117,35 @@ def test_resume_reuses_finished_structures(built: Path, tmp_path: Path, monkeypa
         np.testing.assert_array_equal(a.structure_property("xanes"), b.structure_property("xanes"))
     calls.clear()
     # a part computed with other settings is not reused
-    build_dataset("amorphous-carbon", out, workers=1, progress=False, **{**OPTIONS, "n_structures": 1, "xanes_sites": 2})
+    build_dataset(
+        "amorphous-carbon", out, workers=1, progress=False, **{**OPTIONS, "n_structures": 1, "xanes_sites": 2}
+    )
     assert calls == [0]
 
 
 @needs_engines
-def test_finished_only_writes_the_finished_structures(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finished_only_writes_the_finished_structures(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A build still running (one of two structures finished) gives a usable file of what is done."""
     out = tmp_path / "partial.h5"
     parts = Path(f"{out}.parts")
     parts.mkdir()
     shutil.copy(Path(f"{built}.parts") / "structure_000001.npz", parts)
-    done = run_gcd("data", "build", "amorphous-carbon", *CLI_OPTIONS, "--finished-only", "--split", "1", "0", "0",
-                   "--out", str(out), cwd=tmp_path)
+    done = run_gcd(
+        "data",
+        "build",
+        "amorphous-carbon",
+        *CLI_OPTIONS,
+        "--finished-only",
+        "--split",
+        "1",
+        "0",
+        "0",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     with AtomsH5(built) as a, AtomsH5(out) as b:  # structure 0 was not computed: one structure, index 1
         assert len(b) == 1 and b.structure_property("build_index").tolist() == [1]
@@ -122,8 +160,19 @@ def test_finished_only_writes_the_finished_structures(built: Path, tmp_path: Pat
 @needs_engines
 def test_shards_then_merge_equal_the_unsharded_build(built: Path, tmp_path: Path) -> None:
     """Shard 1/2 through the CLI as a cluster job runs it, shard 0/2 in-process; merged in the wrong order, then sorted."""
-    run = run_gcd("data", "build", "amorphous-carbon", *CLI_OPTIONS, "--workers", "1", "--shard", "1/2", "--out", "s1.h5",
-                  cwd=tmp_path)
+    run = run_gcd(
+        "data",
+        "build",
+        "amorphous-carbon",
+        *CLI_OPTIONS,
+        "--workers",
+        "1",
+        "--shard",
+        "1/2",
+        "--out",
+        "s1.h5",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     build_dataset("amorphous-carbon", tmp_path / "s0.h5", workers=1, progress=False, shard="0/2", **OPTIONS)
     with AtomsH5(tmp_path / "s1.h5") as s1:
@@ -143,9 +192,13 @@ def test_shards_then_merge_equal_the_unsharded_build(built: Path, tmp_path: Path
 @needs_engines
 def test_mpi_library_found_without_ld_library_path(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    code = ("from datamodules.builders.amorphous_carbon import load_lammps; "
-            "l = load_lammps().lammps(cmdargs=['-log', 'none', '-screen', 'none']); print(l.version()); l.close()")
-    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    code = (
+        "from datamodules.builders.amorphous_carbon import load_lammps; "
+        "l = load_lammps().lammps(cmdargs=['-log', 'none', '-screen', 'none']); print(l.version()); l.close()"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0 and int(run.stdout.strip()) > 20200000, run.stderr
     assert ac.tersoff_file().name == "SiC.tersoff" and "C   C    C" in ac.tersoff_file().read_text()
 
@@ -171,7 +224,9 @@ def test_missing_engine_skips_locally_and_fails_in_ci(ci: str, monkeypatch: pyte
 
     class Item:
         def iter_markers(self, name: str):
-            return [m.mark for m in (needs_engine(False, "no lammps here"), needs_engine(True, "")) if m.mark.name == name]
+            return [
+                m.mark for m in (needs_engine(False, "no lammps here"), needs_engine(True, "")) if m.mark.name == name
+            ]
 
     try:  # (a Skipped escaping this test would make it "skipped", not failed: caught here and compared)
         conftest.pytest_runtest_setup(Item())
@@ -181,7 +236,12 @@ def test_missing_engine_skips_locally_and_fails_in_ci(ci: str, monkeypatch: pyte
     assert type(outcome) is (pytest.fail.Exception if ci else pytest.skip.Exception), repr(outcome)
     assert "no lammps here" in str(outcome)
     monkeypatch.setenv("CI", "true")
-    assert conftest.pytest_runtest_setup(type("Ready", (), {"iter_markers": lambda self, name: [needs_engine(True, "").mark]})()) is None
+    assert (
+        conftest.pytest_runtest_setup(
+            type("Ready", (), {"iter_markers": lambda self, name: [needs_engine(True, "").mark]})()
+        )
+        is None
+    )
 
 
 def test_option_errors(tmp_path: Path) -> None:
@@ -243,7 +303,10 @@ def test_tersoff_relaxation_of_carbon_in_any_cell() -> None:
     assert out[0].get_all_distances(mic=True)[np.triu_indices(len(clash), 1)].min() > 1.3
     assert clash.get_distance(0, 1, mic=True) == pytest.approx(0.8)  # the input is untouched
     assert np.isnan(out[1].info["total_energy"]) and out[1].info["relax_error"] == "no atoms"
-    assert np.isnan(out[2].info["total_energy"]) and "cannot relax a structure with other elements" in out[2].info["relax_error"]
+    assert (
+        np.isnan(out[2].info["total_energy"])
+        and "cannot relax a structure with other elements" in out[2].info["relax_error"]
+    )
 
 
 @needs_engines
@@ -253,15 +316,20 @@ def test_engine_failure_is_one_line_naming_the_structure(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(ac, "feff_xanes", broken)
     with pytest.raises(GcdError, match=r"structure 0 \(2 g/cm³\): FEFF10 failed: boom"):
-        build_dataset("amorphous-carbon", tmp_path / "x.h5", workers=1, progress=False, **{**OPTIONS, "n_structures": 1})
+        build_dataset(
+            "amorphous-carbon", tmp_path / "x.h5", workers=1, progress=False, **{**OPTIONS, "n_structures": 1}
+        )
     assert not (tmp_path / "x.h5").exists() and not list(Path(f"{tmp_path / 'x.h5'}.parts").glob("*.npz"))
 
 
 @needs_engines
-@pytest.mark.parametrize("name, options", [
-    ("a_c_300", dict(n_structures=300, xanes_sites=8)),
-    ("a_c_512_ref", dict(n_structures=5, n_atoms=512, xanes_sites=1)),
-])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("a_c_300", dict(n_structures=300, xanes_sites=8)),
+        ("a_c_512_ref", dict(n_structures=5, n_atoms=512, xanes_sites=1)),
+    ],
+)
 def test_shipped_parts_still_load(name: str, options: dict, tmp_path: Path) -> None:
     """The committed parts of the shipped a-C builds match the builder's current settings and versions
     (else the documented command would silently recompute them)."""
@@ -275,8 +343,10 @@ def test_shipped_parts_still_load(name: str, options: dict, tmp_path: Path) -> N
         assert np.all(data.structure_property("xanes_sites") == options["xanes_sites"])
 
 
-SHIPPED = {"a_c_300": dict(n_structures=300, xanes_sites=8),
-           "a_c_512_ref": dict(n_structures=5, n_atoms=512, xanes_sites=1)}
+SHIPPED = {
+    "a_c_300": dict(n_structures=300, xanes_sites=8),
+    "a_c_512_ref": dict(n_structures=5, n_atoms=512, xanes_sites=1),
+}
 
 
 def _shipped_files(tmp_path: Path, names: tuple[str, ...] = tuple(SHIPPED)) -> dict[str, Path]:
@@ -308,9 +378,30 @@ def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
     """experiments/amorphous_carbon/scale.py on the shipped parts with a tiny budget: both priors trained,
     64- and N-atom cells sampled per reference density, the voxel grid chosen by atom count, JSON and PNG."""
     files = _shipped_files(tmp_path)
-    results = _script("scale").main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]), "--prior-steps", "3",
-                          "--samples", "1", "--n-atoms", "128", "--particle-steps", "2", "--voxel-steps", "2",
-                          "--voxel-restarts", "1", "--voxel-sampler", "ddim", "--out", str(tmp_path / "scale")])
+    results = _script("scale").main(
+        [
+            "--data",
+            str(files["a_c_300"]),
+            "--refs",
+            str(files["a_c_512_ref"]),
+            "--prior-steps",
+            "3",
+            "--samples",
+            "1",
+            "--n-atoms",
+            "128",
+            "--particle-steps",
+            "2",
+            "--voxel-steps",
+            "2",
+            "--voxel-restarts",
+            "1",
+            "--voxel-sampler",
+            "ddim",
+            "--out",
+            str(tmp_path / "scale"),
+        ]
+    )
     assert results["settings"]["voxel_restarts"] == 1
     assert {r["sampler"] for r in results["runs"]} == {"em", "ddim"}
     assert [round(r["density"], 1) for r in results["references"]] == [1.5, 2.0, 2.5, 3.0, 3.5]
@@ -331,16 +422,36 @@ def test_scale_agnostic_script_end_to_end(tmp_path: Path) -> None:
         else:  # 64 atoms: the training grid (it depends on the shipped cells' densities); 128: 2^(1/3) more
             # voxels per axis, rounded to the U-Net's factor 2
             train_grid = list(load_model(tmp_path / "scale" / "checkpoints" / "voxel.ckpt").info["grid_shape"])
-            expected = train_grid if run["requested_atoms"] == 64 else [round(g * 2 ** (1 / 3) / 2) * 2 for g in train_grid]
+            expected = (
+                train_grid if run["requested_atoms"] == 64 else [round(g * 2 ** (1 / 3) / 2) * 2 for g in train_grid]
+            )
             assert run["grid"] == expected
     saved = json.loads((tmp_path / "scale" / "results.json").read_text())
     assert len(saved["runs"]) == 20
     assert (tmp_path / "scale" / "scale.png").read_bytes()[:4] == b"\x89PNG"
     # --n-atoms 64: the training size is sampled once per density, not twice
-    same_size = _script("scale").main(["--data", str(files["a_c_300"]), "--refs", str(files["a_c_512_ref"]),
-                                       "--models", "particle", "--particle-ckpt", str(tmp_path / "scale" / "checkpoints" / "particle.ckpt"),
-                                       "--samples", "1", "--n-atoms", "64", "--particle-steps", "2", "--out", str(tmp_path / "scale64"),
-                                       "--relax", "20"])
+    same_size = _script("scale").main(
+        [
+            "--data",
+            str(files["a_c_300"]),
+            "--refs",
+            str(files["a_c_512_ref"]),
+            "--models",
+            "particle",
+            "--particle-ckpt",
+            str(tmp_path / "scale" / "checkpoints" / "particle.ckpt"),
+            "--samples",
+            "1",
+            "--n-atoms",
+            "64",
+            "--particle-steps",
+            "2",
+            "--out",
+            str(tmp_path / "scale64"),
+            "--relax",
+            "20",
+        ]
+    )
     assert [r["requested_atoms"] for r in same_size["runs"]] == [64] * 5
     for run in same_size["runs"]:  # --relax: the relaxed samples measured, the raw ones kept as raw_*
         assert {"raw_sp3_fraction", "raw_rdf_l1_vs_ref512", "raw_min_distance_mean"} <= set(run)
@@ -353,24 +464,52 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     target's density (particle: exactly N atoms; voxel: the grid for N atoms), one FEFF site per run."""
     files = _shipped_files(tmp_path)
     out = tmp_path / "guided"
-    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(out), "--targets", "2",
-                                   "--samples", "1", "--prior-steps", "3", "--forward-epochs", "1", "--particle-steps", "2",
-                                   "--voxel-steps", "2", "--n-atoms", "128", "--feff-sites", "1"]) == 0
+    assert (
+        _script("guided").main(
+            [
+                "--data",
+                str(files["a_c_300"]),
+                "--out",
+                str(out),
+                "--targets",
+                "2",
+                "--samples",
+                "1",
+                "--prior-steps",
+                "3",
+                "--forward-epochs",
+                "1",
+                "--particle-steps",
+                "2",
+                "--voxel-steps",
+                "2",
+                "--n-atoms",
+                "128",
+                "--feff-sites",
+                "1",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     target = next(iter(results["targets"].values()))
     runs = results["runs"]
-    assert {(r["model"], r["mode"]) for r in runs} == {(m, mode) for m in ("particle", "voxel")
-                                                       for mode in ("unguided", "cfg", "dps", "cfg+dps")}
+    assert {(r["model"], r["mode"]) for r in runs} == {
+        (m, mode) for m in ("particle", "voxel") for mode in ("unguided", "cfg", "dps", "cfg+dps")
+    }
     for run in runs:  # (a 3-step voxel prior may decode nothing: then, and only then, no forward error)
         assert np.isfinite(run["forward_rel_l2"]) or (run["model"] == "voxel" and run["n_atoms_mean"] == 0)
         if run["model"] == "particle":
             assert run["n_atoms_mean"] == 128
             (feff,) = run["feff"]  # one sample, one site: a spectrum, or the error of that site
-            assert np.isfinite(feff.get("feff_rel_l2", np.nan)) or feff["errors"][0].startswith(f"site {feff['sites'][0]}:")
+            assert np.isfinite(feff.get("feff_rel_l2", np.nan)) or feff["errors"][0].startswith(
+                f"site {feff['sites'][0]}:"
+            )
     # FEFF ran: a 2-step prior's raw samples may overlap too much for FEFF's potentials (an error per site is
     # reported, not fatal), but not all of them (here the cfg+dps one gives a spectrum)
-    assert any(0 < r["feff"][0].get("feff_rel_l2", np.nan) < np.inf for r in runs if r["model"] == "particle"), \
-        [r["feff"] for r in runs if r["model"] == "particle"]
+    assert any(0 < r["feff"][0].get("feff_rel_l2", np.nan) < np.inf for r in runs if r["model"] == "particle"), [
+        r["feff"] for r in runs if r["model"] == "particle"
+    ]
     assert list(results["targets"]) == ["2"]
     assert target["n_atoms"] == 64 and (out / "guided.png").read_bytes()[:4] == b"\x89PNG"
     for run in runs:  # every FEFF site of a run's samples, pooled
@@ -384,37 +523,116 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
         (part / "results.json").write_text(json.dumps({**results, "runs": [r for r in runs if r["model"] == model]}))
         (part / "curves.json").write_text(json.dumps(curves))
     merged_dir = tmp_path / "merged"
-    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(merged_dir),
-                                   "--merge", str(tmp_path / "particle"), str(tmp_path / "voxel")]) == 0
+    assert (
+        _script("guided").main(
+            [
+                "--data",
+                str(files["a_c_300"]),
+                "--out",
+                str(merged_dir),
+                "--merge",
+                str(tmp_path / "particle"),
+                str(tmp_path / "voxel"),
+            ]
+        )
+        == 0
+    )
     merged = json.loads((merged_dir / "results.json").read_text())
     assert sorted((r["model"], r["mode"]) for r in merged["runs"]) == sorted((r["model"], r["mode"]) for r in runs)
     assert (merged_dir / "guided.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="same model, mode"):  # the same runs twice would count twice
-        _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "twice"),
-                                "--merge", str(out), str(tmp_path / "particle")])
+        _script("guided").main(
+            [
+                "--data",
+                str(files["a_c_300"]),
+                "--out",
+                str(tmp_path / "twice"),
+                "--merge",
+                str(out),
+                str(tmp_path / "particle"),
+            ]
+        )
     # a ρ sweep: only the DPS mode, once per ρ, from the checkpoints above; merged with the first run, the
     # table tells the ρ apart
     sweep = tmp_path / "sweep"
-    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(sweep), "--targets", "2",
-                                   "--models", "particle", "--modes", "dps", "--dps-scale-particle", "100", "400",
-                                   "--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"),
-                                   "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt"), "--samples", "1",
-                                   "--particle-steps", "2", "--n-atoms", "128", "--feff-structures", "0",
-                                   "--relax", "20", "--density", "3.0"]) == 0
+    assert (
+        _script("guided").main(
+            [
+                "--data",
+                str(files["a_c_300"]),
+                "--out",
+                str(sweep),
+                "--targets",
+                "2",
+                "--models",
+                "particle",
+                "--modes",
+                "dps",
+                "--dps-scale-particle",
+                "100",
+                "400",
+                "--particle-ckpt",
+                str(out / "checkpoints" / "particle.ckpt"),
+                "--forward-ckpt",
+                str(out / "checkpoints" / "forward.ckpt"),
+                "--samples",
+                "1",
+                "--particle-steps",
+                "2",
+                "--n-atoms",
+                "128",
+                "--feff-structures",
+                "0",
+                "--relax",
+                "20",
+                "--density",
+                "3.0",
+            ]
+        )
+        == 0
+    )
     swept = json.loads((sweep / "results.json").read_text())["runs"]
     assert [(r["mode"], r["dps_scale"]) for r in swept] == [("dps", 100.0), ("dps", 400.0)]
     for run in swept:  # --relax: measured on the Tersoff-relaxed samples, the raw ones kept as raw_*
         assert {"raw_sp3_fraction", "raw_min_distance_mean", "relax_seconds"} <= set(run)
         assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms_mean"] == 128
-        assert run["cell_density"] == 3.0 and run["density_mean"] == pytest.approx(3.0)  # --density: 128 atoms at 3.0 g/cm³
+        assert run["cell_density"] == 3.0 and run["density_mean"] == pytest.approx(
+            3.0
+        )  # --density: 128 atoms at 3.0 g/cm³
     assert next(iter(results["targets"].values()))["density"] != pytest.approx(3.0)
     # every run's samples are saved (relaxed and raw); a killed run rerun with the same command keeps the
     # runs it finished and samples only the missing ones, to the same structures
-    sweep_args = ["--data", str(files["a_c_300"]), "--out", str(sweep), "--targets", "2", "--models", "particle",
-                  "--modes", "dps", "--dps-scale-particle", "100", "400",
-                  "--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"),
-                  "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt"), "--samples", "1",
-                  "--particle-steps", "2", "--n-atoms", "128", "--feff-structures", "0", "--relax", "20", "--density", "3.0"]
+    sweep_args = [
+        "--data",
+        str(files["a_c_300"]),
+        "--out",
+        str(sweep),
+        "--targets",
+        "2",
+        "--models",
+        "particle",
+        "--modes",
+        "dps",
+        "--dps-scale-particle",
+        "100",
+        "400",
+        "--particle-ckpt",
+        str(out / "checkpoints" / "particle.ckpt"),
+        "--forward-ckpt",
+        str(out / "checkpoints" / "forward.ckpt"),
+        "--samples",
+        "1",
+        "--particle-steps",
+        "2",
+        "--n-atoms",
+        "128",
+        "--feff-structures",
+        "0",
+        "--relax",
+        "20",
+        "--density",
+        "3.0",
+    ]
     saved = {p.name for p in (sweep / "samples").iterdir()}
     assert saved == {f"particle_dps_3_rho{r}_target2{raw}.extxyz" for r in (100, 400) for raw in ("", "_raw")}
     relaxed = ase.io.read(sweep / "samples" / "particle_dps_3_rho400_target2.extxyz", index=":")
@@ -426,7 +644,8 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     resumed = json.loads((sweep / "results.json").read_text())["runs"]
     assert [(r["dps_scale"], r["sample_seconds"]) for r in resumed][0] == (100.0, swept[0]["sample_seconds"])  # kept
     assert resumed[1]["dps_scale"] == 400.0 and resumed[1]["relaxed_energy_per_atom"] == pytest.approx(
-        swept[1]["relaxed_energy_per_atom"])  # sampled again: the same seed gives the same structures
+        swept[1]["relaxed_energy_per_atom"]
+    )  # sampled again: the same seed gives the same structures
     with pytest.raises(SystemExit, match="samples"):  # other settings are not mixed into these results
         _script("guided").main([*sweep_args, "--samples", "2"])
     # FEFF's sites depend on (seed, target, sample) only
@@ -435,18 +654,60 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     assert not np.array_equal(sites(512, 6, 0, 29, 1), sites(512, 6, 0, 29, 2))
     # --density auto: each target sampled at the density its spectrum reads as (a scan over the file's
     # training range with relaxed unconditional samples); density_scan.py scores such choices on a split
-    ckpts = ["--particle-ckpt", str(out / "checkpoints" / "particle.ckpt"), "--forward-ckpt", str(out / "checkpoints" / "forward.ckpt")]
-    scan_options = ["--density-scan-points", "3", "--density-scan-samples", "1", "--relax", "20", "--particle-steps", "2"]
-    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "auto"), "--targets", "2",
-                                   "--models", "particle", "--modes", "unguided", *ckpts, "--samples", "1",
-                                   "--n-atoms", "128", "--feff-structures", "0", "--density", "auto", *scan_options]) == 0
+    ckpts = [
+        "--particle-ckpt",
+        str(out / "checkpoints" / "particle.ckpt"),
+        "--forward-ckpt",
+        str(out / "checkpoints" / "forward.ckpt"),
+    ]
+    scan_options = [
+        "--density-scan-points",
+        "3",
+        "--density-scan-samples",
+        "1",
+        "--relax",
+        "20",
+        "--particle-steps",
+        "2",
+    ]
+    assert (
+        _script("guided").main(
+            [
+                "--data",
+                str(files["a_c_300"]),
+                "--out",
+                str(tmp_path / "auto"),
+                "--targets",
+                "2",
+                "--models",
+                "particle",
+                "--modes",
+                "unguided",
+                *ckpts,
+                "--samples",
+                "1",
+                "--n-atoms",
+                "128",
+                "--feff-structures",
+                "0",
+                "--density",
+                "auto",
+                *scan_options,
+            ]
+        )
+        == 0
+    )
     (auto,) = json.loads((tmp_path / "auto" / "results.json").read_text())["runs"]
     assert auto["density_scan"]["densities"] == pytest.approx([1.5, 2.5, 3.5], abs=0.01)  # the file's training range
     assert auto["cell_density"] == auto["density_scan"]["best"] and 1.49 < auto["cell_density"] < 3.51
     assert auto["density_mean"] == pytest.approx(auto["cell_density"]) and auto["n_atoms_mean"] == 128
     assert _script("guided").curve_label(auto) == "unguided @auto"
-    assert _script("density_scan").main(["--data", str(files["a_c_300"]), *ckpts, *scan_options,
-                                         "--out", str(tmp_path / "scan")]) == 0
+    assert (
+        _script("density_scan").main(
+            ["--data", str(files["a_c_300"]), *ckpts, *scan_options, "--out", str(tmp_path / "scan")]
+        )
+        == 0
+    )
     scored = json.loads((tmp_path / "scan" / "results.json").read_text())
     assert set(scored["methods"]) == {"no information (training mean)", "data nearest mean", "particle scan"}
     with AtomsH5(files["a_c_300"]) as h5:  # the truth, from the file (the builder's density of each cell)
@@ -467,18 +728,28 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     scan = scored["methods"]["particle scan"]
     for chosen, one in zip(scan["chosen"], scan["scans"]):  # each choice: at the scanned density with the least
         d, e = np.asarray(one["densities"]), np.asarray(one["mean_errors"])  # error, or within half a step of it
-        k, h = int(np.argmin(e)), d[1] - d[0]                                 # toward the lower neighbour (a parabola)
+        k, h = int(np.argmin(e)), d[1] - d[0]  # toward the lower neighbour (a parabola)
         assert chosen == one["best"]
         if k in (0, len(d) - 1):
             assert chosen == d[k]
         else:
             assert abs(chosen - d[k]) <= h / 2 + 1e-9 and np.sign(chosen - d[k]) in (0, np.sign(e[k - 1] - e[k + 1]))
     assert (tmp_path / "scan" / "density_scan.png").read_bytes()[:4] == b"\x89PNG"
-    assert _script("guided").main(["--data", str(files["a_c_300"]), "--out", str(tmp_path / "with_sweep"),
-                                   "--merge", str(out), str(sweep)]) == 0
+    assert (
+        _script("guided").main(
+            ["--data", str(files["a_c_300"]), "--out", str(tmp_path / "with_sweep"), "--merge", str(out), str(sweep)]
+        )
+        == 0
+    )
     table = _script("guided").summary(json.loads((tmp_path / "with_sweep" / "results.json").read_text()))
     # the sweep ran at --density 3.0, not at the target's density: its labels say so
-    assert {"particle dps @3 ρ100", "particle dps @3 ρ400", "particle dps ρ800", "particle cfg+dps ρ800", "voxel dps"} <= set(table)
+    assert {
+        "particle dps @3 ρ100",
+        "particle dps @3 ρ400",
+        "particle dps ρ800",
+        "particle cfg+dps ρ800",
+        "voxel dps",
+    } <= set(table)
     for name, row in table.items():  # distance of the sp/sp2/sp3 fractions to the target's: at least each part
         if name.startswith("voxel") and row["n_atoms_mean"] == 0:  # a 3-step voxel prior may decode no atom
             assert np.isnan(row["hybridization_l1"])  # hence no fractions, and it says so
@@ -489,7 +760,9 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
 
 
 @needs_engines
-def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prior_training_resumes_after_a_kill(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """guided.train_prior keeps ``{kind}_partial/last.ckpt`` current while it trains and removes it when done.
     A real kill: a process training the voxel prior (checkpoint every step) is killed with SIGKILL after step 2;
     the rerun (asked for one step more) resumes from the partial checkpoint: it trains only the missing step,
@@ -502,8 +775,9 @@ def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "ckpt"
     partial = out / "voxel_partial" / "last.ckpt"
     # the training process: forked from this one (its imports done), killed with SIGKILL
-    proc = multiprocessing.get_context("fork").Process(target=guided.train_prior, args=("voxel", str(data), 200, out),
-                                                       kwargs={"checkpoint_every": 1})
+    proc = multiprocessing.get_context("fork").Process(
+        target=guided.train_prior, args=("voxel", str(data), 200, out), kwargs={"checkpoint_every": 1}
+    )
     proc.start()
     deadline, step = time.time() + 300, 0
     while time.time() < deadline and step < 2 and proc.is_alive():
@@ -525,7 +799,9 @@ def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.Capt
     real_step = GrandCanonicalDiffusion.training_step
 
     def spy(self, batch, batch_idx):
-        trained.append((self.global_step, {k: v.detach().clone() for k, v in self.state_dict().items() if k in killed_net}))
+        trained.append(
+            (self.global_step, {k: v.detach().clone() for k, v in self.state_dict().items() if k in killed_net})
+        )
         return real_step(self, batch, batch_idx)
 
     monkeypatch.setattr(GrandCanonicalDiffusion, "training_step", spy)
@@ -542,7 +818,9 @@ def test_prior_training_resumes_after_a_kill(tmp_path: Path, capsys: pytest.Capt
         assert not partial.parent.exists()  # removed once the prior is finished
     # resumed: only the missing step, from the killed run's weights
     assert runs[True][0] == [at_kill] and runs[True][2]
-    assert runs[True][1].keys() == killed_net.keys() and all(torch.equal(runs[True][1][k], v) for k, v in killed_net.items())
+    assert runs[True][1].keys() == killed_net.keys() and all(
+        torch.equal(runs[True][1][k], v) for k, v in killed_net.items()
+    )
     # not resumed: every step, from fresh weights
     assert runs[False][0] == list(range(at_kill + 1)) and not runs[False][2]
     assert not all(torch.equal(runs[False][1][k], v) for k, v in killed_net.items())

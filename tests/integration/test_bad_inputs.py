@@ -16,8 +16,18 @@ from lightning_gcd.cli import main as gcd_main
 from lightning_gcd.models.loading import load_model
 
 SMOKE_VOXEL = REPO / "experiments/smoke/voxel.yaml"
-FAST = ["--trainer.max_epochs", "-1", "--model.init_args.val_samples", "0", "--trainer.limit_val_batches", "0",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+FAST = [
+    "--trainer.max_epochs",
+    "-1",
+    "--model.init_args.val_samples",
+    "0",
+    "--trainer.limit_val_batches",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -75,7 +85,9 @@ def test_an_unknown_option_still_gets_jsonargparse_s_own_message(capsys, monkeyp
 
 
 def test_a_checkpoint_holding_a_removed_option_loads_with_a_warning(old_checkpoint: Path) -> None:
-    with pytest.warns(UserWarning, match=r"'x0_projection' was removed .*holds the default \(False\), so nothing changes"):
+    with pytest.warns(
+        UserWarning, match=r"'x0_projection' was removed .*holds the default \(False\), so nothing changes"
+    ):
         model = load_model(old_checkpoint)
     assert not hasattr(model, "x0_projection") and "x0_projection" not in model.hparams
     assert len(model.sample(model.sample_template(1), batch_size=1, steps=2, progress=False)) == 1
@@ -90,13 +102,28 @@ def test_a_checkpoint_holding_a_removed_option_loads_with_a_warning(old_checkpoi
 
 def test_a_grid_larger_than_the_memory_is_refused_before_allocating(smoke_run: Path) -> None:
     ckpt = smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt"
-    run = run_gcd("sample", "--ckpt", str(ckpt), "--grid", "2000", "2000", "2000", "--n", "1", "--out", "x.extxyz",
-                  "--no-progress", cwd=smoke_run)
+    run = run_gcd(
+        "sample",
+        "--ckpt",
+        str(ckpt),
+        "--grid",
+        "2000",
+        "2000",
+        "2000",
+        "--n",
+        "1",
+        "--out",
+        "x.extxyz",
+        "--no-progress",
+        cwd=smoke_run,
+    )
     assert run.returncode == 2, run.stderr[-3000:]
     assert "Traceback" not in run.stderr and "RuntimeError" not in run.stderr
     (line,) = error_lines(run.stderr)
     assert line == run.stderr.strip().splitlines()[-1]
-    assert "on a 2000×2000×2000 grid needs about" in line and " TiB of memory, and cpu has " in line and " free: " in line
+    assert (
+        "on a 2000×2000×2000 grid needs about" in line and " TiB of memory, and cpu has " in line and " free: " in line
+    )
     assert "--grid, --supercell or --n-atoms" in line
     assert not (smoke_run / "x.extxyz").exists()
 
@@ -109,8 +136,20 @@ def test_a_batch_larger_than_the_memory_names_the_batch_size_that_fits(smoke_run
     assert model.sampling_bytes(model.sample_template(1, supercell=(2, 2, 2)), 4) == 4 * one  # linear in the batch
     monkeypatch.setattr(cli_sample, "available_bytes", lambda device: 5 * one)  # room for 3 at 70%
     out = smoke_run / "batch.extxyz"
-    args = ["sample", "--ckpt", str(smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt"), "--supercell", "2", "2",
-            "2", "--steps", "1", "--out", str(out), "--no-progress"]
+    args = [
+        "sample",
+        "--ckpt",
+        str(smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt"),
+        "--supercell",
+        "2",
+        "2",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert gcd_main([*args, "--n", "8", "--batch-size", "8"]) == 2
     (line,) = error_lines(capsys.readouterr().err)
     assert "sampling 8 structures at a time on a 16×16×16 grid" in line and "lower --batch-size to 3" in line
@@ -119,12 +158,20 @@ def test_a_batch_larger_than_the_memory_names_the_batch_size_that_fits(smoke_run
     assert out.is_file()
 
 
-def test_a_particle_cell_larger_than_the_memory_is_refused_before_its_template(tmp_path: Path, monkeypatch,
-                                                                                capsys) -> None:
+def test_a_particle_cell_larger_than_the_memory_is_refused_before_its_template(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     import lightning_gcd.cli_sample as cli_sample
 
-    fit = run_gcd("fit", "--config", str(REPO / "experiments/smoke/particle.yaml"), "--trainer.max_steps", "1", *FAST,
-                  cwd=tmp_path)
+    fit = run_gcd(
+        "fit",
+        "--config",
+        str(REPO / "experiments/smoke/particle.yaml"),
+        "--trainer.max_steps",
+        "1",
+        *FAST,
+        cwd=tmp_path,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     ckpt = tmp_path / "runs/smoke_particle/checkpoints/last.ckpt"
     model = load_model(ckpt)
@@ -132,12 +179,32 @@ def test_a_particle_cell_larger_than_the_memory_is_refused_before_its_template(t
     assert 7.5 * small < big < 8.5 * small  # 8× the atoms, the same neighbours each
     built = []
     real_template = type(model).sample_template
-    monkeypatch.setattr(type(model), "sample_template",
-                        lambda self, n, *a, **k: built.append(n) or real_template(self, n, *a, **k))
+    monkeypatch.setattr(
+        type(model), "sample_template", lambda self, n, *a, **k: built.append(n) or real_template(self, n, *a, **k)
+    )
     monkeypatch.setattr(cli_sample, "available_bytes", lambda device: int(1.5 * small))
     out = tmp_path / "p.extxyz"
-    assert gcd_main(["sample", "--ckpt", str(ckpt), "--supercell", "4", "4", "4", "--n", "64", "--steps", "1",
-                     "--out", str(out), "--no-progress"]) == 2
+    assert (
+        gcd_main(
+            [
+                "sample",
+                "--ckpt",
+                str(ckpt),
+                "--supercell",
+                "4",
+                "4",
+                "4",
+                "--n",
+                "64",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     (line,) = error_lines(capsys.readouterr().err)
     assert "sampling 16 structures at a time on 2048 atoms each needs about" in line
     assert "--grid, --supercell or --n-atoms" in line and not out.exists()
@@ -152,8 +219,9 @@ def test_free_memory_is_known_on_linux_cpus() -> None:
     assert format_bytes(3 * 2**40) == "3.0 TiB" and format_bytes(512) == "512 B" and available_bytes("meta") is None
 
 
-def test_rerunning_a_finished_fit_with_a_smaller_max_steps_says_so_in_one_line(smoke_run: Path,
-                                                                               old_checkpoint: Path) -> None:
+def test_rerunning_a_finished_fit_with_a_smaller_max_steps_says_so_in_one_line(
+    smoke_run: Path, old_checkpoint: Path
+) -> None:
     rerun = run_gcd("fit", "--config", str(SMOKE_VOXEL), "--trainer.max_steps", "1", *FAST, cwd=smoke_run)
     assert rerun.returncode == 2, rerun.stderr[-3000:]
     assert "Traceback" not in rerun.stderr and "Exception" not in rerun.stderr
@@ -162,8 +230,19 @@ def test_rerunning_a_finished_fit_with_a_smaller_max_steps_says_so_in_one_line(s
     assert "last.ckpt is at step 2, past --trainer.max_steps 1: raise --trainer.max_steps above 2" in line
     assert "new --run_name" in line
     # an explicit --ckpt_path is checked too; this one holds a removed option: dropped with a warning, then refused
-    other = run_gcd("fit", "--config", str(SMOKE_VOXEL), "--trainer.max_steps", "1", *FAST, "--run_name", "other",
-                    "--ckpt_path", str(old_checkpoint), cwd=smoke_run)
+    other = run_gcd(
+        "fit",
+        "--config",
+        str(SMOKE_VOXEL),
+        "--trainer.max_steps",
+        "1",
+        *FAST,
+        "--run_name",
+        "other",
+        "--ckpt_path",
+        str(old_checkpoint),
+        cwd=smoke_run,
+    )
     assert other.returncode == 2, other.stderr[-3000:]
     assert "'x0_projection' was removed" in other.stderr and "Parsing of ckpt_path" not in other.stderr
     (line,) = error_lines(other.stderr)

@@ -49,8 +49,15 @@ def test_crystals_reproducible_and_rattled(tmp_path: Path) -> None:
 
 
 def test_crystal_options_and_errors() -> None:
-    rec = build_records("crystals", progress=False, phases=["fcc", "rocksalt"], elements={"fcc": "Al", "rocksalt": "MgO"},
-                        lattice={"fcc": 4.1}, count=1, repeat=[1, 1, 2])
+    rec = build_records(
+        "crystals",
+        progress=False,
+        phases=["fcc", "rocksalt"],
+        elements={"fcc": "Al", "rocksalt": "MgO"},
+        lattice={"fcc": 4.1},
+        count=1,
+        repeat=[1, 1, 2],
+    )
     assert rec.atoms[0].get_chemical_symbols()[0] == "Al"
     np.testing.assert_allclose(rec.atoms[0].cell.lengths(), [4.1, 4.1, 8.2])
     assert set(rec.atoms[1].get_chemical_symbols()) == {"Mg", "O"}
@@ -66,8 +73,12 @@ def test_from_files_keeps_properties(tmp_path: Path, extxyz_file: Path) -> None:
     assert len(rec.atoms) == 5
     np.testing.assert_allclose(rec.properties["energy"], [-3.0 * i for i in range(5)])
     np.testing.assert_allclose(rec.properties["temperature"], [300.0 + i for i in range(5)])
-    np.testing.assert_allclose(rec.atom_properties["forces"], np.concatenate([f.get_forces() for f in frames]), atol=1e-7)
-    np.testing.assert_allclose(rec.atom_properties["tag_value"], np.concatenate([f.arrays["tag_value"] for f in frames]), atol=1e-7)
+    np.testing.assert_allclose(
+        rec.atom_properties["forces"], np.concatenate([f.get_forces() for f in frames]), atol=1e-7
+    )
+    np.testing.assert_allclose(
+        rec.atom_properties["tag_value"], np.concatenate([f.arrays["tag_value"] for f in frames]), atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("fmt, name", [("vasp", "POSCAR"), ("cif", "x.cif"), ("lammps-data", "x.lmp")])
@@ -100,8 +111,15 @@ def test_from_files_errors(tmp_path: Path) -> None:
 
 
 def test_build_dataset_with_gaussian_cache(tmp_path: Path, extxyz_file: Path) -> None:
-    out = build_dataset("from-files", tmp_path / "g.h5", patterns=[str(extxyz_file)], voxels=["gaussian"],
-                        spacing=0.3, sigma=0.4, progress=False)
+    out = build_dataset(
+        "from-files",
+        tmp_path / "g.h5",
+        patterns=[str(extxyz_file)],
+        voxels=["gaussian"],
+        spacing=0.3,
+        sigma=0.4,
+        progress=False,
+    )
     with AtomsH5(out) as data:
         cache = data.voxel_cache("gaussian")
         assert cache.shape[:2] == (5, 1)

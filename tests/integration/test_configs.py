@@ -19,23 +19,59 @@ def test_config_parses_from_another_directory(tmp_path: Path, config: str) -> No
 
 
 def test_particle_smoke_fit_and_sample(tmp_path: Path) -> None:
-    fit = run_gcd("fit", "--config", str(REPO / "experiments/smoke/particle.yaml"), "--trainer.enable_progress_bar", "false",
-                  cwd=tmp_path)
+    fit = run_gcd(
+        "fit",
+        "--config",
+        str(REPO / "experiments/smoke/particle.yaml"),
+        "--trainer.enable_progress_bar",
+        "false",
+        cwd=tmp_path,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     last = tmp_path / "runs/smoke_particle/checkpoints/last.ckpt"
     assert last.exists()
     import ase.io
 
     out = tmp_path / "p.extxyz"
-    sample = run_gcd("sample", "--ckpt", str(last), "--n", "2", "--steps", "5", "--supercell", "2", "1", "1", "--out", str(out),
-                     "--no-progress", cwd=tmp_path)
+    sample = run_gcd(
+        "sample",
+        "--ckpt",
+        str(last),
+        "--n",
+        "2",
+        "--steps",
+        "5",
+        "--supercell",
+        "2",
+        "1",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert sample.returncode == 0, sample.stderr[-3000:]
     frames = ase.io.read(out, ":")
     assert [len(f) for f in frames] == [64, 64]  # density × volume: twice the training cell, twice the atoms
     # --n-atoms/--density: exactly that many atoms in the cubic cell of that density
     out = tmp_path / "n50.extxyz"
-    sample = run_gcd("sample", "--ckpt", str(last), "--n", "2", "--steps", "3", "--n-atoms", "50", "--density", "5",
-                     "--out", str(out), "--no-progress", cwd=tmp_path)
+    sample = run_gcd(
+        "sample",
+        "--ckpt",
+        str(last),
+        "--n",
+        "2",
+        "--steps",
+        "3",
+        "--n-atoms",
+        "50",
+        "--density",
+        "5",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert sample.returncode == 0, sample.stderr[-3000:]
     frames = ase.io.read(out, ":")
     assert [len(f) for f in frames] == [50, 50]

@@ -25,17 +25,66 @@ def _load_compare():
     return _load_script(SCRIPT)
 
 
-TINY = ["--phases", "fcc", "--steps", "20", "--samples", "2", "--count", "12", "--batch-size", "4",
-        "--voxel-sample-steps", "4", "--particle-sample-steps", "4", "--particle-sampler", "pc",
-        "--extra-samplers", "voxel:ddim-3", "voxel:ddpm-4+r1@0.5",
-        "--set", "voxel.model.base_channels=8", "--set", "particle.model.hidden=16", "--set", "particle.model.layers=1",
-        "--set", "particle_torus.model.hidden=16", "--set", "particle_torus.model.layers=1",
-        "--set", "particle_torus.model.frequencies=4", "--set", "particle_torus.sample_steps=4",
-        "--supercell-samples", "1", "--threads", "1", "--quiet"]
+TINY = [
+    "--phases",
+    "fcc",
+    "--steps",
+    "20",
+    "--samples",
+    "2",
+    "--count",
+    "12",
+    "--batch-size",
+    "4",
+    "--voxel-sample-steps",
+    "4",
+    "--particle-sample-steps",
+    "4",
+    "--particle-sampler",
+    "pc",
+    "--extra-samplers",
+    "voxel:ddim-3",
+    "voxel:ddpm-4+r1@0.5",
+    "--set",
+    "voxel.model.base_channels=8",
+    "--set",
+    "particle.model.hidden=16",
+    "--set",
+    "particle.model.layers=1",
+    "--set",
+    "particle_torus.model.hidden=16",
+    "--set",
+    "particle_torus.model.layers=1",
+    "--set",
+    "particle_torus.model.frequencies=4",
+    "--set",
+    "particle_torus.sample_steps=4",
+    "--supercell-samples",
+    "1",
+    "--threads",
+    "1",
+    "--quiet",
+]
 
-RUN_FIELDS = ("phase_match", "phase_match_strict", "displacement_rms", "displacement_rms_strict", "rdf_l1",
-              "n_atoms_mean", "n_atoms_error", "n_atoms_target", "n_atoms_hist", "min_distance_violations",
-              "train_seconds", "sample_seconds", "steps", "batch_size", "sampler", "sample_steps", "parameters")
+RUN_FIELDS = (
+    "phase_match",
+    "phase_match_strict",
+    "displacement_rms",
+    "displacement_rms_strict",
+    "rdf_l1",
+    "n_atoms_mean",
+    "n_atoms_error",
+    "n_atoms_target",
+    "n_atoms_hist",
+    "min_distance_violations",
+    "train_seconds",
+    "sample_seconds",
+    "steps",
+    "batch_size",
+    "sampler",
+    "sample_steps",
+    "parameters",
+)
 
 
 def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
@@ -44,8 +93,11 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
     # the quick profile's two worker processes (one per run), each logging its own offline W&B run
     returned = compare.main([*TINY, "--workdir", str(tmp_path / "work"), "--out", str(out), "--wandb"])
     tasks = tmp_path / "work" / "tasks"
-    assert sorted(p.name for p in tasks.glob("*.json")) == ["fcc-particle.json", "fcc-particle_torus.json",
-                                                             "fcc-voxel.json"]
+    assert sorted(p.name for p in tasks.glob("*.json")) == [
+        "fcc-particle.json",
+        "fcc-particle_torus.json",
+        "fcc-voxel.json",
+    ]
     runs = sorted((tmp_path / "work" / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 3 and all(list(r.glob("*.wandb")) for r in runs)
     assert (tasks / "fcc-voxel" / "rdf_fcc.png").is_file()  # the plots that worker's W&B run logged
@@ -109,8 +161,19 @@ def test_compare_one_phase_end_to_end(tmp_path: Path) -> None:
 
     # the few-step study on the same work folder: the first sampler is the reference
     few_step = _load_script(FEW_STEP)
-    few = few_step.main(["--workdir", str(tmp_path / "work"), "--samplers", "ddpm-4", "dpm2m-sde-2@logsnr",
-                         "--samples", "2", "--out", str(tmp_path / "few")])
+    few = few_step.main(
+        [
+            "--workdir",
+            str(tmp_path / "work"),
+            "--samplers",
+            "ddpm-4",
+            "dpm2m-sde-2@logsnr",
+            "--samples",
+            "2",
+            "--out",
+            str(tmp_path / "few"),
+        ]
+    )
     runs = few["phases"]["fcc"]["samplers"]
     assert runs["dpm2m-sde-2@logsnr"]["spacing"] == "logsnr" and "x0_projection" not in runs["ddpm-4"]
     assert few["summary"]["dpm2m-sde-2@logsnr"]["nfe_saving"] == 2.0
@@ -137,9 +200,14 @@ def test_profiles_and_overrides() -> None:
     assert quick["jobs"] == 2 and paper["jobs"] == 1  # one run per core on the CPU, one at a time on the GPU
     assert compare.resolve_settings(parser.parse_args(["--jobs", "1"]))["jobs"] == 1
     assert paper["steps"] > quick["steps"] and paper["samples"] > quick["samples"]
-    s = compare.resolve_settings(parser.parse_args(["--steps", "7", "--set", "particle.model.hidden=8",
-                                                    "--set", "voxel.model.channel_mults=[1,2,2]"]))
-    assert s["steps"] == 7 and s["particle"]["model"]["hidden"] == 8 and s["voxel"]["model"]["channel_mults"] == [1, 2, 2]
+    s = compare.resolve_settings(
+        parser.parse_args(
+            ["--steps", "7", "--set", "particle.model.hidden=8", "--set", "voxel.model.channel_mults=[1,2,2]"]
+        )
+    )
+    assert (
+        s["steps"] == 7 and s["particle"]["model"]["hidden"] == 8 and s["voxel"]["model"]["channel_mults"] == [1, 2, 2]
+    )
     with pytest.raises(SystemExit):
         compare.resolve_settings(parser.parse_args(["--samples", "0"]))
     assert compare.parse_variant("voxel:ddpm-100+r0") == ("voxel", "ddpm", 100, (0, 0.3))
@@ -158,8 +226,24 @@ def test_compare_serial_path(tmp_path: Path) -> None:
     """``--jobs 1`` (the paper profile's GPU setting) trains in this process, one run after another."""
     compare = _load_compare()
     out = tmp_path / "results"
-    results = compare.main([*TINY, "--models", "voxel", "--steps", "5", "--samples", "1", "--extra-samplers",
-                            "--jobs", "1", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    results = compare.main(
+        [
+            *TINY,
+            "--models",
+            "voxel",
+            "--steps",
+            "5",
+            "--samples",
+            "1",
+            "--extra-samplers",
+            "--jobs",
+            "1",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     assert not (tmp_path / "work" / "tasks").exists()
     run = results["phases"]["fcc"]["models"]["voxel"]
     assert run["steps"] == 5 and sum(run["n_atoms_hist"].values()) == 1 and run["variants"] == []
@@ -170,8 +254,22 @@ def test_a_failed_worker_is_named_and_the_other_runs_are_kept(tmp_path: Path) ->
     compare = _load_compare()
     out = tmp_path / "results"
     with pytest.raises(SystemExit, match=r"fcc-particle: worker exited with 1; log .*fcc-particle\.log"):
-        compare.main([*TINY, "--steps", "2", "--samples", "1", "--extra-samplers", "--set", "particle.model.lr=-1",
-                      "--workdir", str(tmp_path / "work"), "--out", str(out)])
+        compare.main(
+            [
+                *TINY,
+                "--steps",
+                "2",
+                "--samples",
+                "1",
+                "--extra-samplers",
+                "--set",
+                "particle.model.lr=-1",
+                "--workdir",
+                str(tmp_path / "work"),
+                "--out",
+                str(out),
+            ]
+        )
     results = json.loads((out / "results.json").read_text())
     assert list(results["phases"]["fcc"]["models"]) == ["voxel", "particle_torus@steps"]
     assert "Traceback" in (tmp_path / "work" / "tasks" / "fcc-particle.log").read_text()
@@ -182,17 +280,46 @@ def test_budgets_wall_time_and_convergence_merge_into_one_results_file(tmp_path:
     all in one results.json under their keys; the resumed run continues its validation history."""
     compare = _load_compare()
     out, work = tmp_path / "results", tmp_path / "work"
-    base = [*TINY, "--phases", "sc", "--samples", "2", "--extra-samplers", "--supercell-samples", "0", "--jobs", "1",
-            "--workdir", str(work), "--out", str(out)]
+    base = [
+        *TINY,
+        "--phases",
+        "sc",
+        "--samples",
+        "2",
+        "--extra-samplers",
+        "--supercell-samples",
+        "0",
+        "--jobs",
+        "1",
+        "--workdir",
+        str(work),
+        "--out",
+        str(out),
+    ]
     compare.main([*base, "--models", "voxel", "particle_torus", "--steps", "6"])
     with pytest.raises(SystemExit, match="particle's learning-rate schedule from its equal-steps run"):
         compare.main([*base, "--models", "particle", "--budget", "walltime", "--merge"])
     compare.main([*base, "--models", "particle_torus", "--budget", "walltime", "--merge"])
-    converge = [*base, "--models", "particle_torus", "--budget", "converge", "--merge",
-                "--set", "particle_torus.converge.steps.sc=12", "--set", "particle_torus.converge.val_every=3",
-                "--set", "particle_torus.converge.val_samples=2", "--set", "particle_torus.converge.window=2",
-                "--set", "particle_torus.converge.standard_errors=-1",  # never plateaus: runs to the cap
-                "--save-weights", str(tmp_path / "weights")]
+    converge = [
+        *base,
+        "--models",
+        "particle_torus",
+        "--budget",
+        "converge",
+        "--merge",
+        "--set",
+        "particle_torus.converge.steps.sc=12",
+        "--set",
+        "particle_torus.converge.val_every=3",
+        "--set",
+        "particle_torus.converge.val_samples=2",
+        "--set",
+        "particle_torus.converge.window=2",
+        "--set",
+        "particle_torus.converge.standard_errors=-1",  # never plateaus: runs to the cap
+        "--save-weights",
+        str(tmp_path / "weights"),
+    ]
     with pytest.raises(SystemExit, match="chunk ended at step"):
         compare.main([*converge, "--chunk-minutes", "0.0001"])
     last = work / "runs" / "sc-particle_torus" / "checkpoints" / "last.ckpt"
@@ -215,4 +342,9 @@ def test_budgets_wall_time_and_convergence_merge_into_one_results_file(tmp_path:
 
     slim = tmp_path / "weights" / "sc-particle_torus.ckpt"
     assert slim.stat().st_size < last.stat().st_size  # no optimiser state
-    assert load_model(slim).sample(load_model(slim).sample_template(1), steps=2, progress=False)[0].get_chemical_symbols()[0] == "Po"
+    assert (
+        load_model(slim)
+        .sample(load_model(slim).sample_template(1), steps=2, progress=False)[0]
+        .get_chemical_symbols()[0]
+        == "Po"
+    )

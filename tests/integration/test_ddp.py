@@ -28,8 +28,14 @@ def _last_val(run_dir: Path) -> dict[str, float]:
 
 
 def _csv(run_dir: Path) -> list[str]:
-    return ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
-            "--trainer.logger.name", "csv"]
+    return [
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(run_dir),
+        "--trainer.logger.name",
+        "csv",
+    ]
 
 
 def _world_size(run) -> int:
@@ -44,15 +50,32 @@ def test_two_process_ddp_fit_and_validate_match_one_process(tmp_path: Path) -> N
     sample metrics are computed on exactly the 5 samples asked for, gathered from both ranks."""
     from datamodules.builders import build_dataset
 
-    data = build_dataset("crystals", tmp_path / "odd_val.h5", count=20, phases=["fcc"], split=(0.75, 0.16, 0.09),
-                         progress=False)
+    data = build_dataset(
+        "crystals", tmp_path / "odd_val.h5", count=20, phases=["fcc"], split=(0.75, 0.16, 0.09), progress=False
+    )
     with AtomsH5(data) as h5:
         assert len(h5.split("val")) == 3  # odd: two ranks cannot split it evenly
     options = [*QUIET, "--data.path", str(data), "--model.init_args.val_samples", "5"]
     fit_dir = tmp_path / "runs/ddp_fit"
-    fit = run_gcd("fit", "--config", VOXEL, *options, "--run_name", "ddp_fit", "--trainer.devices", "2",
-                  "--trainer.strategy", "ddp", "--trainer.max_epochs", "2", "--data.batch_size", "8", *_csv(fit_dir),
-                  cwd=tmp_path, timeout=900)
+    fit = run_gcd(
+        "fit",
+        "--config",
+        VOXEL,
+        *options,
+        "--run_name",
+        "ddp_fit",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "2",
+        "--data.batch_size",
+        "8",
+        *_csv(fit_dir),
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert fit.returncode == 0, fit.stderr[-4000:]
     assert _world_size(fit) == 2, fit.stderr[-4000:]
     checkpoint = fit_dir / "checkpoints/last.ckpt"
@@ -65,9 +88,24 @@ def test_two_process_ddp_fit_and_validate_match_one_process(tmp_path: Path) -> N
     for devices in ("1", "2"):
         run_dir = tmp_path / f"runs/validate{devices}"
         strategy = ["--trainer.strategy", "ddp"] if devices == "2" else []
-        run = run_gcd("validate", "--config", VOXEL, *options, "--run_name", f"validate{devices}", "--trainer.devices",
-                      devices, *strategy, "--data.batch_size", "2", "--ckpt_path", str(checkpoint), *_csv(run_dir),
-                      cwd=tmp_path, timeout=900)
+        run = run_gcd(
+            "validate",
+            "--config",
+            VOXEL,
+            *options,
+            "--run_name",
+            f"validate{devices}",
+            "--trainer.devices",
+            devices,
+            *strategy,
+            "--data.batch_size",
+            "2",
+            "--ckpt_path",
+            str(checkpoint),
+            *_csv(run_dir),
+            cwd=tmp_path,
+            timeout=900,
+        )
         assert run.returncode == 0, run.stderr[-4000:]
         assert _world_size(run) == int(devices), run.stderr[-4000:]
         results[devices] = _last_val(run_dir)

@@ -22,14 +22,29 @@ def _feff_compare():
 TARGET = np.linspace(1.0, 2.0, 10)
 
 
-def _write_run(folder: Path, mode: str, density: str, scales: list[float], energy: float = -6.1,
-               sites: int = 3) -> None:
+def _write_run(
+    folder: Path, mode: str, density: str, scales: list[float], energy: float = -6.1, sites: int = 3
+) -> None:
     """A guided.py results folder: target 7, one run whose sample k's FEFF mean is TARGET × scales[k]."""
     folder.mkdir(parents=True)
-    feff = [{"sample": k, "sites": list(range(sites)), "errors": [], "feff_mean_spectrum": (TARGET * s).tolist(),
-             "feff_sites_used": sites} for k, s in enumerate(scales)]
-    run = {"model": "particle", "target": 7, "mode": mode, "density_setting": density,
-           "relaxed_energy_per_atom": energy, "feff": feff}
+    feff = [
+        {
+            "sample": k,
+            "sites": list(range(sites)),
+            "errors": [],
+            "feff_mean_spectrum": (TARGET * s).tolist(),
+            "feff_sites_used": sites,
+        }
+        for k, s in enumerate(scales)
+    ]
+    run = {
+        "model": "particle",
+        "target": 7,
+        "mode": mode,
+        "density_setting": density,
+        "relaxed_energy_per_atom": energy,
+        "feff": feff,
+    }
     (folder / "results.json").write_text(json.dumps({"targets": {"7": {}}, "runs": [run]}))
     (folder / "curves.json").write_text(json.dumps({"spectra": {"target 7": TARGET.tolist()}}))
 
@@ -41,8 +56,22 @@ def test_pooled_errors_and_bootstrap_of_the_difference(tmp_path: Path) -> None:
     _write_run(tmp_path / "b1", "dps", "auto", [1.05, 1.05, 1.05])
     _write_run(tmp_path / "b2", "dps", "auto", [1.05, 1.05, 1.05], sites=6)
     out = tmp_path / "cmp.json"
-    assert compare.main(["--a", f"{tmp_path / 'a'}:unguided@2.5", "--b", f"{tmp_path / 'b1'}:dps@auto",
-                         f"{tmp_path / 'b2'}:dps@auto", "--resamples", "50", "--out", str(out)]) == 0
+    assert (
+        compare.main(
+            [
+                "--a",
+                f"{tmp_path / 'a'}:unguided@2.5",
+                "--b",
+                f"{tmp_path / 'b1'}:dps@auto",
+                f"{tmp_path / 'b2'}:dps@auto",
+                "--resamples",
+                "50",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["targets"]["7"]["a"] == pytest.approx(0.2) and result["targets"]["7"]["b"] == pytest.approx(0.05)
     assert result["targets"]["7"]["sites_b"] == 27 and result["b_lower_on"] == 1
@@ -60,8 +89,9 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     _write_run(tmp_path / "a", "unguided", "2.5", [1.2])
     _write_run(tmp_path / "other", "unguided", "2.5", [1.2], energy=-5.0)  # not the same structures
     with pytest.raises(SystemExit, match="not those of the other folders"):
-        compare.compare([f"{tmp_path / 'a'}:unguided@2.5", f"{tmp_path / 'other'}:unguided@2.5"],
-                        [f"{tmp_path / 'a'}:unguided@2.5"])
+        compare.compare(
+            [f"{tmp_path / 'a'}:unguided@2.5", f"{tmp_path / 'other'}:unguided@2.5"], [f"{tmp_path / 'a'}:unguided@2.5"]
+        )
     with pytest.raises(SystemExit, match="DIR:MODE@DENSITY"):
         compare.parse_setting("runs/a:dps")
     with pytest.raises(SystemExit, match="no dps run"):

@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.builders.grain_boundaries import BOUNDARIES, bicrystal, gb_energy, grain_boundary_records, relaxer_for_file
+from datamodules.builders.grain_boundaries import (
+    BOUNDARIES,
+    bicrystal,
+    gb_energy,
+    grain_boundary_records,
+    relaxer_for_file,
+)
 from datamodules.builders.relax import Relaxer
 from lightning_gcd.errors import GcdError
 
@@ -25,14 +31,19 @@ def _fixed_then_normal(calculator: str):
     crystal = bicrystal(BOUNDARIES["twist100"], "Cu", a)
     out = {}
     for mode in ("fixed", "normal"):
-        relaxed, energy, steps, left = Relaxer("Cu", calculator, fmax=0.01, max_steps=2000, cell=mode).relax(crystal.atoms)
+        relaxed, energy, steps, left = Relaxer("Cu", calculator, fmax=0.01, max_steps=2000, cell=mode).relax(
+            crystal.atoms
+        )
         assert steps < 2000 and left < 0.01
-        out[mode] = (gb_energy(energy, len(relaxed), e_coh, crystal.area), relaxed.info["stress_zz"], np.asarray(relaxed.cell[:]))
+        out[mode] = (
+            gb_energy(energy, len(relaxed), e_coh, crystal.area),
+            relaxed.info["stress_zz"],
+            np.asarray(relaxed.cell[:]),
+        )
     return crystal, out
 
 
-@pytest.mark.parametrize("calculator", [
-    "emt", pytest.param("lammps", marks=needs_lammps)])
+@pytest.mark.parametrize("calculator", ["emt", pytest.param("lammps", marks=needs_lammps)])
 def test_normal_relaxation_lowers_egb_and_zeroes_the_normal_stress(calculator: str) -> None:
     crystal, out = _fixed_then_normal(calculator)
     (e_fixed, s_fixed, _), (e_normal, s_normal, cell) = out["fixed"], out["normal"]
@@ -63,8 +74,9 @@ def test_normal_length_is_the_energy_minimum() -> None:
 
 
 def test_builder_default_is_normal_and_old_files_stay_fixed() -> None:
-    records = grain_boundary_records("Cu", ["twist100"], fractions=[0.0], translation_grid=(1, 1), fmax=0.01,
-                                     max_steps=2000, progress=False)
+    records = grain_boundary_records(
+        "Cu", ["twist100"], fractions=[0.0], translation_grid=(1, 1), fmax=0.01, max_steps=2000, progress=False
+    )
     assert records.metadata["relax_cell"] == "normal" and list(records.metadata["translation_grid"]) == [1, 1]
     assert records.properties["gb_energy"][0] == pytest.approx(0.784, abs=0.005)  # as the direct relaxation above
     assert abs(records.properties["stress_zz"][0]) < 0.2

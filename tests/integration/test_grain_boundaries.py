@@ -15,7 +15,12 @@ import torch
 from conftest import REPO, lammps_available, needs_engine, run_gcd
 from datamodules.builders import build_dataset
 from datamodules.builders.grain_boundaries import (
-    BOUNDARIES, bicrystal, boundary_counts, boundary_distance, change_boundary_count, gb_energy,
+    BOUNDARIES,
+    bicrystal,
+    boundary_counts,
+    boundary_distance,
+    change_boundary_count,
+    gb_energy,
 )
 from datamodules.h5format import AtomsH5, validate_file
 from lightning_gcd.errors import GcdError
@@ -29,8 +34,15 @@ needs_lammps = needs_engine(*lammps_available())
 def gb_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Cu (EMT): the twist at counts -1, 0, +1 per boundary and the tilt at 0, one translation each."""
     out = tmp_path_factory.mktemp("gb") / "cu_gb.h5"
-    return build_dataset("grain-boundaries", out, fractions=[-0.2, 0.0, 0.2], translations=1, max_steps=150,
-                         split=(0.6, 0.2, 0.2), progress=False)
+    return build_dataset(
+        "grain-boundaries",
+        out,
+        fractions=[-0.2, 0.0, 0.2],
+        translations=1,
+        max_steps=150,
+        split=(0.6, 0.2, 0.2),
+        progress=False,
+    )
 
 
 def test_bicrystal_geometry_and_count_changes() -> None:
@@ -63,8 +75,19 @@ def test_builder_file_counts_and_energies(gb_h5: Path) -> None:
     with AtomsH5(gb_h5) as data:
         assert len(data) == 4
         names = data.property_names
-        for name in ("energy", "gb_energy", "gb_energy_ev_a2", "cohesive_energy", "n_boundary_atoms", "n_atoms_perfect",
-                     "plane_fraction", "boundary_z", "boundary_area", "translation", "boundary_index"):
+        for name in (
+            "energy",
+            "gb_energy",
+            "gb_energy_ev_a2",
+            "cohesive_energy",
+            "n_boundary_atoms",
+            "n_atoms_perfect",
+            "plane_fraction",
+            "boundary_z",
+            "boundary_area",
+            "translation",
+            "boundary_index",
+        ):
             assert name in names
         n = data.structure_property("n_boundary_atoms")
         perfect = data.structure_property("n_atoms_perfect")
@@ -92,7 +115,9 @@ def test_emt_against_mishin_eam_and_tungsten(tmp_path: Path) -> None:
     from datamodules.builders.grain_boundaries import grain_boundary_records
 
     emt = grain_boundary_records("Cu", ["twist100"], fractions=[0.0], translations=1, progress=False)
-    eam = grain_boundary_records("Cu", ["twist100"], calculator="lammps", fractions=[0.0], translations=1, progress=False)
+    eam = grain_boundary_records(
+        "Cu", ["twist100"], calculator="lammps", fractions=[0.0], translations=1, progress=False
+    )
     assert str(eam.metadata["potential"]) == "Cu_mishin1.eam.alloy"
     assert abs(eam.metadata["lattice_a"] - 3.615) < 0.005 and abs(eam.metadata["cohesive_energy"] + 3.54) < 0.01
     e_emt, e_eam = float(emt.properties["gb_energy"][0]), float(eam.properties["gb_energy"][0])
@@ -103,8 +128,9 @@ def test_emt_against_mishin_eam_and_tungsten(tmp_path: Path) -> None:
 
 
 def test_build_cli_errors(tmp_path: Path) -> None:
-    result = run_gcd("data", "build", "grain-boundaries", "--element", "W", "--calculator", "emt", "--out", "x.h5",
-                     cwd=tmp_path)
+    result = run_gcd(
+        "data", "build", "grain-boundaries", "--element", "W", "--calculator", "emt", "--out", "x.h5", cwd=tmp_path
+    )
     assert result.returncode == 2 and "EMT has no parameters for W" in result.stderr
     assert not (tmp_path / "x.h5").exists()
     result = run_gcd("data", "build", "grain-boundaries", "--fractions", "1.5", "--out", "x.h5", cwd=tmp_path)
@@ -132,11 +158,20 @@ def _train(kind: str, path: Path, steps: int):
     L.seed_everything(0)
     dm = AtomsDataModule(str(path), view=kind, batch_size=4, build={})
     if kind == "voxel":
-        model = GrandCanonicalDiffusion(base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0, ema_decay=0.9)
+        model = GrandCanonicalDiffusion(
+            base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0, ema_decay=0.9
+        )
     else:
         model = ParticleDiffusion(hidden=16, layers=2, val_samples=0, ema_decay=0.9)
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
-                        enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(model, dm)
     ckpt = path.parent / f"{kind}.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -162,10 +197,14 @@ def test_voxel_inpainting_keeps_the_bulk_voxels(gb_h5: Path, models) -> None:
     for atoms in generated:
         assert fixed_atoms_kept(atoms, source, fixed, tol=1e-4)
         # the atoms decoded in fixed voxels are exactly the source's atoms there, no more
-        layer = np.minimum((np.mod(atoms.get_scaled_positions(wrap=False)[:, 2], 1.0) * grid[2]).astype(int), grid[2] - 1)
+        layer = np.minimum(
+            (np.mod(atoms.get_scaled_positions(wrap=False)[:, 2], 1.0) * grid[2]).astype(int), grid[2] - 1
+        )
         assert fixed_layers[layer].sum() == fixed.sum()
     # replacement: a known grid comes back exactly, whatever the network says
-    encoded = model.encoding.encode(StructureBatch.from_atoms([source.atoms[np.nonzero(fixed)[0]]], dtype=torch.float64), grid)
+    encoded = model.encoding.encode(
+        StructureBatch.from_atoms([source.atoms[np.nonzero(fixed)[0]]], dtype=torch.float64), grid
+    )
     assert torch.equal(template["inpaint_grid"][0], encoded[0])
 
 
@@ -186,8 +225,9 @@ def test_particle_inpainting_keeps_fixed_atoms(gb_h5: Path, models) -> None:
     known = torch.rand(1, 4, 3, generator=torch.Generator().manual_seed(1))
     keep = torch.tensor([[True, False, True, False]])
     zero = lambda frac, *args, **kwargs: torch.zeros_like(frac)  # noqa: E731
-    out = diffusion.sample(zero, cell, numbers, mask, steps=3, known=known, known_mask=keep,
-                           generator=torch.Generator().manual_seed(0))
+    out = diffusion.sample(
+        zero, cell, numbers, mask, steps=3, known=known, known_mask=keep, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(out[keep], known[keep], atol=1e-7) and not torch.allclose(out[~keep], known[~keep])
     with pytest.raises(ValueError, match="both"):
         diffusion.sample(zero, cell, numbers, mask, steps=2, known=known)
@@ -196,8 +236,25 @@ def test_particle_inpainting_keeps_fixed_atoms(gb_h5: Path, models) -> None:
 def test_sample_cli_inpaint_relax_and_errors(gb_h5: Path, models, tmp_path: Path) -> None:
     _, ckpt = models["voxel"]
     out = tmp_path / "gb.extxyz"
-    result = run_gcd("sample", "--ckpt", str(ckpt), "--inpaint", f"{gb_h5}:1", "--n", "2", "--steps", "3",
-                     "--relax", "emt", "--relax-steps", "20", "--out", str(out), "--no-progress", cwd=tmp_path)
+    result = run_gcd(
+        "sample",
+        "--ckpt",
+        str(ckpt),
+        "--inpaint",
+        f"{gb_h5}:1",
+        "--n",
+        "2",
+        "--steps",
+        "3",
+        "--relax",
+        "emt",
+        "--relax-steps",
+        "20",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     frames = ase.io.read(out, ":")
     assert len(frames) == 2 and (tmp_path / "gb_generated.extxyz").exists()
@@ -205,18 +262,53 @@ def test_sample_cli_inpaint_relax_and_errors(gb_h5: Path, models, tmp_path: Path
         assert np.isfinite(atoms.info["gb_energy"]) and "n_boundary_atoms" in atoms.info
         assert atoms.info["calculator"] == "emt" and atoms.info["inpaint_source"].endswith(":1")
     _, pckpt = models["particle"]
-    result = run_gcd("sample", "--ckpt", str(pckpt), "--inpaint", f"{gb_h5}:0", "--n", "1", "--steps", "2",
-                     "--relax", "none", "--out", str(tmp_path / "p.extxyz"), "--no-progress", cwd=tmp_path)
+    result = run_gcd(
+        "sample",
+        "--ckpt",
+        str(pckpt),
+        "--inpaint",
+        f"{gb_h5}:0",
+        "--n",
+        "1",
+        "--steps",
+        "2",
+        "--relax",
+        "none",
+        "--out",
+        str(tmp_path / "p.extxyz"),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert len(ase.io.read(tmp_path / "p.extxyz")) == AtomsH5(gb_h5).n_atoms[0]
     # --relax without --inpaint: plain samples of the one-element model relaxed with its calculator
-    result = run_gcd("sample", "--ckpt", str(pckpt), "--n", "2", "--steps", "2", "--relax", "emt", "--relax-steps", "5",
-                     "--out", str(tmp_path / "plain.extxyz"), "--no-progress", cwd=tmp_path)
+    result = run_gcd(
+        "sample",
+        "--ckpt",
+        str(pckpt),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--relax",
+        "emt",
+        "--relax-steps",
+        "5",
+        "--out",
+        str(tmp_path / "plain.extxyz"),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    relaxed, generated = ase.io.read(tmp_path / "plain.extxyz", ":"), ase.io.read(tmp_path / "plain_generated.extxyz", ":")
+    relaxed, generated = (
+        ase.io.read(tmp_path / "plain.extxyz", ":"),
+        ase.io.read(tmp_path / "plain_generated.extxyz", ":"),
+    )
     assert len(relaxed) == len(generated) == 2 and "relaxed 2 of 2 with ASE EMT" in result.stderr
     for before, after in zip(generated, relaxed):
-        assert len(after) == len(before) and 0 < after.info["relax_steps"] <= 5 and np.isfinite(after.info["total_energy"])
+        assert (
+            len(after) == len(before) and 0 < after.info["relax_steps"] <= 5 and np.isfinite(after.info["total_energy"])
+        )
         assert not np.allclose(after.positions, before.positions)
     for args, message in (
         (["--inpaint", "nofile"], "DATASET:INDEX"),
@@ -235,18 +327,43 @@ def test_experiment_end_to_end_tiny(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "experiments" / "grain_boundaries"))
     import run as gb_run
 
-    results = gb_run.main([
-        "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--steps", "2", "--quiet",
-        "--set", "system.translations=1", "--set", "system.fractions=[-0.2,0,0.2]", "--set", "system.max_steps=40",
-        "--samples-per-template", "1", "--set", "voxel.sample_steps=2", "--set", "particle.sample_steps=2",
-        "--relax-steps", "10",
-    ])
+    results = gb_run.main(
+        [
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "2",
+            "--quiet",
+            "--set",
+            "system.translations=1",
+            "--set",
+            "system.fractions=[-0.2,0,0.2]",
+            "--set",
+            "system.max_steps=40",
+            "--samples-per-template",
+            "1",
+            "--set",
+            "voxel.sample_steps=2",
+            "--set",
+            "particle.sample_steps=2",
+            "--relax-steps",
+            "10",
+        ]
+    )
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["reference"]["per_count"].keys() == {"-2", "0", "2"}
     for kind in ("voxel", "particle"):
         summary = saved["models"][kind]["summary"]
-        for key in ("within_margin_of_reference_min", "below_reference_min", "best_gb_energy", "distinct_n",
-                    "fixed_region_kept", "per_count"):
+        for key in (
+            "within_margin_of_reference_min",
+            "below_reference_min",
+            "best_gb_energy",
+            "distinct_n",
+            "fixed_region_kept",
+            "per_count",
+        ):
             assert key in summary
         assert summary["n_samples"] == 3 and summary["fixed_region_kept"] == 1.0
         assert all({"n", "gb_energy", "template"} <= set(r) for r in saved["models"][kind]["samples"])

@@ -26,9 +26,24 @@ DOCKER = REPO / "docker"
 RENDER = DOCKER / "slurm" / "render.py"
 TEMPLATE = DOCKER / "slurm" / "gcd_fit.sbatch.template"
 SMOKE = REPO / "experiments" / "smoke" / "voxel.yaml"
-QUICK_FIT = ["--trainer.max_epochs", "1", "--model.init_args.val_samples", "0", "--trainer.enable_progress_bar", "false"]
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-                 "NODE_RANK")
+QUICK_FIT = [
+    "--trainer.max_epochs",
+    "1",
+    "--model.init_args.val_samples",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+]
+LAUNCHER_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+)
 
 
 def load_render():
@@ -40,8 +55,11 @@ def load_render():
 
 def clean_env(**extra: str) -> dict[str, str]:
     """os.environ without scheduler/launcher variables, one thread, the venv's bin first on PATH."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "SRUN_", "SBATCH_", "TORCHELASTIC_")) and k not in LAUNCHER_VARS}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "SRUN_", "SBATCH_", "TORCHELASTIC_")) and k not in LAUNCHER_VARS
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true")
     env.update(extra)
@@ -52,13 +70,25 @@ def slurm_env(**extra: str) -> dict[str, str]:
     """What srun sets for task 0 of a one-node, one-task job (job name not 'bash'/'interactive')."""
     job_id = str(random.randint(10000, 99999))  # Lightning's DDP port is 15000 + the job id's last 4 digits
     variables = dict(
-        SLURM_JOB_ID=job_id, SLURM_JOB_NAME="gcd", SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1", SLURM_PROCID="0",
-        SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NODELIST="localhost", SLURM_JOB_NODELIST="localhost",
-        SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1", SLURM_CPUS_PER_TASK="1")
+        SLURM_JOB_ID=job_id,
+        SLURM_JOB_NAME="gcd",
+        SLURM_NTASKS="1",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+        SLURM_NODELIST="localhost",
+        SLURM_JOB_NODELIST="localhost",
+        SLURM_NNODES="1",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_CPUS_PER_TASK="1",
+    )
     return clean_env(**{**variables, **extra})
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -72,7 +102,8 @@ def fake_slurm_bin(tmp_path: Path) -> Path:
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "srun").write_text(
         '#!/bin/bash\nwhile [ $# -gt 0 ] && [[ "$1" == -* ]]; do shift; done\n'
-        'if [ -n "${FAKE_SRUN_LOG:-}" ]; then printf "%s\\n" "$@" > "$FAKE_SRUN_LOG"; exit 0; fi\nexec "$@"\n')
+        'if [ -n "${FAKE_SRUN_LOG:-}" ]; then printf "%s\\n" "$@" > "$FAKE_SRUN_LOG"; exit 0; fi\nexec "$@"\n'
+    )
     (bin_dir / "scontrol").write_text('#!/bin/bash\necho "$@" >> "$FAKE_SCONTROL_LOG"\nkill -TERM "$PPID"\n')
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
@@ -85,22 +116,54 @@ def checkpoints(root: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------- render
 def test_render_two_nodes_four_gpus(tmp_path: Path) -> None:
-    res = render(tmp_path, "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--config",
-                 "experiments/quickstart.yaml", "--run-name", "qs-2x4", "--venv", "/opt/venvs/gcd",
-                 "--sbatch=--account=abc", "--", "--trainer.max_steps", "1000")
+    res = render(
+        tmp_path,
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--partition",
+        "gpu",
+        "--config",
+        "experiments/quickstart.yaml",
+        "--run-name",
+        "qs-2x4",
+        "--venv",
+        "/opt/venvs/gcd",
+        "--sbatch=--account=abc",
+        "--",
+        "--trainer.max_steps",
+        "1000",
+    )
     assert res.returncode == 0, res.stderr
     script = res.stdout
     assert "{{" not in script
-    for directive in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--signal=SIGUSR1@90", "--requeue",
-                      "--job-name=qs-2x4", "--partition=gpu", f"--chdir={tmp_path}", "--account=abc"):
+    for directive in (
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--signal=SIGUSR1@90",
+        "--requeue",
+        "--job-name=qs-2x4",
+        "--partition=gpu",
+        f"--chdir={tmp_path}",
+        "--account=abc",
+    ):
         assert f"#SBATCH {directive}\n" in script, directive
     # sbatch reads directives only up to the first command
     header = script.split("\nset -euo pipefail", 1)[0]
     assert header.count("#SBATCH") == script.count("#SBATCH")
     command = " ".join(line.rstrip("\\").strip() for line in script.split("\nsrun ", 1)[1].splitlines())
-    for piece in ("gcd fit", "--config experiments/quickstart.yaml", "--run_name qs-2x4",
-                  '--trainer.num_nodes "${SLURM_NNODES}"', "--trainer.devices 4", "--trainer.strategy ddp",
-                  "--trainer.accelerator gpu", "--trainer.max_steps 1000"):
+    for piece in (
+        "gcd fit",
+        "--config experiments/quickstart.yaml",
+        "--run_name qs-2x4",
+        '--trainer.num_nodes "${SLURM_NNODES}"',
+        "--trainer.devices 4",
+        "--trainer.strategy ddp",
+        "--trainer.accelerator gpu",
+        "--trainer.max_steps 1000",
+    ):
         assert piece in command, piece
     assert "source /opt/venvs/gcd/bin/activate" in script
     job = tmp_path / "job.sbatch"
@@ -124,7 +187,8 @@ def test_render_containers(tmp_path: Path) -> None:
 def test_template_placeholders_match_renderer() -> None:
     module = load_render()
     args = module.build_parser().parse_args(
-        ["--nodes", "1", "--gpus-per-node", "1", "--partition", "p", "--config", "c.yaml", "--run-name", "r"])
+        ["--nodes", "1", "--gpus-per-node", "1", "--partition", "p", "--config", "c.yaml", "--run-name", "r"]
+    )
     args.extra = []
     assert module.placeholders(TEMPLATE.read_text()) == set(module.build_values(args))
 
@@ -142,8 +206,20 @@ def test_render_refuses_unknown_and_unfilled_placeholders(tmp_path: Path) -> Non
 
     custom = tmp_path / "custom.template"
     custom.write_text(TEMPLATE.read_text() + "#{{bogus}}\n")
-    base = ["--nodes", "2", "--gpus-per-node", "4", "--partition", "p", "--config", "c.yaml", "--run-name", "r",
-            "--template", str(custom)]
+    base = [
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--partition",
+        "p",
+        "--config",
+        "c.yaml",
+        "--run-name",
+        "r",
+        "--template",
+        str(custom),
+    ]
     res = render(tmp_path, *base)
     assert res.returncode == 2 and "{{bogus}}" in res.stderr and res.stdout == ""
     res = render(tmp_path, *base, "--set", "bogus=filled")
@@ -154,9 +230,18 @@ def test_render_refuses_unknown_and_unfilled_placeholders(tmp_path: Path) -> Non
     assert missing.returncode == 2 and "--nodes" in missing.stderr
 
 
-@pytest.mark.parametrize("option, value", [("--run-name", "my run"), ("--run-name", "a/b"), ("--time", "soon"),
-                                           ("--partition", "gpu;rm"), ("--nodes", "0"), ("--sbatch", "--x=a b"),
-                                           ("--job-name", "interactive")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--run-name", "my run"),
+        ("--run-name", "a/b"),
+        ("--time", "soon"),
+        ("--partition", "gpu;rm"),
+        ("--nodes", "0"),
+        ("--sbatch", "--x=a b"),
+        ("--job-name", "interactive"),
+    ],
+)
 def test_render_rejects_unsafe_values(tmp_path: Path, option: str, value: str) -> None:
     args = {"--nodes": "2", "--gpus-per-node": "4", "--partition": "p", "--config": "c.yaml", "--run-name": "r"}
     args[option] = value
@@ -254,8 +339,11 @@ def test_lightning_detects_slurm_environment(tmp_path: Path) -> None:
 
 
 def test_gcd_fit_under_slurm_environment(tmp_path: Path) -> None:
-    res = run([sys.executable, "-m", "lightning_gcd.cli", "fit", "--config", str(SMOKE), *QUICK_FIT],
-              cwd=tmp_path, env=slurm_env())
+    res = run(
+        [sys.executable, "-m", "lightning_gcd.cli", "fit", "--config", str(SMOKE), *QUICK_FIT],
+        cwd=tmp_path,
+        env=slurm_env(),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "SLURM auto-requeueing enabled" in res.stdout + res.stderr
     assert checkpoints(tmp_path), "no checkpoint under runs/"
@@ -263,9 +351,27 @@ def test_gcd_fit_under_slurm_environment(tmp_path: Path) -> None:
 
 def test_rendered_job_script_runs_gcd_fit(tmp_path: Path) -> None:
     """The rendered script itself, with a stand-in `srun`: DDP (gloo, one rank) under SLURMEnvironment."""
-    res = render(tmp_path, "--nodes", "1", "--gpus-per-node", "1", "--cpus-per-task", "1", "--partition", "debug",
-                 "--accelerator", "cpu", "--config", str(SMOKE), "--run-name", "slurm-smoke", "--out", "job.sbatch",
-                 "--", *QUICK_FIT)
+    res = render(
+        tmp_path,
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--partition",
+        "debug",
+        "--accelerator",
+        "cpu",
+        "--config",
+        str(SMOKE),
+        "--run-name",
+        "slurm-smoke",
+        "--out",
+        "job.sbatch",
+        "--",
+        *QUICK_FIT,
+    )
     assert res.returncode == 0, res.stderr
     bin_dir = fake_slurm_bin(tmp_path)
     env = slurm_env()
@@ -279,8 +385,21 @@ def test_rendered_job_script_runs_gcd_fit(tmp_path: Path) -> None:
 
 
 def test_rendered_job_script_resumes_from_newest_requeue_checkpoint(tmp_path: Path) -> None:
-    res = render(tmp_path, "--nodes", "1", "--gpus-per-node", "1", "--partition", "p", "--config", "c.yaml",
-                 "--run-name", "r", "--out", "job.sbatch")
+    res = render(
+        tmp_path,
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "1",
+        "--partition",
+        "p",
+        "--config",
+        "c.yaml",
+        "--run-name",
+        "r",
+        "--out",
+        "job.sbatch",
+    )
     assert res.returncode == 0, res.stderr
     bin_dir = fake_slurm_bin(tmp_path)
     env = slurm_env(FAKE_SRUN_LOG=str(tmp_path / "srun.log"))
@@ -310,8 +429,22 @@ def test_sigusr1_saves_requeue_checkpoint_and_requeues(tmp_path: Path) -> None:
     bin_dir = fake_slurm_bin(tmp_path)
     env = slurm_env(FAKE_SCONTROL_LOG=str(tmp_path / "scontrol.log"))
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "lightning_gcd.cli", "fit", "--config", str(SMOKE), "--run_name", "pre",
-           "--trainer.max_epochs", "10000", "--model.init_args.val_samples", "0", "--trainer.enable_progress_bar", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_gcd.cli",
+        "fit",
+        "--config",
+        str(SMOKE),
+        "--run_name",
+        "pre",
+        "--trainer.max_epochs",
+        "10000",
+        "--model.init_args.val_samples",
+        "0",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     with open(tmp_path / "fit.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
@@ -333,8 +466,12 @@ def test_sigusr1_saves_requeue_checkpoint_and_requeues(tmp_path: Path) -> None:
 
 def test_torchrun_script_runs_gcd_fit(tmp_path: Path) -> None:
     env = clean_env(NPROC_PER_NODE="1", RDZV_ENDPOINT="localhost:0", RDZV_ID="test", ACCELERATOR="cpu")
-    res = run(["bash", str(DOCKER / "torchrun.sh"), str(SMOKE), "--run_name", "torchrun-smoke", *QUICK_FIT],
-              cwd=tmp_path, env=env, timeout=180)
+    res = run(
+        ["bash", str(DOCKER / "torchrun.sh"), str(SMOKE), "--run_name", "torchrun-smoke", *QUICK_FIT],
+        cwd=tmp_path,
+        env=env,
+        timeout=180,
+    )
     output = res.stdout + res.stderr
     assert res.returncode == 0, output[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/1" in output

@@ -25,8 +25,15 @@ FLOOR = 0.14
 def fcc_cell_dataset(folder: Path) -> Path:
     from datamodules.builders import build_dataset
 
-    return build_dataset("crystals", folder / "fcc_1x1x1.h5", count=64, phases=["fcc"], repeat=[1, 1, 1],
-                         thermal_sigma=0.05, progress=False)
+    return build_dataset(
+        "crystals",
+        folder / "fcc_1x1x1.h5",
+        count=64,
+        phases=["fcc"],
+        repeat=[1, 1, 1],
+        thermal_sigma=0.05,
+        progress=False,
+    )
 
 
 def capability_rate(data: Path, seed: int, root: Path) -> float:
@@ -46,12 +53,29 @@ def capability_rate(data: Path, seed: int, root: Path) -> float:
 
     torch.set_num_threads(1)
     L.seed_everything(seed, verbose=False)
-    model = TorusParticleDiffusion(hidden=64, layers=2, frequencies=8, lr=2e-3, warmup_steps=20, ema_decay=0.99,
-                                   val_samples=0, sample_steps=LEVELS, sampler="pc")
+    model = TorusParticleDiffusion(
+        hidden=64,
+        layers=2,
+        frequencies=8,
+        lr=2e-3,
+        warmup_steps=20,
+        ema_decay=0.99,
+        val_samples=0,
+        sample_steps=LEVELS,
+        sampler="pc",
+    )
     dm = AtomsDataModule(str(data), view="particle", batch_size=32, num_workers=0, build={})
-    trainer = L.Trainer(max_steps=TRAIN_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, default_root_dir=str(root))
+    trainer = L.Trainer(
+        max_steps=TRAIN_STEPS,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+    )
     trainer.fit(model, dm)
     samples = model.sample(model.sample_template(SAMPLES), batch_size=SAMPLES, seed=seed + 100, progress=False)
     ideal = ideal_for_dataset(data)[0]

@@ -32,8 +32,15 @@ RUN_NAMES = {"voxel": "smoke_voxel", "particle": "smoke_particle"}
 LOG_SAMPLES = 3
 # metrics both models must log under the same names (docs/metrics.md); val/coordination/<Z>/<k> rows depend on
 # which k occur, so they are compared as a family
-REQUIRED = {"val/loss", "val/rdf_l1", "val/coordination_l1", "val/n_atoms_mean", "val/n_atoms_error",
-            "val/min_distance_violations", "val/min_distance"}
+REQUIRED = {
+    "val/loss",
+    "val/rdf_l1",
+    "val/coordination_l1",
+    "val/n_atoms_mean",
+    "val/n_atoms_error",
+    "val/min_distance_violations",
+    "val/min_distance",
+}
 COORD_ROW = re.compile(r"val/coordination/\d+/\d+")
 
 
@@ -52,8 +59,8 @@ def read_wandb_records(path: Path) -> Iterator[Any]:
         if block - pos % block < 7:  # block trailer too short for a header: padding
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:
             raw = chunk
@@ -81,15 +88,27 @@ def offline_run(wandb_dir: Path, run_id: str) -> dict[str, Any]:
     for record in read_wandb_records(run_dir / f"run-{run_id}.wandb"):
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
         elif kind == "artifact":
-            artifacts.append({"name": record.artifact.name, "type": record.artifact.type,
-                              "files": [entry.path for entry in record.artifact.manifest.contents],
-                              "aliases": list(record.artifact.aliases)})
+            artifacts.append(
+                {
+                    "name": record.artifact.name,
+                    "type": record.artifact.type,
+                    "files": [entry.path for entry in record.artifact.manifest.contents],
+                    "aliases": list(record.artifact.aliases),
+                }
+            )
     media_roots = {k[: -len("/_type")] for row in rows for k in row if k.endswith("/_type")}
-    scalars = {k for row in rows for k, v in row.items()
-               if isinstance(v, (int, float)) and not k.startswith("_")
-               and not any(k.startswith(root + "/") for root in media_roots)}
+    scalars = {
+        k
+        for row in rows
+        for k, v in row.items()
+        if isinstance(v, (int, float))
+        and not k.startswith("_")
+        and not any(k.startswith(root + "/") for root in media_roots)
+    }
     return {"dir": run_dir, "rows": rows, "artifacts": artifacts, "media": media_roots, "scalars": scalars}
 
 
@@ -98,24 +117,45 @@ def offline_run(wandb_dir: Path, run_id: str) -> dict[str, Any]:
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("reporting")
     wandb_dir = base / "wandb_logs"
-    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
-           **{name: str(base / "wandb_home" / name.lower()) for name in
-              ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR")}}
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        **{
+            name: str(base / "wandb_home" / name.lower())
+            for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR")
+        },
+    }
 
     def fit(kind: str):
         cwd = base / kind  # separate folders: each run builds its own smoke dataset, no race
         cwd.mkdir()
         return run_gcd(
-            "fit", "--config", str(REPO / f"experiments/smoke/{kind}.yaml"),
-            "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "2",
-            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
-            "--trainer.logger.offline", "true", "--trainer.logger.project", "smoke",
-            "--trainer.logger.save_dir", str(wandb_dir),
+            "fit",
+            "--config",
+            str(REPO / f"experiments/smoke/{kind}.yaml"),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.logger",
+            "lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.offline",
+            "true",
+            "--trainer.logger.project",
+            "smoke",
+            "--trainer.logger.save_dir",
+            str(wandb_dir),
             # an explicit id names the offline run folder (offline-run-<time>-smoke-<kind>)
-            "--trainer.logger.id", f"smoke-{kind}",
+            "--trainer.logger.id",
+            f"smoke-{kind}",
             "--trainer.callbacks+=lightning_gcd.callbacks.WandbStructureReport",
-            "--trainer.callbacks.log_samples", str(LOG_SAMPLES),
-            cwd=cwd, env=env, timeout=300)
+            "--trainer.callbacks.log_samples",
+            str(LOG_SAMPLES),
+            cwd=cwd,
+            env=env,
+            timeout=300,
+        )
 
     with ThreadPoolExecutor(len(KINDS)) as pool:
         results = dict(zip(KINDS, pool.map(fit, KINDS)))
@@ -170,8 +210,15 @@ def test_wandb_offline_runs_hold_the_same_metrics(smoke: dict[str, Any]) -> None
 def test_wandb_report_charts_table_and_artifact(smoke: dict[str, Any]) -> None:
     for kind, run in smoke["wandb"].items():
         media = run["media"]
-        for key in ("val/rdf_table", "val/coordination/29_table", "val/n_atoms_hist_table", "val/samples",
-                    "val/figures/rdf", "val/figures/coordination", "val/figures/n_atoms"):
+        for key in (
+            "val/rdf_table",
+            "val/coordination/29_table",
+            "val/n_atoms_hist_table",
+            "val/samples",
+            "val/figures/rdf",
+            "val/figures/coordination",
+            "val/figures/n_atoms",
+        ):
             assert key in media, (kind, sorted(media))
         report_rows = [row for row in run["rows"] if "val/samples/_type" in row]
         assert len(report_rows) == 2, kind  # one per sampled validation
@@ -188,7 +235,9 @@ def test_wandb_report_charts_table_and_artifact(smoke: dict[str, Any]) -> None:
         assert len(tables) == 2 and sum(f.endswith(".png") for f in tables[-1]["files"]) == LOG_SAMPLES, tables
         # each row's formula is its atom count of Cu ("" for a sample that decoded no atom); the particle
         # model's samples always have atoms, so the rows are checked on real structures
-        assert all(r[2] == ("" if r[1] == 0 else "Cu" if r[1] == 1 else f"Cu{r[1]}") for r in table["data"]), table["data"]
+        assert all(r[2] == ("" if r[1] == 0 else "Cu" if r[1] == 1 else f"Cu{r[1]}") for r in table["data"]), table[
+            "data"
+        ]
         if kind == "particle":
             assert all(r[1] == 32 and r[3] is not None and r[3] > 0 for r in table["data"]), table["data"]
         samples = [a for a in run["artifacts"] if a["type"] == "samples"]
@@ -213,7 +262,13 @@ def test_gcd_compare_report(smoke: dict[str, Any], tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| metric"))
     assert header == "| metric | GCDM voxel | particle |"
-    for name in ("val/loss (final)", "val/rdf_l1", "val/n_atoms_error", "val/coordination_l1", "val/coordination/29/12"):
+    for name in (
+        "val/loss (final)",
+        "val/rdf_l1",
+        "val/n_atoms_error",
+        "val/coordination_l1",
+        "val/coordination/29/12",
+    ):
         row = next((line for line in md.splitlines() if line.startswith(f"| {name} |")), None)
         assert row is not None and row.count("|") == 4 and "–" not in row, (name, row)
     voxel_last = _records(smoke["run_dirs"]["voxel"])[-1]
@@ -247,8 +302,15 @@ def test_callbacks_skip_without_wandb_or_samples(tmp_path: Path) -> None:
     from lightning_gcd.callbacks import MetricsHistory, WandbStructureReport
     from lightning_gcd.callbacks.metrics_history import to_jsonable
 
-    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, loggers=[], default_root_dir=str(tmp_path),
-                              current_epoch=0, global_step=5, callback_metrics={})
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        loggers=[],
+        default_root_dir=str(tmp_path),
+        current_epoch=0,
+        global_step=5,
+        callback_metrics={},
+    )
     module = SimpleNamespace(last_curves={"r": np.zeros(2)}, last_metrics={"rdf_l1": 1.0}, last_samples=None)
     WandbStructureReport().on_validation_end(trainer, module)  # no WandbLogger: nothing to do, no error
     history = MetricsHistory()
@@ -260,4 +322,7 @@ def test_callbacks_skip_without_wandb_or_samples(tmp_path: Path) -> None:
     trainer.sanity_checking = True
     history.on_validation_end(trainer, SimpleNamespace(last_curves={"r": [1]}, last_metrics={}, last_samples=None))
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
-    assert to_jsonable({(29, 29): np.array([1.0, np.nan, np.inf]), 6: np.float32(2)}) == {"29-29": [1.0, None, None], "6": 2.0}
+    assert to_jsonable({(29, 29): np.array([1.0, np.nan, np.inf]), 6: np.float32(2)}) == {
+        "29-29": [1.0, None, None],
+        "6": 2.0,
+    }

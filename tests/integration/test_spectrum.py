@@ -33,8 +33,11 @@ def synthetic_spectra(atoms: Atoms) -> np.ndarray:
     first = np.bincount(i, weights=np.exp(-((d - 1.5) ** 2) / 0.1), minlength=len(atoms))
     second = np.bincount(i, weights=np.exp(-((d - 2.5) ** 2) / 0.2), minlength=len(atoms))
     e = (ENERGY - ENERGY[0]) / (ENERGY[-1] - ENERGY[0])
-    return (0.3 + first[:, None] * 0.5 * np.exp(-((e - 0.3) ** 2) / 0.01)
-            + second[:, None] * 0.2 * np.exp(-((e - 0.7) ** 2) / 0.02)).astype(np.float32)
+    return (
+        0.3
+        + first[:, None] * 0.5 * np.exp(-((e - 0.3) ** 2) / 0.01)
+        + second[:, None] * 0.2 * np.exp(-((e - 0.7) ** 2) / 0.02)
+    ).astype(np.float32)
 
 
 def make_spectrum_file(path: Path, n_structures: int = 12, n_atoms: int = 16, seed: int = 0) -> Path:
@@ -58,11 +61,13 @@ def make_spectrum_file(path: Path, n_structures: int = 12, n_atoms: int = 16, se
         masks.append(mask)
         means.append(s[mask].mean(0))
         densities.append(density)
-    records = DatasetRecords(structures, labels,
-                             properties={"xanes": np.stack(means).astype(np.float32), "density": np.asarray(densities)},
-                             atom_properties={"xanes": np.concatenate(spectra).astype(np.float32),
-                                              "xanes_mask": np.concatenate(masks)},
-                             metadata={"xanes_energy": ENERGY})
+    records = DatasetRecords(
+        structures,
+        labels,
+        properties={"xanes": np.stack(means).astype(np.float32), "density": np.asarray(densities)},
+        atom_properties={"xanes": np.concatenate(spectra).astype(np.float32), "xanes_mask": np.concatenate(masks)},
+        metadata={"xanes_energy": ENERGY},
+    )
     idx = np.arange(n_structures)
     return write_dataset(path, records, splits={"train": idx[:-2], "val": idx[-2:], "test": idx[-2:]})
 
@@ -75,9 +80,17 @@ def spectrum_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _trainer(epochs: int):
     import lightning as L
 
-    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     check_val_every_n_epoch=10**6)
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=10**6,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +136,9 @@ def test_forward_cv_evaluates_a_trained_checkpoint(forward_model, spectrum_h5: P
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "heldout.json"
-    assert script.main(["--data", str(spectrum_h5), "--evaluate", str(tmp_path / "forward.ckpt"), "--out", str(out)]) == 0
+    assert (
+        script.main(["--data", str(spectrum_h5), "--evaluate", str(tmp_path / "forward.ckpt"), "--out", str(out)]) == 0
+    )
     scored = json.loads(out.read_text())
     assert scored["split"] == "test" and len(scored["structures"]) == 2
     for name in ("spectrum_rel_l2", "baseline_rel_l2", "n_sites"):
@@ -136,7 +151,12 @@ def test_forward_cv_evaluates_a_trained_checkpoint(forward_model, spectrum_h5: P
     assert set(scored["hybridization_contrast"]) <= {"sp3-sp2", "sp2-sp"} and scored["hybridization_contrast"]
 
     def exact(frac, numbers, mask, cell):
-        atoms = Atoms(numbers=numbers[0].numpy(), scaled_positions=frac[0].double().numpy(), cell=cell[0].double().numpy(), pbc=True)
+        atoms = Atoms(
+            numbers=numbers[0].numpy(),
+            scaled_positions=frac[0].double().numpy(),
+            cell=cell[0].double().numpy(),
+            pbc=True,
+        )
         return torch.as_tensor(synthetic_spectra(atoms))[None]
 
     structures = AtomsH5(spectrum_h5).split("train")
@@ -145,7 +165,9 @@ def test_forward_cv_evaluates_a_trained_checkpoint(forward_model, spectrum_h5: P
     for entry in contrast.values():
         assert entry["cosine"] == pytest.approx(1.0, abs=1e-5) and entry["rel_l2"] == pytest.approx(0.0, abs=1e-5)
         assert entry["norm_ratio"] == pytest.approx(1.0, abs=1e-5) and min(entry["sites"]) > 0
-    flat = script.hybridization_contrast(lambda frac, *rest: torch.ones(1, frac.shape[1], K), str(spectrum_h5), structures)
+    flat = script.hybridization_contrast(
+        lambda frac, *rest: torch.ones(1, frac.shape[1], K), str(spectrum_h5), structures
+    )
     assert all(entry["norm_ratio"] == 0.0 and entry["rel_l2"] == pytest.approx(1.0) for entry in flat.values())
 
 
@@ -180,15 +202,20 @@ def test_per_atom_predictions_are_invariant() -> None:
     drop = weights.clone()
     drop[0, -1] = 0.0
     keep = torch.arange(frac.shape[1] - 1)
-    torch.testing.assert_close(net(frac, numbers, mask, cell, drop)[:, keep],
-                               net(frac[:, keep], numbers[:, keep], mask[:, keep], cell, weights[:, keep]),
-                               atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        net(frac, numbers, mask, cell, drop)[:, keep],
+        net(frac[:, keep], numbers[:, keep], mask[:, keep], cell, weights[:, keep]),
+        atol=1e-10,
+        rtol=1e-10,
+    )
 
 
 def _forward_error(forward, structures, target: torch.Tensor) -> torch.Tensor:
     """(B,) relative L2 of the forward model's mean spectrum of hard structures against ``target``."""
     with torch.no_grad():
-        pred = forward.mean_spectrum(structures.frac_coords.float(), structures.numbers, structures.mask, structures.cell.float())
+        pred = forward.mean_spectrum(
+            structures.frac_coords.float(), structures.numbers, structures.mask, structures.cell.float()
+        )
     return (pred - target).norm(dim=-1) / target.norm()
 
 
@@ -196,8 +223,16 @@ def _particle_model(spectrum_h5: Path):
     from lightning_gcd.models.particle import ParticleDiffusion
 
     torch.manual_seed(0)
-    info = {"species": [6], "conditions": [], "cond_dim": 0, "reference_cell": (np.eye(3) * 5.0).tolist(),
-            "n_atoms_max": 16, "number_density": 16 / 125.0, "composition": {"6": 1.0}, "spectrum_energy": ENERGY.tolist()}
+    info = {
+        "species": [6],
+        "conditions": [],
+        "cond_dim": 0,
+        "reference_cell": (np.eye(3) * 5.0).tolist(),
+        "n_atoms_max": 16,
+        "number_density": 16 / 125.0,
+        "composition": {"6": 1.0},
+        "spectrum_energy": ENERGY.tolist(),
+    }
     return ParticleDiffusion(hidden=16, layers=2, sigma_max=0.8, ema_decay=0.0, data_info=info).eval()
 
 
@@ -211,10 +246,19 @@ def voxel_prior(spectrum_h5: Path):
 
     L.seed_everything(0, verbose=False)
     dm = AtomsDataModule(str(spectrum_h5), view="voxel", batch_size=5, grid_shape=[8, 8, 8])
-    model = GrandCanonicalDiffusion(base_channels=8, channel_mults=(1, 2), attention=False, ema_decay=0.0,
-                                    val_samples=0, lr=1e-3, warmup_steps=10)  # 2e-3 can collapse (test_voxel_model)
-    L.Trainer(max_steps=600, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(model, dm)
+    model = GrandCanonicalDiffusion(
+        base_channels=8, channel_mults=(1, 2), attention=False, ema_decay=0.0, val_samples=0, lr=1e-3, warmup_steps=10
+    )  # 2e-3 can collapse (test_voxel_model)
+    L.Trainer(
+        max_steps=600,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    ).fit(model, dm)
     return model.eval()
 
 
@@ -245,15 +289,18 @@ def test_posterior_sampling_reduces_spectrum_error(kind: str, spectrum_h5: Path,
     assert errors["guided"].mean() < limit * errors["unguided"].mean(), errors
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "not a spectrum file"),
-    ("280 1.0\n290 oops\n", "not a spectrum file"),
-    ("280 1.0 3\n290 2.0\n", "not a spectrum file"),
-    ("281 1.0\n285 2.0\n", "covers 281–285 eV"),
-    ("280 1.0\n290 nan\n300 1.0\n", "non-finite"),
-    ("280 1.0\n295 2.0\n290 1.0\n300 1.0\n", "strictly monotonic"),
-    ("1.0\n2.0\n3.0\n", "3 values without energies"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "not a spectrum file"),
+        ("280 1.0\n290 oops\n", "not a spectrum file"),
+        ("280 1.0 3\n290 2.0\n", "not a spectrum file"),
+        ("281 1.0\n285 2.0\n", "covers 281–285 eV"),
+        ("280 1.0\n290 nan\n300 1.0\n", "non-finite"),
+        ("280 1.0\n295 2.0\n290 1.0\n300 1.0\n", "strictly monotonic"),
+        ("1.0\n2.0\n3.0\n", "3 values without energies"),
+    ],
+)
 def test_bad_spectrum_file_is_one_line(content: str, message: str, tmp_path: Path, capsys) -> None:
     from lightning_gcd.cli_sample import read_spectrum
     from lightning_gcd.errors import GcdError
@@ -282,25 +329,101 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
     import ase.io
 
     monkeypatch.chdir(tmp_path)
-    common = ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-              "--trainer.enable_model_summary", "false", "--run_root", str(tmp_path / "runs"), "--data.path", str(spectrum_h5),
-              "--data.batch_size", "5", "--seed_everything", "0"]
-    assert gcd_main(["fit", "--model", "lightning_gcd.models.spectrum.SpectrumModel", "--model.hidden", "16",
-                     "--model.layers", "1", "--data.view", "particle", "--data.atom_properties", "[xanes, xanes_mask]",
-                     "--trainer.max_epochs", "2", "--run_name", "forward", *common]) == 0
-    assert gcd_main(["fit", "--model", "lightning_gcd.models.particle.ParticleDiffusion", "--model.hidden", "16",
-                     "--model.layers", "1", "--model.sigma_max", "0.8", "--model.val_samples", "0",
-                     "--data.view", "particle", "--data.conditions", "[xanes]",
-                     "--trainer.max_epochs", "1", "--run_name", "prior", *common]) == 0
+    common = [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--run_root",
+        str(tmp_path / "runs"),
+        "--data.path",
+        str(spectrum_h5),
+        "--data.batch_size",
+        "5",
+        "--seed_everything",
+        "0",
+    ]
+    assert (
+        gcd_main(
+            [
+                "fit",
+                "--model",
+                "lightning_gcd.models.spectrum.SpectrumModel",
+                "--model.hidden",
+                "16",
+                "--model.layers",
+                "1",
+                "--data.view",
+                "particle",
+                "--data.atom_properties",
+                "[xanes, xanes_mask]",
+                "--trainer.max_epochs",
+                "2",
+                "--run_name",
+                "forward",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        gcd_main(
+            [
+                "fit",
+                "--model",
+                "lightning_gcd.models.particle.ParticleDiffusion",
+                "--model.hidden",
+                "16",
+                "--model.layers",
+                "1",
+                "--model.sigma_max",
+                "0.8",
+                "--model.val_samples",
+                "0",
+                "--data.view",
+                "particle",
+                "--data.conditions",
+                "[xanes]",
+                "--trainer.max_epochs",
+                "1",
+                "--run_name",
+                "prior",
+                *common,
+            ]
+        )
+        == 0
+    )
     target = tmp_path / "target.txt"
     spectrum = synthetic_spectra(_one_structure(spectrum_h5)).mean(0)
     target.write_text("\n".join(f"{e} {v}" for e, v in zip(ENERGY, spectrum)))
     out = tmp_path / "guided.extxyz"
     capsys.readouterr()
-    rc = gcd_main(["sample", "--ckpt", str(tmp_path / "runs/prior/checkpoints/last.ckpt"), "--n", "3", "--steps", "5",
-                   "--spectrum", str(target), "--guidance", "2", "--forward-ckpt",
-                   str(tmp_path / "runs/forward/checkpoints/last.ckpt"), "--dps-scale", "100", "--out", str(out),
-                   "--no-progress"])
+    rc = gcd_main(
+        [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "runs/prior/checkpoints/last.ckpt"),
+            "--n",
+            "3",
+            "--steps",
+            "5",
+            "--spectrum",
+            str(target),
+            "--guidance",
+            "2",
+            "--forward-ckpt",
+            str(tmp_path / "runs/forward/checkpoints/last.ckpt"),
+            "--dps-scale",
+            "100",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     frames = ase.io.read(out, ":")
     assert len(frames) == 3 and all(len(a) == len(frames[0]) > 0 for a in frames)  # density x volume atoms
@@ -308,10 +431,32 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
     # --density auto: the forward model scores unconditional samples at each candidate density (no DPS needed)
     auto = tmp_path / "auto.extxyz"
     capsys.readouterr()
-    rc = gcd_main(["sample", "--ckpt", str(tmp_path / "runs/prior/checkpoints/last.ckpt"), "--n", "2", "--steps", "5",
-                   "--spectrum", str(target), "--forward-ckpt", str(tmp_path / "runs/forward/checkpoints/last.ckpt"),
-                   "--n-atoms", "24", "--density", "auto", "--density-scan-points", "3", "--density-scan-samples", "2",
-                   "--out", str(auto), "--no-progress"])
+    rc = gcd_main(
+        [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "runs/prior/checkpoints/last.ckpt"),
+            "--n",
+            "2",
+            "--steps",
+            "5",
+            "--spectrum",
+            str(target),
+            "--forward-ckpt",
+            str(tmp_path / "runs/forward/checkpoints/last.ckpt"),
+            "--n-atoms",
+            "24",
+            "--density",
+            "auto",
+            "--density-scan-points",
+            "3",
+            "--density-scan-samples",
+            "2",
+            "--out",
+            str(auto),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0, err
     scan = json.loads((tmp_path / "auto_density_scan.json").read_text())
@@ -326,16 +471,38 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
     # --density auto without a size or a forward model
     bad = tmp_path / "bad.txt"
     bad.write_text("1\n2\n")
-    for extra, message in ((["--forward-ckpt", str(tmp_path / "runs/forward/checkpoints/last.ckpt")], "needs --dps-scale"),
-                           (["--spectrum", str(bad)], "2 values without energies"),
-                           (["--forward-ckpt", str(tmp_path / "runs/prior/checkpoints/last.ckpt"), "--dps-scale", "1",
-                             "--spectrum", str(target)], "not a SpectrumModel"),
-                           (["--relax", "emt"], "EMT has no parameters for C"),  # refused before sampling
-                           (["--density", "auto", "--forward-ckpt", str(tmp_path / "runs/forward/checkpoints/last.ckpt")],
-                            "--density auto needs --n-atoms"),
-                           (["--density", "auto", "--n-atoms", "16"], "--density auto needs --forward-ckpt")):
+    for extra, message in (
+        (["--forward-ckpt", str(tmp_path / "runs/forward/checkpoints/last.ckpt")], "needs --dps-scale"),
+        (["--spectrum", str(bad)], "2 values without energies"),
+        (
+            [
+                "--forward-ckpt",
+                str(tmp_path / "runs/prior/checkpoints/last.ckpt"),
+                "--dps-scale",
+                "1",
+                "--spectrum",
+                str(target),
+            ],
+            "not a SpectrumModel",
+        ),
+        (["--relax", "emt"], "EMT has no parameters for C"),  # refused before sampling
+        (
+            ["--density", "auto", "--forward-ckpt", str(tmp_path / "runs/forward/checkpoints/last.ckpt")],
+            "--density auto needs --n-atoms",
+        ),
+        (["--density", "auto", "--n-atoms", "16"], "--density auto needs --forward-ckpt"),
+    ):
         capsys.readouterr()
-        args = ["sample", "--ckpt", str(tmp_path / "runs/prior/checkpoints/last.ckpt"), "--n", "1", "--out", str(out), *extra]
+        args = [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "runs/prior/checkpoints/last.ckpt"),
+            "--n",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
         if "--spectrum" not in extra:
             args += ["--spectrum", str(target)]
         assert gcd_main(args) == 2
@@ -351,18 +518,32 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
     forward_ckpt = str(tmp_path / "runs/forward/checkpoints/last.ckpt")
     L.seed_everything(0, verbose=False)
     dm = AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, conditions=["xanes"])
-    prior = ParticleDiffusion(hidden=16, layers=1, sigma_max=0.8, val_samples=2, sample_steps=3,
-                              spectrum_forward_ckpt=forward_ckpt)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    prior = ParticleDiffusion(
+        hidden=16, layers=1, sigma_max=0.8, val_samples=2, sample_steps=3, spectrum_forward_ckpt=forward_ckpt
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(prior, dm)
     value = prior.last_metrics["spectrum_l2"]
     assert np.isfinite(value) and value > 0
     assert float(trainer.callback_metrics["val/spectrum_l2"]) == pytest.approx(value)
     unconditioned = ParticleDiffusion(hidden=16, layers=1, val_samples=2, spectrum_forward_ckpt=forward_ckpt)
     with pytest.raises(GcdError, match="conditioned on the mean spectrum"):
-        L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                  enable_model_summary=False).fit(unconditioned, AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5))
+        L.Trainer(
+            max_steps=1,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        ).fit(unconditioned, AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5))
 
 
 def _one_structure(path: Path) -> Atoms:
@@ -386,11 +567,21 @@ def test_condition_is_standardised_and_older_checkpoints_resume(spectrum_h5: Pat
 
     def fit(model, steps: int, ckpt_path: str | None = None):
         L.seed_everything(0, verbose=False)
-        trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                            limit_val_batches=0)
-        trainer.fit(model, AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, conditions=["xanes"]),
-                    ckpt_path=ckpt_path)
+        trainer = L.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        trainer.fit(
+            model,
+            AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, conditions=["xanes"]),
+            ckpt_path=ckpt_path,
+        )
         return trainer
 
     with AtomsH5(spectrum_h5) as data:
@@ -402,7 +593,9 @@ def test_condition_is_standardised_and_older_checkpoints_resume(spectrum_h5: Pat
     assert min(info["cond_std"]) >= 0.1 * np.mean(train.std(0)) - 1e-12
     cond = torch.as_tensor(train[:3], dtype=torch.float32)
     embed = model.net.cond
-    expected = embed.mlp((cond - torch.as_tensor(info["cond_mean"]).float()) / torch.as_tensor(info["cond_std"]).float())
+    expected = embed.mlp(
+        (cond - torch.as_tensor(info["cond_mean"]).float()) / torch.as_tensor(info["cond_std"]).float()
+    )
     torch.testing.assert_close(embed(cond, None, 3), expected)
     reloaded = load_model(tmp_path / "standardised.ckpt")
     torch.testing.assert_close(reloaded.net.cond.cond_std, embed.cond_std)
@@ -458,7 +651,9 @@ def test_density_scan_refinement_and_errors() -> None:
     grid = candidate_densities(1.5, 3.5, 9)
     assert refine(grid, (grid - 2.6) ** 2) == pytest.approx(2.6)
     assert refine(grid, (grid - 4.0) ** 2) == pytest.approx(3.5)
-    assert refine(grid, np.array([3, 2, 1, 1, 1, 1, 1, 2, 3.0])) == pytest.approx(2.125)  # between the first minimum and its level neighbour
+    assert refine(grid, np.array([3, 2, 1, 1, 1, 1, 1, 2, 3.0])) == pytest.approx(
+        2.125
+    )  # between the first minimum and its level neighbour
     target = np.ones(4)
     spectra = np.stack([np.full((2, 4), 1 + abs(rho - 2.25)) for rho in grid])
     assert choose_density(grid, spectra, target).best == pytest.approx(2.25)

@@ -29,8 +29,14 @@ def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def _csv_logger(run_dir: Path) -> list[str]:
-    return ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
-            "--trainer.logger.name", "csv"]
+    return [
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(run_dir),
+        "--trainer.logger.name",
+        "csv",
+    ]
 
 
 def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:
@@ -38,13 +44,27 @@ def test_unknown_key_is_rejected_with_its_name(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "base_chanels" in run.stderr
     printed = run_gcd("fit", "--config", VOXEL, "--print_config", cwd=tmp_path)
-    assert printed.returncode == 0 and "GrandCanonicalDiffusion" in printed.stdout and "run_name: smoke_voxel" in printed.stdout
+    assert (
+        printed.returncode == 0
+        and "GrandCanonicalDiffusion" in printed.stdout
+        and "run_name: smoke_voxel" in printed.stdout
+    )
 
 
 def test_run_directory_config_and_checkpoint_contents(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs/smoke_voxel"
-    run = run_gcd("fit", "--config", VOXEL, *QUIET, "--trainer.max_epochs", "1", "--model.init_args.val_samples", "0",
-                  *_csv_logger(run_dir), cwd=tmp_path)
+    run = run_gcd(
+        "fit",
+        "--config",
+        VOXEL,
+        *QUIET,
+        "--trainer.max_epochs",
+        "1",
+        "--model.init_args.val_samples",
+        "0",
+        *_csv_logger(run_dir),
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (run_dir / "csv/version_0/config.yaml").exists()  # LightningCLI's copy, in the logger's folder
     assert (run_dir / "config.yaml").exists()
@@ -58,12 +78,31 @@ def test_run_directory_config_and_checkpoint_contents(tmp_path: Path) -> None:
 def test_kill9_then_resume_continues_from_last_checkpoint(tmp_path: Path) -> None:
     """kill -9 mid-run; the rerun resumes from last.ckpt (saved every 2 steps) and its loss curve joins."""
     run_dir = tmp_path / "runs/killed"
-    args = ["fit", "--config", VOXEL, *QUIET, "--run_name", "killed", "--trainer.max_epochs", "40",
-            "--checkpoint.every_n_train_steps", "2", "--trainer.log_every_n_steps", "1",
-            "--model.init_args.val_samples", "0", *_csv_logger(run_dir)]
+    args = [
+        "fit",
+        "--config",
+        VOXEL,
+        *QUIET,
+        "--run_name",
+        "killed",
+        "--trainer.max_epochs",
+        "40",
+        "--checkpoint.every_n_train_steps",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--model.init_args.val_samples",
+        "0",
+        *_csv_logger(run_dir),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_gcd.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_gcd.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = run_dir / "checkpoints/last.ckpt"
     deadline = time.time() + 300
     step_at_kill = 0
@@ -101,8 +140,18 @@ def test_kill9_then_resume_continues_from_last_checkpoint(tmp_path: Path) -> Non
 
 
 def test_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
-    common = ["fit", "--config", VOXEL, *QUIET, "--model.init_args.val_samples", "0", "--checkpoint.every_n_train_steps", "1000",
-              "--model.init_args.lr_total_steps", "8"]  # one LR schedule for both, whatever max_epochs says
+    common = [
+        "fit",
+        "--config",
+        VOXEL,
+        *QUIET,
+        "--model.init_args.val_samples",
+        "0",
+        "--checkpoint.every_n_train_steps",
+        "1000",
+        "--model.init_args.lr_total_steps",
+        "8",
+    ]  # one LR schedule for both, whatever max_epochs says
     whole = run_gcd(*common, "--run_name", "whole", "--trainer.max_epochs", "4", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-2000:]
     half = run_gcd(*common, "--run_name", "parts", "--trainer.max_epochs", "2", cwd=tmp_path)
@@ -118,11 +167,30 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs/preempted"
-    args = ["fit", "--config", VOXEL, *QUIET, "--run_name", "preempted", "--trainer.max_epochs", "200",
-            "--checkpoint.every_n_train_steps", "1000", "--model.init_args.val_samples", "0", *_csv_logger(run_dir)]
+    args = [
+        "fit",
+        "--config",
+        VOXEL,
+        *QUIET,
+        "--run_name",
+        "preempted",
+        "--trainer.max_epochs",
+        "200",
+        "--checkpoint.every_n_train_steps",
+        "1000",
+        "--model.init_args.val_samples",
+        "0",
+        *_csv_logger(run_dir),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_gcd.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_gcd.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not [r for r in _csv_rows(run_dir) if r.get("train/loss_step")]:
         time.sleep(0.5)
@@ -136,8 +204,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path: Path) -> None:
 
 
 def test_wandb_offline_run_id_is_reused_on_resume(tmp_path: Path) -> None:
-    wandb_args = ["--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.offline", "true",
-                  "--trainer.logger.project", "gcd-tests"]
+    wandb_args = [
+        "--trainer.logger",
+        "lightning.pytorch.loggers.WandbLogger",
+        "--trainer.logger.offline",
+        "true",
+        "--trainer.logger.project",
+        "gcd-tests",
+    ]
     common = ["fit", "--config", VOXEL, *QUIET, "--run_name", "wb", "--model.init_args.val_samples", "0", *wandb_args]
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     first = run_gcd(*common, "--trainer.max_epochs", "1", cwd=tmp_path, env=env)
@@ -154,19 +228,45 @@ def test_wandb_offline_run_id_is_reused_on_resume(tmp_path: Path) -> None:
     for run in runs:
         records = list(read_wandb_records(run / f"run-{run_id}.wandb"))
         assert [r.run.run_id for r in records if r.WhichOneof("record_type") == "run"] == [run_id]
-        rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-                for r in records if r.WhichOneof("record_type") == "history"]
+        rows = [
+            {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+        ]
         history.append([(row["trainer/global_step"], row["epoch"]) for row in rows if "train/loss_step" in row])
     assert history == [[(0, 0), (1, 0)], [(2, 1), (3, 1)]], history  # 2 steps per epoch (16 structures, batch 8)
 
 
 def test_speed_switches_bf16_compile_clip_accumulate(tmp_path: Path) -> None:
-    run = run_gcd("fit", "--config", VOXEL, *QUIET, "--run_name", "fast", "--trainer.max_epochs", "1",
-                  "--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0",
-                  "--trainer.accumulate_grad_batches", "2", "--model.init_args.compile", "true",
-                  "--model.init_args.compile_backend", "eager", "--model.init_args.matmul_precision", "high",
-                  "--model.init_args.val_samples", "2", "--trainer.callbacks+=probes.SpeedProbe",
-                  "--trainer.callbacks.out", str(tmp_path / "probe.json"), cwd=tmp_path, env={"PYTHONPATH": str(REPO / "tests")})
+    run = run_gcd(
+        "fit",
+        "--config",
+        VOXEL,
+        *QUIET,
+        "--run_name",
+        "fast",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.gradient_clip_val",
+        "1.0",
+        "--trainer.accumulate_grad_batches",
+        "2",
+        "--model.init_args.compile",
+        "true",
+        "--model.init_args.compile_backend",
+        "eager",
+        "--model.init_args.matmul_precision",
+        "high",
+        "--model.init_args.val_samples",
+        "2",
+        "--trainer.callbacks+=probes.SpeedProbe",
+        "--trainer.callbacks.out",
+        str(tmp_path / "probe.json"),
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO / "tests")},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     # in effect, not only accepted: the network was compiled (dynamo traced its forward), and its training
     # forward ran under bf16 autocast (the U-Net's output in bfloat16)

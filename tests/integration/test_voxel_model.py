@@ -21,8 +21,15 @@ from lightning_gcd.models.voxel import GrandCanonicalDiffusion
 
 
 def _fit(model, dm, steps: int) -> L.Trainer:
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_val_batches=0, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+    )
     trainer.fit(model, dm)
     return trainer
 
@@ -30,13 +37,18 @@ def _fit(model, dm, steps: int) -> L.Trainer:
 def test_overfit_one_fcc_cell_generates_the_crystal(tmp_path: Path) -> None:
     """500 CPU steps on one fcc Cu cell (random translations); DDIM samples decode to that crystal."""
     L.seed_everything(0)
-    dm = AtomsDataModule(str(tmp_path / "fcc.h5"), view="voxel", batch_size=16,
-                         build={"kind": "crystals", "phases": ["fcc"], "count": 16, "thermal_sigma": 0.02, "progress": False})
+    dm = AtomsDataModule(
+        str(tmp_path / "fcc.h5"),
+        view="voxel",
+        batch_size=16,
+        build={"kind": "crystals", "phases": ["fcc"], "count": 16, "thermal_sigma": 0.02, "progress": False},
+    )
     # lr 1e-3: measured on an AMD EPYC CPU, 500 steps at 2e-3 stalled at loss 0.05 and decoded no atom (the
     # collapse to the mean grid that compare.py records for diamond at 2e-3), while 1e-3 reached loss 0.027
     # and 24/24 perfect samples over seeds 0, 1, 2 (2e-3 had given 48/48 on an earlier machine)
-    model = GrandCanonicalDiffusion(base_channels=16, channel_mults=[1, 2], attention=False, lr=1e-3, warmup_steps=20,
-                                    val_samples=0, ema_decay=0.99)
+    model = GrandCanonicalDiffusion(
+        base_channels=16, channel_mults=[1, 2], attention=False, lr=1e-3, warmup_steps=20, val_samples=0, ema_decay=0.99
+    )
     _fit(model, dm, steps=500)
     samples = model.sample(model.sample_template(8), steps=50, sampler="ddim", seed=1, progress=False)
     ideal = default_spec("fcc").unit_cell() * (2, 2, 2)
@@ -49,9 +61,18 @@ def test_overfit_one_fcc_cell_generates_the_crystal(tmp_path: Path) -> None:
 def test_model_shapes_ema_and_checkpoint_round_trip(tmp_path: Path, fcc_h5: Path) -> None:
     L.seed_everything(0)
     dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=4)
-    model = GrandCanonicalDiffusion(base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0, ema_decay=0.9)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    model = GrandCanonicalDiffusion(
+        base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0, ema_decay=0.9
+    )
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     assert model.info["grid_shape"] == [8, 8, 8] and model.info["species"] == [29]
     shadow = [b for n, b in model.ema.named_buffers() if n.startswith("shadow_")]
@@ -101,31 +122,83 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_gcd_fit_then_sample_at_twice_the_cell(tmp_path: Path) -> None:
-    fit = run_gcd("fit", "--config", str(REPO / "experiments/smoke/voxel.yaml"), "--trainer.enable_progress_bar", "false",
-                  cwd=tmp_path)
+    fit = run_gcd(
+        "fit",
+        "--config",
+        str(REPO / "experiments/smoke/voxel.yaml"),
+        "--trainer.enable_progress_bar",
+        "false",
+        cwd=tmp_path,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
     ckpts = sorted((tmp_path / "runs/smoke_voxel").rglob("*.ckpt"))
     assert ckpts, "gcd fit wrote no checkpoint"
     for args, scale in ((["--supercell", "2", "2", "2"], 2.0), (["--grid", "16", "16", "16"], 2.0), ([], 1.0)):
         out = tmp_path / f"s{scale}{len(args)}.extxyz"
-        run = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--n", "3", "--steps", "4", "--sampler", "ddpm", *args,
-                      "--out", str(out), "--no-progress", cwd=tmp_path)
+        run = run_gcd(
+            "sample",
+            "--ckpt",
+            str(ckpts[-1]),
+            "--n",
+            "3",
+            "--steps",
+            "4",
+            "--sampler",
+            "ddpm",
+            *args,
+            "--out",
+            str(out),
+            "--no-progress",
+            cwd=tmp_path,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         frames = ase.io.read(out, ":")
         assert len(frames) == 3
         np.testing.assert_allclose(frames[0].cell.lengths(), [7.22 * scale] * 3, rtol=1e-3)
     # --n-atoms/--density: a cubic cell of that many atoms at that density; the grid follows the atom count
     out = tmp_path / "n256.extxyz"
-    run = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--n", "2", "--steps", "2", "--n-atoms", "256", "--density",
-                  "8.96", "--out", str(out), "--no-progress", cwd=tmp_path)
+    run = run_gcd(
+        "sample",
+        "--ckpt",
+        str(ckpts[-1]),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--n-atoms",
+        "256",
+        "--density",
+        "8.96",
+        "--out",
+        str(out),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "grid 16×16×16" in run.stderr
     np.testing.assert_allclose(ase.io.read(out, "0").cell.lengths(), [14.45] * 3, atol=0.01)  # 256 Cu at 8.96 g/cm³
     # restart sampling from the command line; a bad level is a clear error
-    run = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--n", "1", "--steps", "4", "--restarts", "1", "--restart-t", "0.5",
-                  "--out", str(tmp_path / "restart.extxyz"), "--no-progress", cwd=tmp_path)
+    run = run_gcd(
+        "sample",
+        "--ckpt",
+        str(ckpts[-1]),
+        "--n",
+        "1",
+        "--steps",
+        "4",
+        "--restarts",
+        "1",
+        "--restart-t",
+        "0.5",
+        "--out",
+        str(tmp_path / "restart.extxyz"),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    bad = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--restarts", "1", "--restart-t", "2", "--out", "x.extxyz", cwd=tmp_path)
+    bad = run_gcd(
+        "sample", "--ckpt", str(ckpts[-1]), "--restarts", "1", "--restart-t", "2", "--out", "x.extxyz", cwd=tmp_path
+    )
     assert bad.returncode == 2 and "--restart-t in (0, 1)" in bad.stderr
     bad = run_gcd("sample", "--ckpt", str(ckpts[-1]), "--density", "2", "--out", "x.extxyz", cwd=tmp_path)
     assert bad.returncode == 2 and "--density applies with --n-atoms" in bad.stderr
@@ -138,8 +211,15 @@ def test_blend_offsets_take_their_scale_in_angstrom(tmp_path: Path, fcc_h5: Path
     training voxel spacing (a voxel spans 2 units); occupancy keeps x0-prediction; training runs."""
     L.seed_everything(0)
     dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=4)
-    model = GrandCanonicalDiffusion(base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0,
-                                    offset_prediction="blend", offset_sigma_data=0.05, loss_space="x0")
+    model = GrandCanonicalDiffusion(
+        base_channels=8,
+        channel_mults=[1, 2],
+        attention=False,
+        val_samples=0,
+        offset_prediction="blend",
+        offset_sigma_data=0.05,
+        loss_space="x0",
+    )
     trainer = _fit(model, dm, steps=2)
     spacing = model.info["spacing"]
     assert model.diffusion.channel_predictions == ("x0", "blend", "blend", "blend")
@@ -154,8 +234,9 @@ def test_self_conditioned_voxel_model_trains_saves_and_samples(tmp_path: Path, f
     setting survives a checkpoint and the loaded model samples structures."""
     L.seed_everything(0)
     dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=4)
-    model = GrandCanonicalDiffusion(base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0,
-                                    self_condition=True)
+    model = GrandCanonicalDiffusion(
+        base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0, self_condition=True
+    )
     trainer = _fit(model, dm, steps=2)
     assert model.net.in_channels == 8 and model.net.out_channels == 4  # occupancy + 3 offsets, twice
     assert model.diffusion.self_condition and model.diffusion.self_condition_clip == (-1.0, 1.0)
@@ -188,12 +269,19 @@ def test_geometry_condition_tells_the_unet_each_grids_voxel_spacing(tmp_path: Pa
         a.rattle(0.02, seed=i)
         atoms.append(a)
     records = DatasetRecords(atoms=atoms, labels=["fcc"] * 8, properties={"tag": rng.normal(size=(8, 3))})
-    path = write_dataset(tmp_path / "two_sizes.h5", records, splits={"train": np.arange(8), "val": np.arange(2),
-                                                                     "test": np.arange(2)})
+    path = write_dataset(
+        tmp_path / "two_sizes.h5", records, splits={"train": np.arange(8), "val": np.arange(2), "test": np.arange(2)}
+    )
     L.seed_everything(0)
     dm = AtomsDataModule(str(path), view="voxel", batch_size=4, conditions=["tag"], grid_shape=(8, 8, 8))
-    model = GrandCanonicalDiffusion(base_channels=8, channel_mults=[1, 2], attention=False, val_samples=0,
-                                    geometry_condition=True, cond_drop_prob=0.5)
+    model = GrandCanonicalDiffusion(
+        base_channels=8,
+        channel_mults=[1, 2],
+        attention=False,
+        val_samples=0,
+        geometry_condition=True,
+        cond_drop_prob=0.5,
+    )
     trainer = _fit(model, dm, steps=2)
     assert model.net.geometry_dim == 3
     spacing = np.log([4.0 * 2 / 8, 3.4 * 2 / 8])

@@ -49,16 +49,21 @@ def test_translation_is_exact(fcc_h5: Path) -> None:
             i = int(b["index"][k])
             stored = torch.as_tensor(data.frac_coords(i))
             assert not torch.allclose(stored.float(), b["frac_coords"][k], atol=1e-3)  # it did move
-            np.testing.assert_allclose(_pairwise(b["frac_coords"][k], b["cell"][k]), _pairwise(stored, b["cell"][k]), atol=1e-4)
+            np.testing.assert_allclose(
+                _pairwise(b["frac_coords"][k], b["cell"][k]), _pairwise(stored, b["cell"][k]), atol=1e-4
+            )
     decoded = dm.encoding.decode(b["grid"], b["cell"])
     for k in range(2):
-        np.testing.assert_allclose(_pairwise(decoded.frac_coords[k], b["cell"][k]), _pairwise(b["frac_coords"][k], b["cell"][k]), atol=1e-4)
+        np.testing.assert_allclose(
+            _pairwise(decoded.frac_coords[k], b["cell"][k]), _pairwise(b["frac_coords"][k], b["cell"][k]), atol=1e-4
+        )
 
 
 def test_cached_grid_matches_on_the_fly(crystals_h5: Path) -> None:
     cached = AtomsDataModule(str(crystals_h5), view="voxel", batch_size=6, translate=False)
-    fresh = AtomsDataModule(str(crystals_h5), view="voxel", batch_size=6, translate=False, use_voxel_cache=False,
-                            grid_shape=None)
+    fresh = AtomsDataModule(
+        str(crystals_h5), view="voxel", batch_size=6, translate=False, use_voxel_cache=False, grid_shape=None
+    )
     cached.setup(), fresh.setup()
     assert cached._cache_name == "occupancy" and fresh._cache_name is None
     a, b = next(iter(cached.val_dataloader())), next(iter(fresh.val_dataloader()))
@@ -74,8 +79,11 @@ def test_cached_grid_matches_on_the_fly(crystals_h5: Path) -> None:
     for k in range(6):
         n = int(m["mask"][k].sum())
         assert int(decoded.n_atoms[k]) == n
-        np.testing.assert_allclose(np.sort(decoded.frac_coords[k, :n].numpy(), axis=0),
-                                   np.sort(m["frac_coords"][k, :n].numpy(), axis=0), atol=1e-5)
+        np.testing.assert_allclose(
+            np.sort(decoded.frac_coords[k, :n].numpy(), axis=0),
+            np.sort(m["frac_coords"][k, :n].numpy(), axis=0),
+            atol=1e-5,
+        )
 
 
 def test_conditions_and_missing_property(crystals_h5: Path) -> None:
@@ -85,7 +93,12 @@ def test_conditions_and_missing_property(crystals_h5: Path) -> None:
     b = next(iter(dm.train_dataloader()))
     assert b["cond"].shape == (4, 7)
     with AtomsH5(crystals_h5) as data:
-        expected = np.concatenate([data.structure_property("phase_onehot", int(b["index"][0])), [data.structure_property("lattice_a", int(b["index"][0]))]])
+        expected = np.concatenate(
+            [
+                data.structure_property("phase_onehot", int(b["index"][0])),
+                [data.structure_property("lattice_a", int(b["index"][0]))],
+            ]
+        )
     np.testing.assert_allclose(b["cond"][0].numpy(), expected, rtol=1e-6)
     bad = AtomsDataModule(str(crystals_h5), conditions=["xanes"])
     with pytest.raises(DatasetFormatError, match="properties/xanes.*missing"):
@@ -102,7 +115,9 @@ def test_ranks_get_distinct_samples(tmp_path: Path) -> None:
 
     from datamodules.builders import build_dataset
 
-    path = build_dataset("crystals", tmp_path / "odd.h5", count=20, phases=["fcc"], split=(0.75, 0.16, 0.09), progress=False)
+    path = build_dataset(
+        "crystals", tmp_path / "odd.h5", count=20, phases=["fcc"], split=(0.75, 0.16, 0.09), progress=False
+    )
 
     class Rank:
         world_size = 2
@@ -116,8 +131,11 @@ def test_ranks_get_distinct_samples(tmp_path: Path) -> None:
         dm.trainer = Rank(rank)  # type: ignore[assignment]
         dm.setup()
         loader = dm.train_dataloader()
-        loader = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0),
-                                    mode=RunningStage.TRAINING)
+        loader = _update_dataloader(
+            loader,
+            DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0),
+            mode=RunningStage.TRAINING,
+        )
         batches = list(loader)
         assert {len(b["index"]) for b in batches[:-1]} == {2} and batches[0]["frac_coords"].shape[1:] == (32, 3)
         train.append([int(i) for b in batches for i in b["index"]])
@@ -132,8 +150,12 @@ def test_ranks_get_distinct_samples(tmp_path: Path) -> None:
 
 def test_builds_default_dataset_when_missing(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "auto.h5"
-    dm = AtomsDataModule(str(path), view="voxel", batch_size=2,
-                         build={"kind": "crystals", "phases": ["bcc"], "count": 5, "progress": False})
+    dm = AtomsDataModule(
+        str(path),
+        view="voxel",
+        batch_size=2,
+        build={"kind": "crystals", "phases": ["bcc"], "count": 5, "progress": False},
+    )
     dm.prepare_data()
     dm.setup()
     assert path.exists() and dm.species == [74] and dm.n_max == 16

@@ -17,8 +17,6 @@ from lightning_gcd.errors import GcdError
 PHASES = ("fcc", "bcc", "rocksalt")
 
 
-
-
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gcd")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,13 +43,25 @@ def files(tmp_path_factory):
 
 def test_json_report_and_plots(files, capsys):
     plots = files["root"] / "plots"
-    rc = run_evaluate(parse(str(files["extxyz"]), "--reference", str(files["reference"]), "--json", "--plots", str(plots)))
+    rc = run_evaluate(
+        parse(str(files["extxyz"]), "--reference", str(files["reference"]), "--json", "--plots", str(plots))
+    )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_samples"] == 4 and report["split"] == "val"
     m = report["metrics"]
-    for key in ("rdf_l1", "coordination_l1", "phase_match", "displacement_rms", "n_atoms_error", "n_atoms_mean",
-                "min_distance_violations", "phase_match/fcc", "phase_match/bcc", "phase_match/rocksalt"):
+    for key in (
+        "rdf_l1",
+        "coordination_l1",
+        "phase_match",
+        "displacement_rms",
+        "n_atoms_error",
+        "n_atoms_mean",
+        "min_distance_violations",
+        "phase_match/fcc",
+        "phase_match/bcc",
+        "phase_match/rocksalt",
+    ):
         assert key in m, key
     assert any(k.startswith("coordination/29/") for k in m)
     assert m["phase_match"] == 0.75
@@ -65,12 +75,25 @@ def test_json_report_and_plots(files, capsys):
 
 
 def test_hdf5_samples_and_text_table(files, capsys):
-    rc = run_evaluate(parse(str(files["reference"]), "--reference", str(files["reference"]), "--split", "train",
-                            "--tolerance", "0.4", "--cutoff", "3.0"))
+    rc = run_evaluate(
+        parse(
+            str(files["reference"]),
+            "--reference",
+            str(files["reference"]),
+            "--split",
+            "train",
+            "--tolerance",
+            "0.4",
+            "--cutoff",
+            "3.0",
+        )
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "coordination cutoff 3.000 Å" in out and "phase tolerance 0.4 Å" in out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip() and not line.startswith((" ",))}
+    rows = {
+        line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip() and not line.startswith((" ",))
+    }
     assert rows["phase_match"] == ["1.0000", "1.0000"]
     assert float(rows["rdf_l1"][0]) > 0.0 and rows["rdf_l1"][1] == "0.0000"
     assert rows["n_atoms_error"] == ["0.0000", "0.0000"]  # same cells as the reference, same counts

@@ -85,11 +85,29 @@ def _corrupt(tmp_path: Path, edit) -> Path:
         (lambda h5: h5["structures/offset"].__setitem__(1, 5), "structures/offset", "do not add up"),
         (lambda h5: h5["structures/positions"].__setitem__((3, 0), np.nan), "structures/positions", "structure 0"),
         (lambda h5: h5["structures/cell"].__setitem__(2, np.zeros((3, 3))), "structures/cell", "singular"),
-        (lambda h5: (h5.__delitem__("structures/numbers"), h5["structures"].create_dataset("numbers", data=np.ones(3, dtype=np.int16))),
-         "structures/numbers", "rows"),
-        (lambda h5: h5["properties"].create_dataset("short", data=np.ones(2)), "properties/short", "one row per structure"),
-        (lambda h5: h5["properties"].create_dataset("nan", data=np.array([1.0, np.nan, 2.0])), "properties/nan", "non-finite"),
-        (lambda h5: h5.create_group("splits").create_dataset("train", data=np.array([0, 7])), "splits/train", "outside"),
+        (
+            lambda h5: (
+                h5.__delitem__("structures/numbers"),
+                h5["structures"].create_dataset("numbers", data=np.ones(3, dtype=np.int16)),
+            ),
+            "structures/numbers",
+            "rows",
+        ),
+        (
+            lambda h5: h5["properties"].create_dataset("short", data=np.ones(2)),
+            "properties/short",
+            "one row per structure",
+        ),
+        (
+            lambda h5: h5["properties"].create_dataset("nan", data=np.array([1.0, np.nan, 2.0])),
+            "properties/nan",
+            "non-finite",
+        ),
+        (
+            lambda h5: h5.create_group("splits").create_dataset("train", data=np.array([0, 7])),
+            "splits/train",
+            "outside",
+        ),
     ],
 )
 def test_validation_names_file_and_field(tmp_path: Path, edit, field: str, words: str) -> None:
@@ -135,5 +153,8 @@ def test_writer_refuses_bad_records(tmp_path: Path) -> None:
 
 def test_missing_property_named(tmp_path: Path) -> None:
     path = write_dataset(tmp_path / "e.h5", _records())
-    with AtomsH5(path) as data, pytest.raises(DatasetFormatError, match="properties/spectrum.*available: energy, xanes"):
+    with (
+        AtomsH5(path) as data,
+        pytest.raises(DatasetFormatError, match="properties/spectrum.*available: energy, xanes"),
+    ):
         data.structure_property("spectrum")

@@ -23,8 +23,9 @@ def imports(path: Path) -> dict[str, bool]:
     """{imported lightning_gcd module: imported at function level only} for one file."""
     tree = ast.parse(path.read_text())
     found: dict[str, bool] = {}
-    local_nodes = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                   for n in ast.walk(f)}
+    local_nodes = {
+        id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)
+    }
     modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
     for node in ast.walk(tree):
         names: list[str] = []
@@ -50,7 +51,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     def visit(node: str, stack: list[str]) -> None:
         for nxt in sorted(edges.get(node, ())):
             if nxt in stack:
-                cycle = stack[stack.index(nxt):]
+                cycle = stack[stack.index(nxt) :]
                 key = frozenset(cycle)
                 if key not in seen:
                     seen.add(key)
@@ -65,8 +66,11 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_models_have_no_import_cycle_even_through_local_imports() -> None:
     g = graph()
-    edges = {m: {t for t in targets if t.startswith("lightning_gcd.models.") and t != m}
-             for m, targets in g.items() if m.startswith("lightning_gcd.models.")}
+    edges = {
+        m: {t for t in targets if t.startswith("lightning_gcd.models.") and t != m}
+        for m, targets in g.items()
+        if m.startswith("lightning_gcd.models.")
+    }
     assert cycles(edges) == []
 
 
@@ -74,12 +78,21 @@ def test_base_loading_spectrum_import_each_other_at_top_level_only() -> None:
     """The cycle models.base ↔ models.loading ↔ models.spectrum was once hidden by local imports."""
     trio = ("lightning_gcd.models.base", "lightning_gcd.models.loading", "lightning_gcd.models.spectrum")
     g = graph()
-    local = {(m, t) for m in trio for t, only_local in g[m].items() if only_local and t.startswith("lightning_gcd.models")}
+    local = {
+        (m, t) for m in trio for t, only_local in g[m].items() if only_local and t.startswith("lightning_gcd.models")
+    }
     assert local == set()
 
 
-@pytest.mark.parametrize("first", ["lightning_gcd.models.spectrum", "lightning_gcd.models.loading",
-                                   "lightning_gcd.models.base", "lightning_gcd.models.checkpoint"])
+@pytest.mark.parametrize(
+    "first",
+    [
+        "lightning_gcd.models.spectrum",
+        "lightning_gcd.models.loading",
+        "lightning_gcd.models.base",
+        "lightning_gcd.models.checkpoint",
+    ],
+)
 def test_each_model_module_imports_first_in_a_fresh_interpreter(first: str) -> None:
     code = f"import {first}; import lightning_gcd.models.loading as l; print(l.load_model.__defaults__[-1].__name__)"
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -73,9 +73,19 @@ def test_old_import_names_are_the_same_functions() -> None:
 def test_no_hand_rolled_atomic_write_is_left() -> None:
     """Every ``os.replace`` / ``Path.replace`` of the package and its builders is the one in lightning_gcd/io.py."""
     out = subprocess.run(
-        ["git", "grep", "-nE", r"os\.replace\(|\btmp\w*\.replace\(|\.rename\(", "--", "lightning_gcd", "datamodules",
-         "experiments/amorphous_carbon"],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            "git",
+            "grep",
+            "-nE",
+            r"os\.replace\(|\btmp\w*\.replace\(|\.rename\(",
+            "--",
+            "lightning_gcd",
+            "datamodules",
+            "experiments/amorphous_carbon",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     hits = [line for line in out.stdout.splitlines() if not line.startswith("lightning_gcd/io.py:")]
     assert hits == []

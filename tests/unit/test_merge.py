@@ -20,12 +20,32 @@ from lightning_gcd.errors import DatasetFormatError, GcdError
 def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two fcc+bcc files (different seeds), both with an occupancy cache on the same 0.9 Å grid."""
     d = tmp_path_factory.mktemp("merge")
-    a = build_dataset("crystals", d / "a.h5", phases=["fcc", "bcc"], count=3, seed=1, voxels=["occupancy"], spacing=0.9, progress=False)
-    b = build_dataset("crystals", d / "b.h5", phases=["fcc", "bcc"], count=2, seed=2, voxels=["occupancy"], spacing=0.9, progress=False)
+    a = build_dataset(
+        "crystals",
+        d / "a.h5",
+        phases=["fcc", "bcc"],
+        count=3,
+        seed=1,
+        voxels=["occupancy"],
+        spacing=0.9,
+        progress=False,
+    )
+    b = build_dataset(
+        "crystals",
+        d / "b.h5",
+        phases=["fcc", "bcc"],
+        count=2,
+        seed=2,
+        voxels=["occupancy"],
+        spacing=0.9,
+        progress=False,
+    )
     return a, b
 
 
-def _records(n: int, xanes_grid: np.ndarray | None = None, extra: dict | None = None, xanes: bool = False) -> DatasetRecords:
+def _records(
+    n: int, xanes_grid: np.ndarray | None = None, extra: dict | None = None, xanes: bool = False
+) -> DatasetRecords:
     atoms = [bulk("C", "diamond", a=3.57, cubic=True) for _ in range(n)]
     props = {"density": np.full(n, 3.5), **(extra or {})}
     meta = {"builder": "test"}
@@ -49,14 +69,15 @@ def test_merge_concatenates_structures_properties_and_voxels(two_builds: tuple[P
             np.testing.assert_array_equal(m.cells[i], src.cells[j])
             np.testing.assert_array_equal(m.voxel_cache("occupancy")[i], src.voxel_cache("occupancy")[j])
         for name in ra.property_names:
-            np.testing.assert_array_equal(m.structure_property(name),
-                                          np.concatenate([ra.structure_property(name), rb.structure_property(name)]))
+            np.testing.assert_array_equal(
+                m.structure_property(name), np.concatenate([ra.structure_property(name), rb.structure_property(name)])
+            )
         assert dict(m.voxel_cache("occupancy").attrs)["encoding"] == dict(ra.voxel_cache("occupancy").attrs)["encoding"]
         splits = np.concatenate([m.split(s) for s in ("train", "val", "test")])
         assert sorted(splits.tolist()) == list(range(10)) and len(m.split("train")) == 6
         attrs = m.attrs
-        assert attrs["meta_builder"] == "crystals"          # equal in both inputs: kept
-        assert "meta_seed" not in attrs                      # differs: dropped
+        assert attrs["meta_builder"] == "crystals"  # equal in both inputs: kept
+        assert "meta_seed" not in attrs  # differs: dropped
         assert [str(p) for p in attrs["meta_merged_from"]] == [str(a), str(b)]
 
 
@@ -73,10 +94,19 @@ def test_merge_atom_properties_and_sort_by(tmp_path: Path) -> None:
         assert m.atom_property("charge", 0).sum() == 0
 
 
-def test_merge_drops_voxels_on_different_grids_and_fields_missing_somewhere(two_builds: tuple[Path, Path], tmp_path: Path) -> None:
+def test_merge_drops_voxels_on_different_grids_and_fields_missing_somewhere(
+    two_builds: tuple[Path, Path], tmp_path: Path
+) -> None:
     a, _ = two_builds
-    other = build_dataset("crystals", tmp_path / "other.h5", phases=["fcc", "bcc"], count=1, voxels=["occupancy"], spacing=0.6,
-                          progress=False)
+    other = build_dataset(
+        "crystals",
+        tmp_path / "other.h5",
+        phases=["fcc", "bcc"],
+        count=1,
+        voxels=["occupancy"],
+        spacing=0.6,
+        progress=False,
+    )
     with_energy = tmp_path / "e.h5"
     records = _records(1, extra={"phase_onehot": np.ones((1, 2), dtype=np.float32)})
     write_dataset(with_energy, records)
@@ -86,7 +116,7 @@ def test_merge_drops_voxels_on_different_grids_and_fields_missing_somewhere(two_
     assert "dropping properties not in every input" in run.stderr
     with AtomsH5(tmp_path / "m.h5") as m:
         assert m.voxel_names == []
-        assert m.property_names == ["phase_onehot"]          # the only property all three files have
+        assert m.property_names == ["phase_onehot"]  # the only property all three files have
         assert len(m) == 6 + 2 + 1
 
 

@@ -36,8 +36,6 @@ from lightning_gcd.periodic import perpendicular_widths
 from lightning_gcd.structures import StructureBatch
 
 
-
-
 def rattled(atoms: Atoms, sigma: float, seed: int, translate: bool = True, shuffle: bool = False) -> Atoms:
     rng = np.random.default_rng(seed)
     out = atoms.copy()
@@ -95,7 +93,9 @@ def test_rdf_padded_batch_mean_equals_ase_mean():
         np.testing.assert_allclose(g[b, 0].numpy(), get_rdf(atoms, r_max, 90, no_dists=True), atol=1e-4, rtol=0)
     metric = RadialDistribution(r_max, 90)
     metric.update(batch)
-    np.testing.assert_allclose(metric.compute().numpy(), get_rdf(structures, r_max, 90, no_dists=True), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        metric.compute().numpy(), get_rdf(structures, r_max, 90, no_dists=True), atol=1e-4, rtol=0
+    )
 
 
 def test_partial_rdf_rocksalt_equals_ase():
@@ -104,8 +104,9 @@ def test_partial_rdf_rocksalt_equals_ase():
     g, valid = structure_rdf(atoms, 5.5, 110, pairs=pairs)
     assert valid.all()
     for p, (z1, z2) in enumerate(pairs):
-        np.testing.assert_allclose(g[0, p].numpy(), get_rdf(atoms, 5.5, 110, elements=(z1, z2), no_dists=True),
-                                   atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            g[0, p].numpy(), get_rdf(atoms, 5.5, 110, elements=(z1, z2), no_dists=True), atol=1e-4, rtol=0
+        )
     metric = RadialDistribution(5.5, 110, pairs=pairs)
     metric.update(atoms)
     assert metric.compute().shape == (4, 110)
@@ -209,7 +210,12 @@ def test_cutoff_from_rdf_minimum():
     np.testing.assert_array_equal(coordination_numbers(fcc, cut)[0].numpy(), 12)
     # a liquid-like curve: peak at 1.5, minimum at 2.0
     r = np.linspace(0.05, 5.0, 100)
-    g = 1 + 2.0 * np.exp(-((r - 1.5) / 0.15) ** 2) - 0.6 * np.exp(-((r - 2.0) / 0.2) ** 2) + 0.5 * np.exp(-((r - 2.5) / 0.2) ** 2)
+    g = (
+        1
+        + 2.0 * np.exp(-(((r - 1.5) / 0.15) ** 2))
+        - 0.6 * np.exp(-(((r - 2.0) / 0.2) ** 2))
+        + 0.5 * np.exp(-(((r - 2.5) / 0.2) ** 2))
+    )
     g[r < 1.1] = 0
     assert cutoff_from_rdf_minimum(r, g) == pytest.approx(2.0, abs=0.1)
     with pytest.raises(ValueError):
@@ -219,8 +225,12 @@ def test_cutoff_from_rdf_minimum():
 def test_sp_fractions():
     diamond = rattled(bulk("C", "diamond", a=3.567, cubic=True) * (2, 2, 2), 0.02, 10)
     assert sp_fractions(diamond) == {"sp": 0.0, "sp2": 0.0, "sp3": 1.0}
-    graphene = Atoms("C2", scaled_positions=[[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.5]],
-                     cell=[[2.46, 0, 0], [-1.23, 2.130422, 0], [0, 0, 6.7]], pbc=True) * (3, 3, 1)
+    graphene = Atoms(
+        "C2",
+        scaled_positions=[[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.5]],
+        cell=[[2.46, 0, 0], [-1.23, 2.130422, 0], [0, 0, 6.7]],
+        pbc=True,
+    ) * (3, 3, 1)
     assert sp_fractions(graphene)["sp2"] == 1.0
     chain = Atoms("C4", positions=[[0, 0, 1.3 * k] for k in range(4)], cell=[8, 8, 5.2], pbc=True)
     assert sp_fractions([chain, diamond]) == pytest.approx({"sp": 4 / 68, "sp2": 0.0, "sp3": 64 / 68})

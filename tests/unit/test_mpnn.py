@@ -8,8 +8,6 @@ import torch
 from lightning_gcd.nets.mpnn import PeriodicMPNN
 
 
-
-
 def random_rotation(gen: torch.Generator) -> torch.Tensor:
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))[None, :]
@@ -30,11 +28,13 @@ def setup():
     mask[1, 7:] = False
     mask[2, 3:] = False  # a small structure in a small cell
     numbers = numbers * mask
-    cell = torch.stack([
-        torch.diag(torch.tensor([5.0, 5.5, 6.0])),
-        torch.tensor([[5.0, 0.0, 0.0], [1.5, 4.5, 0.0], [-1.0, 1.2, 5.0]]),  # triclinic
-        torch.tensor([[2.8, 0.0, 0.0], [0.5, 2.6, 0.0], [0.3, 0.4, 3.0]]),  # cutoff > half width
-    ]).double()
+    cell = torch.stack(
+        [
+            torch.diag(torch.tensor([5.0, 5.5, 6.0])),
+            torch.tensor([[5.0, 0.0, 0.0], [1.5, 4.5, 0.0], [-1.0, 1.2, 5.0]]),  # triclinic
+            torch.tensor([[2.8, 0.0, 0.0], [0.5, 2.6, 0.0], [0.3, 0.4, 3.0]]),  # cutoff > half width
+        ]
+    ).double()
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     cond = torch.randn(b, 4, generator=gen, dtype=torch.float64)
     return net, frac, numbers, mask, cell, t, cond

@@ -21,8 +21,6 @@ from lightning_gcd.periodic import (
 METHODS = ["dense", "cell_list", "compiled"]
 
 
-
-
 def random_cell(rng: np.random.Generator, kind: str, scale: tuple[float, float]) -> np.ndarray:
     lengths = rng.uniform(*scale, size=3)
     cell = np.diag(lengths)
@@ -107,8 +105,12 @@ def test_single_atom_sees_its_own_images() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_radius_graph_padded_batch(method: str) -> None:
     rng = np.random.default_rng(7)
-    specs = [("orthorhombic", (7.0, 9.0), 20), ("triclinic", (2.5, 3.5), 3), ("triclinic", (8.0, 10.0), 37),
-             ("orthorhombic", (4.0, 5.0), 0)]
+    specs = [
+        ("orthorhombic", (7.0, 9.0), 20),
+        ("triclinic", (2.5, 3.5), 3),
+        ("triclinic", (8.0, 10.0), 37),
+        ("orthorhombic", (4.0, 5.0), 0),
+    ]
     n_max = 40
     b = len(specs)
     frac = torch.zeros(b, n_max, 3, dtype=torch.float64)
@@ -161,7 +163,9 @@ def test_cell_list_sparse_huge_cell_is_cheap() -> None:
 def test_gradients_flow(method: str) -> None:
     torch.manual_seed(1)
     frac = torch.rand(2, 6, 3, dtype=torch.float64, requires_grad=True)
-    cell = (torch.eye(3, dtype=torch.float64) * 3.0 + 0.3 * torch.randn(3, 3, dtype=torch.float64))[None].repeat(2, 1, 1)
+    cell = (torch.eye(3, dtype=torch.float64) * 3.0 + 0.3 * torch.randn(3, 3, dtype=torch.float64))[None].repeat(
+        2, 1, 1
+    )
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[1, 4:] = False
 
@@ -207,7 +211,8 @@ def test_cuda_matches_cpu() -> None:
         g_cpu = radius_graph(frac, cell, mask, 3.0, method=method)
         g_gpu = radius_graph(frac.cuda(), cell.cuda(), mask.cuda(), 3.0, method=method)
         assert as_counter(g_cpu.src, g_cpu.dst, g_cpu.shifts) == as_counter(
-            g_gpu.src.cpu(), g_gpu.dst.cpu(), g_gpu.shifts.cpu())
+            g_gpu.src.cpu(), g_gpu.dst.cpu(), g_gpu.shifts.cpu()
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,8 +224,9 @@ def _ase_counter(pos: np.ndarray, cell: np.ndarray, cutoff: float):
     from ase import Atoms
     from ase.neighborlist import neighbor_list
 
-    i, j, s = neighbor_list("ijS", Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=cell, pbc=True), cutoff,
-                            self_interaction=False)
+    i, j, s = neighbor_list(
+        "ijS", Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=cell, pbc=True), cutoff, self_interaction=False
+    )
     return Counter(zip(i.tolist(), j.tolist(), map(tuple, s.tolist())))
 
 
@@ -272,8 +278,12 @@ def test_sweep_padded_mixed_batch_equals_dense() -> None:
     torch.manual_seed(3)
     b, n = 5, 70
     frac = torch.rand(b, n, 3, dtype=torch.float64)
-    cell = torch.diag_embed(torch.tensor([[12.0, 9.0, 8.0], [3.0, 3.5, 4.0], [10.0, 10.0, 10.0], [14.0, 2.0, 9.0],
-                                          [9.0, 9.0, 9.0]], dtype=torch.float64))
+    cell = torch.diag_embed(
+        torch.tensor(
+            [[12.0, 9.0, 8.0], [3.0, 3.5, 4.0], [10.0, 10.0, 10.0], [14.0, 2.0, 9.0], [9.0, 9.0, 9.0]],
+            dtype=torch.float64,
+        )
+    )
     cell[2, 1, 0] = 3.0  # one sheared cell
     mask = torch.rand(b, n) > 0.25
     mask[4] = False  # an empty structure
@@ -301,8 +311,16 @@ def test_sweep_candidates_stay_close_to_pairs() -> None:
     for cutoff, max_ratio in ((6.0, 5.0), (3.0, 5.0)):
         periodic._SWEEP_STATS = {}
         try:
-            pairs = periodic.neighbor_search(batch.frac_coords, batch.cell, batch.mask, cutoff, method="cell_list",
-                                             half=True, shifts=False, distances=True)
+            pairs = periodic.neighbor_search(
+                batch.frac_coords,
+                batch.cell,
+                batch.mask,
+                cutoff,
+                method="cell_list",
+                half=True,
+                shifts=False,
+                distances=True,
+            )
             stats = dict(periodic._SWEEP_STATS)
         finally:
             periodic._SWEEP_STATS = None
@@ -318,8 +336,14 @@ def test_compiled_search_random_batches_equal_dense(half: bool) -> None:
     rng = np.random.default_rng(5)
     for trial in range(12):
         b, n = int(rng.integers(1, 4)), int(rng.integers(1, 40))
-        cells = np.stack([random_cell(rng, "triclinic" if trial % 2 else "orthorhombic",
-                                      (1.5, 4.0) if trial % 3 == 0 else (5.0, 12.0)) for _ in range(b)])
+        cells = np.stack(
+            [
+                random_cell(
+                    rng, "triclinic" if trial % 2 else "orthorhombic", (1.5, 4.0) if trial % 3 == 0 else (5.0, 12.0)
+                )
+                for _ in range(b)
+            ]
+        )
         frac = torch.as_tensor(rng.uniform(-1.5, 2.5, (b, n, 3)))
         cell = torch.as_tensor(cells)
         mask = torch.as_tensor(rng.random((b, n)) < 0.8)

@@ -101,8 +101,12 @@ def test_translation_by_whole_voxels_is_a_roll() -> None:
     batch = StructureBatch.from_atoms([fcc], dtype=torch.float64)
     enc = make_encoding("occupancy", [29])
     grid = enc.encode(batch, (8, 8, 8))
-    shifted = StructureBatch(torch.remainder(batch.frac_coords + torch.tensor([2, 3, 5]) / 8, 1.0), batch.numbers, batch.mask, batch.cell)
-    torch.testing.assert_close(enc.encode(shifted, (8, 8, 8)), torch.roll(grid, (2, 3, 5), dims=(2, 3, 4)), atol=1e-5, rtol=0)
+    shifted = StructureBatch(
+        torch.remainder(batch.frac_coords + torch.tensor([2, 3, 5]) / 8, 1.0), batch.numbers, batch.mask, batch.cell
+    )
+    torch.testing.assert_close(
+        enc.encode(shifted, (8, 8, 8)), torch.roll(grid, (2, 3, 5), dims=(2, 3, 4)), atol=1e-5, rtol=0
+    )
 
 
 def test_coarsest_grid_is_safe_and_coarse() -> None:

@@ -9,20 +9,26 @@ import pytest
 import torch
 from ase.build import bulk
 
-from lightning_gcd.diffusion.torus import (TorusDiffusion, wrap_unit, wrapped_normal_score,
-                                           wrapped_normal_score_norm)
+from lightning_gcd.diffusion.torus import TorusDiffusion, wrap_unit, wrapped_normal_score, wrapped_normal_score_norm
 from lightning_gcd.errors import GcdError
 from lightning_gcd.nets.fourier_pairs import FourierPairNet
-from lightning_gcd.samplers import (KnownAtoms, TorusEulerMaruyama, TorusPredictorCorrector,
-                                    classifier_free_prediction, torus_sampler)
+from lightning_gcd.samplers import (
+    KnownAtoms,
+    TorusEulerMaruyama,
+    TorusPredictorCorrector,
+    classifier_free_prediction,
+    torus_sampler,
+)
 
 
 def brute_force_score(delta: float, sigma: float, images: int = 60) -> float:
     """d/dd log Σ_k N(d + k; 0, σ²) by a central difference over a wide image sum (float64)."""
+
     def log_p(d: float) -> float:
-        exponents = -(d + np.arange(-images, images + 1)) ** 2 / (2 * sigma**2)
+        exponents = -((d + np.arange(-images, images + 1)) ** 2) / (2 * sigma**2)
         top = exponents.max()
         return float(top + np.log(np.sum(np.exp(exponents - top))))
+
     h = 1e-6
     return (log_p(delta + h) - log_p(delta - h)) / (2 * h)
 
@@ -111,8 +117,9 @@ def test_pair_network_is_invariant_to_lattice_translations_of_single_atoms(graph
     frac, numbers, mask, cell, t = random_batch()
     shifts = torch.randint(-2, 3, frac.shape, generator=torch.Generator().manual_seed(5)).to(frac.dtype)
     assert float(shifts.abs().sum()) > 0
-    torch.testing.assert_close(net(frac + shifts, numbers, mask, cell, t), net(frac, numbers, mask, cell, t),
-                               atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(
+        net(frac + shifts, numbers, mask, cell, t), net(frac, numbers, mask, cell, t), atol=1e-9, rtol=1e-9
+    )
 
 
 @pytest.mark.parametrize("graph", sorted(NETS))
@@ -121,8 +128,9 @@ def test_pair_network_is_invariant_to_a_global_translation(graph: str) -> None:
     net = NETS[graph]()
     frac, numbers, mask, cell, t = random_batch()
     moved = wrap_unit(frac + torch.tensor([0.31, -0.12, 0.77], dtype=frac.dtype))
-    torch.testing.assert_close(net(moved, numbers, mask, cell, t), net(frac, numbers, mask, cell, t),
-                               atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(
+        net(moved, numbers, mask, cell, t), net(frac, numbers, mask, cell, t), atol=1e-9, rtol=1e-9
+    )
     # and it does see the atoms' arrangement: moving one atom changes the output
     frac2 = frac.clone()
     frac2[1, 0] += 0.1
@@ -206,11 +214,20 @@ def test_torus_model_fits_samples_and_reloads(fcc_h5, tmp_path) -> None:
     from lightning_gcd.models.particle_torus import TorusParticleDiffusion
 
     L.seed_everything(0, verbose=False)
-    model = TorusParticleDiffusion(hidden=32, layers=2, frequencies=8, val_samples=4, sample_steps=5, lr=1e-3,
-                                   warmup_steps=2)
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
-                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    model = TorusParticleDiffusion(
+        hidden=32, layers=2, frequencies=8, val_samples=4, sample_steps=5, lr=1e-3, warmup_steps=2
+    )
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, fcc_datamodule(fcc_h5))
     assert trainer.global_step == 6
     assert {"phase_match", "rdf_l1"} <= set(model.last_metrics)
@@ -251,11 +268,20 @@ def test_radius_torus_model_samples_a_supercell(fcc_h5, tmp_path) -> None:
     from lightning_gcd.models.particle_torus import TorusParticleDiffusion
 
     L.seed_everything(0, verbose=False)
-    model = TorusParticleDiffusion(hidden=16, layers=1, graph="radius", cutoff=4.0, atom_scaled_sigma=True,
-                                   val_samples=0, sample_steps=3)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    model = TorusParticleDiffusion(
+        hidden=16, layers=1, graph="radius", cutoff=4.0, atom_scaled_sigma=True, val_samples=0, sample_steps=3
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, fcc_datamodule(fcc_h5))
     template = model.sample_template(2, supercell=(2, 2, 2))
     assert template["numbers"].shape == (2, 256)
@@ -293,9 +319,14 @@ def test_sampler_started_from_a_noised_point_mass_returns_to_it() -> None:
         calls.append(t)
         return frac, wrapped_normal_score(frac - center, s[:, None, None])
 
-    out = sampler.run(start, score, diffusion, torch.full((4,), 6), lambda: torch.randn(4, 6, 3, generator=gen,
-                                                                                          dtype=torch.float64),
-                      start_time=0.3)
+    out = sampler.run(
+        start,
+        score,
+        diffusion,
+        torch.full((4,), 6),
+        lambda: torch.randn(4, 6, 3, generator=gen, dtype=torch.float64),
+        start_time=0.3,
+    )
     error = (out - center) - torch.round(out - center)
     assert float(error.abs().max()) < 4 * 0.005 and len(calls) == 2 * 30
     with pytest.raises(ValueError, match="below the schedule"):
@@ -313,17 +344,41 @@ def test_trapping_script_scores_sampling_from_noised_crystals(fcc_h5, tmp_path) 
 
     L.seed_everything(0, verbose=False)
     model = TorusParticleDiffusion(hidden=16, layers=1, frequencies=4, val_samples=0)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(model, fcc_datamodule(fcc_h5))
     ckpt = tmp_path / "torus.ckpt"
     trainer.save_checkpoint(ckpt)
     spec = importlib.util.spec_from_file_location("trapping", REPO / "experiments" / "crystals" / "trapping.py")
     trapping = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trapping)
-    result = trapping.main(["--ckpt", str(ckpt), "--dataset", str(fcc_h5), "--start-times", "0.01", "1.0",
-                            "--samplers", "pc-50", "em-4", "--samples", "3", "--out", str(tmp_path / "trap")])
+    result = trapping.main(
+        [
+            "--ckpt",
+            str(ckpt),
+            "--dataset",
+            str(fcc_h5),
+            "--start-times",
+            "0.01",
+            "1.0",
+            "--samplers",
+            "pc-50",
+            "em-4",
+            "--samples",
+            "3",
+            "--out",
+            str(tmp_path / "trap"),
+        ]
+    )
     rows = {(r["sampler"], r["start_time"]): r for r in result["rows"]}
     assert set(rows) == {("pc", 0.01), ("pc", 1.0), ("em", 0.01), ("em", 1.0)}
     # from the lowest level (σ 0.018 Å) even an untrained network leaves the crystal a crystal

@@ -13,8 +13,6 @@ from lightning_gcd.periodic import neighbor_pairs
 from lightning_gcd.structures import StructureBatch
 
 
-
-
 def cu_batch(copies: int) -> StructureBatch:
     return StructureBatch.from_atoms([bulk("Cu", "fcc", a=3.615, cubic=True)] * copies)
 
@@ -85,13 +83,15 @@ def test_sample_shapes_wrapping_padding(sampler: str) -> None:
     net = small_net()
     ve = VEParticleDiffusion()
     batch = padded_batch()
-    frac = ve.sample(net, batch.cell, batch.numbers, batch.mask, steps=5, sampler=sampler,
-                     generator=torch.Generator().manual_seed(2))
+    frac = ve.sample(
+        net, batch.cell, batch.numbers, batch.mask, steps=5, sampler=sampler, generator=torch.Generator().manual_seed(2)
+    )
     assert frac.shape == batch.frac_coords.shape and torch.isfinite(frac).all()
     assert torch.all(frac >= 0) and torch.all(frac < 1)
     assert torch.all(frac[~batch.mask] == 0)
-    again = ve.sample(net, batch.cell, batch.numbers, batch.mask, steps=5, sampler=sampler,
-                      generator=torch.Generator().manual_seed(2))
+    again = ve.sample(
+        net, batch.cell, batch.numbers, batch.mask, steps=5, sampler=sampler, generator=torch.Generator().manual_seed(2)
+    )
     assert torch.equal(frac, again)
 
 
@@ -102,8 +102,9 @@ def test_guidance_scale_conventions() -> None:
     cond = torch.randn(len(batch), 2, generator=torch.Generator().manual_seed(3))
 
     def draw(**kw):
-        return ve.sample(net, batch.cell, batch.numbers, batch.mask, steps=4,
-                         generator=torch.Generator().manual_seed(4), **kw)
+        return ve.sample(
+            net, batch.cell, batch.numbers, batch.mask, steps=4, generator=torch.Generator().manual_seed(4), **kw
+        )
 
     uncond = draw(cond=None)
     torch.testing.assert_close(draw(cond=cond, guidance_scale=0.0), uncond, atol=0, rtol=0)
@@ -152,8 +153,14 @@ def test_overfit_fcc_cu_cell_cartesian_smoke() -> None:
     assert after < 0.8 * before
 
     n = 8
-    frac = ve.sample(net.eval(), batch.cell[:n], batch.numbers[:n], batch.mask[:n], steps=60,
-                     generator=torch.Generator().manual_seed(1))
+    frac = ve.sample(
+        net.eval(),
+        batch.cell[:n],
+        batch.numbers[:n],
+        batch.mask[:n],
+        steps=60,
+        generator=torch.Generator().manual_seed(1),
+    )
     samples = StructureBatch(frac, batch.numbers[:n], batch.mask[:n], batch.cell[:n]).to_atoms()
     spans = []
     for atoms in samples:
@@ -163,5 +170,7 @@ def test_overfit_fcc_cu_cell_cartesian_smoke() -> None:
         shortest = np.sort(d)[:48]  # perfect fcc Cu: 12 neighbours x 4 atoms, all at 2.556 Å
         spans.append((round(float(shortest.min()), 3), round(float(shortest.max()), 3)))
     perfect = sum(abs(lo - 2.556) < 0.1 and abs(hi - 2.556) < 0.1 for lo, hi in spans)
-    print(f"samples: (min, max) of the 48 shortest pair distances: {spans}; "
-          f"{perfect}/{n} within 0.1 Å of perfect fcc (2.556 Å)")
+    print(
+        f"samples: (min, max) of the 48 shortest pair distances: {spans}; "
+        f"{perfect}/{n} within 0.1 Å of perfect fcc (2.556 Å)"
+    )

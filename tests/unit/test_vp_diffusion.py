@@ -111,8 +111,9 @@ class _Recorder:
         self.calls: list[tuple] = []
 
     def __call__(self, x, t, cond, keep):
-        self.calls.append((x.shape, t.clone(), None if cond is None else cond.clone(),
-                           None if keep is None else keep.clone()))
+        self.calls.append(
+            (x.shape, t.clone(), None if cond is None else cond.clone(), None if keep is None else keep.clone())
+        )
         return torch.full_like(x, self.value)
 
 
@@ -150,8 +151,7 @@ def test_training_loss_targets_weights_and_cond_dropout():
 
 def _tiny_net(cond_dim: int = 0, seed: int = 0) -> PeriodicUNet3d:
     torch.manual_seed(seed)
-    net = PeriodicUNet3d(1, base_channels=8, channel_mults=(1, 2), attention=True, attention_heads=2,
-                         cond_dim=cond_dim)
+    net = PeriodicUNet3d(1, base_channels=8, channel_mults=(1, 2), attention=True, attention_heads=2, cond_dim=cond_dim)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # leave the zero init so the output depends on the input and the condition
         for p in net.parameters():
@@ -164,8 +164,9 @@ def _tiny_net(cond_dim: int = 0, seed: int = 0) -> PeriodicUNet3d:
 def test_samplers_run_with_any_number_of_steps(sampler, steps):
     d = GaussianDiffusion("x0", "cosine", 1000)
     net = _tiny_net()
-    x = d.sample(net, (2, 1, 8, 8, 8), sampler=sampler, steps=steps, eta=0.5,
-                 generator=torch.Generator().manual_seed(0))
+    x = d.sample(
+        net, (2, 1, 8, 8, 8), sampler=sampler, steps=steps, eta=0.5, generator=torch.Generator().manual_seed(0)
+    )
     assert x.shape == (2, 1, 8, 8, 8) and x.dtype == torch.float32
     assert torch.isfinite(x).all()
 
@@ -200,7 +201,9 @@ def test_ddim_eta0_is_deterministic():
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpm2m", 0.0), ("dpm2m-sde", 0.0)])
+@pytest.mark.parametrize(
+    "sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 1.0), ("dpm2m", 0.0), ("dpm2m-sde", 0.0)]
+)
 def test_exact_model_recovers_gaussian_data(prediction, sampler, eta):
     """With the exact posterior mean of N(mu, s^2) data, the samplers reproduce that distribution."""
     mu, s = 1.5, 0.3
@@ -212,8 +215,15 @@ def test_exact_model_recovers_gaussian_data(prediction, sampler, eta):
         x0 = mu + a.sqrt() * s**2 / (a * s**2 + 1 - a) * (x_t - a.sqrt() * mu)
         return d.target(x0, d.eps_from_x0(x_t, t_index, x0), t_index)
 
-    x = d.sample(exact, (4000, 1), sampler=sampler, steps=50, eta=eta, dtype=torch.float64,
-                 generator=torch.Generator().manual_seed(0))
+    x = d.sample(
+        exact,
+        (4000, 1),
+        sampler=sampler,
+        steps=50,
+        eta=eta,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert x.mean().item() == pytest.approx(mu, abs=0.03)
     assert x.std().item() == pytest.approx(s, rel=0.1)
 
@@ -237,8 +247,14 @@ def test_dpm_solver_is_second_order():
     solution = mu + s * (x_T - a_T**0.5 * mu) / (a_T * s**2 + 1 - a_T) ** 0.5
 
     def error(sampler, steps):
-        x = d.sample(exact, (256, 1), sampler=sampler, steps=steps, dtype=torch.float64,
-                     generator=torch.Generator().manual_seed(0))  # the same x_T
+        x = d.sample(
+            exact,
+            (256, 1),
+            sampler=sampler,
+            steps=steps,
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(0),
+        )  # the same x_T
         return (x - solution).abs().max().item()
 
     for steps, factor in ((10, 0.9), (20, 0.5), (100, 0.1)):
@@ -252,10 +268,12 @@ def test_guidance_zero_equals_unconditional_sampling():
     for sampler in ("ddim", "ddpm"):
         kw = dict(sampler=sampler, steps=8, eta=1.0)
         uncond = d.sample(net, (2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(4), **kw)
-        guided0 = d.sample(net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=0.0,
-                           generator=torch.Generator().manual_seed(4), **kw)
-        conditional = d.sample(net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=1.0,
-                               generator=torch.Generator().manual_seed(4), **kw)
+        guided0 = d.sample(
+            net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=0.0, generator=torch.Generator().manual_seed(4), **kw
+        )
+        conditional = d.sample(
+            net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=1.0, generator=torch.Generator().manual_seed(4), **kw
+        )
         assert torch.equal(uncond, guided0)
         assert not torch.allclose(uncond, conditional)
 
@@ -280,8 +298,15 @@ def test_inpainting_with_full_mask_returns_known():
     known = torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(7))
     full = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool)
     for sampler in ("ddim", "ddpm"):
-        x = d.sample(net, known.shape, sampler=sampler, steps=5, known=known, known_mask=full,
-                     generator=torch.Generator().manual_seed(0))
+        x = d.sample(
+            net,
+            known.shape,
+            sampler=sampler,
+            steps=5,
+            known=known,
+            known_mask=full,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert torch.equal(x, known)
     # A half mask: the known half is exact, the other half is generated.
     half = torch.zeros(1, 1, 8, 1, 1, dtype=torch.bool)
@@ -324,8 +349,13 @@ def test_training_reduces_loss_and_samples_reproduce_pattern():
 
     def eval_loss() -> float:
         with torch.no_grad():
-            return sum(d.training_loss(net, data, generator=torch.Generator().manual_seed(100 + k)).item()
-                       for k in range(4)) / 4
+            return (
+                sum(
+                    d.training_loss(net, data, generator=torch.Generator().manual_seed(100 + k)).item()
+                    for k in range(4)
+                )
+                / 4
+            )
 
     loss_before = eval_loss()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -341,10 +371,13 @@ def test_training_reduces_loss_and_samples_reproduce_pattern():
     net.eval()
     samples = d.sample(net, (8, 1, 8, 8, 8), "ddim", steps=20, generator=torch.Generator().manual_seed(1))
     shifts = [(a, b, c) for a in range(8) for b in range(8) for c in range(8)]
-    err = torch.stack([((samples - torch.roll(pattern, s, dims=(2, 3, 4))) ** 2).mean(dim=(1, 2, 3, 4))
-                       for s in shifts]).min(dim=0).values  # (8,) best-translation MSE per sample
+    err = (
+        torch.stack([((samples - torch.roll(pattern, s, dims=(2, 3, 4))) ** 2).mean(dim=(1, 2, 3, 4)) for s in shifts])
+        .min(dim=0)
+        .values
+    )  # (8,) best-translation MSE per sample
     var = pattern.var().item()  # the error of predicting the mean; an untrained net's samples score ~1 + var
-    print(f'loss {loss_before:.3f} -> {loss_after:.3f}; best-translation MSE {err.tolist()}, var {var:.3f}')
+    print(f"loss {loss_before:.3f} -> {loss_after:.3f}; best-translation MSE {err.tolist()}, var {var:.3f}")
     assert err.mean().item() < 0.15 * var, err
     assert err.max().item() < 0.3 * var, err
 
@@ -385,6 +418,7 @@ def test_x0_loss_space_weights_v_loss_by_one_minus_alpha_bar():
     def off_by(c: float):
         def model(x_t, t_net, cond, keep):
             return plain.v_from_x0_eps(x0, noise, t) + c
+
         return model
 
     a = plain.schedule.alphas_cumprod[t].float()
@@ -399,14 +433,17 @@ def test_x0_loss_space_weights_v_loss_by_one_minus_alpha_bar():
 
     def exact_but_channel0_off(x_t, t_net, cond, keep):
         return target + torch.tensor([0.5, 0.0]).view(1, 2, 1, 1, 1)
-    assert mixed.training_loss(exact_but_channel0_off, x0, t_index=t, noise=noise).item() == pytest.approx(0.125, rel=1e-4)
+
+    assert mixed.training_loss(exact_but_channel0_off, x0, t_index=t, noise=noise).item() == pytest.approx(
+        0.125, rel=1e-4
+    )
     assert "loss_space='x0'" in repr(mixed)
     with pytest.raises(ValueError, match="loss_space"):
         GaussianDiffusion("x0", loss_space="eps")
 
 
 def test_blend_prediction_round_trip_and_posterior_mean():
-    """"blend": the exact F gives back x0 and eps; for data = point + N(0, σ_d²) scatter, F = the point gives
+    """ "blend": the exact F gives back x0 and eps; for data = point + N(0, σ_d²) scatter, F = the point gives
     the exact posterior mean E[x0 | x_t]; at the lowest noise x0 follows x_t, at the highest it is F."""
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(4, 2, 3, generator=g, dtype=torch.float64)
@@ -451,7 +488,9 @@ class _SelfConditionedRecorder:
 
 def test_self_conditioning_training_passes_and_sampler_feeds_previous_x0():
     # training: probability 1 gives two calls per loss, the second with the first's x0 (clamped) as channels C:2C
-    d = GaussianDiffusion("x0", "cosine", 100, self_condition=True, self_condition_prob=1.0, self_condition_clip=(-1.0, 1.0))
+    d = GaussianDiffusion(
+        "x0", "cosine", 100, self_condition=True, self_condition_prob=1.0, self_condition_clip=(-1.0, 1.0)
+    )
     assert "self_condition=True" in repr(d)
     x0 = torch.randn(4, 3, 2, 2, 2)
     rec = _SelfConditionedRecorder(1.7)
@@ -504,8 +543,18 @@ def test_restart_sampling_repeats_the_low_noise_steps():
     # a restart re-noises with fresh noise: the result differs from the plain chain's, reproducibly
     net = _tiny_net()
     plain = d.sample(net, (1, 1, 8, 8, 8), "ddpm", steps=6, generator=torch.Generator().manual_seed(0))
-    again = [d.sample(net, (1, 1, 8, 8, 8), "ddpm", steps=6, restarts=1, restart_t_index=300,
-                      generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    again = [
+        d.sample(
+            net,
+            (1, 1, 8, 8, 8),
+            "ddpm",
+            steps=6,
+            restarts=1,
+            restart_t_index=300,
+            generator=torch.Generator().manual_seed(0),
+        )
+        for _ in range(2)
+    ]
     assert torch.equal(again[0], again[1]) and not torch.equal(plain, again[0])
     with pytest.raises(ValueError, match="restart_t_index"):
         d.sample(rec, (2, 3), steps=4, restarts=1)
@@ -525,6 +574,7 @@ def test_input_perturbation_noises_the_input_not_the_target():
 
         def model(x_t, t_net, cond, keep):
             return (x_t - a.sqrt() * x0) / (1.0 - a).sqrt()
+
         return model
 
     plain = GaussianDiffusion("eps", "cosine", 1000)
@@ -532,7 +582,7 @@ def test_input_perturbation_noises_the_input_not_the_target():
     gen = torch.Generator().manual_seed(1)
     assert plain.training_loss(returns_input_noise(plain), x0, t_index=t, generator=gen).item() < 1e-8
     loss = perturbed.training_loss(returns_input_noise(perturbed), x0, t_index=t, generator=gen).item()
-    assert loss == pytest.approx(gamma ** 2, rel=0.15)  # 2048 elements: the mean of γ² ξ² within ~5 %
+    assert loss == pytest.approx(gamma**2, rel=0.15)  # 2048 elements: the mean of γ² ξ² within ~5 %
     noise = torch.randn(x0.shape, generator=gen)
     assert perturbed.training_loss(returns_input_noise(perturbed), x0, t_index=t, noise=noise).item() < 1e-8
     with pytest.raises(ValueError, match="input_perturbation"):

@@ -7,8 +7,9 @@ padded fractional coordinates, atomic numbers, mask and cell. If the file named 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np

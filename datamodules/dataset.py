@@ -6,8 +6,9 @@ because h5py handles must not cross a fork.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ class AtomsDataset(Dataset):
 
     Item keys: ``frac_coords`` (n, 3) float64 in [0, 1), ``numbers`` (n,) int64, ``cell`` (3, 3) float64 Å,
     ``index`` int (structure index in the file), ``cond`` (K,) float32 when ``conditions`` are named
-    (the named properties concatenated), ``atom_<name>`` (n, ...) for each named per-atom property, ``grid`` (C, D, H, W) float32 when a voxel cache is used.
+    (the named properties concatenated), ``atom_<name>`` (n, ...) for each named per-atom property, ``grid`` (C, D, H,
+    W) float32 when a voxel cache is used.
 
     ``translate=True`` applies a uniformly random periodic translation to every item (exact: fractional
     coordinates are shifted and wrapped; a cached grid is rolled by whole voxels, so its shift is drawn in
@@ -120,7 +122,8 @@ def _shares_voxel(frac: np.ndarray, grid_shape: np.ndarray) -> bool:
 
 
 def collate_particles(items: list[Item], n_max: int) -> Batch:
-    """Pad items to ``n_max`` atoms. Batch: frac_coords (B,N,3) f32, numbers (B,N), mask (B,N), cell (B,3,3), index (B,), cond (B,K)."""
+    """Pad items to ``n_max`` atoms. Batch: frac_coords (B,N,3) f32, numbers (B,N), mask (B,N), cell (B,3,3), index
+    (B,), cond (B,K)."""
     b = len(items)
     frac = torch.zeros(b, n_max, 3, dtype=torch.float32)
     numbers = torch.zeros(b, n_max, dtype=torch.long)

@@ -22,9 +22,10 @@ and rename it at the end, so an interrupted build never leaves a file that looks
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -371,7 +372,7 @@ class AtomsH5:
     def close(self) -> None:
         self._h5.close()
 
-    def __enter__(self) -> "AtomsH5":
+    def __enter__(self) -> AtomsH5:
         return self
 
     def __exit__(self, *exc: object) -> None:

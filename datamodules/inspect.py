@@ -112,6 +112,7 @@ def format_summary(summary: dict[str, Any], bar_width: int = 40) -> str:
     lines.append("  voxel caches: " + ("none" if not summary["voxels"] else ""))
     for name, entry in summary["voxels"].items():
         lines.append(
-            f"    {name}: {tuple(entry['shape'])} spacing {entry['spacing_A']} Å channels {', '.join(entry['channels'])}"
+            f"    {name}: {tuple(entry['shape'])} spacing {entry['spacing_A']} Å channels "
+            f"{', '.join(entry['channels'])}"
         )
     return "\n".join(line for line in lines if line)

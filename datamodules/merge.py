@@ -18,8 +18,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -94,7 +95,7 @@ def _common_voxels(readers: Sequence[AtomsH5], notes: list[str]) -> list[str]:
     for name in sorted(everywhere):
         ref = readers[0].voxel_cache(name)
 
-        def same_grid(ds: h5py.Dataset) -> bool:
+        def same_grid(ds: h5py.Dataset, ref: h5py.Dataset = ref) -> bool:
             if ds.shape[1:] != ref.shape[1:]:
                 return False
             for key in VOXEL_ATTRS:
@@ -119,10 +120,10 @@ def _merged_metadata(readers: Sequence[AtomsH5], spectra_kept: bool) -> dict[str
     """
     attrs = [r.attrs for r in readers]
     out: dict[str, Any] = {}
-    grids = [(r, a["meta_xanes_energy"]) for r, a in zip(readers, attrs) if "meta_xanes_energy" in a]
+    grids = [(r, a["meta_xanes_energy"]) for r, a in zip(readers, attrs, strict=True) if "meta_xanes_energy" in a]
     if grids and spectra_kept:
         ref_reader, ref = grids[0]
-        for r, a in zip(readers, attrs):
+        for r, a in zip(readers, attrs, strict=True):
             if "meta_xanes_energy" not in a or not _same(a["meta_xanes_energy"], ref):
                 raise DatasetFormatError(
                     r.path,

@@ -253,9 +253,10 @@ def bench_graph_and_rdf(quick: bool) -> dict[str, Any]:
         rows.append({"n_atoms": len(atoms), "radius_graph_s": round(graph_s, 5), "rdf_s": round(rdf_s, 5)})
     # below ~2,000 atoms both are dominated by a fixed per-call cost; the exponent is fitted above it
     big = [r for r in rows if r["n_atoms"] >= (256 if quick else 2000)]
-    fit = lambda key: round(
-        float(np.polyfit(np.log([r["n_atoms"] for r in big]), np.log([r[key] for r in big]), 1)[0]), 3
-    )  # noqa: E731
+
+    def fit(key: str) -> float:
+        return round(float(np.polyfit(np.log([r["n_atoms"] for r in big]), np.log([r[key] for r in big]), 1)[0]), 3)
+
     return {"rows": rows, "radius_graph_exponent": fit("radius_graph_s"), "rdf_exponent": fit("rdf_s")}
 
 

@@ -68,7 +68,12 @@ def main() -> None:
             if (method == "dense" and n > DENSE_MAX_N) or (method == "compiled" and args.device != "cpu"):
                 row[f"{method}_ms"] = None
                 continue
-            t = best_time(lambda: radius_graph(frac, cell, mask, CUTOFF, method=method), args.repeats)
+            t = best_time(
+                lambda frac=frac, cell=cell, mask=mask, method=method: radius_graph(
+                    frac, cell, mask, CUTOFF, method=method
+                ),
+                args.repeats,
+            )
             row[f"{method}_ms"] = round(1e3 * t, 3)
         row["edges"] = radius_graph(frac, cell, mask, CUTOFF, method="cell_list").num_edges
         rows.append(row)

@@ -92,14 +92,14 @@ def main() -> None:
     for n in args.sizes:
         atoms = fcc_supercell(n)
         repeat = args.repeat if len(atoms) <= 5000 else 1
-        g_ase, t_ase = best_time(lambda: get_rdf(atoms, R_MAX, N_BINS, no_dists=True), repeat)
-        g_ours, t_ours = best_time(lambda: structure_rdf(atoms, R_MAX, N_BINS)[0][0, 0].numpy(), repeat)
-        t_rdf_torch = timed_torch(lambda: structure_rdf(atoms, R_MAX, N_BINS), 1)
+        g_ase, t_ase = best_time(lambda atoms=atoms: get_rdf(atoms, R_MAX, N_BINS, no_dists=True), repeat)
+        g_ours, t_ours = best_time(lambda atoms=atoms: structure_rdf(atoms, R_MAX, N_BINS)[0][0, 0].numpy(), repeat)
+        t_rdf_torch = timed_torch(lambda atoms=atoms: structure_rdf(atoms, R_MAX, N_BINS), 1)
         cn_ase, t_cn_ase = best_time(
-            lambda: np.bincount(neighbor_list("i", atoms, CN_CUTOFF), minlength=len(atoms)), repeat
+            lambda atoms=atoms: np.bincount(neighbor_list("i", atoms, CN_CUTOFF), minlength=len(atoms)), repeat
         )
-        cn_ours, t_cn_ours = best_time(lambda: coordination_numbers(atoms, CN_CUTOFF)[0].numpy(), repeat)
-        t_cn_torch = timed_torch(lambda: coordination_numbers(atoms, CN_CUTOFF), repeat)
+        cn_ours, t_cn_ours = best_time(lambda atoms=atoms: coordination_numbers(atoms, CN_CUTOFF)[0].numpy(), repeat)
+        t_cn_torch = timed_torch(lambda atoms=atoms: coordination_numbers(atoms, CN_CUTOFF), repeat)
         cases.append(
             {
                 "n_atoms": len(atoms),

@@ -1,14 +1,15 @@
 """The ``gcd`` command.
 
-``gcd data ...`` builds and inspects datasets; ``gcd fit|validate|test|predict`` run LightningCLI. Errors caused by the user's input (a bad file, option or
-config) print one line ``gcd: error: ...`` and exit with status 2; bugs still show their traceback.
+``gcd data ...`` builds and inspects datasets; ``gcd fit|validate|test|predict`` run LightningCLI. Errors caused by
+the user's input (a bad file, option or config) print one line ``gcd: error: ...`` and exit with status 2; bugs still
+show their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from lightning_gcd.errors import GcdError
 
@@ -18,9 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gcd", description="Grand canonical voxel and particle diffusion for atomic structures"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from lightning_gcd.cli_data import add_data_parser
-
     from lightning_gcd.cli_compare import add_compare_parser
+    from lightning_gcd.cli_data import add_data_parser
     from lightning_gcd.cli_evaluate import add_evaluate_parser
     from lightning_gcd.cli_sample import add_sample_parser
 

@@ -24,9 +24,10 @@ import html
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -239,7 +240,9 @@ def table_rows(runs: Sequence[Run]) -> list[tuple[str, list[str]]]:
     ]
     for name in ordered_metric_names(runs):
         values = [metric_value(r.last, name) for r in runs]
-        rows.append((name, ["–" if v is None and name not in r.last else _fmt(v) for r, v in zip(runs, values)]))
+        rows.append(
+            (name, ["–" if v is None and name not in r.last else _fmt(v) for r, v in zip(runs, values, strict=True)])
+        )
     return rows
 
 
@@ -291,7 +294,7 @@ def plot_rdf_overlay(runs: Sequence[Run], path: Path) -> Path:
         )
         if not same:
             ax.plot(c["r"], c["g_reference"], color=REFERENCE_COLOR, lw=1.2, ls="--", label=f"reference ({run.label})")
-    for run, color in zip(runs, _colors(len(runs))):
+    for run, color in zip(runs, _colors(len(runs)), strict=True):
         ax.plot(run.curves["r"], run.curves["g"], color=color, lw=1.3, label=run.label)
     r_hi = max(float(run.curves["r"][-1] + 0.5 * run.curves["dr"]) for run in runs)
     ax.set_xlim(0, r_hi)
@@ -323,12 +326,12 @@ def plot_coordination_bars(runs: Sequence[Run], path: Path) -> Path:
     ) or [0]
     fig = _figure(7.0, 2.8 * len(species))
     axes = fig.subplots(len(species), 1, squeeze=False)[:, 0]
-    for ax, z in zip(axes, species):
+    for ax, z in zip(axes, species, strict=True):
         series = []
         ref = runs[0].curves["coordination_reference"].get(z)
         if ref is not None:
             series.append(("reference", REFERENCE_COLOR, np.arange(len(ref)), ref))
-        for run, color in zip(runs, _colors(len(runs))):
+        for run, color in zip(runs, _colors(len(runs)), strict=True):
             values = run.curves["coordination"].get(z)
             if values is not None:
                 series.append((run.label, color, np.arange(len(values)), values))
@@ -351,7 +354,7 @@ def plot_atom_count_bars(runs: Sequence[Run], path: Path) -> Path:
 
     first = runs[0].curves
     series = [("reference", REFERENCE_COLOR, first["n_atoms"], frac(first["n_atoms_hist_reference"]))]
-    for run, color in zip(runs, _colors(len(runs))):
+    for run, color in zip(runs, _colors(len(runs)), strict=True):
         series.append((run.label, color, run.curves["n_atoms"], frac(run.curves["n_atoms_hist"])))
     _grouped_bars(ax, series)
     ax.set_xlabel("atoms per structure (last bin: at least)")
@@ -369,8 +372,8 @@ def plot_metrics_vs_epoch(runs: Sequence[Run], path: Path) -> Path:
     fig = _figure(3.2 * cols, 2.4 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors = _colors(len(runs))
-    for ax, name in zip(axes, names):
-        for run, color in zip(runs, colors):
+    for ax, name in zip(axes, names, strict=True):
+        for run, color in zip(runs, colors, strict=True):
             source = run.records if name == "val/loss" else run.sampled
             pts = [
                 (r["epoch"], v)
@@ -378,7 +381,7 @@ def plot_metrics_vs_epoch(runs: Sequence[Run], path: Path) -> Path:
                 if (v := metric_value(r, name)) is not None and r.get("epoch") is not None
             ]
             if pts:
-                x, y = zip(*pts)
+                x, y = zip(*pts, strict=True)
                 ax.plot(x, y, marker="o", ms=3, lw=1.2, color=color, label=run.label)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
@@ -486,7 +489,7 @@ def run_compare(args: argparse.Namespace) -> int:
     labels = list(args.labels) if getattr(args, "labels", None) else _default_labels(directories)
     if len(labels) != len(directories):
         raise GcdError(f"--labels: {len(labels)} labels for {len(directories)} run directories")
-    runs = [read_run(d, label) for d, label in zip(directories, labels)]
+    runs = [read_run(d, label) for d, label in zip(directories, labels, strict=True)]
     written = write_report(runs, Path(args.out))
     print(f"wrote {written['markdown']}, {written['html']} and {len(written['plots'])} plots")
     return 0

@@ -79,7 +79,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         "--element",
         action="append",
         metavar="PHASE=EL",
-        help="element per phase, e.g. fcc=Al or rocksalt=MgO (defaults: sc Po, fcc Cu, bcc W, hcp Mg, diamond Si, rocksalt NaCl)",
+        help="element per phase, e.g. fcc=Al or rocksalt=MgO (defaults: sc Po, fcc Cu, bcc W, hcp Mg, diamond Si, "
+        "rocksalt NaCl)",
     )
     crystals.add_argument(
         "--lattice",
@@ -187,7 +188,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         nargs="+",
         default=[-0.4, -0.2, 0.0, 0.2, 0.4],
-        help="fractions of an atomic plane removed (<0) or inserted (>0) at each boundary (default -0.4 -0.2 0 0.2 0.4)",
+        help="fractions of an atomic plane removed (<0) or inserted (>0) at each boundary (default -0.4 -0.2 0 0.2 "
+        "0.4)",
     )
     gb.add_argument(
         "--translations", type=int, default=8, help="random in-plane translations of grain B per count (default 8)"
@@ -215,7 +217,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs=2,
         default=None,
         metavar=("GX", "GY"),
-        help="a regular GX x GY grid of grain translations over one in-plane period instead of --translations random ones",
+        help="a regular GX x GY grid of grain translations over one in-plane period instead of --translations random "
+        "ones",
     )
 
     inspect = dsub.add_parser("inspect", help="summarize a dataset file")

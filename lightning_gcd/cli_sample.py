@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -259,7 +259,8 @@ def read_spectrum(path: str | Path, energy: Sequence[float] | None) -> torch.Ten
         raise GcdError(f"{path}: the energies (first column) must be strictly monotonic")
     if energy is None:
         raise GcdError(
-            f"{path}: the checkpoint stores no energy grid; give the spectrum as its K values on the model's grid (.npy)"
+            f"{path}: the checkpoint stores no energy grid; give the spectrum as its K values on the model's grid "
+            f"(.npy)"
         )
     grid = np.asarray(energy, dtype=np.float64)
     half = 0.5 * float(np.min(np.diff(grid))) if len(grid) > 1 else 0.0
@@ -337,7 +338,7 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.grid:
         if "grid_shape" not in info:
             raise GcdError("--grid applies to voxel models only; use --supercell")
-        supercell = [g / g0 for g, g0 in zip(args.grid, info["grid_shape"])]
+        supercell = [g / g0 for g, g0 in zip(args.grid, info["grid_shape"], strict=True)]
     cond, target, posterior, forward = conditions_and_target(args, model)
     # checked before sampling: a model of several elements or a missing engine fails now, not after it
     relaxer = sample_relaxer(info, args.relax, args.relax_steps or 300) if args.relax in ("emt", "lammps") else None

@@ -25,9 +25,10 @@ import os
 import secrets
 import string
 import sys
+from collections.abc import Sequence
 from io import StringIO
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch

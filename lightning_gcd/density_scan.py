@@ -13,8 +13,9 @@ otherwise, so the choice rests on the forward model alone, not on the prior's re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ class DensityScan:
         """One line per density: its mean error (± standard deviation over samples), the best marked."""
         lines = ["density (g/cm³)  spectrum rel. L2 (forward model, mean ± sd over samples)"]
         nearest = int(np.argmin(np.abs(self.densities - self.best)))
-        for k, (rho, row) in enumerate(zip(self.densities, self.errors)):
+        for k, (rho, row) in enumerate(zip(self.densities, self.errors, strict=True)):
             mark = "  <-" if k == nearest else ""
             lines.append(f"{rho:15.3f}  {np.nanmean(row):.4f} ± {np.nanstd(row):.4f}{mark}")
         lines.append(f"chosen: {self.best:.3f} g/cm³")

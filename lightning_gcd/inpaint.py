@@ -23,8 +23,9 @@ before that (no ``meta_relax_cell``), so generated and reference energies are co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -681,7 +681,10 @@ def _sweep_half(
                 p_parts.append(p_hit)
     if not src_parts:
         return nothing()
-    cat = lambda parts: torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
     src, dst, distances = cat(src_parts), cat(dst_parts), cat(d2_parts).sqrt_()
     shifts = None
     if want_shifts:

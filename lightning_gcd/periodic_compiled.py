@@ -3,8 +3,8 @@
 Why a second implementation beside the torch searches in ``periodic.py``: on the CPU a torch search is
 ~150 small tensor operations per call, whose fixed cost dominates for the cells the metrics see (a few
 thousand atoms, or a batch of small cells from validation sampling); one compiled loop has no such
-cost (``experiments/bench_metrics.py``; results in ``experiments/BENCHMARKS.md``). The torch searches stay the GPU path and the
-reference the tests compare this one with.
+cost (``experiments/bench_metrics.py``; results in ``experiments/BENCHMARKS.md``). The torch searches stay the GPU
+path and the reference the tests compare this one with.
 
 Algorithm (any cell shape, cells smaller than the cutoff included): per structure, the fractional cube
 is cut into ``nb_k = floor(w_k / cutoff)`` bins per axis (``w_k`` the perpendicular width, Å), capped so

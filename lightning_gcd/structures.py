@@ -6,8 +6,8 @@ rows are the lattice vectors, so Cartesian positions are ``frac_coords @ cell``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class StructureBatch:
         """(B, N, 3) Cartesian positions in Å."""
         return torch.einsum("bni,bij->bnj", self.frac_coords, self.cell)
 
-    def to(self, device: torch.device | str) -> "StructureBatch":
+    def to(self, device: torch.device | str) -> StructureBatch:
         return StructureBatch(
             self.frac_coords.to(device), self.numbers.to(device), self.mask.to(device), self.cell.to(device)
         )
@@ -51,7 +51,7 @@ class StructureBatch:
     @classmethod
     def from_atoms(
         cls, atoms_list: Sequence[Atoms], n_max: int | None = None, dtype: torch.dtype = torch.float32
-    ) -> "StructureBatch":
+    ) -> StructureBatch:
         """Pad a list of ASE structures into one batch; fractional coordinates are wrapped to [0, 1)."""
         if len(atoms_list) == 0:
             raise ValueError("cannot build a StructureBatch from an empty list of structures")

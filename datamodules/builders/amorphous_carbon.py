@@ -52,11 +52,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -112,7 +113,8 @@ class FeffSettings:
     def __post_init__(self) -> None:
         if self.scf_radius <= 0:
             raise GcdError(
-                "FEFF needs self-consistent potentials: the SCF radius must be positive (without SCF the spectra are unphysical)"
+                "FEFF needs self-consistent potentials: the SCF radius must be positive (without SCF the spectra are "
+                "unphysical)"
             )
         if self.fms_radius <= 0:
             raise GcdError("the FMS radius must be positive")
@@ -471,7 +473,7 @@ def compute_structure(task: StructureTask) -> str:
             md_seconds = time.perf_counter() - t0
             stage = "FEFF10"
             energies, mus, feff_seconds = [], [], []
-            for j, neighbours in zip(sites, site_clusters(atoms, sites, task.feff.cluster_radius)):
+            for j, neighbours in zip(sites, site_clusters(atoms, sites, task.feff.cluster_radius), strict=True):
                 t0 = time.perf_counter()
                 e, mu = feff_xanes(neighbours, task.feff, work / f"site{int(j)}")
                 feff_seconds.append(time.perf_counter() - t0)
@@ -718,7 +720,10 @@ def _assemble(
         labels.append(f"a-C {tasks[k].density:g} g/cc")
         bounds = np.concatenate([[0], np.cumsum(part["feff_lengths"])])
         spectra = np.stack(
-            [np.interp(grid, part["feff_energy"][a:b], part["feff_mu"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            [
+                np.interp(grid, part["feff_energy"][a:b], part["feff_mu"][a:b])
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
         )
         per_atom = np.zeros((len(atoms), len(grid)), dtype=np.float32)
         mask = np.zeros(len(atoms), dtype=bool)
@@ -749,7 +754,8 @@ def _assemble(
             f"amorphous carbon: {len(selected)} of {n_structures} melt-quenched cells of {n_atoms} atoms "
             f"(shard {shard_text}) at {', '.join(f'{d:g}' for d in densities)} g/cm³, Tersoff, "
             f"{md.melt_temperature:g} K {md.melt_time:g} ps -> {md.quench_temperature:g} K over {md.quench_time:g} ps; "
-            f"C K-edge XANES from FEFF10 on {xanes_sites} sites per cell (SCF {feff.scf_radius:g} Å, FMS {feff.fms_radius:g} Å, "
+            f"C K-edge XANES from FEFF10 on {xanes_sites} sites per cell (SCF {feff.scf_radius:g} Å, FMS "
+            f"{feff.fms_radius:g} Å, "
             f"core hole {feff.corehole}); seed {seed}"
         ),
         metadata={

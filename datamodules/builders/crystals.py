@@ -7,8 +7,8 @@ translation of the whole crystal (so a model cannot rely on atoms sitting at the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -100,7 +100,8 @@ def crystal_records(
     """``count`` rattled supercells of each phase in ``specs``.
 
     Properties written: ``phase_onehot`` (S, P) float32 (a condition vector for phase-conditioned
-    models), ``phase_index`` (S,) int32, ``lattice_a`` and ``lattice_c`` (S,) Å, ``thermal_sigma`` (S,) Å. ``thermal_sigma`` is the Gaussian displacement σ per Cartesian component.
+    models), ``phase_index`` (S,) int32, ``lattice_a`` and ``lattice_c`` (S,) Å, ``thermal_sigma`` (S,) Å.
+    ``thermal_sigma`` is the Gaussian displacement σ per Cartesian component.
     """
     if count < 1:
         raise GcdError("--count must be at least 1")
@@ -133,7 +134,8 @@ def crystal_records(
             "lattice_c": lattice_c,
             "thermal_sigma": np.full(len(atoms_list), thermal_sigma, dtype=np.float64),
         },
-        description=f"crystals: {', '.join(f'{s.phase} {s.element}' for s in specs)}; repeat {tuple(repeat)}, thermal sigma {thermal_sigma} Å, seed {seed}",
+        description=f"crystals: {', '.join(f'{s.phase} {s.element}' for s in specs)}; repeat {tuple(repeat)}, "
+        f"thermal sigma {thermal_sigma} Å, seed {seed}",
         metadata={
             "builder": "crystals",
             "phases": [s.phase for s in specs],

@@ -8,8 +8,8 @@ per-atom arrays present in all frames (forces, charges, custom columns) become p
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import ase.io
 import numpy as np

@@ -50,9 +50,9 @@ in-painting keeps fixed) and ``grain`` (0 = A, 1 = B, 2 = inserted).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -391,10 +391,12 @@ def grain_boundary_records(
         properties=properties,
         atom_properties={"boundary_distance": np.concatenate(distances), "grain": np.concatenate(grains)},
         description=(
-            f"grain boundaries: {element} ({lattice}, a = {a:.4f} Å) {', '.join(BOUNDARIES[b].label for b in boundaries)}; "
+            f"grain boundaries: {element} ({lattice}, a = {a:.4f} Å) "
+            f"{', '.join(BOUNDARIES[b].label for b in boundaries)}; "
             f"periodic orthorhombic bicrystals, boundary planes normal to z, two boundaries per cell; "
             f"{translations} {'random' if grid is None else 'grid'} grain translations per count; "
-            f"{'normal-relaxed (zero normal stress)' if relax_cell == 'normal' else 'fixed-cell'} relaxation with {relaxer.potential_name} "
+            f"{'normal-relaxed (zero normal stress)' if relax_cell == 'normal' else 'fixed-cell'} relaxation with "
+            f"{relaxer.potential_name} "
             f"(fmax {fmax} eV/Å, at most {max_steps} steps); gb_energy = (E - N E_coh)/(2A) in J/m²; seed {seed}; "
             f"built in {time.perf_counter() - t0:.0f} s"
         ),

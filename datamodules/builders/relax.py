@@ -267,8 +267,8 @@ def _check_normal_cell(atoms: Atoms) -> None:
 def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bool = False) -> list[Atoms]:
     """Each structure relaxed with ``relaxer`` (its cell mode) (a copy; the input is untouched), its ``info``
     extended with ``total_energy`` (eV), ``relax_steps``, ``relax_fmax`` (eV/Å left), ``calculator`` and
-    ``potential`` (and ``stress_zz``, GPa). An empty structure or a failed relaxation is a result, not a crash: the structure is kept
-    as it was with NaN energy and ``relax_error`` saying why."""
+    ``potential`` (and ``stress_zz``, GPa). An empty structure or a failed relaxation is a result, not a crash: the
+    structure is kept as it was with NaN energy and ``relax_error`` saying why."""
     from tqdm.auto import tqdm
 
     out = []

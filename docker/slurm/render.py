@@ -20,8 +20,8 @@ import posixpath
 import re
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
 
 TEMPLATE = Path(__file__).with_name("gcd_fit.sbatch.template")
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -38,23 +38,23 @@ class RenderError(ValueError):
     """A template or a value that cannot be rendered into a valid job script."""
 
 
-def placeholders(text: str) -> Set[str]:
+def placeholders(text: str) -> set[str]:
     """The names of all ``{{name}}`` placeholders in ``text``."""
     return set(PLACEHOLDER.findall(text))
 
 
-def render(text: str, values: Dict[str, Optional[str]]) -> str:
+def render(text: str, values: dict[str, str | None]) -> str:
     """Fill every placeholder of ``text`` from ``values``; refuse unknown, unfilled or malformed ones."""
     used = placeholders(text)
     unknown = sorted(used - set(values))
     if unknown:
-        raise RenderError("template uses unknown placeholder(s): " + ", ".join("{{%s}}" % n for n in unknown))
+        raise RenderError("template uses unknown placeholder(s): " + ", ".join(f"{{{{{n}}}}}" for n in unknown))
     unused = sorted(set(values) - used)
     if unused:
         raise RenderError("value(s) given for placeholder(s) not in the template: " + ", ".join(unused))
     missing = sorted(name for name in used if values[name] is None)
     if missing:
-        raise RenderError("no value for placeholder(s): " + ", ".join("{{%s}}" % n for n in missing))
+        raise RenderError("no value for placeholder(s): " + ", ".join(f"{{{{{n}}}}}" for n in missing))
     out = PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
     leftover = re.search(r"\{\{", out)  # a lone "}}" is ordinary bash: ${A:-${B}}
     if leftover:
@@ -77,7 +77,7 @@ def _no_newline(value: str, what: str) -> str:
     return value
 
 
-def build_values(args: argparse.Namespace) -> Dict[str, Optional[str]]:
+def build_values(args: argparse.Namespace) -> dict[str, str | None]:
     """The value of each placeholder of the standard template, from parsed command-line options."""
     run_name = _check(NAME_RE, args.run_name, "--run-name")
     workdir = os.path.abspath(os.path.expanduser(args.workdir)) if args.workdir else os.getcwd()
@@ -87,7 +87,7 @@ def build_values(args: argparse.Namespace) -> Dict[str, Optional[str]]:
 
     extra_sbatch = [f"#SBATCH {_check(SBATCH_OPT_RE, opt, '--sbatch')}" for opt in args.sbatch]
 
-    setup: List[str] = [f"module load {shlex.quote(_no_newline(m, '--module'))}" for m in args.module]
+    setup: list[str] = [f"module load {shlex.quote(_no_newline(m, '--module'))}" for m in args.module]
     if args.venv:
         setup.append(f"source {shlex.quote(os.path.abspath(os.path.expanduser(args.venv)))}/bin/activate")
     setup.extend(args.setup)
@@ -98,7 +98,10 @@ def build_values(args: argparse.Namespace) -> Dict[str, Optional[str]]:
     launcher, srun_args = "", ""
     if args.apptainer:
         binds = ",".join(mounts)
-        launcher = f"apptainer exec --nv --bind {shlex.quote(binds)} --pwd {shlex.quote(workdir)} {shlex.quote(args.apptainer)}"
+        launcher = (
+            f"apptainer exec --nv --bind {shlex.quote(binds)} --pwd {shlex.quote(workdir)} "
+            f"{shlex.quote(args.apptainer)}"
+        )
     elif args.pyxis:
         pairs = ",".join(f"{m}:{m}" if ":" not in m else m for m in mounts)
         srun_args = (
@@ -112,7 +115,7 @@ def build_values(args: argparse.Namespace) -> Dict[str, Optional[str]]:
     if job_name in ("bash", "interactive"):
         raise RenderError(f"job name {job_name!r}: Lightning treats such jobs as interactive and ignores SLURM")
 
-    values: Dict[str, Optional[str]] = {
+    values: dict[str, str | None] = {
         "job_name": job_name,
         "nodes": str(args.nodes),
         "gpus_per_node": str(args.gpus_per_node),
@@ -214,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Iterable[str]] = None) -> int:
+def main(argv: Iterable[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra: List[str] = []
+    extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]

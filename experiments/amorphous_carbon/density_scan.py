@@ -161,7 +161,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     scans = next((m["scans"] for m in results["methods"].values() if "scans" in m), [])
     shown = {}
-    for rho, scan in zip(truth, scans):  # one target per true density
+    for rho, scan in zip(truth, scans, strict=False):  # one target per true density
         shown.setdefault(round(float(rho), 2), scan)
     for rho, scan in sorted(shown.items()):
         axes[1].plot(scan["densities"], scan["mean_errors"], marker="o", ms=3, label=f"target at {rho:g} g/cm³")

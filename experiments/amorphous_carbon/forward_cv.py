@@ -8,7 +8,8 @@ evaluates on its own; folds interleave structures sorted by density, so every fo
 ``--evaluate CKPT`` instead scores a trained forward model on one split of the file (``--split``, default
 test), e.g. the model ``guided.py`` trained:
 
-    python experiments/amorphous_carbon/forward_cv.py --data runs/ac_now.h5 --evaluate runs/g512_p/checkpoints/forward.ckpt
+    python experiments/amorphous_carbon/forward_cv.py --data runs/ac_now.h5 \
+        --evaluate runs/g512_p/checkpoints/forward.ckpt
 
 Prints and writes JSON: per fold and pooled over folds (site-weighted) the per-atom relative L2
 (‖pred − FEFF‖/‖FEFF‖), the MAE, the per-structure mean-spectrum relative L2 and the same per-atom error of

@@ -173,7 +173,7 @@ def feff_site_spectra(atoms, sites, energy: np.ndarray, work: Path) -> tuple[np.
 
     feff = FeffSettings()
     spectra, errors = [], []
-    for j, neighbours in zip(sites, site_clusters(atoms, sites, feff.cluster_radius)):
+    for j, neighbours in zip(sites, site_clusters(atoms, sites, feff.cluster_radius), strict=False):
         try:
             with redirect_output(work / "feff.log"):
                 e, mu = feff_xanes(neighbours, feff, work / f"site{int(j)}")
@@ -639,7 +639,7 @@ def summary(results: dict) -> dict:
     likewise); ``hybridization_l1``: mean of Σ |fraction − the target's| over sp, sp2 and sp3."""
     table: dict = {}
     targets = {str(i): target for i, target in results["targets"].items()}  # int keys in memory, str in JSON
-    for run, label in zip(results["runs"], run_labels(results["runs"])):
+    for run, label in zip(results["runs"], run_labels(results["runs"]), strict=False):
         row = table.setdefault(f"{run['model']} {label}", {})
         for key in (
             "forward_rel_l2",
@@ -719,13 +719,13 @@ def plot(results: dict, curves: dict, energy: np.ndarray, path: Path) -> None:
     axes[2].set_ylabel("mean predicted XANES")
     axes[2].legend(fontsize=6)
     # sp3 fraction per target: does guidance move it toward the target's?
-    markers = dict(zip(MODES, "osD^"))
+    markers = dict(zip(MODES, "osD^", strict=False))
     for k, (i, target) in enumerate(results["targets"].items()):
         axes[3].scatter(
             [k], [target["sp3_fraction"]], color="k", marker="_", s=400, zorder=3, label="target" if k == 0 else None
         )
         for j, model in enumerate(models):
-            for run, label in zip(results["runs"], labels):
+            for run, label in zip(results["runs"], labels, strict=False):
                 if run["model"] == model and str(run["target"]) == str(i):
                     colour = f"C{j}" if len(models) > 1 else f"C{columns.index(label)}"  # one model: by setting
                     axes[3].scatter(

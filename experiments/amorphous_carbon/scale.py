@@ -19,8 +19,10 @@ Tersoff potential at fixed cell and these are measured on the relaxed structures
 ``raw_*``). Writes ``results.json``, ``curves.json`` and ``scale.png``
 (g(r) per density; sp3 fraction against density) to ``--out``.
 
-    gcd data build amorphous-carbon --n-structures 300 --xanes-sites 8 --out experiments/amorphous_carbon/data/a_c_300.h5 --finished-only
-    gcd data build amorphous-carbon --n-structures 5 --n-atoms 512 --xanes-sites 1 --out experiments/amorphous_carbon/data/a_c_512_ref.h5 --finished-only
+    gcd data build amorphous-carbon --n-structures 300 --xanes-sites 8 \
+        --out experiments/amorphous_carbon/data/a_c_300.h5 --finished-only
+    gcd data build amorphous-carbon --n-structures 5 --n-atoms 512 --xanes-sites 1 \
+        --out experiments/amorphous_carbon/data/a_c_512_ref.h5 --finished-only
     python experiments/amorphous_carbon/scale.py --out experiments/amorphous_carbon/results/scale
 """
 
@@ -289,8 +291,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 curves["g"][f"{kind}{n_atoms} {e['density']:.2f}"] = g_mean.tolist()
                 print(
                     f"[scale] {kind} {n_atoms} atoms at {e['density']:.2f} g/cm³: n {run['n_atoms_mean']:.1f}, "
-                    f"density {run['density_mean']:.2f}, sp3 {run['sp3_fraction']:.2f}, first peak {run['first_peak_r']:.2f} Å, g(r) L1 vs ref512 "
-                    f"{run['rdf_l1_vs_ref512']:.2f}, sp3 of the data thinned to that count {run['data64_thinned_sp3_fraction']:.2f}, "
+                    f"density {run['density_mean']:.2f}, sp3 {run['sp3_fraction']:.2f}, first peak "
+                    f"{run['first_peak_r']:.2f} Å, g(r) L1 vs ref512 "
+                    f"{run['rdf_l1_vs_ref512']:.2f}, sp3 of the data thinned to that count "
+                    f"{run['data64_thinned_sp3_fraction']:.2f}, "
                     f"{seconds:.0f} s",
                     file=sys.stderr,
                     flush=True,

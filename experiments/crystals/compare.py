@@ -46,14 +46,15 @@ import json
 import logging
 import math
 import os
-import re
 import platform
+import re
 import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,8 @@ TORUS_CONVERGE: dict[str, Any] = {
 # experiments/crystals/RESULTS.md (History).
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
-        "description": "2-core CPU, one torch thread per run, two runs at a time: all five phases, both models, < 45 min",
+        "description": "2-core CPU, one torch thread per run, two runs at a time: all five phases, both models, < 45 "
+        "min",
         "accelerator": "cpu",
         "threads": 1,
         # two runs at once, one per core, each with one torch thread: the ten runs are independent
@@ -121,7 +123,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "supercell_samples": 16,
         "seed": 0,
         "voxel": {
-            # the capability-test recipe (tests/integration/test_voxel_model.py: 16-channel two-level U-Net, no attention),
+            # the capability-test recipe (tests/integration/test_voxel_model.py: 16-channel two-level U-Net, no
+            # attention),
             # except lr 5e-4 instead of 2e-3: at 2e-3 diamond Si collapses to the mean grid (no atom decoded),
             # while 5e-4 keeps fcc and hcp where they were (RESULTS.md, History: learning rate)
             # offsets: "blend" (x0 = c x_t/sqrt(ā) + (1 - c) F, c = σ_d²/(σ² + σ_d²)) with σ_d = the data's thermal σ
@@ -1096,7 +1099,7 @@ class _locked:
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / ".lock"
 
-    def __enter__(self) -> "_locked":
+    def __enter__(self) -> _locked:
         import fcntl
 
         self.handle = open(self.path, "w")
@@ -1207,7 +1210,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{s['thermal_sigma']} Å per component. Voxel: U-Net {s['voxel']['model'].get('base_channels')} channels, "
         f"mults {s['voxel']['model'].get('channel_mults')}, {voxel_sampler}. "
         f"Particle (Cartesian): MPNN hidden {s['particle']['model'].get('hidden')}, "
-        f"{s['particle']['model'].get('layers')} layers, {s['particle']['sampler'].upper()}-{s['particle']['sample_steps']}."
+        f"{s['particle']['model'].get('layers')} layers, "
+        f"{s['particle']['sampler'].upper()}-{s['particle']['sample_steps']}."
         + (
             f" Particle (torus): pair network hidden {s['particle_torus']['model'].get('hidden')}, "
             f"{s['particle_torus']['model'].get('layers')} layers, {s['particle_torus']['model'].get('frequencies')} "
@@ -1228,7 +1232,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         "2×2×2 supercell: phase match at 0.5 Å of samples drawn in twice the training cell (scored against the ideal "
         "crystal there), and the fraction of them with overlapping atoms; n/a where the model cannot sample it.",
         "",
-        "| phase | model | match 0.5 Å | match 0.2 Å | disp RMS (Å) | g(r) L1 | mean n (target) | mean abs Δn | n (hist) "
+        "| phase | model | match 0.5 Å | match 0.2 Å | disp RMS (Å) | g(r) L1 | mean n (target) | mean abs Δn | n "
+        "(hist) "
         "| viol. | train s | sample s | evals | 2×2×2 match (overlap) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -1239,7 +1244,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"{_pct(d['phase_match_strict'])} | {_fmt(d['displacement_rms'], 3)} | — | {d['n_atoms']} | 0 | "
             f"**{d['n_atoms']}**×{d['n_structures']} | 0% | — | — | — | — |"
         )
-        for key, run in entry["models"].items():
+        for run in entry["models"].values():
             for r, label in [(run, f"{run_label(run)}, {sampler_label(run)}")] + [
                 (v, f"↳ same model, {sampler_label(v)}") for v in run.get("variants", [])
             ]:
@@ -1294,7 +1299,7 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
         label = "training data" if name == "data" else (run_label(runs[0]) if runs else name)
         ax.bar(pos, loose, width=width, color=run_color(name), alpha=0.45, label=f"{label} (0.5 Å)")
         ax.bar(pos, strict, width=width, color=run_color(name), label=f"{label} (0.2 Å)")
-        for xp, v in zip(pos, loose):
+        for xp, v in zip(pos, loose, strict=False):
             if v == v:  # not NaN: the 0.5 Å rate above the bar, so that 0 % is visible too
                 ax.text(xp, v + 0.01, f"{100 * v:.0f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, [f"{p} {results['phases'][p]['element']}" for p in phases])
@@ -1582,7 +1587,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["phases"][phase] = entry = _phase_entry(ideal, path, data_numbers, geometry)
         entry["models"].update(earlier)
         say(
-            f"[compare] {phase} {entry['element']}: {data_numbers['n_structures']} training cells of {len(ideal)} atoms; data "
+            f"[compare] {phase} {entry['element']}: {data_numbers['n_structures']} training cells of {len(ideal)} "
+            f"atoms; data "
             f"match {data_numbers['phase_match']:.0%} / {data_numbers['phase_match_strict']:.0%} (0.5/0.2 Å), disp RMS "
             f"{data_numbers['displacement_rms']:.3f} Å ({time.perf_counter() - t0:.1f} s)"
         )
@@ -1614,15 +1620,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         say(
             f"[compare] run {len(finished)}/{len(tasks)}: {phase}-{key} done: match {_pct(res['phase_match'])} (0.5 Å) "
             f"{_pct(res['phase_match_strict'])} (0.2 Å), disp RMS {_fmt(res['displacement_rms'], 3)} Å (data "
-            f"{data_numbers['displacement_rms']:.3f}), g(r) L1 {_fmt(res['rdf_l1'], 3)}, mean n {_fmt(res['n_atoms_mean'], 1)}/"
-            f"{res['n_atoms_target']}, viol. {_pct(res['min_distance_violations'])}; train {res['train_seconds']:.0f} s, "
+            f"{data_numbers['displacement_rms']:.3f}), g(r) L1 {_fmt(res['rdf_l1'], 3)}, mean n "
+            f"{_fmt(res['n_atoms_mean'], 1)}/"
+            f"{res['n_atoms_target']}, viol. {_pct(res['min_distance_violations'])}; train "
+            f"{res['train_seconds']:.0f} s, "
             f"sample {res['sample_seconds']:.0f} s;{extra}; elapsed {time.perf_counter() - start:.0f} s"
         )
         for v in res["variants"]:
             say(
                 f"[compare]   same model, {sampler_label(v)}: match {_pct(v['phase_match'])} / "
                 f"{_pct(v['phase_match_strict'])}, disp RMS {_fmt(v['displacement_rms'], 3)} Å, mean n "
-                f"{_fmt(v['n_atoms_mean'], 1)}, viol. {_pct(v['min_distance_violations'])}; sample {v['sample_seconds']:.0f} s"
+                f"{_fmt(v['n_atoms_mean'], 1)}, viol. {_pct(v['min_distance_violations'])}; sample "
+                f"{v['sample_seconds']:.0f} s"
             )
 
     failures: list[str] = []

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -102,7 +103,8 @@ def _table(results: dict[str, Any]) -> str:
         lines.append(f"| {phase} | " + " | ".join(cells) + f" | {entry['data']['displacement_rms']:.3f} |")
     lines += [
         "",
-        "| sampler | NFE | NFE saving | worst drop vs reference (points) | within margin on every phase | sample s (all phases) |",
+        "| sampler | NFE | NFE saving | worst drop vs reference (points) | within margin on every phase | sample s "
+        "(all phases) |",
         "|---|---|---|---|---|---|",
     ]
     for s, summary in results["summary"].items():
@@ -185,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "data": data_numbers,
             "samplers": {},
         }
-        for spec, (sampler, steps, spacing, (restarts, level)) in zip(args.samplers, specs):
+        for spec, (sampler, steps, spacing, (restarts, level)) in zip(args.samplers, specs, strict=False):
             model.diffusion.timestep_spacing = spacing
             model.sample_restarts, model.sample_restart_t = restarts, level
             t0 = time.perf_counter()

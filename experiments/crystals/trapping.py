@@ -12,7 +12,8 @@ the step rule and the number of levels are measured on the same checkpoint.
 Usage::
 
     python experiments/crystals/trapping.py --ckpt runs/crystals_compare/runs/fcc-particle_torus/last.ckpt \\
-        --dataset runs/crystals_compare/data/fcc_2x2x2_s0.05_n128_seed0.h5 --out experiments/crystals/results/trapping_fcc
+        --dataset runs/crystals_compare/data/fcc_2x2x2_s0.05_n128_seed0.h5 \\
+        --out experiments/crystals/results/trapping_fcc
 
 Writes ``trapping.json`` (every number and the command), ``trapping.md`` and ``trapping.png`` to ``--out``.
 """
@@ -25,8 +26,9 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -348,7 +348,8 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(
-        f"{args.calculator} {args.boundary}: min E_gb {result['min_gb_energy']:.4f} J/m² at {result['min_translation']} "
+        f"{args.calculator} {args.boundary}: min E_gb {result['min_gb_energy']:.4f} J/m² at "
+        f"{result['min_translation']} "
         f"({result['seconds']:.0f} s) -> {out}"
     )
     return result

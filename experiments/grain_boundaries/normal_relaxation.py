@@ -188,12 +188,14 @@ def run_case(calculator: str, boundary: str, args: argparse.Namespace) -> dict:
     )
     if calculator == "emt":
         print(
-            f"{calculator} {boundary}: GRIP setup, lowest translation at fmax {args.reference_fmax:g}, both thicknesses",
+            f"{calculator} {boundary}: GRIP setup, lowest translation at fmax {args.reference_fmax:g}, both "
+            f"thicknesses",
             flush=True,
         )
         case["grip_grid"], case["grip_grid_top_doubled"] = case["grip"], case["grip_doubled"]
         for key, free in (("grip", args.free), ("grip_doubled", args.free + grain)):
-            name = f"grip_{calculator}_{boundary}_best_fmax{args.reference_fmax:g}{'_doubled' if key == 'grip_doubled' else ''}.json"
+            suffix = "_doubled" if key == "grip_doubled" else ""
+            name = f"grip_{calculator}_{boundary}_best_fmax{args.reference_fmax:g}{suffix}.json"
             case[key] = grip(
                 calculator,
                 boundary,
@@ -262,7 +264,8 @@ def main(argv=None) -> list[dict]:
     for r in rows:
         print(
             f"| {r['boundary']} | {r['calculator']} | {r['fixed']:.4f} | {r['normal']:.4f} | {r['grip']:.4f} | "
-            f"{100 * r['relative_difference']:+.2f}% | {r['builder_doubling_change']:+.4f} / {r['grip_doubling_change']:+.4f} |"
+            f"{100 * r['relative_difference']:+.2f}% | {r['builder_doubling_change']:+.4f} / "
+            f"{r['grip_doubling_change']:+.4f} |"
         )
     return rows
 

@@ -33,13 +33,13 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crystals"))
-from compare import PROFILES as CRYSTAL_PROFILES  # noqa: E402
 from compare import (  # noqa: E402  (the crystal experiment's helpers)
     COLORS,
     MODEL_LABELS,
@@ -51,6 +51,7 @@ from compare import (  # noqa: E402  (the crystal experiment's helpers)
     machine_info,
     particle_geometry,
 )
+from compare import PROFILES as CRYSTAL_PROFILES  # noqa: E402
 
 MODELS = ("voxel", "particle")
 STUDY = "grain_boundaries"
@@ -302,7 +303,7 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
         relaxed = relax_boundaries(generated, source, max_steps=settings.get("relax_steps"))
         t_relax += time.perf_counter() - t1
         t_sample += t1 - t0
-        for atoms, ok in zip(relaxed, kept):
+        for atoms, ok in zip(relaxed, kept, strict=False):
             info = atoms.info
             records.append(
                 {
@@ -372,17 +373,21 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"# Grain-boundary in-painting: {ref['element']} {sysd['boundary']} ({ref['potential']})",
         "",
         f"Reference: {len(ref['n'])} relaxed structures; lowest E_gb {ref['min']:.3f} J/m² at n = {ref['n_at_min']:+d} "
-        f"(n = N − N_perfect, whole cell, two boundaries). Margin {margin} J/m². Boundary slab ±{results['settings']['boundary_width']} Å.",
+        f"(n = N − N_perfect, whole cell, two boundaries). Margin {margin} J/m². Boundary slab "
+        f"±{results['settings']['boundary_width']} Å.",
         "",
-        "| model | samples | relaxed | within margin of ref. min | below ref. min | within margin of ref. min at same n | best E_gb (n) | median E_gb | n changed from template | fixed region kept |",
+        "| model | samples | relaxed | within margin of ref. min | below ref. min | within margin of ref. min at "
+        "same n | best E_gb (n) | median E_gb | n changed from template | fixed region kept |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, m in results["models"].items():
         s = m["summary"]
         lines.append(
-            f"| {MODEL_LABELS.get(kind, kind)} | {s['n_samples']} | {s['relaxed_ok']} | {s['within_margin_of_reference_min']:.0%} | "
+            f"| {MODEL_LABELS.get(kind, kind)} | {s['n_samples']} | {s['relaxed_ok']} | "
+            f"{s['within_margin_of_reference_min']:.0%} | "
             f"{s['below_reference_min']:.0%} | {s['within_margin_of_reference_min_at_same_n']:.0%} | "
-            f"{_fmt(s['best_gb_energy'])} ({s['n_at_best'] if s['n_at_best'] is not None else '—'}) | {_fmt(s['median_gb_energy'])} | "
+            f"{_fmt(s['best_gb_energy'])} ({s['n_at_best'] if s['n_at_best'] is not None else '—'}) | "
+            f"{_fmt(s['median_gb_energy'])} | "
             f"{s['n_changed_from_template']:.0%} | {s['fixed_region_kept']:.0%} |"
         )
     counts = sorted(
@@ -407,7 +412,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         "",
         "Timing (s): "
         + "; ".join(
-            f"{k}: train {m['train']['train_seconds']:.0f}, sample {m['sample_seconds']:.0f}, relax {m['relax_seconds']:.0f}"
+            f"{k}: train {m['train']['train_seconds']:.0f}, sample {m['sample_seconds']:.0f}, relax "
+            f"{m['relax_seconds']:.0f}"
             for k, m in results["models"].items()
         )
         + f"; total {results.get('total_seconds', float('nan')):.0f}.",
@@ -509,8 +515,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with AtomsH5(path) as data:
         geometry = particle_geometry(data.atoms(reference["index_at_min"]), settings)
     say(
-        f"[gb] {path}: {len(reference['n'])} structures, counts {sorted(int(k) for k in reference['per_count'])}, reference min "
-        f"{reference['min']:.3f} J/m² at n={reference['n_at_min']:+d} ({time.perf_counter() - start:.0f} s); templates {templates}"
+        f"[gb] {path}: {len(reference['n'])} structures, counts {sorted(int(k) for k in reference['per_count'])}, "
+        f"reference min "
+        f"{reference['min']:.3f} J/m² at n={reference['n_at_min']:+d} ({time.perf_counter() - start:.0f} s); "
+        f"templates {templates}"
     )
     results: dict[str, Any] = {
         "study": STUDY,
@@ -543,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["total_seconds"] = time.perf_counter() - start
         write_outputs(results, out)
         say(
-            f"[gb] {kind}: within {settings['margin']} J/m² of the reference min {summary['within_margin_of_reference_min']:.0%}, "
+            f"[gb] {kind}: within {settings['margin']} J/m² of the reference min "
+            f"{summary['within_margin_of_reference_min']:.0%}, "
             f"best {_fmt(summary['best_gb_energy'])} J/m² at n={summary['n_at_best']}, counts {summary['distinct_n']}; "
             f"train {train_info['train_seconds']:.0f} s, sample {t_sample:.0f} s, relax {t_relax:.0f} s"
         )

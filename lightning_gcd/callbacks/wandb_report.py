@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -226,7 +227,7 @@ class WandbStructureReport(Callback):
         """``wandb.Table`` (index, n_atoms, formula, min_distance, image) of the given structures."""
         dmin = min_distances(atoms, search_radius)
         table = wandb.Table(columns=["index", "n_atoms", "formula", "min_distance", "image"])
-        for i, (a, d) in enumerate(zip(atoms, dmin)):
+        for i, (a, d) in enumerate(zip(atoms, dmin, strict=False)):
             formula = a.get_chemical_formula() if len(a) else ""
             table.add_data(
                 i,

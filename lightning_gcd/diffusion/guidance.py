@@ -26,7 +26,7 @@ steps (the corrector of the ``pc`` sampler runs on the prior alone).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -76,7 +76,7 @@ class VPSchedule:
         return self.T
 
     @classmethod
-    def from_name(cls, name: str, T: int = 1000) -> "VPSchedule":
+    def from_name(cls, name: str, T: int = 1000) -> VPSchedule:
         """Build a named schedule ("cosine" or "linear") with ``T`` steps."""
         if name not in SCHEDULES:
             raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(SCHEDULES)}")

@@ -28,7 +28,7 @@ Pure PyTorch, no Lightning.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

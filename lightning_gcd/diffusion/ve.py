@@ -47,7 +47,8 @@ Classifier-free guidance, same convention as the voxel model:
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch

@@ -1,16 +1,17 @@
 """Shared plumbing of the structure metrics: input conversion and an exact float64 pair list.
 
 The pair search itself is ``lightning_gcd.periodic.neighbor_search`` (sorted-column sweep or cell lists,
-any cell shape, small cells included; half lists for symmetric quantities). This module only decides the precision: by default the search runs in float32 with
-a small safety margin on the cutoff and the distances of the edges found are then recomputed in
+any cell shape, small cells included; half lists for symmetric quantities). This module only decides the precision: by
+default the search runs in float32 with a small safety margin on the cutoff and the distances of the edges found are
+then recomputed in
 float64 from the float64 coordinates and the integer image shifts, so the metrics bin exactly the
 same distances as ASE (float64) while the search pays float32 memory traffic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from lightning_gcd.periodic import _per_structure_matmul, neighbor_search
 from lightning_gcd.structures import StructureBatch
 
 #: What every metric's ``update`` accepts: a batch, one ``Atoms`` or a list of them.
-Structures = Union[StructureBatch, Atoms, Sequence[Atoms]]
+Structures = StructureBatch | Atoms | Sequence[Atoms]
 
 MAX_Z = 118
 
@@ -98,7 +99,8 @@ def find_pairs(
     above float32 rounding, then recomputes the distances in float64 and applies the exact cutoff;
     ``torch.float64`` searches in float64 directly. Both give the same pairs. On the CPU the search is
     always float64: the candidate tests cost about the same in either precision there, and the float64
-    search returns the exact distances without the recomputation pass (faster in total); ``search_dtype`` matters on GPUs. ``half=True`` lists each pair once (half the work;
+    search returns the exact distances without the recomputation pass (faster in total); ``search_dtype`` matters on
+    GPUs. ``half=True`` lists each pair once (half the work;
     symmetric quantities count it for both atoms), else every directed pair.
     """
     mask = batch.mask.bool()

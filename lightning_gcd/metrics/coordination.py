@@ -8,7 +8,7 @@ or a dict ``{(Z1, Z2): r}`` (numbers or symbols, symmetric, pairs not listed are
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

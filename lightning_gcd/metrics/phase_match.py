@@ -24,8 +24,9 @@ cell shape, which covers every distance the tolerance can accept.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ __all__ = ["phase_matches", "PhaseMatch", "ideal_for_dataset", "local_structure_
 _PENALTY = 1e6  # Å², added to assignment costs beyond the tolerance
 _CHUNK = 1 << 21  # elements per vectorised candidate check
 
-IdealSpec = Union[Atoms, Sequence[Atoms], Mapping[Any, Atoms], Callable[[Atoms], Any]]
+IdealSpec = Atoms | Sequence[Atoms] | Mapping[Any, Atoms] | Callable[[Atoms], Any]
 
 
 def _wrap(d: np.ndarray) -> np.ndarray:
@@ -173,7 +174,7 @@ class PhaseMatch(Metric):
             self._keys = list(range(len(self._ideals)))
         if self._callable is None and not self._ideals:
             raise ValueError("no ideal crystal given")
-        self.names = [_phase_name(a, k) for k, a in zip(self._keys, self._ideals)]
+        self.names = [_phase_name(a, k) for k, a in zip(self._keys, self._ideals, strict=True)]
         for name in ("matched", "total", "disp_sum", "disp_sq_sum", "disp_count"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("matched_per_phase", torch.zeros(len(self._ideals), dtype=torch.float64), dist_reduce_fx="sum")
@@ -240,7 +241,7 @@ class PhaseMatch(Metric):
             "displacement_rms": torch.sqrt(self.disp_sq_sum / self.disp_count) if has else nan,
             "displacement_mean": self.disp_sum / self.disp_count if has else nan,
         }
-        for name, m in zip(self.names, self.matched_per_phase):
+        for name, m in zip(self.names, self.matched_per_phase, strict=True):
             out[f"phase_match/{name}"] = m / self.total if self.total > 0 else nan
         return out
 
@@ -286,7 +287,7 @@ def ideal_for_dataset(path: str | Path, strict: bool = True) -> dict[int, Atoms]
             f"{path}: inconsistent crystals metadata (phases {phases}, elements {elements}, repeat {repeat})"
         )
     out: dict[int, Atoms] = {}
-    for p, (phase, element) in enumerate(zip(phases, elements)):
+    for p, (phase, element) in enumerate(zip(phases, elements, strict=True)):
         rows = np.flatnonzero(phase_index == p)
         if rows.size == 0:
             continue

@@ -7,8 +7,9 @@ writes one PNG and returns the path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -60,7 +61,7 @@ def plot_coordination(curves: Mapping[str, Any], path: str | Path, title: str = 
     species = sorted(set(samples) | set(reference)) or [0]
     fig = Figure(figsize=(5.5, 2.6 * len(species)), layout="constrained")
     axes = fig.subplots(len(species), 1, squeeze=False)[:, 0]
-    for ax, z in zip(axes, species):
+    for ax, z in zip(axes, species, strict=False):
         s, r = samples.get(z), reference.get(z)
         n_k = len(s) if s is not None else (len(r) if r is not None else 1)
         k = np.arange(n_k)

@@ -14,7 +14,8 @@ import contextlib
 import math
 import random
 from abc import abstractmethod
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np

@@ -7,7 +7,7 @@ probe without EMA saw the phase-match rate swing between checkpoints).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ class EMA(nn.Module):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
-        for i, (name, tensor) in enumerate(_tensors(model)):
+        for i, (_name, tensor) in enumerate(_tensors(model)):
             if tensor.dtype.is_floating_point:
                 self.register_buffer(f"shadow_{i}", tensor.detach().clone())
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
@@ -40,14 +40,18 @@ class EMA(nn.Module):
         decay = min(self.decay, (1.0 + n) / (10.0 + n))
         current = [t for _, t in _tensors(model) if t.dtype.is_floating_point]
         torch._foreach_lerp_(
-            self._shadows(), [c.detach().to(s.dtype) for c, s in zip(current, self._shadows())], 1.0 - decay
+            self._shadows(),
+            [c.detach().to(s.dtype) for c, s in zip(current, self._shadows(), strict=True)],
+            1.0 - decay,
         )
         self.updates += 1
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite ``model``'s weights with the averages (used when exporting for sampling)."""
-        for (_, t), s in zip([x for x in _tensors(model) if x[1].dtype.is_floating_point], self._shadows()):
+        for (_, t), s in zip(
+            [x for x in _tensors(model) if x[1].dtype.is_floating_point], self._shadows(), strict=True
+        ):
             t.copy_(s)
 
     @contextlib.contextmanager
@@ -60,7 +64,7 @@ class EMA(nn.Module):
             yield
         finally:
             with torch.no_grad():
-                for t, b in zip(live, backup):
+                for t, b in zip(live, backup, strict=True):
                     t.copy_(b)
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["RETIRED", "RetiredOption", "drop_retired", "retired_in", "retired_message"]
 

@@ -13,7 +13,8 @@ with the training voxel spacing (``template`` cells that are supercells of the t
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -308,7 +309,9 @@ class GrandCanonicalDiffusion(DiffusionModule):
         if n_atoms is not None and self.info.get("voxels_per_atom"):
             voxels = float(n_atoms) * float(self.info["voxels_per_atom"])
             spacing = spacing * (float(np.prod(lengths / spacing)) / voxels) ** (1.0 / 3.0)
-        return tuple(int(max(factor, round(length / s / factor) * factor)) for length, s in zip(lengths, spacing))  # type: ignore[return-value]
+        return tuple(
+            int(max(factor, round(length / s / factor) * factor)) for length, s in zip(lengths, spacing, strict=True)
+        )  # type: ignore[return-value]
 
     def sampling_bytes(self, template: Batch, batch_size: int) -> int:
         """A low estimate of the memory (bytes) that sampling ``batch_size`` structures like the template's
@@ -324,7 +327,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         """
         cell = template["cell"]
         n_atoms = template["n_atoms"].tolist() if "n_atoms" in template else [None] * len(cell)
-        voxels = max(math.prod(self.grid_for_cell(c, n)) for c, n in zip(cell, n_atoms))
+        voxels = max(math.prod(self.grid_for_cell(c, n)) for c, n in zip(cell, n_atoms, strict=True))
         hp = self.hparams
         floats = 10.0 * self.encoding.n_channels
         for level, mult in enumerate(hp.channel_mults):
@@ -344,7 +347,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         hp = self.hparams
         cell = template["cell"]
         n_atoms = template["n_atoms"].tolist() if "n_atoms" in template else [None] * len(cell)
-        grids = {self.grid_for_cell(c, n) for c, n in zip(cell, n_atoms)}
+        grids = {self.grid_for_cell(c, n) for c, n in zip(cell, n_atoms, strict=True)}
         if len(grids) != 1:
             raise GcdError(f"one sampling batch must share one grid; these cells give grids {sorted(grids)}")
         grid = grids.pop()

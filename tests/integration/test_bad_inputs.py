@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, run_gcd
+
 from lightning_gcd.cli import main as gcd_main
 from lightning_gcd.models.loading import load_model
 

@@ -8,7 +8,6 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
 
 

@@ -8,14 +8,13 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
+from conftest import make_frames
 
 from datamodules.builders import build_dataset, build_records
 from datamodules.builders.crystals import PHASES, default_spec
 from datamodules.builders.from_files import files_records
 from datamodules.h5format import AtomsH5
 from lightning_gcd.errors import GcdError
-
-from conftest import make_frames
 
 
 def test_crystals_all_phases(crystals_h5: Path) -> None:

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from conftest import REPO, run_gcd
+
 from datamodules import AtomsH5
 
 VOXEL = str(REPO / "experiments/smoke/voxel.yaml")

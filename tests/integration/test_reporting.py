@@ -15,16 +15,17 @@ import json
 import math
 import re
 import struct
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import ase.io
 import numpy as np
 import pytest
-
 from conftest import REPO, run_gcd
+
 from lightning_gcd.errors import GcdError
 
 KINDS = ("voxel", "particle")
@@ -158,7 +159,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         )
 
     with ThreadPoolExecutor(len(KINDS)) as pool:
-        results = dict(zip(KINDS, pool.map(fit, KINDS)))
+        results = dict(zip(KINDS, pool.map(fit, KINDS), strict=True))
     for kind, result in results.items():
         assert result.returncode == 0, f"{kind}: {result.stderr[-3000:]}"
     return {

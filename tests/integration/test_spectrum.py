@@ -399,7 +399,7 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
     )
     target = tmp_path / "target.txt"
     spectrum = synthetic_spectra(_one_structure(spectrum_h5)).mean(0)
-    target.write_text("\n".join(f"{e} {v}" for e, v in zip(ENERGY, spectrum)))
+    target.write_text("\n".join(f"{e} {v}" for e, v in zip(ENERGY, spectrum, strict=True)))
     out = tmp_path / "guided.extxyz"
     capsys.readouterr()
     rc = gcd_main(

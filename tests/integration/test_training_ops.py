@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import REPO, run_gcd
 from test_reporting import read_wandb_records
 

@@ -9,8 +9,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_gcd
+
 from datamodules.builders.crystals import default_spec
 from datamodules.datamodule import AtomsDataModule
 from lightning_gcd.diffusion.vp import respaced_timesteps
@@ -77,7 +77,9 @@ def test_model_shapes_ema_and_checkpoint_round_trip(tmp_path: Path, fcc_h5: Path
     assert model.info["grid_shape"] == [8, 8, 8] and model.info["species"] == [29]
     shadow = [b for n, b in model.ema.named_buffers() if n.startswith("shadow_")]
     live = [p for p in model.net.parameters()]
-    assert any(not torch.equal(s, p) for s, p in zip(shadow, live)), "EMA weights should differ from the live weights"
+    assert any(not torch.equal(s, p) for s, p in zip(shadow, live, strict=True)), (
+        "EMA weights should differ from the live weights"
+    )
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     assert any(k.startswith("ema.shadow_") for k in torch.load(path, weights_only=True)["state_dict"])

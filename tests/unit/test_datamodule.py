@@ -173,7 +173,7 @@ def test_global_batch_split_over_ranks(fcc_h5: Path) -> None:
     assert dm.per_rank_batch_size == 2
     dm.batch_size = 6
     with pytest.raises(GcdError, match="not divisible"):
-        dm.per_rank_batch_size
+        _ = dm.per_rank_batch_size
 
 
 def test_translations_that_share_a_voxel_are_redrawn(fcc_h5: Path) -> None:

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 from ase.build import bulk
-
 from conftest import run_gcd
+
 from datamodules.builders import build_dataset
 from datamodules.h5format import AtomsH5, DatasetRecords, validate_file, write_dataset
 from datamodules.merge import merge_files

@@ -47,7 +47,7 @@ def brute_force(frac: np.ndarray, cell: np.ndarray, cutoff: float):
     for s in itertools.product(*ranges):
         vec = pos[None, :, :] + np.array(s) @ cell - pos[:, None, :]
         d = np.linalg.norm(vec, axis=-1)
-        for i, j in zip(*np.nonzero(d < cutoff)):
+        for i, j in zip(*np.nonzero(d < cutoff), strict=True):
             if i == j and s == (0, 0, 0):
                 continue
             out.append((int(i), int(j), tuple(int(x) for x in s)))
@@ -55,7 +55,9 @@ def brute_force(frac: np.ndarray, cell: np.ndarray, cutoff: float):
 
 
 def as_counter(i, j, s) -> Counter:
-    return Counter(zip(np.asarray(i).tolist(), np.asarray(j).tolist(), [tuple(x) for x in np.asarray(s).tolist()]))
+    return Counter(
+        zip(np.asarray(i).tolist(), np.asarray(j).tolist(), [tuple(x) for x in np.asarray(s).tolist()], strict=True)
+    )
 
 
 CASES = [
@@ -91,7 +93,7 @@ def test_neighbor_pairs_match_ase_and_brute_force(case: int, method: str) -> Non
     assert np.all(np.diff(i) >= 0)  # sorted by i
     if scale[1] < 2 * cutoff:
         # small cell: some pair must appear with several different shifts
-        assert max(Counter(zip(i.tolist(), j.tolist())).values()) > 1
+        assert max(Counter(zip(i.tolist(), j.tolist(), strict=True)).values()) > 1
 
 
 def test_single_atom_sees_its_own_images() -> None:
@@ -227,7 +229,7 @@ def _ase_counter(pos: np.ndarray, cell: np.ndarray, cutoff: float):
     i, j, s = neighbor_list(
         "ijS", Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=cell, pbc=True), cutoff, self_interaction=False
     )
-    return Counter(zip(i.tolist(), j.tolist(), map(tuple, s.tolist())))
+    return Counter(zip(i.tolist(), j.tolist(), map(tuple, s.tolist()), strict=True))
 
 
 @pytest.mark.parametrize("trim", [False, True])
@@ -260,13 +262,17 @@ def test_half_lists_and_sweep_match_ase(trim: bool, monkeypatch: pytest.MonkeyPa
         used_sweep += int(periodic._sweep_applicable(periodic.perpendicular_widths(ct), cutoff)[0])
         for method in ("cell_list", "dense", "compiled"):
             found = periodic.neighbor_search(ft, ct, None, cutoff, method=method, half=True, distances=True)
-            half = Counter(zip(found.src.tolist(), found.dst.tolist(), map(tuple, found.shifts.tolist())))
-            mirror = Counter(zip(found.dst.tolist(), found.src.tolist(), map(tuple, (-found.shifts).tolist())))
+            half = Counter(zip(found.src.tolist(), found.dst.tolist(), map(tuple, found.shifts.tolist()), strict=True))
+            mirror = Counter(
+                zip(found.dst.tolist(), found.src.tolist(), map(tuple, (-found.shifts).tolist()), strict=True)
+            )
             assert max(half.values(), default=1) == 1 and half + mirror == ref, (case, method)
             vec = torch.as_tensor(pos)[found.dst] + found.shifts.double() @ ct[0] - torch.as_tensor(pos)[found.src]
             torch.testing.assert_close(found.distances, vec.norm(dim=1), rtol=0, atol=1e-9)
             full = periodic.radius_graph(ft, ct, None, cutoff, method=method, sort=False)
-            assert Counter(zip(full.src.tolist(), full.dst.tolist(), map(tuple, full.shifts.tolist()))) == ref
+            assert (
+                Counter(zip(full.src.tolist(), full.dst.tolist(), map(tuple, full.shifts.tolist()), strict=True)) == ref
+            )
     assert used_sweep >= 10
 
 
@@ -350,11 +356,15 @@ def test_compiled_search_random_batches_equal_dense(half: bool) -> None:
         cutoff = float(rng.uniform(1.0, 5.0))
         got = neighbor_search(frac, cell, mask, cutoff, method="compiled", half=half, distances=True)
         ref = neighbor_search(frac, cell, mask, cutoff, method="dense", half=False, distances=True)
-        edges = Counter(zip(got.src.tolist(), got.dst.tolist(), map(tuple, got.shifts.tolist())))
+        edges = Counter(zip(got.src.tolist(), got.dst.tolist(), map(tuple, got.shifts.tolist()), strict=True))
         if half:  # each pair once: with its mirror image it is the full list
             assert max(edges.values(), default=1) == 1
-            edges = edges + Counter(zip(got.dst.tolist(), got.src.tolist(), map(tuple, (-got.shifts).tolist())))
-        assert edges == Counter(zip(ref.src.tolist(), ref.dst.tolist(), map(tuple, ref.shifts.tolist()))), trial
+            edges = edges + Counter(
+                zip(got.dst.tolist(), got.src.tolist(), map(tuple, (-got.shifts).tolist()), strict=True)
+            )
+        assert edges == Counter(
+            zip(ref.src.tolist(), ref.dst.tolist(), map(tuple, ref.shifts.tolist()), strict=True)
+        ), trial
         pos = torch.bmm(frac, cell).reshape(-1, 3)
         vec = pos[got.dst] + (got.shifts.double()[:, None, :] @ cell[got.src // n])[:, 0] - pos[got.src]
         torch.testing.assert_close(got.distances, vec.norm(dim=1), rtol=0, atol=1e-9)

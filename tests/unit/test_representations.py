@@ -39,7 +39,7 @@ def test_occupancy_round_trip_exact(phase: str) -> None:
     grids = enc.encode(batch, shape)
     assert grids.shape == (3, enc.n_channels, *shape) and grids.dtype == torch.float32
     decoded = enc.decode(grids, batch.cell).to_atoms()
-    for a, b in zip(atoms, decoded):
+    for a, b in zip(atoms, decoded, strict=True):
         assert len(a) == len(b)
         assert _matched_error(a, b) < 1e-4
 
@@ -53,7 +53,7 @@ def test_occupancy_triclinic_and_padding() -> None:
     enc = make_encoding("occupancy", [29])
     decoded = enc.decode(enc.encode(batch, (12, 12, 12)), batch.cell)
     assert decoded.n_atoms.tolist() == [6, 2]
-    for x, y in zip([a, b], decoded.to_atoms()):
+    for x, y in zip([a, b], decoded.to_atoms(), strict=True):
         assert _matched_error(x, y) < 1e-4
 
 

@@ -37,7 +37,7 @@ def brute_force_score(delta: float, sigma: float, images: int = 60) -> float:
 def test_wrapped_normal_score_matches_brute_force_image_sum(sigma: float) -> None:
     deltas = [-0.49, -0.3, -0.01, 0.0, 0.004, 0.17, 0.45, 0.93, 2.2]
     ours = wrapped_normal_score(torch.tensor(deltas, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64))
-    for d, value in zip(deltas, ours.tolist()):
+    for d, value in zip(deltas, ours.tolist(), strict=True):
         expected = brute_force_score(d, sigma)
         assert value == pytest.approx(expected, rel=1e-5, abs=1e-5 * max(1.0, 1 / sigma**2)), (d, sigma)
 
@@ -338,8 +338,8 @@ def test_trapping_script_scores_sampling_from_noised_crystals(fcc_h5, tmp_path) 
     import json
 
     import lightning as L
-
     from conftest import REPO
+
     from lightning_gcd.models.particle_torus import TorusParticleDiffusion
 
     L.seed_everything(0, verbose=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def test_respaced_timesteps():
         ts = respaced_timesteps(1000, steps)
         assert len(ts) == len(set(ts)) == steps
         assert ts[0] == 999 and ts[-1] == 0
-        assert all(a > b for a, b in zip(ts, ts[1:]))
+        assert all(a > b for a, b in pairwise(ts))
     with pytest.raises(ValueError):
         respaced_timesteps(10, 11)
     with pytest.raises(ValueError):
@@ -55,7 +56,7 @@ def test_respaced_timesteps_spacings(spacing: str) -> None:
     for steps in (2, 5, 10, 50, 999, 1000):
         ts = respaced_timesteps(1000, steps, spacing, ac)
         assert len(ts) == len(set(ts)) == steps and ts[0] == 999 and ts[-1] == 0
-        assert all(a > b for a, b in zip(ts, ts[1:]))
+        assert all(a > b for a, b in pairwise(ts))
     uniform = respaced_timesteps(1000, 10)
     ts = respaced_timesteps(1000, 10, spacing, ac)
     assert ts[5] < uniform[5]  # both put more of the steps at low noise than uniform spacing does

@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BUDGETS,
         default="steps",
         help="training budget: the profile's steps (default), the voxel model's training wall time on the "
-        "same phase (walltime; read from --wall-time-from), or until the validation phase match "
-        "plateaus within the profile's step cap (converge; resumable)",
+        "same phase (walltime: the steps that take as long as the voxel model's, both speeds measured side by "
+        "side in this run), or until the validation phase match plateaus within the profile's step cap "
+        "(converge; resumable)",
     )
     p.add_argument(
         "--key",
@@ -314,13 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="results.json key of the runs (default: the model's name for its headline budget — steps for "
         "voxel and particle, converge for particle_torus — else MODEL@BUDGET, e.g. particle_torus@steps); "
         "one model per invocation when given",
-    )
-    p.add_argument(
-        "--wall-time-from",
-        default=None,
-        metavar="RESULTS_JSON",
-        help="--budget walltime: the results.json whose voxel train_seconds set each phase's budget "
-        "(default: <out>/results.json)",
     )
     p.add_argument(
         "--merge",
@@ -742,17 +736,75 @@ def run_key(kind: str, settings: dict[str, Any], key: str | None = None) -> str:
     return kind if settings["budget"] == HEADLINE_BUDGET[kind] else f"{kind}@{settings['budget']}"
 
 
-def wall_time_budget(settings: dict[str, Any], phase: str, source: Path) -> float:
-    """Seconds of training for ``--budget walltime``: the voxel model's ``train_seconds`` on ``phase`` in ``source``."""
-    if not source.is_file():
-        raise SystemExit(
-            f"--budget walltime needs the voxel model's training time: {source} does not exist "
-            "(run the voxel model first, or give --wall-time-from RESULTS_JSON)"
-        )
-    voxel = json.loads(source.read_text())["phases"].get(phase, {}).get("models", {}).get("voxel")
-    if not voxel or not voxel.get("train_seconds"):
-        raise SystemExit(f"{source} has no voxel run on {phase} to take the wall-time budget from")
-    return float(voxel["train_seconds"])
+#: --budget walltime: optimiser steps timed per model (after WALLTIME_WARMUP untimed ones), and how many times
+#: the pair (voxel, model) is timed in turn; the faster time of each model is kept
+WALLTIME_TIMED_STEPS, WALLTIME_WARMUP, WALLTIME_REPEATS = 30, 5, 2
+
+
+def step_seconds(kind: str, path: Path, settings: dict[str, Any], geometry: dict[str, float], phase: str) -> float:
+    """Seconds per optimiser step of ``kind`` on ``phase``: a short fit with the run's model, data and batch (no
+    logger, no sampling, one process), timing the last ``WALLTIME_TIMED_STEPS`` steps."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    class StepTimer(Callback):
+        def __init__(self) -> None:
+            self.start: float | None = None
+            self.end = 0.0
+
+        def on_train_batch_start(self, trainer, *_: Any) -> None:
+            if self.start is None and trainer.global_step >= WALLTIME_WARMUP:
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *_: Any) -> None:
+            self.end = time.perf_counter()
+
+    L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
+    model, dm = _model_and_data(kind, path, settings, geometry, phase)
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=WALLTIME_WARMUP + WALLTIME_TIMED_STEPS,
+        accelerator=settings["accelerator"],
+        devices=1,
+        logger=False,
+        callbacks=[timer],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, dm)
+    return (timer.end - float(timer.start)) / WALLTIME_TIMED_STEPS
+
+
+def wall_time_steps(
+    kind: str, path: Path, settings: dict[str, Any], geometry: dict[str, float], phase: str
+) -> dict[str, Any]:
+    """``--budget walltime``: the optimiser steps of ``kind`` that take as long as the voxel model's equal-steps
+    training on ``phase`` (the profile's steps for the phase).
+
+    Both speeds are measured here, in turn (voxel, model, voxel, model), keeping each model's faster time: on a
+    shared machine a ratio measured in one process holds, two training times from different runs do not (the
+    load changes the seconds, not the steps). The budget is then a step count, so the run is reproducible.
+    """
+    if kind == "voxel":
+        raise SystemExit("--budget walltime gives another model the voxel model's training time; run voxel with steps")
+    timings: dict[str, list[float]] = {"voxel": [], kind: []}
+    for _ in range(WALLTIME_REPEATS):
+        for k in timings:
+            timings[k].append(step_seconds(k, path, settings, geometry, phase))
+    voxel_steps = phase_steps(settings, phase)
+    voxel_s, model_s = min(timings["voxel"]), min(timings[kind])
+    return {
+        "voxel_steps": voxel_steps,
+        "voxel_seconds_per_step": voxel_s,
+        "seconds_per_step": model_s,
+        "wall_time_seconds": voxel_steps * voxel_s,
+        "steps": max(1, int(round(voxel_steps * voxel_s / model_s))),
+        "timings": timings,
+        "load_average": list(os.getloadavg()),
+    }
 
 
 def _wandb_logger(
@@ -831,18 +883,6 @@ def supercell_evaluation(model: Any, kind: str, ideal, metrics, settings: dict[s
     }
 
 
-def steps_in_budget(source: Path, phase: str, kind: str, seconds: float) -> int:
-    """Optimiser steps that ``seconds`` of training allow, at the speed of ``kind``'s equal-steps run on ``phase``."""
-    models = json.loads(source.read_text())["phases"].get(phase, {}).get("models", {})
-    run = next((r for r in models.values() if r.get("model") == kind and r.get("budget", "steps") == "steps"), None)
-    if run is None or not run.get("train_seconds"):
-        raise SystemExit(
-            f"--budget walltime sets {kind}'s learning-rate schedule from its equal-steps run, and {source} "
-            f"has none on {phase}: run --budget steps for it first"
-        )
-    return max(1, int(round(seconds * run["steps"] / run["train_seconds"])))
-
-
 def run_one(
     kind: str,
     phase: str,
@@ -865,6 +905,7 @@ def run_one(
 
     budget = settings["budget"]
     key = run_key(kind, settings, args.key)
+    walltime = wall_time_steps(kind, path, settings, geometry, phase) if budget == "walltime" else {}
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = _model_and_data(kind, path, settings, geometry, phase)
     logger = (
@@ -879,14 +920,7 @@ def run_one(
     options: dict[str, Any] = {"limit_val_batches": 0, "enable_checkpointing": False}
     resume = None
     if budget == "walltime":
-        source = (
-            Path(args.wall_time_from) if args.wall_time_from else Path(args.out or workdir / "results") / "results.json"
-        )
-        clock.budget_seconds = wall_time_budget(settings, phase, source)
-        # the cosine schedule needs a length: the steps the budget allows at this model's speed in its equal-steps run
-        model.hparams.lr_total_steps = steps_in_budget(source, phase, kind, clock.budget_seconds)
-        steps = -1
-        options["max_epochs"] = -1
+        steps = int(walltime["steps"])
     elif budget == "converge":
         if kind != "particle_torus":
             raise SystemExit("--budget converge is set up for particle_torus (its validation sampling and step caps)")
@@ -1022,7 +1056,7 @@ def run_one(
             "final_train_loss": float(loss) if loss is not None else float("nan"),
             "train_seconds": train_s,
             **({"convergence": convergence} if convergence else {}),
-            **({"wall_time_budget_seconds": clock.budget_seconds} if budget == "walltime" else {}),
+            **({"wall_time": walltime} if walltime else {}),
             "device": str(model.device),
             "checkpoint": str(ckpt),
         }

@@ -39,7 +39,8 @@ The search methods return the same edges in the same order (sorted by ``src``, `
                to the CPU for it.
 ``vesin``      the vesin library (``periodic_vesin.py``, the ``vesin`` extra): vesin on CPU tensors,
                vesin-torch on CUDA ones, one structure per call. Not chosen by ``auto``: on the CPU it is
-               slower than ``compiled`` in every case of the benchmarks; on GPUs it is not measured yet.
+               level with ``compiled`` on one small cell and slower in every other benchmark case
+               (batches of small cells most); on GPUs it is not measured yet.
 ``auto``       on CPU tensors ``compiled`` when numba is importable (faster than the torch searches
                below and than vesin). On GPUs (or without numba): the sorted-column sweep for every
                structure it applies to, and for the others (small cells) ``dense`` when they have at most

@@ -13,8 +13,9 @@ A half list from vesin lists each pair once, as (i, j, S) with ``i <= j``; an at
 appears as one of ``S`` and ``-S`` (vesin's choice, not always the lexicographically positive one that the
 torch searches keep).
 
-``auto`` does not choose this search: on the CPU the compiled one is faster, measured side by side in
-``experiments/bench_graph.py`` and ``experiments/bench_metrics.py`` (results in ``experiments/BENCHMARKS.md``).
+``auto`` does not choose this search: on the CPU the compiled one is as fast or faster in every case of
+``experiments/bench_graph.py`` and ``experiments/bench_metrics.py``, which time both side by side (results in
+``experiments/BENCHMARKS.md``); on GPUs the comparison with the torch searches is not measured yet.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def _search_cpu(
     return found
 
 
-def _search_cuda(
+def _search_torch(
     positions: torch.Tensor, cell: torch.Tensor, mask: torch.Tensor, cutoff: float, half: bool, quantities: str
 ) -> list[list[torch.Tensor]]:
-    """As ``_search_cpu`` with vesin-torch, for tensors on a GPU (results stay there)."""
+    """As ``_search_cpu`` with vesin-torch, on the tensors' device (used for GPUs; results stay there)."""
     import vesin.torch as vesin_torch  # loads a TorchScript extension: only where a GPU needs it
 
     calculator = vesin_torch.NeighborList(cutoff=cutoff, full_list=not half)
@@ -114,7 +115,7 @@ def vesin_search(
     quantities = "ij" + ("S" if shifts else "") + ("d" if distances else "")
     device = wrapped.device
     if device.type == "cuda":
-        parts, cat = _search_cuda(positions, cell, mask, cutoff, half, quantities), torch.cat
+        parts, cat = _search_torch(positions, cell, mask, cutoff, half, quantities), torch.cat
     else:
         parts = _search_cpu(positions, cell, mask, cutoff, half, quantities)
 

@@ -404,3 +404,23 @@ def test_vesin_empty_and_padded_structures() -> None:
     assert set(got.src.tolist()) == {5, 7, 9}
     nothing = neighbor_search(frac, cell, torch.zeros(3, 5, dtype=torch.bool), 3.5, method="vesin", distances=True)
     assert nothing.src.numel() == 0 and nothing.shifts.shape == (0, 3) and nothing.distances.shape == (0,)
+
+
+@needs_vesin
+@pytest.mark.parametrize("half", [False, True])
+def test_vesin_torch_path_equals_the_numpy_path(half: bool) -> None:
+    """The vesin-torch path (what ``method="vesin"`` runs on GPUs) on CPU tensors: the same pairs, shifts and
+    distances as the vesin path that CPU tensors take, padding and small cells included."""
+    rng = np.random.default_rng(9)
+    cell = torch.as_tensor(np.stack([random_cell(rng, "triclinic", (2.5, 7.0)) for _ in range(3)]))
+    frac = torch.as_tensor(rng.uniform(0, 1, (3, 12, 3)))
+    mask = torch.as_tensor(rng.random((3, 12)) < 0.7)
+    mask[1] = False
+    positions = torch.einsum("bni,bij->bnj", frac, cell)
+    by_torch = periodic_vesin._search_torch(positions, cell, mask, 4.0, half, "ijSd")
+    by_numpy = periodic_vesin._search_cpu(positions, cell, mask, 4.0, half, "ijSd")
+    assert len(by_torch) == len(by_numpy) == 2  # the empty structure is skipped
+    for got, ref in zip(by_torch, by_numpy, strict=True):
+        assert got[0].dtype == got[1].dtype == got[2].dtype == torch.int64
+        assert as_counter(got[0], got[1], got[2]) == as_counter(*ref[:3])
+        np.testing.assert_allclose(np.sort(got[3].numpy()), np.sort(ref[3]), rtol=0, atol=1e-12)

@@ -37,9 +37,13 @@ The search methods return the same edges in the same order (sorted by ``src``, `
 ``compiled``   CPU only (numba, ``periodic_compiled.py``): one compiled binned-cell-list loop per
                structure, any cell shape; no per-call tensor-operation overhead. CUDA inputs are copied
                to the CPU for it.
+``vesin``      the vesin library (``periodic_vesin.py``, the ``vesin`` extra): vesin on CPU tensors,
+               vesin-torch on CUDA ones, one structure per call. Not chosen by ``auto``: on the CPU it is
+               level with ``compiled`` on one small cell and slower in every other benchmark case
+               (batches of small cells most); on GPUs it is not measured yet.
 ``auto``       on CPU tensors ``compiled`` when numba is importable (faster than the torch searches
-               below). On GPUs (or without numba): the sorted-column sweep for every structure it applies
-               to, and for the others (small cells) ``dense`` when they have at most
+               below and than vesin). On GPUs (or without numba): the sorted-column sweep for every
+               structure it applies to, and for the others (small cells) ``dense`` when they have at most
                ``DENSE_REST_MAX_ATOMS`` (= 512) atom slots, else the binned cell list: for small cells the
                dense search beats the cell list many times over. The timings behind this choice are in
                ``experiments/BENCHMARKS.md`` (History).
@@ -63,7 +67,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from lightning_gcd import periodic_compiled
+from lightning_gcd import periodic_compiled, periodic_vesin
 
 __all__ = [
     "DENSE_REST_MAX_ATOMS",
@@ -720,7 +724,7 @@ def neighbor_search(
     cell: torch.Tensor,
     mask: torch.Tensor | None,
     cutoff: float,
-    method: Literal["auto", "cell_list", "dense", "compiled"] = "auto",
+    method: Literal["auto", "cell_list", "dense", "compiled", "vesin"] = "auto",
     half: bool = False,
     shifts: bool = True,
     distances: bool = False,
@@ -750,8 +754,10 @@ def neighbor_search(
         # CPU: the compiled search when numba is there; else (and on GPUs) the sweep where it applies,
         # ``rest_method`` for the other structures
         method = "compiled" if frac_coords.device.type == "cpu" and periodic_compiled.available() else "cell_list"
-    if method not in ("dense", "cell_list", "compiled"):
-        raise ValueError(f"unknown radius_graph method {method!r}; use 'auto', 'cell_list', 'dense' or 'compiled'")
+    if method not in ("dense", "cell_list", "compiled", "vesin"):
+        raise ValueError(
+            f"unknown radius_graph method {method!r}; use 'auto', 'cell_list', 'dense', 'compiled' or 'vesin'"
+        )
     with torch.no_grad():
         wrapped, floor = _wrap(frac_coords.detach())
         cell_d = cell.detach()
@@ -760,7 +766,14 @@ def neighbor_search(
         need_shifts = shifts or unwrapped
         parts: list[tuple[Neighbors, bool]] = []  # (found, is_half)
         rest = mask
-        if method == "compiled":
+        if method == "vesin":
+            src, dst, shift, dist = periodic_vesin.vesin_search(
+                wrapped, cell_d, mask, cutoff, half, need_shifts, distances
+            )
+            dist = None if dist is None else dist.to(wrapped.dtype)
+            parts.append((Neighbors(src, dst, shift, dist), half))
+            rest = None
+        elif method == "compiled":
             src, dst, shift, dist = periodic_compiled.compiled_search(wrapped, cell_d, widths, mask, cutoff, half)
             device = frac_coords.device
             parts.append(
@@ -845,7 +858,7 @@ def radius_graph(
     cell: torch.Tensor,
     mask: torch.Tensor | None,
     cutoff: float,
-    method: Literal["auto", "cell_list", "dense", "compiled"] = "auto",
+    method: Literal["auto", "cell_list", "dense", "compiled", "vesin"] = "auto",
     half: bool = False,
     sort: bool = True,
 ) -> RadiusGraph:
@@ -856,7 +869,8 @@ def radius_graph(
         cell: (B, 3, 3) Å, rows are lattice vectors; any shape, triclinic included.
         mask: (B, N) bool, True for real atoms (None: all real). Padding atoms get no edges.
         cutoff: Å; pairs with ``distance < cutoff`` are edges.
-        method: ``"dense"`` (O(N²)), ``"cell_list"`` (O(N)) or ``"auto"`` (see the module docstring).
+        method: ``"dense"`` (O(N²)), ``"cell_list"`` (O(N)), ``"compiled"``, ``"vesin"`` or ``"auto"`` (see
+            the module docstring).
         half: each pair once, as (i, j, S) or (j, i, -S): for symmetric quantities, half the cost.
         sort: sort the edges by (src, dst, shift); ``False`` skips the sort (order then unspecified,
             but grouped by structure when ``half=True`` and every structure uses the same search).
@@ -872,7 +886,7 @@ def neighbor_pairs(
     positions,
     cell,
     cutoff: float,
-    method: Literal["auto", "cell_list", "dense", "compiled"] = "auto",
+    method: Literal["auto", "cell_list", "dense", "compiled", "vesin"] = "auto",
     return_shifts: bool = False,
 ):
     """Neighbour pairs of ONE periodic structure, same semantics as ASE's ``neighbor_list('ijdD')``.

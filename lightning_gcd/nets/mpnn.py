@@ -112,7 +112,7 @@ class PeriodicMPNN(nn.Module):
             None: the condition is used as given.
         max_z: largest atomic number embedded.
         avg_neighbors: normalisation of the summed messages (typical neighbour count within cutoff).
-        graph_method: ``radius_graph`` method (``"auto"``, ``"cell_list"``, ``"dense"``).
+        graph_method: ``radius_graph`` method (``"auto"``, ``"cell_list"``, ``"dense"``, ``"compiled"``, ``"vesin"``).
     """
 
     def __init__(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 
@@ -15,6 +16,7 @@ from ase.neighborlist import neighbor_list
 
 from datamodules.builders.crystals import CrystalSpec, crystal_records, default_spec
 from datamodules.h5format import AtomsH5, random_splits, write_dataset
+from lightning_gcd import periodic_vesin
 from lightning_gcd.metrics import (
     AtomCount,
     CoordinationHistogram,
@@ -22,6 +24,7 @@ from lightning_gcd.metrics import (
     PhaseMatch,
     RadialDistribution,
     StructureMetrics,
+    _pairs,
     coordination_numbers,
     cutoff_from_rdf_minimum,
     ideal_for_dataset,
@@ -144,6 +147,22 @@ def test_rdf_small_cells_match_brute_force_image_sum(kind):
         atoms = Atoms("C3", scaled_positions=rng.random((3, 3)), cell=cell, pbc=True)
     g, _ = structure_rdf(atoms, 6.0, 60)
     np.testing.assert_allclose(g[0, 0].numpy(), brute_force_rdf(atoms, 6.0, 60), atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.skipif(not periodic_vesin.available(), reason="the vesin extra is not installed")
+def test_metrics_through_the_vesin_search_equal_auto(monkeypatch):
+    """g(r) and coordination with ``method="vesin"`` (half lists in vesin's pair order, small cells with many
+    images, a padded batch) equal those of ``auto``'s search up to the rounding of sums in another order."""
+    structures = [c[0] for c in cases().values()] + [
+        rattled(bulk("Cu", "fcc", a=3.61), 0.0, 0, translate=False),  # 1 atom, widths ~2.1 Å < r_max
+        Atoms("C3", scaled_positions=np.random.default_rng(5).random((3, 3)), cell=np.eye(3) * 2.7, pbc=True),
+    ]
+    batch = StructureBatch.from_atoms(structures, dtype=torch.float64)
+    expected_g, expected_cn = structure_rdf(batch, 6.0, 60)[0], coordination_numbers(batch, 2.9)
+    monkeypatch.setattr(_pairs, "neighbor_search", functools.partial(_pairs.neighbor_search, method="vesin"))
+    torch.testing.assert_close(structure_rdf(batch, 6.0, 60)[0], expected_g, rtol=0, atol=1e-12)
+    assert torch.equal(coordination_numbers(batch, 2.9), expected_cn)
+    assert expected_cn[3, 0] == 12 and expected_g[3].abs().sum() > 0  # the 1-atom cell sees its own images
 
 
 def test_float32_and_float64_searches_agree():

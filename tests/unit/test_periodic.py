@@ -11,14 +11,17 @@ import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
+from lightning_gcd import periodic_vesin
 from lightning_gcd.periodic import (
     minimum_image,
     neighbor_pairs,
+    neighbor_search,
     perpendicular_widths,
     radius_graph,
 )
 
-METHODS = ["dense", "cell_list", "compiled"]
+needs_vesin = pytest.mark.skipif(not periodic_vesin.available(), reason="the vesin extra is not installed")
+METHODS = ["dense", "cell_list", "compiled", pytest.param("vesin", marks=needs_vesin)]
 
 
 def random_cell(rng: np.random.Generator, kind: str, scale: tuple[float, float]) -> np.ndarray:
@@ -209,7 +212,9 @@ def test_cuda_matches_cpu() -> None:
     cell = torch.eye(3)[None].repeat(2, 1, 1) * 9.0
     cell[1, 2, 0] = 2.0
     mask = torch.ones(2, 100, dtype=torch.bool)
-    for method in METHODS:
+    for method in [
+        m for m in ("dense", "cell_list", "compiled", "vesin") if m != "vesin" or periodic_vesin.available()
+    ]:
         g_cpu = radius_graph(frac, cell, mask, 3.0, method=method)
         g_gpu = radius_graph(frac.cuda(), cell.cuda(), mask.cuda(), 3.0, method=method)
         assert as_counter(g_cpu.src, g_cpu.dst, g_cpu.shifts) == as_counter(
@@ -260,7 +265,7 @@ def test_half_lists_and_sweep_match_ase(trim: bool, monkeypatch: pytest.MonkeyPa
         ref = _ase_counter(pos, cell, cutoff)
         ft, ct = torch.as_tensor(frac)[None], torch.as_tensor(cell)[None]
         used_sweep += int(periodic._sweep_applicable(periodic.perpendicular_widths(ct), cutoff)[0])
-        for method in ("cell_list", "dense", "compiled"):
+        for method in ["cell_list", "dense", "compiled"] + (["vesin"] if periodic_vesin.available() else []):
             found = periodic.neighbor_search(ft, ct, None, cutoff, method=method, half=True, distances=True)
             half = Counter(zip(found.src.tolist(), found.dst.tolist(), map(tuple, found.shifts.tolist()), strict=True))
             mirror = Counter(
@@ -333,12 +338,11 @@ def test_sweep_candidates_stay_close_to_pairs() -> None:
         assert stats["evaluated"] < max_ratio * pairs.distances.numel(), stats
 
 
+@pytest.mark.parametrize("method", ["compiled", pytest.param("vesin", marks=needs_vesin)])
 @pytest.mark.parametrize("half", [False, True])
-def test_compiled_search_random_batches_equal_dense(half: bool) -> None:
-    """The compiled (numba) search, ``auto``'s choice on the CPU, against the dense search on padded
+def test_compiled_and_vesin_random_batches_equal_dense(half: bool, method: str) -> None:
+    """The compiled (numba) search, ``auto``'s choice on the CPU, and vesin against the dense search on padded
     batches of random triclinic cells, from much thinner than the cutoff to several bins wide."""
-    from lightning_gcd.periodic import neighbor_search
-
     rng = np.random.default_rng(5)
     for trial in range(12):
         b, n = int(rng.integers(1, 4)), int(rng.integers(1, 40))
@@ -354,7 +358,7 @@ def test_compiled_search_random_batches_equal_dense(half: bool) -> None:
         cell = torch.as_tensor(cells)
         mask = torch.as_tensor(rng.random((b, n)) < 0.8)
         cutoff = float(rng.uniform(1.0, 5.0))
-        got = neighbor_search(frac, cell, mask, cutoff, method="compiled", half=half, distances=True)
+        got = neighbor_search(frac, cell, mask, cutoff, method=method, half=half, distances=True)
         ref = neighbor_search(frac, cell, mask, cutoff, method="dense", half=False, distances=True)
         edges = Counter(zip(got.src.tolist(), got.dst.tolist(), map(tuple, got.shifts.tolist()), strict=True))
         if half:  # each pair once: with its mirror image it is the full list
@@ -368,3 +372,55 @@ def test_compiled_search_random_batches_equal_dense(half: bool) -> None:
         pos = torch.bmm(frac, cell).reshape(-1, 3)
         vec = pos[got.dst] + (got.shifts.double()[:, None, :] @ cell[got.src // n])[:, 0] - pos[got.src]
         torch.testing.assert_close(got.distances, vec.norm(dim=1), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("half", [False, True])
+def test_one_atom_cell_far_smaller_than_the_cutoff(method: str, half: bool) -> None:
+    """1 atom in a 1.6 Å sc cell at 5.5 Å: the cutoff reaches three images each way along every axis; each
+    pair is the atom with an image of itself, so each half-list shift must stand for its mirror image too."""
+    frac = torch.full((1, 1, 3), 0.3, dtype=torch.float64)
+    cell = torch.eye(3, dtype=torch.float64)[None] * 1.6
+    found = neighbor_search(frac, cell, None, 5.5, method=method, half=half, distances=True)
+    edges = as_counter(found.src, found.dst, found.shifts)
+    if half:
+        assert max(edges.values()) == 1
+        edges = edges + as_counter(found.dst, found.src, -found.shifts)
+    assert edges == brute_force(frac[0].numpy(), cell[0].numpy(), 5.5)
+    assert max(abs(s) for key in edges for s in key[2]) == 3  # |S| up to ceil(5.5 / 1.6) - 1 images
+    torch.testing.assert_close(found.distances, found.shifts.double().norm(dim=1) * 1.6, rtol=0, atol=1e-12)
+
+
+@needs_vesin
+def test_vesin_empty_and_padded_structures() -> None:
+    """vesin takes one structure per call: structures without atoms are skipped, padding slots map back to
+    the flat indices ``b * N + slot`` of the real atoms around them."""
+    frac = torch.rand(3, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cell = torch.eye(3, dtype=torch.float64)[None].repeat(3, 1, 1) * 3.0
+    mask = torch.tensor([[False] * 5, [True, False, True, False, True], [False] * 5])
+    got = neighbor_search(frac, cell, mask, 3.5, method="vesin", distances=True)
+    ref = neighbor_search(frac, cell, mask, 3.5, method="dense", distances=True)
+    assert as_counter(got.src, got.dst, got.shifts) == as_counter(ref.src, ref.dst, ref.shifts)
+    assert set(got.src.tolist()) == {5, 7, 9}
+    nothing = neighbor_search(frac, cell, torch.zeros(3, 5, dtype=torch.bool), 3.5, method="vesin", distances=True)
+    assert nothing.src.numel() == 0 and nothing.shifts.shape == (0, 3) and nothing.distances.shape == (0,)
+
+
+@needs_vesin
+@pytest.mark.parametrize("half", [False, True])
+def test_vesin_torch_path_equals_the_numpy_path(half: bool) -> None:
+    """The vesin-torch path (what ``method="vesin"`` runs on GPUs) on CPU tensors: the same pairs, shifts and
+    distances as the vesin path that CPU tensors take, padding and small cells included."""
+    rng = np.random.default_rng(9)
+    cell = torch.as_tensor(np.stack([random_cell(rng, "triclinic", (2.5, 7.0)) for _ in range(3)]))
+    frac = torch.as_tensor(rng.uniform(0, 1, (3, 12, 3)))
+    mask = torch.as_tensor(rng.random((3, 12)) < 0.7)
+    mask[1] = False
+    positions = torch.einsum("bni,bij->bnj", frac, cell)
+    by_torch = periodic_vesin._search_torch(positions, cell, mask, 4.0, half, "ijSd")
+    by_numpy = periodic_vesin._search_cpu(positions, cell, mask, 4.0, half, "ijSd")
+    assert len(by_torch) == len(by_numpy) == 2  # the empty structure is skipped
+    for got, ref in zip(by_torch, by_numpy, strict=True):
+        assert got[0].dtype == got[1].dtype == got[2].dtype == torch.int64
+        assert as_counter(got[0], got[1], got[2]) == as_counter(*ref[:3])
+        np.testing.assert_allclose(np.sort(got[3].numpy()), np.sort(ref[3]), rtol=0, atol=1e-12)

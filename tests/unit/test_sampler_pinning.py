@@ -12,9 +12,15 @@ compares the result with ``torch.equal`` against ``tests/data/sampler_reference.
   structure at ``start_time`` 0.5.
 
 The networks use only elementwise operations and small sums (no convolutions or large matrix products), so
-their results do not depend on the number of threads. CPU, float32 (the torus case: float32 too).
+their results do not depend on the number of threads. CPU, float32.
 
-The reference was written once, from the sampling code before the samplers became classes (issue #29);
+The cases compose the samplers as the models do: guidance wraps the network (``ClassifierFreeGuidance``,
+``PointCloudGuidance``), in-painting and posterior guidance are hooks, restarts wrap the sampler. Before the
+samplers became classes (issue #29) the same settings were keyword arguments of ``GaussianDiffusion.sample``
+and ``VEParticleDiffusion.sample`` (``cond``, ``guidance_scale``, ``known``, ``known_mask``, ``posterior``,
+``posterior_scale``, ``restarts``, ``restart_t_index``); only these calls changed, not the reference.
+
+The reference was written once, from the sampling code before the samplers became classes;
 it is the record of that code's outputs, so do not regenerate it to make a failing case pass. Where a change
 is meant to alter the outputs (a new torch whose random streams differ, a deliberate change of a sampler),
 regenerate it with ``python tests/unit/test_sampler_pinning.py --write`` and say why in the commit.
@@ -33,7 +39,19 @@ import torch
 from lightning_gcd.diffusion.torus import TorusDiffusion, wrap_unit
 from lightning_gcd.diffusion.ve import VEParticleDiffusion
 from lightning_gcd.diffusion.vp import GaussianDiffusion
-from lightning_gcd.samplers import KnownAtoms, classifier_free_prediction, torus_sampler
+from lightning_gcd.samplers import (
+    CartesianKnownAtoms,
+    CartesianPosteriorGuidance,
+    ClassifierFreeGuidance,
+    KnownAtoms,
+    KnownValues,
+    PointCloudGuidance,
+    Restarts,
+    VPPosteriorGuidance,
+    classifier_free_prediction,
+    torus_sampler,
+    vp_sampler,
+)
 
 REFERENCE = Path(__file__).resolve().parents[1] / "data" / "sampler_reference.pt"
 INIT_SEED = 1234
@@ -133,24 +151,25 @@ def run_vp(
     known_mask = torch.zeros(1, 1, 4, 1, 1, dtype=torch.bool)
     known_mask[:, :, :2] = True
     every = variant == "all"
-    kwargs = {}
+    model = net
+    hooks = []
+    chain = vp_sampler(sampler, eta)
     if variant == "cfg" or every:
-        kwargs.update(cond=inputs["cond"], guidance_scale=guidance_scale)
+        model = ClassifierFreeGuidance(net, inputs["cond"], guidance_scale)
     if variant == "posterior" or every:
-        kwargs.update(posterior=vp_posterior(inputs["target"]), posterior_scale=0.5)
+        hooks.append(VPPosteriorGuidance(vp_posterior(inputs["target"]), 0.5))
     if variant == "inpaint" or every:
-        kwargs.update(known=inputs["known"], known_mask=known_mask)
+        hooks.append(KnownValues(inputs["known"], known_mask))
     if variant == "restarts" or every:
-        kwargs.update(restarts=VP_RESTARTS[0], restart_t_index=VP_RESTARTS[1])
+        chain = Restarts(chain, *VP_RESTARTS)
     return diffusion.sample(
-        net,
+        model,
         VP_SHAPE,
-        sampler=sampler,
+        sampler=chain,
         steps=VP_STEPS,
-        eta=eta,
         generator=torch.Generator().manual_seed(SAMPLE_SEED),
         clip_x0=(-1.0, 1.0) if prediction == "x0" else None,
-        **kwargs,
+        hooks=hooks,
     )
 
 
@@ -187,15 +206,16 @@ def run_ve(sampler: str, variant: str) -> torch.Tensor:
     net = TinyParticleNet(3).eval()
     p = particle_inputs()
     every = variant == "all"
-    kwargs = {}
+    model = net
+    hooks = []
     if variant == "cfg" or every:
-        kwargs.update(cond=p["cond"], guidance_scale=2.0)
+        model = PointCloudGuidance(net, p["cond"], 2.0)
     if variant == "posterior" or every:
-        kwargs.update(posterior=ve_posterior, posterior_scale=0.3)
+        hooks.append(CartesianPosteriorGuidance(ve_posterior, 0.3))
     if variant == "inpaint" or every:
-        kwargs.update(known=p["known"], known_mask=p["known_mask"])
+        hooks.append(CartesianKnownAtoms(p["known"], p["known_mask"]))
     return diffusion.sample(
-        net,
+        model,
         p["cell"],
         p["numbers"],
         p["mask"],
@@ -204,7 +224,7 @@ def run_ve(sampler: str, variant: str) -> torch.Tensor:
         generator=torch.Generator().manual_seed(SAMPLE_SEED),
         snr=0.2,
         corrector_steps=2,
-        **kwargs,
+        hooks=hooks,
     )
 
 

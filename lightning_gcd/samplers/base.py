@@ -13,7 +13,7 @@ guidance and in-painting: those are ``SamplingHook`` objects or model wrappers, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = ["Sampler"]
 
@@ -22,9 +22,9 @@ class Sampler(ABC):
     """Integrates a reverse diffusion from its prior; subclasses of each family implement one step."""
 
     #: the name configs and the command line use
-    name: ClassVar[str] = ""
-    #: network evaluations per noise level
-    evaluations_per_level: ClassVar[int] = 1
+    name: str = ""
+    #: network evaluations per noise level (a class constant, or set per instance: a corrector's step count)
+    evaluations_per_level: int = 1
 
     @abstractmethod
     def run(self, *args: Any, **kwargs: Any) -> Any:

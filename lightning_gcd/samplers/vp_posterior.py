@@ -24,7 +24,8 @@ class VPPosteriorGuidance(SamplingHook):
 
     Args:
         loss: the posterior loss of the predicted clean sample (B, C, ...) in model space, one value per sample.
-        scale: ρ, the norm of the guidance term of the score.
+        scale: ρ, the norm of the guidance term of the score (at 0 the term is zero but the backward pass
+            still runs: leave the hook out for plain sampling, as the models do).
     """
 
     def __init__(self, loss: Callable[[torch.Tensor], torch.Tensor], scale: float) -> None:

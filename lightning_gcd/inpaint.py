@@ -7,10 +7,10 @@ grain-boundaries``) has boundary planes normal to z at heights ``boundary_z`` (t
 
 * voxel model (GCDM): voxels whose centre lies outside the slabs are fixed to the source's encoding (only
   the source atoms in those voxels are encoded); the sampler replaces them at every step by their noised
-  known values (``GaussianDiffusion.sample(known=..., known_mask=...)``) and returns them exactly. Inside the
+  known values (the sampling hook ``samplers.KnownValues``) and returns them exactly. Inside the
   slabs occupancy is free, so **the number of boundary atoms can change** — the grand canonical part.
 * particle model: atoms farther than ``width`` from every boundary are fixed (replacement in the VE sampler,
-  ``VEParticleDiffusion.sample(known=..., known_mask=...)``); the source's atoms inside the slabs are
+  the hook ``samplers.CartesianKnownAtoms``); the source's atoms inside the slabs are
   regenerated, so the atom count stays the source's.
 
 Then ``relax_boundaries`` relaxes each generated structure with the dataset's calculator (EMT or the LAMMPS

@@ -91,6 +91,12 @@ def wrap_frac(frac_coords: np.ndarray) -> np.ndarray:
     return wrapped
 
 
+def wrap_unit(frac: torch.Tensor) -> torch.Tensor:
+    """Fractional coordinates wrapped into [0, 1) (1.0 from rounding goes to 0); the tensor form of ``wrap_frac``."""
+    wrapped = torch.remainder(frac, 1.0)
+    return torch.where(wrapped >= 1.0, torch.zeros_like(wrapped), wrapped)
+
+
 G_PER_CM3_IN_AMU_PER_A3 = 0.602214076  # 1 g/cm³ = N_A · 1e-24 u/Å³
 
 

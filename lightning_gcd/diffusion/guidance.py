@@ -21,7 +21,8 @@ scores live in different spaces: Å⁻¹ over 3N coordinates, against a unitless
 
 The loss is evaluated on the denoised estimate and differentiated with respect to ``x_t`` through the
 network (one extra backward pass per step), which is DPS proper; guidance applies to the predictor
-steps (the corrector of the ``pc`` sampler runs on the prior alone).
+steps (the corrector of the ``pc`` sampler runs on the prior alone). The guidance itself is a sampling hook
+(``samplers.VPPosteriorGuidance``, ``samplers.CartesianPosteriorGuidance``); this module holds the loss.
 """
 
 from __future__ import annotations
@@ -30,21 +31,12 @@ from collections.abc import Callable
 
 import torch
 
+from lightning_gcd.samplers.dps import straight_through_clamp, unit_per_sample
+
 __all__ = ["SpectrumGuidance", "unit_per_sample", "straight_through_clamp"]
 
 #: per-structure loss of (frac_coords (B,N,3), numbers (B,N), mask (B,N), cell (B,3,3), weights (B,N) | None)
 StructureLoss = Callable[..., torch.Tensor]
-
-
-def unit_per_sample(grad: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """``grad`` divided by its norm over all but the first (batch) axis; zero rows stay zero."""
-    norm = grad.flatten(1).norm(dim=1).clamp(min=eps)
-    return grad / norm.reshape(-1, *([1] * (grad.dim() - 1)))
-
-
-def straight_through_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """``x.clamp(low, high)`` in value, identity in gradient (so saturated voxels still get a gradient)."""
-    return x + (x.clamp(low, high) - x).detach()
 
 
 class SpectrumGuidance:

@@ -32,16 +32,12 @@ from collections.abc import Callable
 
 import torch
 
+from lightning_gcd.structures import wrap_unit
+
 __all__ = ["TorusDiffusion", "wrapped_normal_score", "wrapped_normal_score_norm", "wrap_unit"]
 
 #: quadrature points on the circle for ``wrapped_normal_score_norm`` (spacing 1/4096 resolves sigma >= 0.001)
 QUADRATURE_POINTS = 4096
-
-
-def wrap_unit(frac: torch.Tensor) -> torch.Tensor:
-    """Fractional coordinates wrapped into [0, 1) (1.0 from rounding goes to 0)."""
-    wrapped = torch.remainder(frac, 1.0)
-    return torch.where(wrapped >= 1.0, torch.zeros_like(wrapped), wrapped)
 
 
 def _images(sigma: torch.Tensor) -> int:

@@ -30,8 +30,9 @@ Training target (``target=``):
     wrong image for some atoms and the target becomes a biased, bounded (|eps*| <= width / 2 sigma)
     stand-in for the noise. Cheaper; kept for comparison.
 
-Sampling starts from uniformly random fractional coordinates (the a-C paper's prior) and integrates the
-reverse SDE of ``dx = sqrt(d sigma² / dt) dW`` with the discretisation
+Sampling (the classes ``CartesianEulerMaruyama`` and ``CartesianPredictorCorrector`` in
+``lightning_gcd.samplers``) starts from uniformly random fractional coordinates (the a-C paper's prior) and
+integrates the reverse SDE of ``dx = sqrt(d sigma² / dt) dW`` with the discretisation
 
     x <- wrap(x + (sigma_k² - sigma_{k+1}²) * score + sqrt(sigma_k² - sigma_{k+1}²) z)
 
@@ -39,23 +40,23 @@ reverse SDE of ``dx = sqrt(d sigma² / dt) dW`` with the discretisation
 step adds no noise (the denoised mean). ``sampler="pc"`` adds ``corrector_steps`` Langevin corrector steps
 per noise level with the signal-to-noise step rule of Song et al. (``snr``).
 
-Classifier-free guidance, same convention as the voxel model:
+Classifier-free guidance (``samplers.PointCloudGuidance`` around the model), same convention as the voxel model:
 ``eps_hat = eps_uncond + guidance_scale * (eps_cond - eps_uncond)``: 0 is unconditional, 1 conditional,
 >1 amplified. The unconditional branch is the model called with ``cond=None`` (learned null embedding).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lightning_gcd.periodic import minimum_image, perpendicular_widths
-from lightning_gcd.samplers.cfg import classifier_free_prediction
+from lightning_gcd.samplers.cartesian_base import CartesianDenoiser, CartesianRun, CartesianSampler, NetworkNoise
+from lightning_gcd.samplers.hooks import SamplingHook
+from lightning_gcd.samplers.registry import cartesian_sampler
 from lightning_gcd.structures import StructureBatch
 
 __all__ = ["VEParticleDiffusion", "n_atoms_for_cell", "wrap_frac_torch"]
@@ -191,55 +192,7 @@ class VEParticleDiffusion:
         return err.sum() / (3.0 * mask.sum().clamp(min=1))
 
     # ------------------------------------------------------------------ sampling
-    def _eps(
-        self,
-        model: Model,
-        frac: torch.Tensor,
-        numbers: torch.Tensor,
-        mask: torch.Tensor,
-        cell: torch.Tensor,
-        t: float,
-        cond: torch.Tensor | None,
-        guidance_scale: float,
-        grad: bool = False,
-    ) -> torch.Tensor:
-        tb = torch.full((frac.shape[0],), t, device=frac.device, dtype=frac.dtype)
-        with torch.set_grad_enabled(grad):
-            return classifier_free_prediction(model, frac, numbers, mask, cell, tb, cond, guidance_scale)
-
-    def _posterior_eps(
-        self,
-        model: Model,
-        frac: torch.Tensor,
-        numbers: torch.Tensor,
-        mask: torch.Tensor,
-        cell: torch.Tensor,
-        inv_cell: torch.Tensor,
-        t: float,
-        sigma: float,
-        cond: torch.Tensor | None,
-        guidance_scale: float,
-        posterior: Callable[..., torch.Tensor],
-        posterior_scale: float,
-    ) -> torch.Tensor:
-        """eps with diffusion posterior sampling: ``eps + sigma * rho * unit(grad_x_t L(x0_hat))`` (guidance.py)."""
-        from lightning_gcd.diffusion.guidance import unit_per_sample
-
-        with torch.enable_grad():
-            x = frac.detach().requires_grad_(True)
-            eps = self._eps(model, x, numbers, mask, cell, t, cond, guidance_scale, grad=True)
-            x0 = x - sigma * torch.einsum("bni,bij->bnj", eps, inv_cell)  # Tweedie, in fractional coordinates
-            loss = posterior(x0, numbers, mask, cell)
-            (g_frac,) = torch.autograd.grad(loss.sum(), x)
-        # f = r @ cell^-1  ->  dL/dr = dL/df @ cell^-T
-        g = torch.einsum("bnj,bij->bni", g_frac, inv_cell) * mask[..., None].to(frac.dtype)
-        return eps.detach() + sigma * posterior_scale * unit_per_sample(g)
-
-    @staticmethod
-    def _move(frac: torch.Tensor, dx: torch.Tensor, inv_cell: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cartesian displacement -> wrapped fractional coordinates; padding stays at 0."""
-        return wrap_frac_torch(frac + torch.einsum("bni,bij->bnj", dx, inv_cell)) * mask[..., None].to(frac.dtype)
-
+    @torch.no_grad()
     def sample(
         self,
         model: Model,
@@ -247,96 +200,56 @@ class VEParticleDiffusion:
         numbers: torch.Tensor,
         mask: torch.Tensor,
         steps: int = 200,
-        sampler: Literal["em", "pc"] = "em",
-        cond: torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
+        sampler: Literal["em", "pc"] | CartesianSampler = "em",
         generator: torch.Generator | None = None,
         progress: bool = False,
         snr: float = 0.16,
         corrector_steps: int = 1,
-        posterior: Callable[..., torch.Tensor] | None = None,
-        posterior_scale: float = 0.0,
-        known: torch.Tensor | None = None,
-        known_mask: torch.Tensor | None = None,
+        hooks: Sequence[SamplingHook] = (),
     ) -> torch.Tensor:
         """Generate fractional coordinates (B, N, 3) in [0, 1) for the given cells and species.
 
+        Guidance and in-painting compose around this: wrap the model in ``samplers.PointCloudGuidance`` for
+        classifier-free guidance; pass ``samplers.CartesianPosteriorGuidance`` (DPS) or
+        ``samplers.CartesianKnownAtoms`` (in-painting) in ``hooks``.
+
         Args:
-            model: noise predictor (module docstring).
+            model: noise predictor (module docstring), called without a condition.
             cell: (B, 3, 3) Å; its dtype is the working dtype.
             numbers: (B, N) atomic numbers; mask: (B, N) bool real atoms (padding returns 0).
-            steps: number of noise levels (model evaluations per predictor pass).
-            sampler: ``"em"`` Euler–Maruyama reverse SDE, ``"pc"`` predictor–corrector (Langevin).
-            cond: (B, cond_dim) condition for classifier-free guidance, or None (unconditional).
-            guidance_scale: ``eps = uncond + scale * (cond - uncond)``; 0 unconditional, 1 conditional.
+            steps: number of noise levels (model evaluations per predictor pass); with a ``CartesianSampler``
+                its own.
+            sampler: a ``CartesianSampler`` or its name: ``"em"`` Euler–Maruyama reverse SDE, ``"pc"``
+                predictor–corrector (Langevin).
             generator: torch.Generator for reproducible samples (numbers are drawn on its own device, so
                 one CPU generator gives the same noise for CPU and CUDA sampling).
             progress: tqdm progress bar.
-            snr: corrector signal-to-noise ratio; the Langevin step is
+            snr: corrector signal-to-noise ratio when ``sampler`` is "pc"; the Langevin step is
                 ``2 (snr |z| / |score|)²`` per structure, capped at ``sigma²``.
-            corrector_steps: Langevin steps per noise level (``sampler="pc"``).
-            posterior: diffusion posterior sampling loss ``f(frac0_hat, numbers, mask, cell) -> (B,)`` of the
-                denoised estimate (e.g. ``SpectrumGuidance.bind(target)``); its normalised gradient with
-                respect to the noisy positions, times ``posterior_scale`` (ρ), is added to the score at every
-                predictor step (``lightning_gcd.diffusion.guidance``).
-            known: (B, N, 3) fractional coordinates of atoms held fixed (in-painting by replacement, the
-                particle counterpart of the voxel sampler's ``known``): before every model evaluation those
-                atoms are put at their known positions noised to the current level, ``wrap(x + sigma(t) z)``,
-                and the result has them exactly at ``known``. Only the other atoms are generated.
-            known_mask: (B, N) bool, True for the fixed atoms; required with ``known``.
+            corrector_steps: Langevin steps per noise level when ``sampler`` is "pc".
+            hooks: ``SamplingHook`` objects, in order (``lightning_gcd.samplers.hooks``).
         """
-        if sampler not in ("em", "pc"):
-            raise ValueError(f"unknown sampler {sampler!r}; use 'em' or 'pc'")
-        if steps < 1:
-            raise ValueError("steps must be >= 1")
-        if (known is None) != (known_mask is None):
-            raise ValueError("in-painting needs both `known` and `known_mask`")
+        if isinstance(sampler, str):
+            sampler = cartesian_sampler(sampler, steps, snr=snr, corrector_steps=corrector_steps)
         b, n = numbers.shape
-        mask = mask.bool()
         device, dtype = cell.device, cell.dtype
-        fmask = mask[..., None].to(dtype)
-        inv_cell = torch.linalg.inv(cell)
-        if known is not None:
-            known = known.to(device=device, dtype=dtype)
-            fixed = (known_mask.to(device=device).bool() & mask)[..., None]
-            if known.shape != (b, n, 3) or fixed.shape != (b, n, 1):
-                raise ValueError(f"known must be ({b}, {n}, 3) and known_mask ({b}, {n})")
-
-        def impose(frac: torch.Tensor, level: float) -> torch.Tensor:
-            """Fixed atoms at their known positions noised to ``level`` Å (replacement)."""
-            if known is None:
-                return frac
-            z = _rand((b, n, 3), generator, device, dtype, normal=True) * fmask
-            return torch.where(fixed, self._move(known, level * z, inv_cell, mask), frac)
-
+        fmask = mask.bool()[..., None].to(dtype)
+        run = CartesianRun(
+            self,
+            numbers,
+            mask.bool(),
+            cell,
+            noise=lambda: _rand((b, n, 3), generator, device, dtype, normal=True) * fmask,
+            hooks=tuple(hooks),
+        )
+        for hook in run.hooks:
+            hook.start(run)
+        prior = NetworkNoise(model, run)
+        denoise: CartesianDenoiser = prior
+        for hook in run.hooks:
+            denoise = hook.wrap(denoise, run)
         frac = _rand((b, n, 3), generator, device, dtype, normal=False) * fmask
-        ts = [1.0 - k / steps for k in range(steps + 1)]
-        for k in tqdm(range(steps), disable=not progress, desc="VE sampling"):
-            t, t_next = ts[k], ts[k + 1]
-            s, s_next = self.sigma(t), self.sigma(t_next)
-            frac = impose(frac, s)
-            if sampler == "pc":
-                for _ in range(corrector_steps):
-                    score = -self._eps(model, frac, numbers, mask, cell, t, cond, guidance_scale) / s
-                    z = _rand((b, n, 3), generator, device, dtype, normal=True) * fmask
-                    grad_norm = score.flatten(1).norm(dim=1)
-                    noise_norm = z.flatten(1).norm(dim=1)
-                    step = 2.0 * (snr * noise_norm / grad_norm.clamp(min=1e-12)) ** 2
-                    step = step.clamp(max=s * s)[:, None, None]
-                    frac = self._move(frac, step * score + torch.sqrt(2.0 * step) * z, inv_cell, mask)
-                frac = impose(frac, s)
-            if posterior is not None and posterior_scale > 0:
-                eps = self._posterior_eps(
-                    model, frac, numbers, mask, cell, inv_cell, t, s, cond, guidance_scale, posterior, posterior_scale
-                )
-            else:
-                eps = self._eps(model, frac, numbers, mask, cell, t, cond, guidance_scale)
-            var = s * s - s_next * s_next
-            dx = var * (-eps / s)
-            if k < steps - 1:
-                z = _rand((b, n, 3), generator, device, dtype, normal=True) * fmask
-                dx = dx + math.sqrt(var) * z
-            frac = self._move(frac, dx, inv_cell, mask)
-        if known is not None:
-            frac = torch.where(fixed, wrap_frac_torch(known) * fmask, frac)
+        frac = sampler.run(frac, denoise, prior, run, progress=progress)
+        for hook in reversed(run.hooks):
+            frac = hook.finish(frac, run)
         return frac

@@ -1,9 +1,10 @@
 """Variance-preserving discrete-time Gaussian diffusion (DDPM / DDIM) for tensors of any shape.
 
 Used for voxel grids (B, C, D, H, W), but nothing here depends on the layout beyond a leading batch
-dimension. Variance-exploding particle samplers live in their own module beside this one; the only pieces
-meant to be shared are :func:`classifier_free_guidance` and the ``model(x_t, t, cond, cond_keep)`` calling
-convention.
+dimension. This module holds the forward process, the conversions between predictions and the training loss;
+the samplers (DDPM, DDIM, DPM-Solver++) are classes in ``lightning_gcd.samplers``, one per file, and
+:meth:`GaussianDiffusion.sample` runs one of them. Classifier-free guidance, posterior guidance, in-painting
+and restarts compose around it (``samplers.ClassifierFreeGuidance``, hooks, ``samplers.Restarts``).
 
 Conventions
 -----------
@@ -36,16 +37,22 @@ Conventions
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 
 from lightning_gcd.diffusion.schedules import VPSchedule
+from lightning_gcd.samplers.cfg import classifier_free_guidance
+from lightning_gcd.samplers.hooks import SamplingHook
+from lightning_gcd.samplers.registry import VP_SAMPLERS, vp_sampler
+from lightning_gcd.samplers.restarts import Restarts, restart_steps
+from lightning_gcd.samplers.vp_base import VPDenoiser, VPRun, VPSampler
+from lightning_gcd.samplers.vp_denoiser import ClippedDenoiser, NetworkDenoiser
 
 __all__ = [
     "TIMESTEP_SPACINGS",
+    "SAMPLERS",
     "GaussianDiffusion",
     "Prediction",
     "Sampler",
@@ -56,16 +63,9 @@ __all__ = [
 Prediction = Literal["eps", "x0", "v", "blend"]
 PREDICTIONS = ("eps", "x0", "v", "blend")
 Sampler = Literal["ddpm", "ddim", "dpm2m", "dpm2m-sde"]
-SAMPLERS = ("ddpm", "ddim", "dpm2m", "dpm2m-sde")
+#: the VP samplers' names (``lightning_gcd.samplers.registry.vp_sampler``)
+SAMPLERS = VP_SAMPLERS
 Model = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
-
-
-def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022): ``uncond + scale * (cond - uncond)``.
-
-    ``scale = 0`` is the unconditional prediction, 1 the conditional one, > 1 pushes further toward the condition.
-    """
-    return uncond + scale * (cond - uncond)
 
 
 #: How ``respaced_timesteps`` places few steps: evenly in the step index, quadratically (denser at low
@@ -462,14 +462,7 @@ class GaussianDiffusion:
         )
         if not restarts:
             return timesteps, []
-        if restart_t_index is None or not 0 < int(restart_t_index) < self.T:
-            raise ValueError(f"restarts need restart_t_index in (0, T={self.T}), got {restart_t_index}")
-        restart_steps = [i for i in timesteps if i <= int(restart_t_index)]
-        if not restart_steps:  # one step: [T-1] only
-            raise ValueError(
-                f"restarts need a chain step at or below restart_t_index {restart_t_index}; this chain has {timesteps}"
-            )
-        return timesteps, restart_steps
+        return timesteps, restart_steps(timesteps, restart_t_index, self.T)
 
     def network_evaluations(
         self,
@@ -479,248 +472,99 @@ class GaussianDiffusion:
         restart_t_index: int | None = None,
     ) -> int:
         """Model calls per sample (per guidance branch) of ``sample`` with these settings."""
-        timesteps, restart_steps = self.chain(steps, spacing, restarts, restart_t_index)
-        return len(timesteps) + int(restarts) * len(restart_steps)
-
-    def _model_prediction(
-        self,
-        model: Model,
-        x: torch.Tensor,
-        t_index: int,
-        cond: torch.Tensor | None,
-        guidance_scale: float,
-        x0_estimate: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Raw (guided) model output at step ``t_index`` for the whole batch (``x0_estimate``: the previous
-        step's x0 for a self-conditioned model)."""
-        b = x.shape[0]
-        t = self.time(t_index, x.dtype).to(x.device).expand(b)
-        inp = self.model_input(x, x0_estimate)
-        if cond is None or guidance_scale == 0.0:
-            # Unconditional: one call. guidance_scale == 0 takes this path so that it is *exactly* the
-            # unconditional sampler, bit for bit.
-            return model(inp, t, None, None)
-        if guidance_scale == 1.0:
-            return model(inp, t, cond, None)
-        # One batched call: the first half conditional, the second half with the condition dropped.
-        keep = torch.cat(
-            [torch.ones(b, dtype=torch.bool, device=x.device), torch.zeros(b, dtype=torch.bool, device=x.device)]
-        )
-        out = model(torch.cat([inp, inp]), torch.cat([t, t]), torch.cat([cond, cond]), keep)
-        cond_pred, uncond_pred = out[:b], out[b:]
-        return classifier_free_guidance(uncond_pred, cond_pred, guidance_scale)
-
-    def _posterior_step(
-        self,
-        model: Model,
-        x: torch.Tensor,
-        i: int,
-        cond: torch.Tensor | None,
-        guidance_scale: float,
-        clip_x0: tuple[float, float] | None,
-        posterior: Callable[[torch.Tensor], torch.Tensor],
-        x0_estimate: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x0, eps, unit gradient of the posterior loss of x0_hat with respect to x_t through the model)."""
-        from lightning_gcd.diffusion.guidance import straight_through_clamp, unit_per_sample
-
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            x0, eps = self.split_prediction(
-                self._model_prediction(model, xr, i, cond, guidance_scale, x0_estimate), xr, i
-            )
-            x0_hat = straight_through_clamp(x0, *clip_x0) if clip_x0 is not None else x0
-            (g,) = torch.autograd.grad(posterior(x0_hat).sum(), xr)
-        return x0.detach(), eps.detach(), unit_per_sample(g)
+        timesteps, again = self.chain(steps, spacing, restarts, restart_t_index)
+        return len(timesteps) + int(restarts) * len(again)
 
     @torch.no_grad()
     def sample(
         self,
         model: Model,
         shape: Sequence[int],
-        sampler: Sampler = "ddim",
+        sampler: str | VPSampler | Restarts = "ddim",
         steps: int | None = None,
         eta: float = 0.0,
-        cond: torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
         clip_x0: tuple[float, float] | None = None,
-        known: torch.Tensor | None = None,
-        known_mask: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
-        posterior: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        posterior_scale: float = 0.0,
         spacing: str | None = None,
-        restarts: int = 0,
-        restart_t_index: int | None = None,
+        hooks: Sequence[SamplingHook] = (),
     ) -> torch.Tensor:
-        """Generate samples by ancestral DDPM or DDIM on ``steps`` respaced steps.
+        """Generate samples with a VP sampler (``lightning_gcd.samplers``) on ``steps`` respaced steps.
 
-        Put the model in eval mode first (dropout); this method only disables autograd.
+        Put the model in eval mode first (dropout); this method only disables autograd. Guidance, in-painting
+        and restarts are not options here but compose around it: wrap the model in
+        ``samplers.ClassifierFreeGuidance`` for classifier-free guidance, pass ``samplers.KnownValues`` (in-painting)
+        or ``samplers.VPPosteriorGuidance`` (DPS) in ``hooks``, and wrap the sampler in ``samplers.Restarts``.
 
         Args:
-            model: ``model(x_t, t, cond, cond_keep)``.
+            model: ``model(x_t, t, cond, cond_keep)``, called here without a condition.
             shape: (B, ...) shape of the samples.
-            sampler: ``"ddpm"`` (ancestral, with the respaced betas ``1 - ā[τ_k]/ā[τ_{k-1}]`` of Nichol &
-                Dhariwal, so any number of steps works), ``"ddim"`` (Song et al.), or the second-order
-                multistep DPM-Solver++ of Lu et al. (2022) in its ODE (``"dpm2m"``) and SDE (``"dpm2m-sde"``)
-                forms: few-step samplers that reuse the previous step's x0 prediction (no extra network calls).
-            steps: number of model evaluations (per guidance branch); default ``T``. Step indices from
-                :func:`respaced_timesteps` with ``spacing``.
-            eta: DDIM stochasticity: 0 deterministic, 1 has the DDPM posterior variance. Ignored by ``"ddpm"``.
-            cond: (B, ...) condition or None (then one model call per step).
-            guidance_scale: classifier-free guidance weight ``w`` in ``uncond + w (cond - uncond)`` on the raw
-                model output (equivalently on eps). 0 is exactly the unconditional sampler, 1 the conditional one
-                (one model call per step in both cases); otherwise one batched call of size 2B per step.
-            generator: source of all randomness (initial noise, per-step noise, in-painting noise); noise is drawn
-                on the generator's device and moved to ``device``.
+            sampler: a ``VPSampler`` (or ``Restarts`` around one), or its name: ``"ddpm"`` (ancestral, with the
+                respaced betas ``1 - ā[τ_k]/ā[τ_{k-1}]`` of Nichol & Dhariwal, so any number of steps works),
+                ``"ddim"`` (Song et al.), or the second-order multistep DPM-Solver++ of Lu et al. (2022) in its
+                ODE (``"dpm2m"``) and SDE (``"dpm2m-sde"``) forms: few-step samplers that reuse the previous
+                step's x0 prediction (no extra network calls).
+            steps: number of model evaluations (per guidance branch, before restarts); default ``T``. Step
+                indices from :func:`respaced_timesteps` with ``spacing``.
+            eta: DDIM stochasticity when ``sampler`` is a name: 0 deterministic, 1 has the DDPM posterior
+                variance. Ignored by the other samplers.
+            generator: source of all randomness (initial noise, per-step noise, the hooks' noise); noise is
+                drawn on the generator's device and moved to ``device``.
             device: where to sample; default the model's parameters' device, else the CPU.
             progress: show a tqdm progress bar.
             clip_x0: clamp the predicted x0 to ``(low, high)`` at every step (eps is recomputed from it).
-            known: tensor of ``shape`` with known values (in-painting by replacement).
-            known_mask: bool, broadcastable to ``shape``; True where ``known`` applies. At each step those
-                entries of x_t are replaced by ``q_sample(known, t)`` and those of the result by ``known``.
             dtype: dtype of the samples.
-            posterior: diffusion posterior sampling loss ``f(x0_hat) -> (B,)`` of the predicted clean sample
-                (clamped straight-through to ``clip_x0``); its gradient with respect to ``x_t`` through the
-                model, normalised per sample (ĝ) and times ``posterior_scale`` (ρ), is added to the score:
-                every step moves ``x_prev`` by ``−β_k ρ ĝ`` with ``β_k = 1 − ā_k/ā_prev`` the respaced step's
-                beta (the DDPM step moves x by β_k times the score) (``lightning_gcd.diffusion.guidance``).
             spacing: where the ``steps`` fall (``TIMESTEP_SPACINGS``); None: ``self.timestep_spacing``
                 ("uniform" unless set, e.g. by the few-step study).
-            restarts: after the chain, re-noise the sample to the first of its steps at or below
-                ``restart_t_index`` with fresh noise (``q_sample``) and run the chain's remaining steps again,
-                this many times (Restart sampling, Xu et al. 2023). A nearly finished sample with a local
-                defect (a missing atom, a misplaced one) is taken back to where the network can still
-                repair it while the rest of the structure keeps it in register. Costs ``restarts`` × the
-                number of steps at or below ``restart_t_index`` extra network evaluations.
-            restart_t_index: the step index the restarts go back to (0 < index < T).
+            hooks: ``SamplingHook`` objects, in order (``lightning_gcd.samplers.hooks``): in-painting, posterior
+                guidance. Put in-painting after posterior guidance, so that the gradient is taken at the
+                in-painted ``x_t``.
         Returns:
             (shape) samples.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        if (known is None) != (known_mask is None):
-            raise ValueError("in-painting needs both `known` and `known_mask`")
+        if isinstance(sampler, str):
+            sampler = vp_sampler(sampler, eta)
         if clip_x0 is not None and not clip_x0[0] < clip_x0[1]:
             raise ValueError(f"clip_x0 must be (low, high) with low < high, got {clip_x0}")
         shape = tuple(int(s) for s in shape)
-        timesteps, restart_steps = self.chain(steps, spacing, restarts, restart_t_index)
-
+        timesteps = respaced_timesteps(
+            self.T,
+            self.T if steps is None else int(steps),
+            spacing or self.timestep_spacing,
+            self.schedule.alphas_cumprod,
+        )
         if device is None:
             params = getattr(model, "parameters", None)
             first = next(iter(params()), None) if callable(params) else None
             device = first.device if first is not None else torch.device("cpu")
         device = torch.device(device)
-        if cond is not None:
-            cond = cond.to(device)
-            if cond.shape[0] != shape[0]:
-                raise ValueError(f"cond has batch size {cond.shape[0]}, samples have {shape[0]}")
-        if known is not None:
-            known = known.to(device=device, dtype=dtype)
-            known_mask = known_mask.to(device=device, dtype=torch.bool)
-            if known.shape != shape:
-                raise ValueError(f"known has shape {tuple(known.shape)}, expected {shape}")
-            if not _broadcasts_to(known_mask.shape, shape):
-                raise ValueError(f"known_mask of shape {tuple(known_mask.shape)} does not broadcast to {shape}")
-
-        ac = self.schedule.alphas_cumprod  # float64, CPU: per-step scalars in double precision
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(desc=f"{sampler} sampling", total=len(timesteps) + restarts * len(restart_steps))
-
-        def denoise(x: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
-            """Run the sampler from ``x`` at ``timesteps[0]`` down to the clean end."""
-            x0_prev, h_prev = None, None  # DPM-Solver++: the previous step's x0 prediction and log-SNR step
-            x0_estimate = None  # self-conditioning: the previous step's x0 (after clipping)
-            for k, i in enumerate(timesteps):
-                if bar is not None:
-                    bar.update(1)
-                i_prev = timesteps[k + 1] if k + 1 < len(timesteps) else -1
-                a = float(ac[i])
-                a_prev = float(ac[i_prev]) if i_prev >= 0 else 1.0
-                if known is not None:
-                    x = torch.where(known_mask, self.q_sample(known, i, _randn(shape, generator, device, dtype)), x)
-
-                guide = None
-                if posterior is not None and posterior_scale > 0:
-                    x0, eps, guide = self._posterior_step(
-                        model, x, i, cond, guidance_scale, clip_x0, posterior, x0_estimate
-                    )
-                    guide = posterior_scale * (1.0 - a / a_prev) * guide  # beta_k * rho * unit gradient
-                else:
-                    pred = self._model_prediction(model, x, i, cond, guidance_scale, x0_estimate)
-                    x0, eps = self.split_prediction(pred, x, i)
-                if clip_x0 is not None:
-                    x0 = x0.clamp(*clip_x0)
-                    eps = self.eps_from_x0(x, i, x0)
-                x0_estimate = x0
-
-                if i_prev < 0:
-                    # Last step: ā_prev = 1, both samplers return the predicted x0 (no noise).
-                    x = x0 if guide is None else x0 - guide
-                    break
-                if sampler.startswith("dpm2m"):
-                    # first order on the first step (no history) and on the last solver step (to ā[0], where the
-                    # log-SNR step is several times the previous one and the extrapolation would amplify errors;
-                    # "lower order final" of Lu et al.)
-                    history = x0_prev if k + 2 < len(timesteps) else None
-                    x, sigma, h_prev = self._dpm2m_step(x, x0, history, h_prev, a, a_prev, sde=sampler == "dpm2m-sde")
-                    x0_prev = x0
-                elif sampler == "ddim":
-                    sigma = eta * math.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
-                    x = math.sqrt(a_prev) * x0 + math.sqrt(max(1.0 - a_prev - sigma**2, 0.0)) * eps
-                else:
-                    # Posterior q(x_prev | x_t, x0) of the respaced chain with beta = 1 - ā/ā_prev.
-                    beta = 1.0 - a / a_prev
-                    coef_x0 = math.sqrt(a_prev) * beta / (1.0 - a)
-                    coef_xt = math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a)
-                    sigma = math.sqrt(beta * (1.0 - a_prev) / (1.0 - a))
-                    x = coef_x0 * x0 + coef_xt * x
-                if guide is not None:
-                    x = x - guide
-                if sigma > 0.0:
-                    x = x + sigma * _randn(shape, generator, device, dtype)
-
-            return x
-
-        x = denoise(_randn(shape, generator, device, dtype), timesteps)  # from x at step T-1 ~ N(0, I) (ā[T-1] ≈ 0)
-        for _ in range(restarts):  # back to the restart level with fresh noise, then down again
-            x = denoise(self.q_sample(x, restart_steps[0], _randn(shape, generator, device, dtype)), restart_steps)
+            bar = tqdm(desc=f"{sampler.name} sampling", total=sampler.chain_evaluations(timesteps, self.T))
+        run = VPRun(
+            self,
+            shape,
+            device,
+            dtype,
+            noise=lambda: _randn(shape, generator, device, dtype),
+            clip_x0=clip_x0,
+            hooks=tuple(hooks),
+            progress=None if bar is None else lambda: bar.update(1),
+        )
+        for hook in run.hooks:
+            hook.start(run)
+        denoise: VPDenoiser = NetworkDenoiser(self, model)
+        for hook in run.hooks:
+            denoise = hook.wrap(denoise, run)
+        if clip_x0 is not None:
+            denoise = ClippedDenoiser(denoise, self, clip_x0)
+        x = sampler.run(run.noise(), denoise, timesteps, run)  # from x at step T-1 ~ N(0, I) (ā[T-1] ≈ 0)
         if bar is not None:
             bar.close()
-        if known is not None:
-            x = torch.where(known_mask, known, x)
+        for hook in reversed(run.hooks):
+            x = hook.finish(x, run)
         return x
-
-    @staticmethod
-    def _dpm2m_step(
-        x: torch.Tensor,
-        x0: torch.Tensor,
-        x0_prev: torch.Tensor | None,
-        h_prev: float | None,
-        a: float,
-        a_prev: float,
-        sde: bool,
-    ) -> tuple[torch.Tensor, float, float]:
-        """One DPM-Solver++(2M) step from ā = ``a`` to ā = ``a_prev`` < 1 in the data-prediction form.
-
-        With α = sqrt(ā), σ = sqrt(1 - ā), λ = log(α/σ) and h = λ_prev - λ > 0, the ODE step is
-        ``x' = (σ'/σ) x + α' (1 - e^{-h}) D`` and the SDE step ``x' = (σ'/σ) e^{-h} x + α' (1 - e^{-2h}) D
-        + σ' sqrt(1 - e^{-2h}) z``, where ``D = x0 + (x0 - x0_prev) / (2r)``, ``r = h_prev / h`` (first order,
-        ``D = x0``, on the first step). Returns (x' without the noise term, the noise scale, h).
-        """
-        alpha, sig = math.sqrt(a), math.sqrt(1.0 - a)
-        alpha_p, sig_p = math.sqrt(a_prev), math.sqrt(1.0 - a_prev)
-        h = math.log(alpha_p / sig_p) - math.log(alpha / sig)
-        d = x0 if x0_prev is None else x0 + (x0 - x0_prev) * (h / (2.0 * h_prev))
-        if sde:
-            x_next = (sig_p / sig * math.exp(-h)) * x + (alpha_p * -math.expm1(-2.0 * h)) * d
-            return x_next, sig_p * math.sqrt(-math.expm1(-2.0 * h)), h
-        return (sig_p / sig) * x + (alpha_p * -math.expm1(-h)) * d, 0.0, h

@@ -21,6 +21,13 @@ from lightning_gcd.diffusion.ve import VEParticleDiffusion, n_atoms_for_cell
 from lightning_gcd.errors import GcdError
 from lightning_gcd.models.base import Batch, DiffusionModule
 from lightning_gcd.nets.mpnn import PeriodicMPNN
+from lightning_gcd.samplers import (
+    CartesianKnownAtoms,
+    CartesianPosteriorGuidance,
+    PointCloudGuidance,
+    SamplingHook,
+    cartesian_sampler,
+)
 from lightning_gcd.structures import StructureBatch
 
 
@@ -95,7 +102,7 @@ class ParticleDiffusion(DiffusionModule):
     def sample_evaluations(self, steps: int | None = None, sampler: str | None = None) -> int:
         """Network evaluations of one sampling run: one per level, two with the corrector ("pc")."""
         sampler, steps = self.sampler_choice(sampler, steps)
-        return steps * (2 if sampler == "pc" else 1)
+        return cartesian_sampler(sampler, steps, snr=self.hparams.snr).evaluations
 
     @staticmethod
     def _structures(batch: Batch) -> StructureBatch:
@@ -161,22 +168,26 @@ class ParticleDiffusion(DiffusionModule):
         numbers, mask = template["numbers"], template["mask"].bool()
         cond = template.get("cond") if self.info.get("cond_dim", 0) else None
         sampler, steps = self.sampler_choice(sampler, steps)
-        loss = posterior.bind(self.posterior_target(template, posterior)) if posterior is not None else None
+        hooks: list[SamplingHook] = []
+        if posterior is not None:
+            loss = posterior.bind(self.posterior_target(template, posterior))
+            if posterior.scale > 0:
+                hooks.append(CartesianPosteriorGuidance(loss, posterior.scale))
+        if template.get("inpaint_frac") is not None or template.get("inpaint_mask") is not None:
+            hooks.append(CartesianKnownAtoms(template.get("inpaint_frac"), template.get("inpaint_mask")))
+        network = self.network
+        if cond is not None:
+            network = PointCloudGuidance(network, cond, hp.guidance_scale if guidance_scale is None else guidance_scale)
         frac = self.diffusion.sample(
-            self.network,
+            network,
             cell,
             numbers,
             mask,
             steps=steps,
             sampler=sampler,
-            cond=cond,
-            guidance_scale=hp.guidance_scale if guidance_scale is None else guidance_scale,
             generator=generator,
             progress=progress,
             snr=hp.snr,
-            posterior=loss,
-            posterior_scale=posterior.scale if posterior is not None else 0.0,
-            known=template.get("inpaint_frac"),
-            known_mask=template.get("inpaint_mask"),
+            hooks=hooks,
         )
         return StructureBatch(frac, numbers, mask, cell)

@@ -25,6 +25,14 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.models.base import Batch, DiffusionModule
 from lightning_gcd.nets.unet3d import PeriodicUNet3d
 from lightning_gcd.representations import VoxelEncoding, make_encoding
+from lightning_gcd.samplers import (
+    ClassifierFreeGuidance,
+    KnownValues,
+    Restarts,
+    SamplingHook,
+    VPPosteriorGuidance,
+    vp_sampler,
+)
 from lightning_gcd.structures import StructureBatch
 
 
@@ -361,28 +369,30 @@ class GrandCanonicalDiffusion(DiffusionModule):
             def loss(x0: torch.Tensor) -> torch.Tensor:
                 return bound(*self.soft_atoms(x0, cell_f))
 
-        known = known_mask = None
+        hooks: list[SamplingHook] = []
+        if loss is not None and posterior.scale > 0:
+            hooks.append(VPPosteriorGuidance(loss, posterior.scale))
         if "inpaint_grid" in template:  # in-painting: voxels under inpaint_mask keep the template's values
             known = self.to_model_space(template["inpaint_grid"].float())
-            known_mask = template["inpaint_mask"].bool()
             if tuple(known.shape[2:]) != grid:
                 raise GcdError(f"the in-painting grid {tuple(known.shape[2:])} is not this cell's sampling grid {grid}")
+            hooks.append(KnownValues(known, template["inpaint_mask"].bool()))  # after the posterior: see sample()
+        network = self.denoiser(cell, grid)
+        if cond is not None:
+            scale = hp.guidance_scale if guidance_scale is None else guidance_scale
+            network = ClassifierFreeGuidance(network, cond, scale)
+        chain = vp_sampler(sampler)
+        if self.sample_restarts:
+            chain = Restarts(chain, self.sample_restarts, self.restart_t_index)
         x = self.diffusion.sample(
-            self.denoiser(cell, grid),
+            network,
             (len(cell), self.encoding.n_channels, *grid),
-            sampler=sampler,
+            sampler=chain,
             steps=steps,
-            cond=cond,
-            guidance_scale=hp.guidance_scale if guidance_scale is None else guidance_scale,
             generator=generator,
             device=self.device,
             progress=progress,
             clip_x0=(-1.0, 1.0),
-            posterior=loss,
-            posterior_scale=posterior.scale if posterior is not None else 0.0,
-            known=known,
-            known_mask=known_mask,
-            restarts=self.sample_restarts,
-            restart_t_index=self.restart_t_index,
+            hooks=hooks,
         )
         return self.encoding.decode(self.from_model_space(x), cell.float())

@@ -1,91 +1,34 @@
-"""The interface of the torus samplers: noise levels, one step per level, the loop around them."""
+"""The one interface every sampler shares, whatever the diffusion it integrates.
+
+A sampler is an object that knows how to integrate one reverse process from its prior to data: it has a
+``name`` (what configs and ``gcd sample --sampler`` call it), ``evaluations_per_level`` (network calls per
+noise level, for cost accounting), and a ``run`` method that takes the starting state, what the network says
+about it (a denoiser or score function, already wrapped by classifier-free guidance and any hooks), and a
+source of noise, and returns the sample. Each diffusion family refines ``run``'s arguments:
+``TorusSampler`` (fractional coordinates on the torus), ``VPSampler`` (the voxel grids' variance-preserving
+chain) and ``CartesianSampler`` (wrapped Cartesian positions). What a sampler does not know about is
+guidance and in-painting: those are ``SamplingHook`` objects or model wrappers, composed by the caller.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
-from lightning_gcd.diffusion.torus import TorusDiffusion, wrap_unit
-
-__all__ = ["NoiseFunction", "ScoreFunction", "TorusSampler"]
-
-#: ``score(frac (B, N, 3), t float, sigma (B,)) -> (frac as evaluated (B, N, 3), score (B, N, 3))``: the
-#: score in 1/fractional units at noise ``sigma``; the frac it returns is the input after any hook (in-painting
-#: puts fixed atoms back), and the step continues from it.
-ScoreFunction = Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-#: ``noise() -> (B, N, 3)`` standard normal numbers, zero at padding (drawn from the sampler's generator)
-NoiseFunction = Callable[[], torch.Tensor]
+__all__ = ["Sampler"]
 
 
-class TorusSampler(ABC):
-    """Reverse diffusion on the torus over ``steps`` geometric noise levels from sigma_max to sigma_min.
+class Sampler(ABC):
+    """Integrates a reverse diffusion from its prior; subclasses of each family implement one step."""
 
-    Subclasses implement ``step``: one level, from noise ``sigma`` to ``sigma_next`` (0 after the last
-    level, which adds no noise). ``evaluations_per_level`` is the number of network calls per level.
-    """
-
+    #: the name configs and the command line use
     name: str = ""
+    #: network evaluations per noise level (a class constant, or set per instance: a corrector's step count)
     evaluations_per_level: int = 1
 
-    def __init__(self, steps: int) -> None:
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = int(steps)
-
-    @property
-    def evaluations(self) -> int:
-        """Network evaluations of one run (classifier-free guidance at scale ≠ 0, 1 doubles the batch, not this)."""
-        return self.steps * self.evaluations_per_level
-
-    def times(self, start_time: float = 1.0) -> list[float]:
-        """Diffusion times of the levels, 1 → 0; from ``start_time`` on, the full schedule's levels at or below it."""
-        if self.steps == 1:
-            return [1.0]
-        times = [1.0 - k / (self.steps - 1) for k in range(self.steps)]
-        return [t for t in times if t <= start_time + 1e-12]
-
     @abstractmethod
-    def step(
-        self,
-        frac: torch.Tensor,
-        score: ScoreFunction,
-        t: float,
-        sigma: torch.Tensor,
-        sigma_next: torch.Tensor,
-        noise: NoiseFunction,
-        diffusion: TorusDiffusion,
-        last: bool,
-    ) -> torch.Tensor:
-        """One level: (B, N, 3) fractional coordinates at noise ``sigma`` (B,) -> at ``sigma_next`` (B,)."""
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The sample at the clean end, from the starting state (the family's base class fixes the arguments)."""
 
-    def run(
-        self,
-        frac: torch.Tensor,
-        score: ScoreFunction,
-        diffusion: TorusDiffusion,
-        n_atoms: torch.Tensor,
-        noise: NoiseFunction,
-        progress: bool = False,
-        start_time: float = 1.0,
-    ) -> torch.Tensor:
-        """Integrate from ``frac`` (B, N, 3) to the denoised sample, wrapped into [0, 1).
-
-        ``frac`` is uniform positions for ``start_time`` 1 (the prior); a lower ``start_time`` continues a structure
-        already noised to ``sigma(start_time)`` (e.g. a real crystal: how far back can the sampler start and
-        still return to it?), over the schedule's levels at or below that time."""
-        times = self.times(start_time)
-        if not times:
-            raise ValueError(f"start_time {start_time} lies below the schedule's last level")
-        for k in tqdm(range(len(times)), disable=not progress, desc=f"torus {self.name}"):
-            t = times[k]
-            tb = torch.full(n_atoms.shape, t, dtype=frac.dtype, device=frac.device)
-            sigma = diffusion.sigma(tb, n_atoms)
-            last = k == len(times) - 1
-            sigma_next = (
-                torch.zeros_like(sigma) if last else diffusion.sigma(torch.full_like(tb, times[k + 1]), n_atoms)
-            )
-            frac = wrap_unit(self.step(frac, score, t, sigma, sigma_next, noise, diffusion, last))
-        return frac
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

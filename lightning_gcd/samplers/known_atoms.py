@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from lightning_gcd.diffusion.torus import wrap_unit
+from lightning_gcd.structures import wrap_unit
 
 __all__ = ["KnownAtoms"]
 

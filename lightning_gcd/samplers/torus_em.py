@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from lightning_gcd.diffusion.torus import TorusDiffusion
-from lightning_gcd.samplers.base import NoiseFunction, ScoreFunction, TorusSampler
+from lightning_gcd.samplers.torus_base import NoiseFunction, ScoreFunction, TorusSampler
+
+if TYPE_CHECKING:
+    from lightning_gcd.diffusion.torus import TorusDiffusion
 
 __all__ = ["TorusEulerMaruyama"]
 

@@ -210,6 +210,7 @@ def test_voxel_inpainting_keeps_the_bulk_voxels(gb_h5: Path, models) -> None:
 def test_particle_inpainting_keeps_fixed_atoms(gb_h5: Path, models) -> None:
     from lightning_gcd.diffusion.ve import VEParticleDiffusion
     from lightning_gcd.inpaint import fixed_atoms_kept, inpaint, read_source
+    from lightning_gcd.samplers import CartesianKnownAtoms
 
     model, _ = models["particle"]
     source = read_source(f"{gb_h5}:2")
@@ -225,11 +226,17 @@ def test_particle_inpainting_keeps_fixed_atoms(gb_h5: Path, models) -> None:
     keep = torch.tensor([[True, False, True, False]])
     zero = lambda frac, *args, **kwargs: torch.zeros_like(frac)  # noqa: E731
     out = diffusion.sample(
-        zero, cell, numbers, mask, steps=3, known=known, known_mask=keep, generator=torch.Generator().manual_seed(0)
+        zero,
+        cell,
+        numbers,
+        mask,
+        steps=3,
+        hooks=[CartesianKnownAtoms(known, keep)],
+        generator=torch.Generator().manual_seed(0),
     )
     assert torch.allclose(out[keep], known[keep], atol=1e-7) and not torch.allclose(out[~keep], known[~keep])
     with pytest.raises(ValueError, match="both"):
-        diffusion.sample(zero, cell, numbers, mask, steps=2, known=known)
+        CartesianKnownAtoms(known, None)
 
 
 def test_sample_cli_inpaint_relax_and_errors(gb_h5: Path, models, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from ase.build import bulk
 from lightning_gcd.diffusion.ve import VEParticleDiffusion, n_atoms_for_cell, wrap_frac_torch
 from lightning_gcd.nets.mpnn import PeriodicMPNN
 from lightning_gcd.periodic import neighbor_pairs
+from lightning_gcd.samplers import PointCloudGuidance
 from lightning_gcd.structures import StructureBatch
 
 
@@ -101,9 +102,10 @@ def test_guidance_scale_conventions() -> None:
     batch = padded_batch()
     cond = torch.randn(len(batch), 2, generator=torch.Generator().manual_seed(3))
 
-    def draw(**kw):
+    def draw(cond: torch.Tensor | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
+        model = net if cond is None else PointCloudGuidance(net, cond, guidance_scale)
         return ve.sample(
-            net, batch.cell, batch.numbers, batch.mask, steps=4, generator=torch.Generator().manual_seed(4), **kw
+            model, batch.cell, batch.numbers, batch.mask, steps=4, generator=torch.Generator().manual_seed(4)
         )
 
     uncond = draw(cond=None)
@@ -111,8 +113,12 @@ def test_guidance_scale_conventions() -> None:
     conditional = draw(cond=cond, guidance_scale=1.0)
     assert not torch.allclose(conditional, uncond)
     # scale 1 through the two-branch formula equals the conditional branch alone
-    eps_two = ve._eps(net, batch.frac_coords, batch.numbers, batch.mask, batch.cell, 0.5, cond, 1.0 + 1e-12)
-    eps_one = ve._eps(net, batch.frac_coords, batch.numbers, batch.mask, batch.cell, 0.5, cond, 1.0)
+    t = torch.full((len(batch),), 0.5)
+    with torch.no_grad():
+        eps_two = PointCloudGuidance(net, cond, 1.0 + 1e-12)(
+            batch.frac_coords, batch.numbers, batch.mask, batch.cell, t
+        )
+        eps_one = PointCloudGuidance(net, cond, 1.0)(batch.frac_coords, batch.numbers, batch.mask, batch.cell, t)
     torch.testing.assert_close(eps_two, eps_one, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(draw(cond=cond, guidance_scale=3.0), conditional)
 

@@ -10,6 +10,7 @@ import torch
 
 from lightning_gcd.diffusion import GaussianDiffusion, VPSchedule, respaced_timesteps
 from lightning_gcd.nets import PeriodicUNet3d
+from lightning_gcd.samplers import DDIM, DDPM, ClassifierFreeGuidance, KnownValues, Restarts
 
 # ---------------------------------------------------------------- schedules
 
@@ -181,7 +182,7 @@ def test_one_model_call_per_step_without_condition():
     assert times[0] == 1.0 and times == sorted(times, reverse=True)
     # With a condition and guidance != 0, 1: one batched call of size 2B per step.
     rec = _Recorder(0.0)
-    d.sample(rec, (3, 5), steps=4, cond=torch.randn(3, 2), guidance_scale=2.0)
+    d.sample(ClassifierFreeGuidance(rec, torch.randn(3, 2), 2.0), (3, 5), steps=4)
     assert len(rec.calls) == 4 and all(c[0] == (6, 5) for c in rec.calls)
     assert rec.calls[0][3].tolist() == [True] * 3 + [False] * 3
 
@@ -270,10 +271,10 @@ def test_guidance_zero_equals_unconditional_sampling():
         kw = dict(sampler=sampler, steps=8, eta=1.0)
         uncond = d.sample(net, (2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(4), **kw)
         guided0 = d.sample(
-            net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=0.0, generator=torch.Generator().manual_seed(4), **kw
+            ClassifierFreeGuidance(net, cond, 0.0), (2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(4), **kw
         )
         conditional = d.sample(
-            net, (2, 1, 8, 8, 8), cond=cond, guidance_scale=1.0, generator=torch.Generator().manual_seed(4), **kw
+            ClassifierFreeGuidance(net, cond, 1.0), (2, 1, 8, 8, 8), generator=torch.Generator().manual_seed(4), **kw
         )
         assert torch.equal(uncond, guided0)
         assert not torch.allclose(uncond, conditional)
@@ -289,7 +290,7 @@ def test_guidance_formula():
     with torch.no_grad():
         u = net(x, t, None)
         c = net(x, t, cond)
-        guided = d._model_prediction(net, x, 400, cond, 3.0)
+        guided = ClassifierFreeGuidance(net, cond, 3.0)(x, t)
     torch.testing.assert_close(guided, u + 3.0 * (c - u), atol=1e-5, rtol=1e-5)
 
 
@@ -304,19 +305,22 @@ def test_inpainting_with_full_mask_returns_known():
             known.shape,
             sampler=sampler,
             steps=5,
-            known=known,
-            known_mask=full,
+            hooks=[KnownValues(known, full)],
             generator=torch.Generator().manual_seed(0),
         )
         assert torch.equal(x, known)
     # A half mask: the known half is exact, the other half is generated.
     half = torch.zeros(1, 1, 8, 1, 1, dtype=torch.bool)
     half[:, :, :4] = True
-    x = d.sample(net, known.shape, steps=5, known=known, known_mask=half, generator=torch.Generator().manual_seed(0))
+    x = d.sample(
+        net, known.shape, steps=5, hooks=[KnownValues(known, half)], generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(x[:, :, :4], known[:, :, :4])
     assert not torch.allclose(x[:, :, 4:], known[:, :, 4:])
     with pytest.raises(ValueError, match="both"):
-        d.sample(net, known.shape, steps=2, known=known)
+        KnownValues(known, None)
+    with pytest.raises(ValueError, match="known has shape"):
+        d.sample(net, (1, 1, 8, 8, 8), steps=2, hooks=[KnownValues(known, full)])
 
 
 def test_clip_x0_progress_and_argument_errors(capsys):
@@ -524,7 +528,7 @@ def test_self_conditioning_training_passes_and_sampler_feeds_previous_x0():
         assert all(torch.allclose(i[:, 3:], torch.full((2, 3), 0.25)) for i in rec.inputs[1:])
     # classifier-free guidance: the batched 2B call carries the estimate in both halves
     rec = _SelfConditionedRecorder(0.4)
-    d.sample(rec, (2, 3), steps=3, cond=torch.randn(2, 2), guidance_scale=2.0)
+    d.sample(ClassifierFreeGuidance(rec, torch.randn(2, 2), 2.0), (2, 3), steps=3)
     assert all(i.shape == (4, 6) for i in rec.inputs)
     assert torch.allclose(rec.inputs[-1][:, 3:], torch.full((4, 3), 0.4))
     with pytest.raises(ValueError, match="self_condition_prob"):
@@ -534,7 +538,7 @@ def test_self_conditioning_training_passes_and_sampler_feeds_previous_x0():
 def test_restart_sampling_repeats_the_low_noise_steps():
     d = GaussianDiffusion("x0", "cosine", 1000)
     rec = _Recorder(0.0)
-    d.sample(rec, (2, 3), sampler="ddpm", steps=10, restarts=2, restart_t_index=400)
+    d.sample(rec, (2, 3), sampler=Restarts(DDPM(), 2, 400), steps=10)
     times = [round(c[1][0].item() * 1000) - 1 for c in rec.calls]  # back to step indices
     chain = respaced_timesteps(1000, 10)
     below = [i for i in chain if i <= 400]
@@ -548,19 +552,17 @@ def test_restart_sampling_repeats_the_low_noise_steps():
         d.sample(
             net,
             (1, 1, 8, 8, 8),
-            "ddpm",
+            Restarts(DDPM(), 1, 300),
             steps=6,
-            restarts=1,
-            restart_t_index=300,
             generator=torch.Generator().manual_seed(0),
         )
         for _ in range(2)
     ]
     assert torch.equal(again[0], again[1]) and not torch.equal(plain, again[0])
     with pytest.raises(ValueError, match="restart_t_index"):
-        d.sample(rec, (2, 3), steps=4, restarts=1)
+        d.sample(rec, (2, 3), Restarts(DDIM(), 1, 0), steps=4)
     with pytest.raises(ValueError, match="chain step at or below"):
-        d.sample(rec, (2, 3), steps=1, restarts=1, restart_t_index=500)
+        d.sample(rec, (2, 3), Restarts(DDIM(), 1, 500), steps=1)
 
 
 def test_input_perturbation_noises_the_input_not_the_target():

@@ -274,6 +274,15 @@ class AtomsDataModule(L.LightningDataModule):
             grid = data.attrs.get("meta_xanes_energy")
         return None if grid is None else [float(e) for e in np.ravel(grid)]
 
+    def condition_grid(self) -> list[float] | None:
+        """The abscissa of the condition's components where the file gives one, else None: the energy grid (eV)
+        of a condition that is one spectrum on the file's grid (``spectrum_energy``). A model stores it, so
+        that a spectrum given as energy/intensity columns can be put on its grid when sampling."""
+        grid = self.spectrum_energy()
+        if grid is None or len(self.conditions) != 1 or int(self.cond_dim) != len(grid):
+            return None
+        return grid
+
     def condition_values(self, split: str = "train") -> np.ndarray:
         """(S, cond_dim) float64: the conditions (``conditions``, concatenated as in ``batch["cond"]``) of a
         split's structures."""

@@ -3,7 +3,7 @@
 For every structure of a split (default: test) of an a-C file, the target is its mean FEFF spectrum and
 the truth its mass density. Per model, one pool of unconditional samples of the training size at each
 candidate density (relaxed with ``--relax``) is scored by the forward model against each target
-(``lightning_gcd.density_scan``, as ``gcd sample --density auto`` does), and the chosen density is compared
+(``lightning_gcd.spectra.density_scan``, as ``gcd sample --density auto`` does), and the chosen density is compared
 with the true one. Two references bracket it:
 
 * ``no information``: every target gets the training cells' mean density (what a user without a density
@@ -41,7 +41,7 @@ from lightning_gcd.io import write_json_atomic  # noqa: E402
 
 def nearest_mean_density(train_spectra: np.ndarray, train_densities: np.ndarray, target: np.ndarray) -> float:
     """The density (of the training cells' distinct densities) whose mean spectrum is closest to ``target``."""
-    from lightning_gcd.density_scan import relative_l2
+    from lightning_gcd.spectra.density_scan import relative_l2
 
     levels = np.unique(np.round(train_densities, 2))
     means = np.stack([train_spectra[np.isclose(train_densities, rho, atol=0.01)].mean(0) for rho in levels])
@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("give --particle-ckpt and/or --voxel-ckpt")
 
     from datamodules.h5format import AtomsH5
-    from lightning_gcd.density_scan import choose_density
     from lightning_gcd.models.base import DiffusionModule
     from lightning_gcd.models.loading import load_model
-    from lightning_gcd.models.spectrum import SpectrumModel
+    from lightning_gcd.spectra.density_scan import choose_density
+    from lightning_gcd.spectra.forward_model import SpectrumModel
     from lightning_gcd.structures import mass_density
 
     torch.set_num_threads(1)

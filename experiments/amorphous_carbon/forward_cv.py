@@ -50,7 +50,7 @@ def spectrum_datamodule(path: str):
 def run_fold(path: str, train: np.ndarray, test: np.ndarray, epochs: int, seed: int, model_args: dict) -> dict:
     import lightning as L
 
-    from lightning_gcd.models.spectrum import SpectrumModel
+    from lightning_gcd.spectra.forward_model import SpectrumModel
 
     L.seed_everything(seed, verbose=False)
     dm = spectrum_datamodule(path)
@@ -126,7 +126,7 @@ def evaluate(ckpt: str, path: str, split: str) -> dict:
     import lightning as L
 
     from lightning_gcd.models.loading import load_model
-    from lightning_gcd.models.spectrum import SpectrumModel
+    from lightning_gcd.spectra.forward_model import SpectrumModel
 
     model = load_model(ckpt, base=SpectrumModel).float()
     dm = spectrum_datamodule(path)

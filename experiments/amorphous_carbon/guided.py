@@ -102,7 +102,7 @@ def train_forward(path: str, epochs: int, out: Path):
     import lightning as L
 
     from datamodules.datamodule import AtomsDataModule
-    from lightning_gcd.models.spectrum import SpectrumModel
+    from lightning_gcd.spectra.forward_model import SpectrumModel
 
     L.seed_everything(0, verbose=False)
     dm = AtomsDataModule(path, view="particle", batch_size=4, atom_properties=["xanes", "xanes_mask"])
@@ -324,13 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from datamodules.h5format import AtomsH5
-    from lightning_gcd.density_scan import choose_density
-    from lightning_gcd.diffusion.guidance import SpectrumGuidance
     from lightning_gcd.metrics.coordination import sp_fractions
     from lightning_gcd.metrics.rdf import rdf_l1, structure_rdf
     from lightning_gcd.models.base import DiffusionModule
     from lightning_gcd.models.loading import load_model
-    from lightning_gcd.models.spectrum import SpectrumModel
+    from lightning_gcd.spectra.density_scan import choose_density
+    from lightning_gcd.spectra.forward_model import SpectrumModel
+    from lightning_gcd.spectra.guidance import SpectrumGuidance
     from lightning_gcd.structures import StructureBatch, cubic_cell, mass_density
 
     torch.set_num_threads(1)
@@ -552,7 +552,7 @@ def density_scan_pool(model, forward, args, default_range: tuple[float, float], 
     the training size at each candidate density, relaxed with ``--relax`` when given: what
     ``choose_density`` needs to read any target's density (``gcd sample --density auto``)."""
     from datamodules.builders.relax import Relaxer
-    from lightning_gcd.density_scan import candidate_densities, predicted_spectra, scan_samples
+    from lightning_gcd.spectra.density_scan import candidate_densities, predicted_spectra, scan_samples
 
     low, high = args.density_range or default_range
     densities = candidate_densities(low, high, args.density_scan_points)

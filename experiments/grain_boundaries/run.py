@@ -280,7 +280,7 @@ def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geomet
 
 def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], settings: dict[str, Any]):
     """In-paint every template, relax, score; returns (records, relaxed structures, seconds)."""
-    from lightning_gcd.inpaint import fixed_atoms_kept, inpaint, read_source, relax_boundaries
+    from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, read_source, relax_boundaries
 
     cfg = settings[kind]
     records, structures = [], []

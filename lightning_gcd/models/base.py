@@ -6,12 +6,15 @@ sample-and-evaluate step at the end of validation: generate structures, decode t
 ``StructureBatch``, feed them to the structure metrics, log ``val/<metric>`` and keep the samples for
 the callbacks (W&B tables, extxyz export). Subclasses differ only in representation, network and sampler:
 they implement ``data_info_from``, ``build_network``, ``diffusion_loss`` and ``generate``.
+
+It names no application: a validation metric that needs more than the structures is a trainer callback
+implementing ``SampleMetric`` (``models.sample_metric``), and posterior guidance is a ``PosteriorGuidance``
+(``samplers.dps``) passed to ``generate``/``sample``; the application packages supply both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -24,11 +27,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lightning_gcd.errors import GcdError
-from lightning_gcd.models.checkpoint import model_from_checkpoint
 from lightning_gcd.models.ema import EMA
 from lightning_gcd.models.optim import warmup_cosine
-from lightning_gcd.models.spectrum import SpectrumModel
-from lightning_gcd.structures import StructureBatch, mass_density
+from lightning_gcd.models.sample_metric import SampleMetric
+from lightning_gcd.samplers.dps import PosteriorGuidance
+from lightning_gcd.structures import StructureBatch
 
 Batch = dict[str, torch.Tensor]
 
@@ -57,12 +60,8 @@ class DiffusionModule(L.LightningModule):
             None: the model's ``default_sampler``).
         guidance_scale: classifier-free guidance scale at validation (1 = plain conditional).
         sample_seed: seed of the validation samples (rank r uses seed + r), so runs are comparable.
-        metrics: options of ``StructureMetrics`` (``r_max``, ``n_bins``, ``tolerance``, ...).
-        spectrum_forward_ckpt: a ``SpectrumModel`` checkpoint, for models conditioned on the structure's mean
-            spectrum (``data.conditions: [xanes]``): each sampled validation then also logs
-            ``val/spectrum_l2``, the mean over samples of ‖forward-model mean spectrum − condition‖ /
-            ‖condition‖ (the samples' spectrum error as the forward model sees it; samples that decode no
-            atom are left out).
+        metrics: options of ``StructureMetrics`` (``r_max``, ``n_bins``, ``tolerance``, ...); further metrics
+            of the samples attach as callbacks (``SampleMetric``).
         compile: opt-in ``torch.compile`` of the network's forward (``compile_backend``); checkpoints keep
             the plain module's weights.
         matmul_precision: ``torch.set_float32_matmul_precision`` ("high" enables TF32 on Ampere+ GPUs).
@@ -91,7 +90,6 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: float = 1.0,
         sample_seed: int = 0,
         metrics: dict[str, Any] | None = None,
-        spectrum_forward_ckpt: str | None = None,
         compile: bool = False,
         compile_backend: str = "inductor",
         matmul_precision: Literal["highest", "high", "medium"] | None = None,
@@ -124,15 +122,15 @@ class DiffusionModule(L.LightningModule):
         train = datamodule.reference_atoms("train", limit=256)
         counts = [len(a) for a in train]
         volumes = [a.get_volume() for a in train]
-        densities = [mass_density(a) for a in train]
-        energy = datamodule.spectrum_energy() if hasattr(datamodule, "spectrum_energy") else None
+        cell_densities = [len(a) / a.get_volume() for a in train]  # atoms / Å^3 per cell
+        grid = datamodule.condition_grid() if hasattr(datamodule, "condition_grid") else None
         statistics = {}
         if datamodule.cond_dim and self.hparams.get("standardize_condition", False):
             mean, std = condition_statistics(datamodule.condition_values("train"))
             statistics = {"cond_mean": mean.tolist(), "cond_std": std.tolist()}
         return {
             **statistics,
-            "spectrum_energy": energy,  # eV grid of a spectrum condition (a-C XANES), or None
+            "condition_grid": grid,  # the abscissa of the condition's K components where the data give one, or None
             "species": list(datamodule.species),
             "conditions": list(datamodule.conditions),
             "cond_dim": int(datamodule.cond_dim),
@@ -140,8 +138,7 @@ class DiffusionModule(L.LightningModule):
             "n_atoms_max": int(datamodule.n_max),
             "number_density": float(np.sum(counts) / np.sum(volumes)),  # atoms / Å^3
             "n_atoms_mean": float(np.mean(counts)),
-            # g/cm³ of the lightest and densest training cells: the default range of ``--density auto``
-            "mass_density_range": [float(min(densities)), float(max(densities))],
+            "number_density_range": [float(min(cell_densities)), float(max(cell_densities))],  # atoms / Å^3, per cell
             "composition": {
                 str(z): float(np.mean([np.mean(a.numbers == z) for a in train])) for z in datamodule.species
             },
@@ -169,22 +166,23 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        posterior: Any = None,
+        posterior: PosteriorGuidance | None = None,
     ) -> StructureBatch:
         """Generate one structure per row of ``template``.
 
         ``template`` carries ``cell`` (B,3,3) and optionally ``numbers``/``mask`` (B,N) (the particle model
         uses them as the atom count and species; the voxel model ignores them: its count is free),
-        ``cond`` (B,K) and, with ``posterior`` (a ``SpectrumGuidance``: diffusion posterior sampling),
-        the target spectra ``target`` (B,K). In-painting (``lightning_gcd.inpaint``): the voxel model takes
-        ``inpaint_grid`` (B,C,D,H,W, encoding space) and ``inpaint_mask`` (bool, broadcastable; True = keep),
-        the particle model ``inpaint_frac`` (B,N,3) and ``inpaint_mask`` (B,N) (True = fixed atom).
+        ``cond`` (B,K) and, with ``posterior`` (diffusion posterior sampling, ``samplers.dps``), the
+        targets ``target`` (B,K) its loss compares the decoded structures with. In-painting: the voxel model
+        takes ``inpaint_grid`` (B,C,D,H,W, encoding space) and ``inpaint_mask`` (bool, broadcastable; True =
+        keep), the particle model ``inpaint_frac`` (B,N,3) and ``inpaint_mask`` (B,N) (True = fixed atom).
         """
 
     @staticmethod
-    def posterior_target(template: Batch, posterior: Any) -> torch.Tensor:
+    def posterior_target(template: Batch) -> torch.Tensor:
+        """(B, K) the rows' targets of posterior guidance (``template["target"]``)."""
         if "target" not in template:
-            raise GcdError("diffusion posterior sampling needs a target spectrum (--spectrum FILE or --condition-from)")
+            raise GcdError("diffusion posterior sampling needs a target: template['target'] (sample_template(target=))")
         return template["target"].float()
 
     # ------------------------------------------------------------------------------------------------
@@ -212,43 +210,6 @@ class DiffusionModule(L.LightningModule):
             if len(ideals) == 1 and "ideal" not in options:  # one phase: every sample targets it
                 options["ideal"] = next(iter(ideals.values()))
             self.structure_metrics = StructureMetrics(reference, **options)
-        if self.hparams.get("spectrum_forward_ckpt"):
-            self._spectrum_forward()  # load and check it now: a wrong file fails before training
-
-    def _spectrum_forward(self) -> Any:
-        """The ``spectrum_forward_ckpt`` model (loaded once, kept outside the module tree so that it is
-        neither trained nor saved with this model), on this model's device; None without one."""
-        path = self.hparams.get("spectrum_forward_ckpt")
-        if not path:
-            return None
-        forward = self.__dict__.get("_forward_model")
-        if forward is None:
-            if list(self.info.get("conditions", [])) != ["xanes"]:
-                raise GcdError(
-                    f"spectrum_forward_ckpt needs a model conditioned on the mean spectrum alone "
-                    f"(data.conditions: [xanes]); this one has {self.info.get('conditions')}"
-                )
-            forward = model_from_checkpoint(path, SpectrumModel).float().eval()
-            energy, own = forward.info.get("energy"), self.info.get("spectrum_energy")
-            if energy is not None and own is not None and not np.allclose(energy, own):
-                raise GcdError(f"{path}: its energy grid differs from the training data's")
-            self.__dict__["_forward_model"] = forward
-        return forward.to(self.device)
-
-    def _spectrum_l2(self, samples: StructureBatch, cond: torch.Tensor) -> torch.Tensor:
-        """Mean over all ranks' non-empty samples of the forward model's relative spectrum error."""
-        forward = self._spectrum_forward()
-        with torch.no_grad():
-            pred = forward.mean_spectrum(
-                samples.frac_coords.float(), samples.numbers, samples.mask, samples.cell.float()
-            )
-        cond = cond.float()
-        err = (pred - cond).norm(dim=-1) / cond.norm(dim=-1).clamp(min=1e-12)  # (B,)
-        err = torch.where(samples.mask.any(dim=1), err, torch.full_like(err, float("nan")))
-        if self.trainer.world_size > 1:  # the ranks' sample counts may differ by one: pad to gather, NaN is skipped
-            width = int(math.ceil(self.hparams.val_samples / self.trainer.world_size))
-            err = self.all_gather(torch.nn.functional.pad(err, (0, width - len(err)), value=float("nan"))).flatten()
-        return err.nanmean()
 
     def sampler_choice(self, sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
         """The sampler and step count to use: the call's, else the config's, else the model's defaults."""
@@ -371,12 +332,16 @@ class DiffusionModule(L.LightningModule):
         metrics.update(samples)
         values = metrics.compute()  # synchronised over ranks by torchmetrics
         self.last_metrics = {k: float(v) for k, v in values.items()}
-        if self.hparams.get("spectrum_forward_ckpt") and "cond" in templates:
-            self.last_metrics["spectrum_l2"] = float(self._spectrum_l2(samples, templates["cond"]))
+        for metric in self.sample_metrics():
+            self.last_metrics.update(metric.evaluate_samples(self, samples, templates))
         self.last_curves = metrics.curves() if hasattr(metrics, "curves") else {}
         self.last_samples = samples
         for name, value in self.last_metrics.items():  # NaN too (e.g. no matched sample): same names every time
             self.log(f"val/{name}", value, rank_zero_only=True, sync_dist=False)
+
+    def sample_metrics(self) -> list[SampleMetric]:
+        """The trainer's callbacks that score the validation samples (``SampleMetric``), in their order."""
+        return [c for c in self.trainer.callbacks if isinstance(c, SampleMetric)]
 
     # ------------------------------------------------------------------------------------------------
     # checkpoints
@@ -415,7 +380,7 @@ class DiffusionModule(L.LightningModule):
         n_atoms: int | None = None,
     ) -> Batch:
         """``n`` rows of the training reference cell scaled by ``supercell``, or of ``cell`` ((3, 3) Å), and
-        the condition and the posterior-sampling target spectrum, if any.
+        the condition ``cond`` (K,) and the posterior-guidance target ``target`` (K,), if any.
 
         ``n_atoms``: the size to generate, stored as ``template["n_atoms"]`` (B,): the particle model's
         atom count, the voxel model's grid (``grid_for_cell``). Default: the particle model takes the
@@ -444,8 +409,10 @@ class DiffusionModule(L.LightningModule):
         if cond is not None:
             template["cond"] = cond.float().reshape(1, -1).expand(n, -1).clone()
         elif self.info.get("cond_dim", 0):
+            names = ", ".join(self.info.get("conditions", []))
             raise GcdError(
-                "this model was trained with a condition: pass one (--condition-from DATASET:INDEX or --spectrum FILE)"
+                f"this model was trained with a condition ({names}): pass one (gcd sample --condition-from "
+                "DATASET:INDEX, or the option of the application that reads it from a file)"
             )
         if target is not None:
             template["target"] = target.float().reshape(1, -1).expand(n, -1).clone()
@@ -461,11 +428,11 @@ class DiffusionModule(L.LightningModule):
         guidance_scale: float | None = None,
         seed: int = 0,
         progress: bool = True,
-        posterior: Any = None,
+        posterior: PosteriorGuidance | None = None,
     ) -> list:
         """Generate one structure per template row with the EMA weights; returns ASE ``Atoms``.
 
-        ``posterior``: a ``SpectrumGuidance`` for diffusion posterior sampling toward ``template["target"]``.
+        ``posterior``: diffusion posterior sampling toward ``template["target"]`` (``samplers.dps``).
         """
         from tqdm.auto import tqdm
 
@@ -494,8 +461,9 @@ def condition_statistics(values: np.ndarray, floor: float = 0.1) -> tuple[np.nda
     """Per-component mean and spread (K,) of training conditions ``values`` (S, K) for standardising them.
 
     A component's spread is at least ``floor`` × the mean spread over components (1 where no component
-    varies), so components that barely vary in training (a spectrum's flat pre-edge, a constant label)
-    are not blown up: a measured spectrum's noise there would otherwise dominate the standardised input.
+    varies), so components that barely vary in training (a flat stretch of a curve-valued condition, a
+    constant label) are not blown up: a measured condition's noise there would otherwise dominate the
+    standardised input.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or len(values) == 0:

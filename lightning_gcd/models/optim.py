@@ -1,5 +1,5 @@
 """The learning-rate schedule shared by every model of the package (diffusion models and the spectrum
-forward model): below ``models.base`` and ``models.spectrum`` so that neither imports the other for it."""
+forward model, ``lightning_gcd.spectra``): below ``models.base`` and the applications' models."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``ParticleDiffusion``: the particle (point-cloud) baseline on the same base as the voxel model.
 
 Atoms are a fixed-count point cloud in a fixed periodic cell. Positions diffuse by variance-exploding
-Gaussian noise in Cartesian space, wrapped into the cell (the a-C paper's prior; DiffCSP's wrapped-normal
+Gaussian noise in Cartesian space, wrapped into the cell (the prior of Kwon, Hsu et al. 2024; DiffCSP's wrapped-normal
 score target), and a periodic E(3)-equivariant message-passing network (``PeriodicMPNN``) predicts the
 noise. Sampling starts from uniformly random positions and runs Euler–Maruyama ("em") or
 predictor–corrector ("pc") steps. The atom count is fixed: from the template (the validation structure
@@ -25,6 +25,7 @@ from lightning_gcd.samplers import (
     CartesianKnownAtoms,
     CartesianPosteriorGuidance,
     PointCloudGuidance,
+    PosteriorGuidance,
     SamplingHook,
     cartesian_sampler,
 )
@@ -159,7 +160,7 @@ class ParticleDiffusion(DiffusionModule):
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        posterior: Any = None,
+        posterior: PosteriorGuidance | None = None,
     ) -> StructureBatch:
         hp = self.hparams
         if "numbers" not in template or "mask" not in template:
@@ -170,7 +171,7 @@ class ParticleDiffusion(DiffusionModule):
         sampler, steps = self.sampler_choice(sampler, steps)
         hooks: list[SamplingHook] = []
         if posterior is not None:
-            loss = posterior.bind(self.posterior_target(template, posterior))
+            loss = posterior.bind(self.posterior_target(template))
             if posterior.scale > 0:
                 hooks.append(CartesianPosteriorGuidance(loss, posterior.scale))
         if template.get("inpaint_frac") is not None or template.get("inpaint_mask") is not None:

@@ -9,7 +9,7 @@ Euler–Maruyama (``lightning_gcd.diffusion.torus``, ``lightning_gcd.nets.fourie
 the data (``data.view: particle``) is the same.
 
 Classifier-free guidance and in-painting (``inpaint_frac``/``inpaint_mask``) work as for
-``ParticleDiffusion``. Diffusion posterior (spectrum) guidance is not implemented for this model.
+``ParticleDiffusion``. Diffusion posterior guidance is not implemented for this model.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.models.base import Batch, DiffusionModule
 from lightning_gcd.models.particle import require_particle_view, with_fixed_count
 from lightning_gcd.nets.fourier_pairs import FourierPairNet
-from lightning_gcd.samplers import KnownAtoms, classifier_free_prediction, torus_sampler
+from lightning_gcd.samplers import KnownAtoms, PosteriorGuidance, classifier_free_prediction, torus_sampler
 from lightning_gcd.structures import StructureBatch
 
 __all__ = ["TorusParticleDiffusion"]
@@ -146,11 +146,11 @@ class TorusParticleDiffusion(DiffusionModule):
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        posterior: Any = None,
+        posterior: PosteriorGuidance | None = None,
     ) -> StructureBatch:
         if posterior is not None:
             raise GcdError(
-                "spectrum posterior guidance is not available for TorusParticleDiffusion; "
+                "posterior guidance is not available for TorusParticleDiffusion; "
                 "use lightning_gcd.models.particle.ParticleDiffusion for it"
             )
         return self._sample(template, None, 1.0, steps, sampler, guidance_scale, generator, progress)

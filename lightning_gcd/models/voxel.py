@@ -28,6 +28,7 @@ from lightning_gcd.representations import VoxelEncoding, make_encoding
 from lightning_gcd.samplers import (
     ClassifierFreeGuidance,
     KnownValues,
+    PosteriorGuidance,
     Restarts,
     SamplingHook,
     VPPosteriorGuidance,
@@ -68,17 +69,17 @@ class GrandCanonicalDiffusion(DiffusionModule):
             instead of deciding afresh. Costs one extra no-gradient forward pass on half the training batches.
         geometry_condition: tell the U-Net each grid's voxel spacing (Å per voxel along each axis, as a
             standardised log; never dropped by classifier-free guidance). Where one grid serves cells of
-            several sizes (a-C at 1.5-3.5 g/cm³ on one 16³ grid) the voxels alone do not say how long a bond
-            is. On a-C it gave a closer g(r) but fewer atoms and an sp3 fraction that no longer follows
-            density, so it is off by default (``experiments/amorphous_carbon/RESULTS.md``, History:
-            geometry condition). With cells of one size the input is constant.
+            several sizes (cells of 1.5-3.5 g/cm³ on one 16³ grid) the voxels alone do not say how long a
+            bond is. Where it was measured it gave a closer g(r) but fewer atoms and a bonding that no longer
+            follows the cell's size, so it is off by default (``experiments/amorphous_carbon/RESULTS.md``,
+            History: geometry condition). With cells of one size the input is constant.
         sample_restarts, sample_restart_t: restart sampling (``GaussianDiffusion.sample``'s ``restarts``):
             after the chain, take the sample back to noise level ``sample_restart_t`` (a fraction of the
             training steps, 0-1) and run the chain's steps below it again, ``sample_restarts`` times. The
             attributes of the same names switch it on a loaded model.
         input_perturbation: γ of DDPM-IP (``GaussianDiffusion``; Ning et al. 2023): training inputs are
             noised with ε + γξ while the target keeps ε, a training-side remedy for exposure bias (the
-            sampler's own trajectory drifting off the training distribution, where the a-C prior loses
+            sampler's own trajectory drifting off the training distribution, where a prior loses
             atoms). 0 (default) is off; the paper's value is 0.1.
         **kwargs: the shared options of ``DiffusionModule`` (optimiser, EMA, validation sampling...).
     """
@@ -140,7 +141,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
                 "grid_shape": list(datamodule.grid_shape),
                 "spacing": (np.linalg.norm(reference_cell, axis=1) / np.asarray(datamodule.grid_shape)).tolist(),
                 # voxels per atom of the training grids: the grid of an n-atom sample (``grid_for_cell``), right
-                # also where the training cells differ in size but share one grid (a-C at several densities)
+                # also where the training cells differ in size but share one grid (cells of several densities)
                 "voxels_per_atom": float(np.prod(datamodule.grid_shape)) / info["n_atoms_mean"],
             }
         )
@@ -260,8 +261,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
 
         Every voxel whose occupancy exceeds ``min_weight`` is a candidate atom at voxel corner + offset
         (the decoder's position) weighted by its occupancy in [0, 1]; the species is the argmax channel.
-        Where the occupancies are 0 or 1 this is exactly the hard decoding (weight-0 atoms do not exist
-        for the forward model, see ``SpectrumNet``); in between, gradients reach both the offsets (atoms
+        Where the occupancies are 0 or 1 this is exactly the hard decoding (a posterior loss that weights
+        atoms by ``weights`` does not see weight-0 atoms); in between, gradients reach both the offsets (atoms
         move) and the occupancies (atoms appear and vanish). To keep the neighbour graph small (every
         voxel of a 4 Å sphere is ~10³ edges) only the ``max_ratio`` × (training number density × volume)
         most occupied voxels above ``min_weight`` are candidates; the others get no gradient at that step.
@@ -308,8 +309,8 @@ class GrandCanonicalDiffusion(DiffusionModule):
         Without ``n_atoms``: the training spacing (Å per voxel along each axis). With ``n_atoms``: as many
         voxels per atom as the training grids had (``voxels_per_atom``), shared among the axes in proportion
         to the training spacing, so that 8× the atoms at the same density get twice the voxels per axis.
-        For training cells of one size the two agree; where the cells differ in size but share one grid (a-C
-        at several densities: the voxel spacing in Å follows the density) only the second is right.
+        For training cells of one size the two agree; where the cells differ in size but share one grid (cells
+        of several densities: the voxel spacing in Å follows the density) only the second is right.
         """
         factor = self.net.downsampling_factor
         lengths = torch.linalg.norm(cell.double(), dim=-1).cpu().numpy()  # (3,)
@@ -350,7 +351,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
-        posterior: Any = None,
+        posterior: PosteriorGuidance | None = None,
     ) -> StructureBatch:
         hp = self.hparams
         cell = template["cell"]
@@ -363,7 +364,7 @@ class GrandCanonicalDiffusion(DiffusionModule):
         sampler, steps = self.sampler_choice(sampler, steps)
         loss = None
         if posterior is not None:
-            bound = posterior.bind(self.posterior_target(template, posterior))
+            bound = posterior.bind(self.posterior_target(template))
             cell_f = cell.float()
 
             def loss(x0: torch.Tensor) -> torch.Tensor:

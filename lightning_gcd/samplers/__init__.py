@@ -12,6 +12,8 @@ comes from composable pieces around it:
   (``CartesianSampler``), run by ``VEParticleDiffusion.sample``; ``PointCloudGuidance`` wraps the network, and
   the hooks ``CartesianKnownAtoms`` and ``CartesianPosteriorGuidance`` attach to the run.
 
+Posterior guidance steers toward a ``PosteriorGuidance`` (``dps``) that an application supplies.
+
 Nothing here imports ``lightning_gcd.diffusion`` at run time (the diffusions run these samplers).
 """
 
@@ -31,6 +33,7 @@ from lightning_gcd.samplers.ddim import DDIM
 from lightning_gcd.samplers.ddpm import DDPM
 from lightning_gcd.samplers.dpm_solver_2m import DPMSolver2M
 from lightning_gcd.samplers.dpm_solver_2m_sde import DPMSolver2MSDE
+from lightning_gcd.samplers.dps import PosteriorGuidance, StructureLoss
 from lightning_gcd.samplers.hooks import SamplingHook
 from lightning_gcd.samplers.known_atoms import KnownAtoms
 from lightning_gcd.samplers.known_values import KnownValues
@@ -68,10 +71,12 @@ __all__ = [
     "KnownAtoms",
     "KnownValues",
     "PointCloudGuidance",
+    "PosteriorGuidance",
     "Restarts",
     "Sampler",
     "SamplingHook",
     "ScoreFunction",
+    "StructureLoss",
     "TorusEulerMaruyama",
     "TorusPredictorCorrector",
     "TorusSampler",

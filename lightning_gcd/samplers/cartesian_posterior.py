@@ -1,5 +1,5 @@
 """Diffusion posterior sampling (DPS) for the Cartesian particle samplers, as a hook
-(``lightning_gcd.diffusion.guidance``).
+(``lightning_gcd.samplers.dps``).
 
 The loss of the denoised positions (Tweedie: ``x − σ eps``) is differentiated with respect to the noisy
 positions through the network; the gradient over each structure's Cartesian coordinates, normalised (ĝ) and

@@ -1,4 +1,4 @@
-"""Diffusion posterior sampling (DPS) for the VP (voxel) samplers, as a hook (``lightning_gcd.diffusion.guidance``).
+"""Diffusion posterior sampling (DPS) for the VP (voxel) samplers, as a hook (``lightning_gcd.samplers.dps``).
 
 The loss of the predicted clean sample (clamped straight-through to the run's ``clip_x0``) is differentiated
 with respect to ``x_t`` through the network; its gradient, normalised per sample (ĝ) and times ρ, is added to

@@ -129,12 +129,12 @@ def test_a_grid_larger_than_the_memory_is_refused_before_allocating(smoke_run: P
 
 
 def test_a_batch_larger_than_the_memory_names_the_batch_size_that_fits(smoke_run: Path, monkeypatch, capsys) -> None:
-    import lightning_gcd.cli_sample as cli_sample
+    import lightning_gcd.sampling as sampling
 
     model = load_model(smoke_run / "runs/smoke_voxel/checkpoints/last.ckpt")
     one = model.sampling_bytes(model.sample_template(1, supercell=(2, 2, 2)), 1)
     assert model.sampling_bytes(model.sample_template(1, supercell=(2, 2, 2)), 4) == 4 * one  # linear in the batch
-    monkeypatch.setattr(cli_sample, "available_bytes", lambda device: 5 * one)  # room for 3 at 70%
+    monkeypatch.setattr(sampling, "available_bytes", lambda device: 5 * one)  # room for 3 at 70%
     out = smoke_run / "batch.extxyz"
     args = [
         "sample",
@@ -161,7 +161,7 @@ def test_a_batch_larger_than_the_memory_names_the_batch_size_that_fits(smoke_run
 def test_a_particle_cell_larger_than_the_memory_is_refused_before_its_template(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import lightning_gcd.cli_sample as cli_sample
+    import lightning_gcd.sampling as sampling
 
     fit = run_gcd(
         "fit",
@@ -182,7 +182,7 @@ def test_a_particle_cell_larger_than_the_memory_is_refused_before_its_template(
     monkeypatch.setattr(
         type(model), "sample_template", lambda self, n, *a, **k: built.append(n) or real_template(self, n, *a, **k)
     )
-    monkeypatch.setattr(cli_sample, "available_bytes", lambda device: int(1.5 * small))
+    monkeypatch.setattr(sampling, "available_bytes", lambda device: int(1.5 * small))
     out = tmp_path / "p.extxyz"
     assert (
         gcd_main(

@@ -138,7 +138,7 @@ def test_build_cli_errors(tmp_path: Path) -> None:
 
 def test_rescoring_a_dataset_structure_gives_its_stored_energy(gb_h5: Path) -> None:
     """relax_boundaries (what gcd sample --relax uses) reproduces the builder's E_gb and count on its own structures."""
-    from lightning_gcd.inpaint import read_source, relax_boundaries
+    from lightning_gcd.grain_boundaries import read_source, relax_boundaries
 
     source = read_source(f"{gb_h5}:1")
     (scored,) = relax_boundaries([source.atoms], source)
@@ -183,7 +183,7 @@ def models(gb_h5: Path):
 
 
 def test_voxel_inpainting_keeps_the_bulk_voxels(gb_h5: Path, models) -> None:
-    from lightning_gcd.inpaint import fixed_atoms_kept, inpaint, inpaint_template, read_source
+    from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, inpaint_template, read_source
     from lightning_gcd.structures import StructureBatch
 
     model, _ = models["voxel"]
@@ -209,7 +209,7 @@ def test_voxel_inpainting_keeps_the_bulk_voxels(gb_h5: Path, models) -> None:
 
 def test_particle_inpainting_keeps_fixed_atoms(gb_h5: Path, models) -> None:
     from lightning_gcd.diffusion.ve import VEParticleDiffusion
-    from lightning_gcd.inpaint import fixed_atoms_kept, inpaint, read_source
+    from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, read_source
     from lightning_gcd.samplers import CartesianKnownAtoms
 
     model, _ = models["particle"]

@@ -99,7 +99,7 @@ def forward_model(spectrum_h5: Path):
     import lightning as L
 
     from datamodules.datamodule import AtomsDataModule
-    from lightning_gcd.models.spectrum import SpectrumModel
+    from lightning_gcd.spectra.forward_model import SpectrumModel
 
     L.seed_everything(0, verbose=False)
     dm = AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, atom_properties=["xanes", "xanes_mask"])
@@ -268,7 +268,7 @@ def test_posterior_sampling_reduces_spectrum_error(kind: str, spectrum_h5: Path,
     spectrum must end clearly closer to it (by the forward model, on the decoded structures) than the
     unguided run."""
     from datamodules.h5format import AtomsH5
-    from lightning_gcd.diffusion.guidance import SpectrumGuidance
+    from lightning_gcd.spectra.guidance import SpectrumGuidance
 
     forward = forward_model[0]
     with AtomsH5(spectrum_h5) as data:
@@ -302,8 +302,8 @@ def test_posterior_sampling_reduces_spectrum_error(kind: str, spectrum_h5: Path,
     ],
 )
 def test_bad_spectrum_file_is_one_line(content: str, message: str, tmp_path: Path, capsys) -> None:
-    from lightning_gcd.cli_sample import read_spectrum
     from lightning_gcd.errors import GcdError
+    from lightning_gcd.spectra.target import read_spectrum
 
     path = tmp_path / "target.txt"
     path.write_text(content)
@@ -313,7 +313,7 @@ def test_bad_spectrum_file_is_one_line(content: str, message: str, tmp_path: Pat
 
 
 def test_spectrum_file_is_interpolated(tmp_path: Path) -> None:
-    from lightning_gcd.cli_sample import read_spectrum
+    from lightning_gcd.spectra.target import read_spectrum
 
     e = np.linspace(300, 270, 61)  # descending and finer: accepted, interpolated
     path = tmp_path / "target.csv"
@@ -352,7 +352,7 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
             [
                 "fit",
                 "--model",
-                "lightning_gcd.models.spectrum.SpectrumModel",
+                "lightning_gcd.spectra.SpectrumModel",
                 "--model.hidden",
                 "16",
                 "--model.layers",
@@ -509,18 +509,18 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
 
-    # val/spectrum_l2: a conditioned prior validated with the forward model logs its samples' spectrum error
+    # val/spectrum_l2: a conditioned prior validated with the forward model (the SpectrumL2 callback) logs its
+    # samples' spectrum error
     import lightning as L
 
     from datamodules.datamodule import AtomsDataModule
     from lightning_gcd.models.particle import ParticleDiffusion
+    from lightning_gcd.spectra import SpectrumL2
 
     forward_ckpt = str(tmp_path / "runs/forward/checkpoints/last.ckpt")
     L.seed_everything(0, verbose=False)
     dm = AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, conditions=["xanes"])
-    prior = ParticleDiffusion(
-        hidden=16, layers=1, sigma_max=0.8, val_samples=2, sample_steps=3, spectrum_forward_ckpt=forward_ckpt
-    )
+    prior = ParticleDiffusion(hidden=16, layers=1, sigma_max=0.8, val_samples=2, sample_steps=3)
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -529,12 +529,13 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        callbacks=[SpectrumL2(forward_ckpt)],
     )
     trainer.fit(prior, dm)
     value = prior.last_metrics["spectrum_l2"]
     assert np.isfinite(value) and value > 0
     assert float(trainer.callback_metrics["val/spectrum_l2"]) == pytest.approx(value)
-    unconditioned = ParticleDiffusion(hidden=16, layers=1, val_samples=2, spectrum_forward_ckpt=forward_ckpt)
+    unconditioned = ParticleDiffusion(hidden=16, layers=1, val_samples=2)
     with pytest.raises(GcdError, match="conditioned on the mean spectrum"):
         L.Trainer(
             max_steps=1,
@@ -543,7 +544,15 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
+            callbacks=[SpectrumL2(forward_ckpt)],
         ).fit(unconditioned, AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5))
+    # the old model option, in a config: one line saying what to write instead
+    capsys.readouterr()
+    argv = ["fit", "--model", "lightning_gcd.models.particle.ParticleDiffusion", "--data.view", "particle"]
+    argv += ["--model.spectrum_forward_ckpt", forward_ckpt, "--trainer.max_steps", "1", "--run_name", "old", *common]
+    assert gcd_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "spectrum_forward_ckpt" in err and "lightning_gcd.spectra.SpectrumL2" in err and len(err.splitlines()) == 1
 
 
 def _one_structure(path: Path) -> Atoms:
@@ -625,7 +634,7 @@ def test_density_scan_reads_the_density_of_a_spectrum(forward_model, tmp_path: P
     mean spectrum must be placed near its own density; the trivial choice (the middle density) is off by
     0.33 g/cm³ on average (measured: 0.07 with the scan)."""
     from datamodules.h5format import AtomsH5
-    from lightning_gcd.density_scan import choose_density, predicted_spectra
+    from lightning_gcd.spectra.density_scan import choose_density, predicted_spectra
 
     densities = np.array([2.0, 2.5, 3.0])
     with AtomsH5(make_spectrum_file(tmp_path / "pool.h5", n_structures=9, n_atoms=48, seed=3)) as data:
@@ -646,7 +655,7 @@ def test_density_scan_refinement_and_errors() -> None:
     """The parabola through the best candidate and its neighbours finds a minimum between grid points; at the
     end of the range the best candidate stands; bad input is a GcdError."""
     from lightning_gcd.cli_sample import density_value
-    from lightning_gcd.density_scan import candidate_densities, choose_density, refine
+    from lightning_gcd.spectra.density_scan import candidate_densities, choose_density, refine
 
     grid = candidate_densities(1.5, 3.5, 9)
     assert refine(grid, (grid - 2.6) ** 2) == pytest.approx(2.6)

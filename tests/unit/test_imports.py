@@ -75,11 +75,15 @@ def test_models_have_no_import_cycle_even_through_local_imports() -> None:
 
 
 def test_base_loading_spectrum_import_each_other_at_top_level_only() -> None:
-    """The cycle models.base ↔ models.loading ↔ models.spectrum was once hidden by local imports."""
-    trio = ("lightning_gcd.models.base", "lightning_gcd.models.loading", "lightning_gcd.models.spectrum")
+    """The cycle models.base ↔ models.loading ↔ models.spectrum was once hidden by local imports (the forward
+    model is ``spectra.forward_model`` now, outside the core, which does not import it)."""
+    trio = ("lightning_gcd.models.base", "lightning_gcd.models.loading", "lightning_gcd.spectra.forward_model")
     g = graph()
     local = {
-        (m, t) for m in trio for t, only_local in g[m].items() if only_local and t.startswith("lightning_gcd.models")
+        (m, t)
+        for m in trio
+        for t, only_local in g[m].items()
+        if only_local and t.startswith(("lightning_gcd.models", "lightning_gcd.spectra"))
     }
     assert local == set()
 
@@ -87,7 +91,9 @@ def test_base_loading_spectrum_import_each_other_at_top_level_only() -> None:
 @pytest.mark.parametrize(
     "first",
     [
-        "lightning_gcd.models.spectrum",
+        "lightning_gcd.spectra.forward_model",
+        "lightning_gcd.spectra",
+        "lightning_gcd.grain_boundaries",
         "lightning_gcd.models.loading",
         "lightning_gcd.models.base",
         "lightning_gcd.models.checkpoint",

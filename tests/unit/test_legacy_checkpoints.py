@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from lightning_gcd.cli import main as gcd_main
-from lightning_gcd.diffusion.guidance import SpectrumGuidance
 from lightning_gcd.models.loading import load_model
-from lightning_gcd.models.spectrum import SpectrumModel
+from lightning_gcd.spectra.forward_model import SpectrumModel
+from lightning_gcd.spectra.guidance import SpectrumGuidance
 
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy"
 SEED = 5
@@ -52,8 +52,12 @@ def assert_same_structures(structures: list, expected: list[dict[str, torch.Tens
 
 
 def test_voxel_checkpoint_samples_as_before_with_guidance_and_posterior() -> None:
-    model = load_model(LEGACY / "voxel_xanes.ckpt")
-    forward = load_model(LEGACY / "forward.ckpt", base=SpectrumModel).float()
+    """The old option ``spectrum_forward_ckpt`` is dropped with a warning that says what replaced it."""
+    with pytest.warns(UserWarning, match="spectrum_forward_ckpt.*moved.*lightning_gcd.spectra.SpectrumL2"):
+        model = load_model(LEGACY / "voxel_xanes.ckpt")
+    assert "spectrum_forward_ckpt" not in model.hparams
+    forward = load_model(LEGACY / "forward.ckpt", base=SpectrumModel).float()  # saved as models.spectrum
+    assert type(forward).__module__ == "lightning_gcd.spectra.forward_model"
     target = target_spectrum()
     template = model.sample_template(2, cond=target, target=target)
     structures = model.sample(
@@ -88,3 +92,12 @@ def test_density_scan_reads_a_legacy_checkpoints_training_densities(tmp_path: Pa
     scan = json.loads((tmp_path / "auto_density_scan.json").read_text())
     assert scan["densities"] == pytest.approx([2.0, 2.5, 3.0])
     assert [len(a) for a in ase.io.read(out, ":")] == [16]
+
+
+def test_a_checkpoint_naming_a_class_this_version_lacks_is_one_line(tmp_path: Path) -> None:
+    from lightning_gcd.errors import GcdError
+
+    path = tmp_path / "gone.ckpt"
+    torch.save({"state_dict": {}, "gcd_model_class": "lightning_gcd.models.gone.Model"}, path)
+    with pytest.raises(GcdError, match="holds a lightning_gcd.models.gone.Model, which this version"):
+        load_model(path)

@@ -13,14 +13,18 @@ otherwise, so the choice rests on the forward model alone, not on the prior's re
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_gcd.errors import GcdError
+from lightning_gcd.io import write_json_atomic
+from lightning_gcd.structures import G_PER_CM3_IN_AMU_PER_A3
 
 
 @dataclass
@@ -173,8 +177,93 @@ def scan_density(
     return choose_density(densities, spectra, np.asarray(target, dtype=np.float64))
 
 
-def training_density_range(info: dict) -> tuple[float, float] | None:
-    """(low, high) g/cm³ of the training cells, from the checkpoint's ``mass_density_range``; None for
-    checkpoints written before it was stored."""
+def training_density_range(info: dict[str, Any]) -> tuple[float, float] | None:
+    """(low, high) g/cm³ of the training cells: their number densities (``number_density_range``, atoms/Å³)
+    times the training composition's mean atomic mass (exact for one element), or the ``mass_density_range``
+    that checkpoints before issue #29 stored; None for checkpoints that store neither."""
     span = info.get("mass_density_range")
-    return (float(span[0]), float(span[1])) if span else None
+    if span:
+        return (float(span[0]), float(span[1]))
+    span = info.get("number_density_range")
+    if not span:
+        return None
+    mass = mean_atomic_mass(info["composition"]) / G_PER_CM3_IN_AMU_PER_A3  # g/cm³ per atom/Å³
+    return (float(span[0]) * mass, float(span[1]) * mass)
+
+
+def mean_atomic_mass(composition: dict[str, float]) -> float:
+    """The mean atomic mass (amu) of a composition ``{atomic number: fraction}``."""
+    from ase.data import atomic_masses
+
+    return sum(float(atomic_masses[int(z)]) * float(f) for z, f in composition.items())
+
+
+def run_density_scan(
+    model: Any,
+    forward: Any,
+    target: torch.Tensor,
+    out: str | Path,
+    *,
+    n_atoms: int | None,
+    density_range: Sequence[float] | None = None,
+    points: int = 9,
+    samples: int = 4,
+    scan_atoms: int | None = None,
+    relaxer: Any = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> DensityScan:
+    """``gcd sample --density auto``: scan ``points`` densities over ``density_range`` (default: the training
+    cells'), ``samples`` cells of ``scan_atoms`` atoms each (default: the training mean count), print the table,
+    write it to ``OUT_density_scan.json`` beside ``out`` and return the ``DensityScan``."""
+    if n_atoms is None:
+        raise GcdError("--density auto needs --n-atoms N (the size of the cubic cell to generate)")
+    if forward is None or target is None:
+        raise GcdError(
+            "--density auto needs --forward-ckpt and a target (--spectrum FILE or --condition-from "
+            "DATASET:INDEX): the forward model scores each candidate density against the target"
+        )
+    span = tuple(density_range) if density_range else training_density_range(model.info)
+    if span is None:
+        raise GcdError("the checkpoint does not store its training densities; give --density-range LOW HIGH (g/cm³)")
+    densities = candidate_densities(span[0], span[1], points)
+    if samples < 1:
+        raise GcdError(f"--density-scan-samples must be at least 1, got {samples}")
+    n_scan = scan_atoms or max(1, round(float(model.info["n_atoms_mean"])))
+    if relaxer is None:
+        print(
+            "warning: --density auto without --relax scores the raw samples, whose sampler noise the forward "
+            "model reads as low density (on the a-C file: mean error 0.97 g/cm³ raw, 0.31 relaxed); add "
+            "--relax lammps",
+            file=sys.stderr,
+        )
+    print(
+        f"--density auto: {samples} unconditional samples of {n_scan} atoms at each of "
+        f"{len(densities)} densities {span[0]:g}–{span[1]:g} g/cm³"
+        f"{', relaxed' if relaxer is not None else ''}, scored by the forward model",
+        file=sys.stderr,
+    )
+    scan = scan_density(
+        model,
+        forward,
+        target,
+        densities,
+        n_scan,
+        samples,
+        relaxer=relaxer,
+        steps=steps,
+        sampler=sampler,
+        seed=seed,
+        progress=progress,
+    )
+    print(scan.table(), file=sys.stderr)
+    out = Path(out)
+    write_json_atomic(
+        out.with_name(f"{out.stem}_density_scan.json"),
+        {**scan.as_dict(), "n_atoms": n_scan, "samples": samples, "relaxed": relaxer is not None},
+        keep_nan=True,
+        indent=1,
+    )
+    return scan

@@ -13,12 +13,7 @@ grain-boundaries``) has boundary planes normal to z at heights ``boundary_z`` (t
   the hook ``samplers.CartesianKnownAtoms``); the source's atoms inside the slabs are
   regenerated, so the atom count stays the source's.
 
-Then ``relax_boundaries`` relaxes each generated structure with the dataset's calculator (EMT or the LAMMPS
-EAM potential, same settings; ``datamodules.builders.relax``) and its cell mode — the normal cell length
-relaxed to zero normal stress (in-plane cell fixed) for files built so, the fixed cell for files built
-before that (no ``meta_relax_cell``), so generated and reference energies are comparable — and writes
-``total_energy`` (eV), ``gb_energy`` (J/m², (E − N·E_coh)/(2A), two boundaries per cell) and
-``n_boundary_atoms`` (N − the perfect bicrystal's count) into each structure's ``info``.
+Then ``lightning_gcd.grain_boundaries.relax`` relaxes them and scores their boundary energy.
 """
 
 from __future__ import annotations
@@ -209,36 +204,3 @@ def fixed_atoms_kept(generated: Atoms, source: InpaintSource, fixed: np.ndarray,
         and (generated.numbers[nearest] == keep.numbers).all()
         and len(set(nearest.tolist())) == len(keep)
     )
-
-
-def relax_boundaries(
-    structures: Sequence[Atoms],
-    source: InpaintSource,
-    calculator: str | None = None,
-    max_steps: int | None = None,
-    progress: bool = False,
-    cell: str | None = None,
-) -> list[Atoms]:
-    """Relax each structure with the dataset's calculator and cell mode (or ``calculator``, ``cell``: "fixed"
-    or "normal") and score its E_gb."""
-    from datamodules.builders.grain_boundaries import gb_energy, lattice_of, relaxer_for_file
-    from datamodules.builders.relax import relax_structures
-
-    relaxer = relaxer_for_file(source.attrs, calculator, max_steps=max_steps, cell=cell)
-    own = str(source.attrs.get("meta_calculator", ""))
-    if relaxer.calculator == own and "cohesive_energy" in source.properties:
-        e_coh = source.properties["cohesive_energy"]
-    else:  # another calculator: its bulk energy at the dataset's lattice constant (the grains' strain state)
-        a = source.properties.get("lattice_a", float(source.attrs.get("meta_lattice_a", 0.0)))
-        e_coh = relaxer.bulk_energy(lattice_of(relaxer.element), a)
-    lengths = source.atoms.cell.lengths()
-    area = source.properties.get("boundary_area", float(lengths[0] * lengths[1]))
-    n_perfect = source.properties.get("n_atoms_perfect")
-    out = relax_structures(structures, relaxer, progress)
-    for relaxed in out:
-        energy = relaxed.info["total_energy"]
-        relaxed.info["gb_energy"] = gb_energy(energy, len(relaxed), e_coh, area) if len(relaxed) else float("nan")
-        relaxed.info["cohesive_energy"] = float(e_coh)
-        if n_perfect is not None:
-            relaxed.info["n_boundary_atoms"] = int(len(relaxed) - int(n_perfect))
-    return out

@@ -1,4 +1,5 @@
-"""``SpectrumModel``: the forward model of spectrum-guided sampling, trained with ``gcd fit``.
+"""``SpectrumModel``: the forward model of spectrum-guided sampling, trained with ``gcd fit``
+(``model.class_path: lightning_gcd.spectra.SpectrumModel``).
 
 It predicts every atom's spectrum (a-C: C K-edge XANES on the file's energy grid, ``meta_xanes_energy``)
 from its periodic neighbourhood with ``SpectrumNet``; the structure's spectrum is the mean over its atoms,

@@ -1,0 +1,31 @@
+"""The grain-boundary application: in-paint the boundary regions of a bicrystal and relax them into E_gb.
+
+It attaches to the core by composition (in-painting is a template the models' samplers hold fixed), and the
+core imports nothing of it:
+
+* ``inpaint``: the in-painting template (the bulk grains fixed, slabs around the boundary planes generated);
+* ``relax``: relaxation of the generated structures with the dataset's calculator, and their E_gb (J/m²);
+* ``sample``: ``gcd sample --inpaint``, the two in sequence, written to a file.
+"""
+
+from lightning_gcd.grain_boundaries.inpaint import (
+    InpaintSource,
+    fixed_atoms_kept,
+    inpaint,
+    inpaint_template,
+    read_source,
+    slab_free,
+)
+from lightning_gcd.grain_boundaries.relax import relax_boundaries
+from lightning_gcd.grain_boundaries.sample import sample_boundaries
+
+__all__ = [
+    "InpaintSource",
+    "fixed_atoms_kept",
+    "inpaint",
+    "inpaint_template",
+    "read_source",
+    "relax_boundaries",
+    "sample_boundaries",
+    "slab_free",
+]

@@ -2,7 +2,8 @@
 
 It attaches to the core by composition, and the core imports nothing of it:
 
-* ``SpectrumModel`` (``forward_model``): the per-atom spectrum predictor, trained with ``gcd fit``;
+* ``SpectrumModel`` (``forward_model``): the per-atom spectrum predictor (network ``net.SpectrumNet``), trained
+  with ``gcd fit``;
 * ``SpectrumGuidance`` (``guidance``): diffusion posterior sampling toward a target spectrum, a
   ``PosteriorGuidance`` passed to a diffusion model's ``sample``/``generate``;
 * ``SpectrumL2`` (``metric``): ``val/spectrum_l2`` of a spectrum-conditioned model, a trainer callback;

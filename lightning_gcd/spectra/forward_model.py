@@ -31,7 +31,7 @@ import torch
 
 from lightning_gcd.errors import GcdError
 from lightning_gcd.models.optim import warmup_cosine
-from lightning_gcd.nets.spectrum import SpectrumNet
+from lightning_gcd.spectra.net import SpectrumNet
 
 Batch = dict[str, torch.Tensor]
 

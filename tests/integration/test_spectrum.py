@@ -181,7 +181,7 @@ def _random_structure(n: int = 12, length: float = 6.0, seed: int = 0):
 def test_per_atom_predictions_are_invariant() -> None:
     from scipy.spatial.transform import Rotation
 
-    from lightning_gcd.nets.spectrum import SpectrumNet
+    from lightning_gcd.spectra.net import SpectrumNet
 
     torch.manual_seed(0)
     net = SpectrumNet(K, hidden=32, layers=2, cutoff=4.0).double()

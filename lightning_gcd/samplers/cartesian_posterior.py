@@ -22,7 +22,7 @@ __all__ = ["CartesianPosteriorGuidance"]
 
 class CartesianPosteriorGuidance(SamplingHook):
     """``eps + σ ρ ĝ`` of the loss ``loss(frac0_hat, numbers, mask, cell) -> (B,)`` (module docstring), e.g.
-    ``SpectrumGuidance.bind(target)``.
+    a ``PosteriorGuidance``'s ``bind(target)`` (``samplers.dps``).
 
     Args:
         loss: the posterior loss of the denoised fractional coordinates, one value per structure.

@@ -562,6 +562,31 @@ def _one_structure(path: Path) -> Atoms:
         return data.atoms(0)
 
 
+def test_a_checkpoint_holding_spectrum_forward_ckpt_resumes_with_gcd_fit(
+    spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A ``gcd fit`` checkpoint saved while the model option ``spectrum_forward_ckpt`` existed (set, as a
+    spectrum-conditioned a-C run had it) resumes under ``gcd fit --ckpt_path``: the option is dropped with a
+    warning naming the callback that replaced it, and training goes on from the checkpoint's epoch."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["fit", "--model", "lightning_gcd.models.particle.ParticleDiffusion", "--model.hidden", "8"]
+    argv += ["--model.layers", "1", "--model.val_samples", "0", "--data.path", str(spectrum_h5)]
+    argv += ["--data.view", "particle", "--data.conditions", "[xanes]", "--data.batch_size", "5"]
+    argv += ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    argv += ["--run_root", str(tmp_path / "runs")]
+    assert gcd_main([*argv, "--trainer.max_epochs", "1", "--run_name", "before"]) == 0, capsys.readouterr().err
+    old = tmp_path / "old.ckpt"
+    checkpoint = torch.load(tmp_path / "runs/before/checkpoints/last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["spectrum_forward_ckpt"] = "runs/forward/checkpoints/last.ckpt"
+    torch.save(checkpoint, old)
+    with pytest.warns(UserWarning, match="spectrum_forward_ckpt=.*moved.*lightning_gcd.spectra.SpectrumL2"):
+        rc = gcd_main([*argv, "--trainer.max_epochs", "2", "--run_name", "after", "--ckpt_path", str(old)])
+    assert rc == 0, capsys.readouterr().err
+    resumed = torch.load(tmp_path / "runs/after/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 2 * checkpoint["global_step"]
+    assert "spectrum_forward_ckpt" not in resumed["hyper_parameters"]
+
+
 def test_condition_is_standardised_and_older_checkpoints_resume(spectrum_h5: Path, tmp_path: Path) -> None:
     """A conditioned prior standardises its condition with the training structures' statistics (saved with
     the checkpoint); a checkpoint without them (standardize_condition=False, or from before) still loads

@@ -188,12 +188,21 @@ class CandidateTask:
 
 
 def anneal_commands(
-    held_a: np.ndarray, held_b: np.ndarray, mobile: np.ndarray, anneal: Anneal, temperature: float, steps: int,
-    velocity_seed: int, bulk_modulus: float, fmax: float,
-) -> list[str]:  # fmt: skip
+    held_a: np.ndarray,
+    held_b: np.ndarray,
+    mobile: np.ndarray,
+    anneal: Anneal,
+    temperature: float,
+    steps: int,
+    velocity_seed: int,
+    bulk_modulus: float,
+    fmax: float,
+) -> list[str]:
     """LAMMPS commands of the anneal (``Relaxer.relax``'s prelude; atom i is LAMMPS id i + 1)."""
-    ids = {name: " ".join(str(int(i) + 1) for i in np.nonzero(mask)[0]) for name, mask in
-           (("held_a", held_a), ("held_b", held_b), ("mobile", mobile))}  # fmt: skip
+    ids = {
+        name: " ".join(str(int(i) + 1) for i in np.nonzero(mask)[0])
+        for name, mask in (("held_a", held_a), ("held_b", held_b), ("mobile", mobile))
+    }
     dt = anneal.timestep / 1000.0
     bath = f"{anneal.damping!r} {velocity_seed} zero yes"
     commands = [f"group {name} id {text}" for name, text in ids.items()]
@@ -332,8 +341,9 @@ def grain_boundary_search_records(
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     try:
-        tasks = _plan(element, boundaries, candidates, fractions, repeat, a, e_coh, modulus, relaxer, anneal, seed,
-                      parts_dir)  # fmt: skip
+        tasks = _plan(
+            element, boundaries, candidates, fractions, repeat, a, e_coh, modulus, relaxer, anneal, seed, parts_dir
+        )
         tasks = [t for t in tasks if t.build_index % n_shard == i_shard]
         if not tasks:
             raise GcdError(f"--shard {i_shard}/{n_shard} selects no candidate")
@@ -361,8 +371,20 @@ def grain_boundary_search_records(
             parts[task.build_index] = read_part(task.part, task.key())
             if parts[task.build_index] is None:
                 raise GcdError(f"{task.part}: the finished candidate could not be read back")
-        return _assemble(tasks, parts, element, boundaries, candidates, fractions, relaxer, anneal, a, e_coh, seed,
-                         (i_shard, n_shard))  # fmt: skip
+        return _assemble(
+            tasks,
+            parts,
+            element,
+            boundaries,
+            candidates,
+            fractions,
+            relaxer,
+            anneal,
+            a,
+            e_coh,
+            seed,
+            (i_shard, n_shard),
+        )
     finally:
         if tmp_parts is not None:
             tmp_parts.cleanup()
@@ -410,7 +432,7 @@ def _plan(element, boundaries, candidates, fractions, repeat, a, e_coh, modulus,
                     relaxer,
                     anneal,
                     str(parts_dir / f"candidate_{name}_{j:06d}.npz"),
-                )  # fmt: skip
+                )
             )
     return sorted(tasks, key=lambda t: t.build_index)
 
@@ -456,8 +478,15 @@ def _assemble(tasks, parts, element, boundaries, candidates, fractions, relaxer,
             ("seconds", float(part["seconds"])),
         ):
             props.setdefault(name, []).append(value)
-    ints = {"boundary_index", "n_boundary_atoms", "n_atoms_perfect", "atoms_per_plane", "relax_steps",
-            "anneal_steps", "build_index"}  # fmt: skip
+    ints = {
+        "boundary_index",
+        "n_boundary_atoms",
+        "n_atoms_perfect",
+        "atoms_per_plane",
+        "relax_steps",
+        "anneal_steps",
+        "build_index",
+    }
     properties = {k: np.asarray(v, dtype=np.int64 if k in ints else np.float64) for k, v in props.items()}
     shard_text = f"{shard[0]}/{shard[1]}"
     labels_b = [BOUNDARIES[b].label for b in boundaries]

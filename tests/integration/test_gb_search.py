@@ -28,12 +28,37 @@ from lightning_gcd.errors import GcdError
 
 needs_lammps = needs_engine(*lammps_available())
 
-OPTIONS = dict(element="W", boundaries=["twist100"], candidates=4, seed=3, workers=1,
-               anneal=dict(md_steps=(300, 300)))  # fmt: skip
-CLI = ["data", "build", "grain-boundary-search", "--element", "W", "--boundaries", "twist100", "--candidates", "4",
-       "--seed", "3", "--workers", "1", "--md-steps", "300", "300", "--no-progress"]  # fmt: skip
-COMPARED = ("gb_energy", "energy", "n_fraction", "anneal_temperature", "anneal_steps", "translation", "stress_zz",
-            "build_index", "n_boundary_atoms")  # fmt: skip
+OPTIONS = dict(element="W", boundaries=["twist100"], candidates=4, seed=3, workers=1, anneal=dict(md_steps=(300, 300)))
+CLI = [
+    "data",
+    "build",
+    "grain-boundary-search",
+    "--element",
+    "W",
+    "--boundaries",
+    "twist100",
+    "--candidates",
+    "4",
+    "--seed",
+    "3",
+    "--workers",
+    "1",
+    "--md-steps",
+    "300",
+    "300",
+    "--no-progress",
+]
+COMPARED = (
+    "gb_energy",
+    "energy",
+    "n_fraction",
+    "anneal_temperature",
+    "anneal_steps",
+    "translation",
+    "stress_zz",
+    "build_index",
+    "n_boundary_atoms",
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +93,20 @@ def test_search_cells_hold_ten_atoms_per_plane_and_sample_n_evenly() -> None:
     with pytest.raises(GcdError, match=r"\[0, 1\)"):
         search.n_counts([1.0], 10)
     relaxer = Relaxer("W", "lammps")
-    tasks = search._plan("W", ["twist100"], 30, None, None, 3.1648, -8.76, 310.0, relaxer,
-                         search._anneal_for("W", None), 0, Path("parts"))  # fmt: skip
+    tasks = search._plan(
+        "W",
+        ["twist100"],
+        30,
+        None,
+        None,
+        3.1648,
+        -8.76,
+        310.0,
+        relaxer,
+        search._anneal_for("W", None),
+        0,
+        Path("parts"),
+    )
     for block in range(3):  # every block of P = 10 candidates holds each [n] once, in a random order
         assert sorted(t.kept for t in tasks[10 * block : 10 * block + 10]) == list(range(10))
     assert [t.kept for t in tasks[:10]] != list(range(10))
@@ -190,6 +227,51 @@ def test_search_option_errors(tmp_path: Path) -> None:
     run = run_gcd(*CLI, "--shard", "2/2", "--out", "x.h5", cwd=tmp_path)
     assert run.returncode != 0 and "--shard" in run.stderr
     with pytest.raises(GcdError, match="grain core"):
-        build_dataset("grain-boundary-search", tmp_path / "thin.h5", progress=False,
-                      **{**OPTIONS, "candidates": 1, "repeat": (1, 1, 2)})  # fmt: skip
+        build_dataset(
+            "grain-boundary-search",
+            tmp_path / "thin.h5",
+            progress=False,
+            **{**OPTIONS, "candidates": 1, "repeat": (1, 1, 2)},
+        )
     assert not (tmp_path / "x.h5").exists()
+
+
+def _script(name: str):
+    """An experiments/grain_boundaries script as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "grain_boundaries" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gb_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_lammps
+def test_envelope_and_thickness_scripts(built: Path, tmp_path: Path) -> None:
+    envelope = _script("search_envelope")
+    summary = envelope.main([str(built), str(built), "--out", str(tmp_path)])  # the same file twice counts once
+    rows = summary["W_twist100"]["envelope"]
+    with AtomsH5(built) as f:
+        energies, n = f.structure_property("gb_energy"), f.structure_property("n_fraction")
+    assert summary["W_twist100"]["candidates"] == 4 and [r["candidates"] for r in rows] == [1, 1, 1, 1]
+    assert [r["min_gb_energy"] for r in rows] == pytest.approx(energies[np.argsort(n)].tolist())
+    assert {r["n"]: r.get("grip_gb_energy") for r in rows if r["n"] in (0.2, 0.4)} in (
+        {},
+        {0.2: 2.297},
+        {0.4: 2.469},
+        {0.2: 2.297, 0.4: 2.469},
+    )
+    assert (tmp_path / "envelope_W_twist100.png").stat().st_size > 10_000
+    assert len((tmp_path / "candidates.csv").read_text().splitlines()) == 5
+    # thickening: the stored grains gain 6 periods of bulk each (20 atoms per 3.16 Å period of the 1x1 W twist cell)
+    thickness = _script("search_thickness")
+    with AtomsH5(built) as f:
+        atoms, boundary_z = f.atoms(0), f.structure_property("boundary_z")[0]
+    thick, mismatch = thickness.thicken(atoms, boundary_z, 3.1648, 6)
+    assert len(thick) == len(atoms) + 2 * 6 * 20 and mismatch < thickness.BULK_TOLERANCE
+    assert thick.cell.lengths()[2] == pytest.approx(atoms.cell.lengths()[2] + 12 * 3.1648)
+    from ase.neighborlist import neighbor_list
+
+    # no atom put on top of another: the closest pair is the stored structure's own
+    assert neighbor_list("d", thick, 3.0).min() == pytest.approx(neighbor_list("d", atoms, 3.0).min(), abs=1e-6)

@@ -22,16 +22,12 @@ and 2.469 at [n] = 0.4. Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from datamodules.h5format import AtomsH5  # noqa: E402
-from lightning_gcd.io import write_json_atomic, write_text_atomic  # noqa: E402
+from datamodules.h5format import AtomsH5
+from lightning_gcd.io import write_json_atomic, write_text_atomic
 
 GRIP = {("W", "twist100"): {0.2: 2.297, 0.4: 2.469}}  # J/m², [n] -> E_gb
 NEAR = (0.01, 0.05)  # J/m²: candidates this close to the per-[n] minimum are counted

@@ -13,18 +13,14 @@ at its own thickness, and thickened. Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from datamodules.builders.grain_boundaries import BOUNDARIES, bicrystal, gb_energy, relaxer_for_file  # noqa: E402
-from datamodules.h5format import AtomsH5  # noqa: E402
-from lightning_gcd.io import write_json_atomic  # noqa: E402
+from datamodules.builders.grain_boundaries import BOUNDARIES, bicrystal, gb_energy, relaxer_for_file
+from datamodules.h5format import AtomsH5
+from lightning_gcd.io import write_json_atomic
 
 BULK_TOLERANCE = 0.3  # Å: a period repeats when every atom, shifted by one period, lands this close to an atom
 # (elastic strain of a thin grain stays below it and relaxes out; boundary atoms are farther off)

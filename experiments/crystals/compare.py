@@ -257,6 +257,16 @@ def phase_steps(settings: dict[str, Any], phase: str) -> int:
     return int((settings.get("phase_steps") or {}).get(phase, settings["steps"]))
 
 
+def budget_words(settings: dict[str, Any], phase: str, kind: str) -> str:
+    """What a run on ``phase`` trains for, in words, for the progress lines."""
+    if settings["budget"] == "walltime":
+        return f"for the voxel model's time for {phase_steps(settings, phase)} steps"
+    if settings["budget"] == "converge":
+        cap = settings[kind]["converge"]["steps"][phase]
+        return f"until the validation phase match plateaus (at most {cap} steps)"
+    return f"{phase_steps(settings, phase)} steps"
+
+
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The profile with the command line's overrides applied."""
     s = load_profile(profile_path(PROFILES, args.profile), PROFILE_SCHEMA)
@@ -611,7 +621,7 @@ def run_one(
             steps=sample_steps,
             sampler=sampler,
             seed=int(settings["seed"]) + 1,
-            progress=False,
+            progress=not args.quiet,  # a bar in the run's log: the torus model's PC-1000 takes tens of minutes on a CPU
         )
         sample_s = time.perf_counter() - t0
         res, crv = evaluate(samples, metrics, ideal, float(settings["strict_tolerance"]))
@@ -1172,7 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         for i, (phase, kind) in enumerate(tasks, 1):
             path, ideal, metrics, _, geometry = prepared[phase]
-            say(f"[compare] run {i}/{len(tasks)}: {phase}-{kind} training {phase_steps(settings, phase)} steps ...")
+            say(f"[compare] run {i}/{len(tasks)}: {phase}-{kind} training {budget_words(settings, phase, kind)} ...")
             try:
                 res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
             except ChunkEnded as stop:

@@ -29,9 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_gcd.runner.profiles import load_profile
+
 MALLOC_HIGH = {"MALLOC_MMAP_THRESHOLD_": "10000000000", "MALLOC_TRIM_THRESHOLD_": "10000000000"}
-UNET = {"base_channels": 32, "channel_mults": [1, 2, 2], "num_res_blocks": 1, "attention": True}  # 3.0M parameters
-MPNN = {"hidden": 128, "layers": 4, "cutoff": 3.0}
+#: the timed networks, shared with bench_gpu.py (experiments/bench_networks.yaml)
+NETWORKS = load_profile(Path(__file__).with_name("bench_networks.yaml"), {"unet": None, "mpnn": None})
+UNET, MPNN = NETWORKS["unet"], NETWORKS["mpnn"]
 
 
 def _device() -> str:

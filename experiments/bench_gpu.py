@@ -33,10 +33,11 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "experiments"))
+from lightning_gcd.runner.profiles import load_profile
 
-from bench import UNET  # noqa: E402  (the same network as the CPU benchmark)
+REPO = Path(__file__).resolve().parents[1]
+#: the same network as the CPU benchmark (bench.py): experiments/bench_networks.yaml
+UNET = load_profile(REPO / "experiments" / "bench_networks.yaml", {"unet": None, "mpnn": None})["unet"]
 
 # dense bf16 tensor-core peaks (TFLOP/s) by a substring of torch.cuda.get_device_name(); the first match wins
 PEAK_TFLOPS = {

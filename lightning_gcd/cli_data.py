@@ -221,6 +221,81 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
         "ones",
     )
 
+    search = bsub.add_parser(
+        "grain-boundary-search",
+        parents=[common],
+        help="annealed grand canonical search of Σ5 boundaries: [n] over a full plane, translations, LAMMPS MD "
+        "anneals, normal relaxation (resumable, shardable)",
+    )
+    search.add_argument("--element", default="W", help="Cu (Mishin EAM) or W (Zhou EAM), or any with --potential")
+    search.add_argument(
+        "--boundaries",
+        nargs="+",
+        default=["twist100"],
+        choices=["tilt310", "twist100"],
+        help="Σ5(310)[001] tilt and/or Σ5(100) twist (default twist100)",
+    )
+    search.add_argument("--potential", default=None, help="LAMMPS eam/alloy file (default by element)")
+    search.add_argument(
+        "--candidates",
+        type=int,
+        default=100,
+        help="candidates per boundary in the whole search (a larger value extends a finished search; default 100)",
+    )
+    search.add_argument(
+        "--n-values",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="the [n] values to sample, in [0, 1) (default: every k/P of a plane of P atoms)",
+    )
+    search.add_argument(
+        "--temperatures",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("TMIN", "TMAX"),
+        help="anneal temperatures in K, drawn in steps of 100 K (default Cu 300 1200, W 1000 3300)",
+    )
+    search.add_argument(
+        "--md-steps",
+        type=int,
+        nargs=2,
+        default=[5000, 20000],
+        metavar=("MIN", "MAX"),
+        help="MD steps per anneal, drawn uniformly and rounded to 1000 (default 5000 20000)",
+    )
+    search.add_argument("--timestep", type=float, default=2.0, help="MD time step in fs (default 2)")
+    search.add_argument(
+        "--mobile-width",
+        type=float,
+        default=6.0,
+        help="Å from a boundary within which atoms are annealed; the grain cores beyond are held (default 6)",
+    )
+    search.add_argument(
+        "--repeat",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("NX", "NY", "NZ"),
+        help="grain cells along x, y and (per grain) z (default: >= 10 atoms per boundary plane, grains >= 17 Å)",
+    )
+    search.add_argument("--fmax", type=float, default=0.01, help="minimisation force tolerance in eV/Å (default 0.01)")
+    search.add_argument("--max-steps", type=int, default=5000, help="minimisation iteration cap (default 5000)")
+    search.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    search.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="compute only candidates with build_index = I mod N (join the shard files with gcd data merge)",
+    )
+    search.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="compute nothing: write the candidates already finished in <out>.parts with the same options",
+    )
+
     inspect = dsub.add_parser("inspect", help="summarize a dataset file")
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -305,6 +380,26 @@ def _run_build(args: argparse.Namespace) -> int:
             max_steps=args.max_steps,
             relax_cell=args.relax_cell,
             translation_grid=args.translation_grid,
+        )
+    elif args.kind == "grain-boundary-search":
+        options = dict(
+            element=args.element,
+            boundaries=args.boundaries,
+            potential=args.potential,
+            candidates=args.candidates,
+            fractions=args.n_values,
+            repeat=args.repeat,
+            anneal=dict(
+                temperatures=args.temperatures,
+                md_steps=args.md_steps,
+                timestep=args.timestep,
+                mobile_width=args.mobile_width,
+            ),
+            fmax=args.fmax,
+            max_steps=args.max_steps,
+            workers=args.workers,
+            shard=args.shard,
+            finished_only=args.finished_only,
         )
     else:
         options = dict(patterns=args.files, index=args.index, fmt=args.format)

@@ -19,7 +19,7 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.representations import coarsest_grid_shape, grid_shape_for, make_encoding
 from lightning_gcd.structures import StructureBatch
 
-BUILDERS = ("crystals", "from-files", "amorphous-carbon", "grain-boundaries")
+BUILDERS = ("crystals", "from-files", "amorphous-carbon", "grain-boundaries", "grain-boundary-search")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
 
@@ -95,6 +95,10 @@ def build_records(kind: str, progress: bool = True, **options: Any) -> DatasetRe
         from datamodules.builders.grain_boundaries import grain_boundary_records
 
         return grain_boundary_records(progress=progress, **options)
+    if kind == "grain-boundary-search":
+        from datamodules.builders.gb_search import grain_boundary_search_records
+
+        return grain_boundary_search_records(progress=progress, **options)
     raise GcdError(f"unknown dataset kind '{kind}'; choose one of {', '.join(BUILDERS)}")
 
 
@@ -112,7 +116,7 @@ def build_dataset(
     """Build dataset ``kind`` into ``out`` (see ``build_records`` for the kinds and their options)."""
     if kind in ("crystals", "grain-boundaries"):
         options.setdefault("seed", seed)
-    if kind == "amorphous-carbon":
+    if kind in ("amorphous-carbon", "grain-boundary-search"):
         options.setdefault("seed", seed)
         options.setdefault("parts_dir", f"{out}.parts")  # finished structures, reused by a rerun (resume)
     records = build_records(kind, progress=progress, **options)

@@ -32,7 +32,8 @@ finished structure is written at once to ``<out>.parts/structure_NNNNNN.npz`` (a
 a rerun when its settings (seed, index, atoms, density, sites, MD and FEFF settings, LAMMPS and FEFF
 versions) match, so a killed build loses only the structures in flight; a larger ``--n-structures``
 reuses the smaller build. Parts hold FEFF's raw spectra, so another ``--xanes-grid`` recomputes nothing.
-The parts folder stays after the HDF5 file is written (a few tens of kB per structure); delete it when
+(The parts, the shards and the worker pool are ``datamodules.builders.parts``, shared with the grain-boundary
+search.) The parts folder stays after the HDF5 file is written (a few tens of kB per structure); delete it when
 the file is final. ``shard=(i, n)``
 builds only the structures whose index is ``i`` mod ``n``; ``gcd data merge`` joins the shard files.
 
@@ -46,15 +47,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +61,9 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
+from datamodules.builders.parts import available_cores, parse_shard, read_part, run_pool, write_part
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.errors import GcdError
-from lightning_gcd.io import atomic_path
 
 DEFAULT_DENSITIES: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 3.5)  # g/cm³
 DEFAULT_ENERGY_GRID: tuple[float, float, int] = (275.0, 315.0, 100)  # eV: start, stop, points (FEFF absolute scale)
@@ -491,58 +489,30 @@ def compute_structure(task: StructureTask) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lengths = np.array([len(e) for e in energies], dtype=np.int64)
-    with atomic_path(part) as tmp:  # the temporary name ends in .npz, so np.savez adds no suffix
-        np.savez(
-            tmp,
-            key=np.array(task.key()),
-            positions=atoms.positions,
-            cell=np.asarray(atoms.cell[:]),
-            energy=np.float64(energy),
-            sites=sites.astype(np.int64),
-            feff_energy=np.concatenate(energies),
-            feff_mu=np.concatenate(mus),
-            feff_lengths=lengths,
-            md_seconds=np.float64(md_seconds),
-            feff_seconds=np.asarray(feff_seconds),
-        )
+    write_part(
+        part,
+        task.key(),
+        positions=atoms.positions,
+        cell=np.asarray(atoms.cell[:]),
+        energy=np.float64(energy),
+        sites=sites.astype(np.int64),
+        feff_energy=np.concatenate(energies),
+        feff_mu=np.concatenate(mus),
+        feff_lengths=lengths,
+        md_seconds=np.float64(md_seconds),
+        feff_seconds=np.asarray(feff_seconds),
+    )
     return str(part)
 
 
 def load_part(task: StructureTask) -> dict[str, Any] | None:
     """The finished part of ``task`` when it exists and was computed with the same settings, else None."""
-    path = Path(task.part)
-    if not path.exists():
-        return None
-    try:
-        with np.load(path) as data:
-            if str(data["key"]) != task.key():
-                return None
-            out = {name: data[name] for name in data.files}
-    except Exception:  # noqa: BLE001 - a damaged part is recomputed
-        return None
-    return out
+    return read_part(task.part, task.key())
 
 
 def _run_pool(todo: Sequence[StructureTask], workers: int, bar: tqdm) -> None:
-    """One structure per task over ``workers`` fresh (spawned) processes; the first failure stops the build.
-
-    Spawned, not forked: no MPI or HDF5 state crosses a fork. A worker that dies (killed, out of memory)
-    raises ``BrokenProcessPool`` instead of hanging. Scripts that call the builder with several workers need
-    the usual ``if __name__ == "__main__":`` guard, as any spawn-based multiprocessing does.
-    """
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
-    try:
-        futures = [pool.submit(_run_task, task) for task in todo]
-        for future in as_completed(futures):
-            future.result()
-            bar.update(1)
-    except BrokenProcessPool:
-        raise GcdError(
-            "a build worker process died (killed or out of memory); finished structures are kept, rerun to resume"
-        ) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    """One structure per task over ``workers`` spawned processes (``parts.run_pool``)."""
+    run_pool(_run_task, todo, workers, lambda _: bar.update(1), initializer=_worker_init)
 
 
 def _worker_init() -> None:
@@ -557,31 +527,6 @@ def _run_task(task: StructureTask) -> str:
 # --------------------------------------------------------------------------------------------------
 # The builder
 # --------------------------------------------------------------------------------------------------
-def available_cores() -> int:
-    """Cores this process may run on (the CPU affinity, e.g. a SLURM allocation), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def parse_shard(shard: str | Sequence[int] | None) -> tuple[int, int]:
-    """``"i/n"`` (or ``(i, n)``) -> (i, n) with 0 <= i < n; None -> (0, 1)."""
-    if shard is None:
-        return 0, 1
-    if isinstance(shard, str):
-        try:
-            i_text, n_text = shard.split("/")
-            i, n = int(i_text), int(n_text)
-        except ValueError:
-            raise GcdError(f"--shard expects I/N (e.g. 0/4), got '{shard}'") from None
-    else:
-        i, n = (int(v) for v in shard)
-    if n < 1 or not 0 <= i < n:
-        raise GcdError(f"--shard {i}/{n}: need 0 <= I < N")
-    return i, n
-
-
 def energy_grid(spec: Sequence[float] = DEFAULT_ENERGY_GRID) -> np.ndarray:
     start, stop, points = float(spec[0]), float(spec[1]), int(spec[2])
     if points < 2 or not stop > start:

@@ -26,7 +26,12 @@ with); ``max_steps`` caps all minimiser iterations together. Needs a and b in th
 relaxed structure's ``info["stress_zz"]`` is the final normal stress σ_zz in GPa (positive = tensile), for
 either cell mode. ``bulk_reference``
 returns the calculator's own equilibrium lattice constant and energy per atom of the perfect crystal
-(E_coh, negative, eV/atom) — the reference of a grain-boundary energy E_gb = (E_total − N·E_coh)/A.
+(E_coh, negative, eV/atom) — the reference of a grain-boundary energy E_gb = (E_total − N·E_coh)/A —
+and ``bulk_modulus`` its bulk modulus (GPa).
+
+Anneal, then relax. ``relax(..., prelude=[...])`` runs LAMMPS commands (an MD anneal) in the same LAMMPS
+session after the structure and potential are set up and before the minimisation, so an annealed structure is
+minimised by exactly the code path of every other (the grain-boundary search, ``gb_search``).
 """
 
 from __future__ import annotations
@@ -112,15 +117,24 @@ class Relaxer:
         )
 
     # ------------------------------------------------------------------------------------------------
-    def relax(self, atoms: Atoms, steps: int | None = None) -> tuple[Atoms, float, int, float]:
+    def relax(
+        self, atoms: Atoms, steps: int | None = None, prelude: Sequence[str] = ()
+    ) -> tuple[Atoms, float, int, float]:
         """Relax positions (and with ``cell="normal"`` the cell's z length); returns (relaxed copy, energy eV,
-        steps, final largest atomic force eV/Å). The copy's ``info["stress_zz"]`` is σ_zz in GPa."""
+        steps, final largest atomic force eV/Å). The copy's ``info["stress_zz"]`` is σ_zz in GPa.
+
+        ``prelude``: LAMMPS commands run in the same session after the structure and potential are set up and
+        before the minimisation (an MD anneal: ``datamodules.builders.gb_search``); atom ``i`` of ``atoms`` is
+        LAMMPS atom id ``i + 1``. They must leave no fix behind; the step counter is reset after them and a box
+        length they change (a barostat along z) is kept. LAMMPS only."""
         steps = self.max_steps if steps is None else int(steps)
         if self.cell == "normal":
             _check_normal_cell(atoms)
         if self.calculator == "emt":
+            if prelude:
+                raise GcdError("a LAMMPS prelude (an MD anneal) needs --calculator lammps")
             return self._relax_emt(atoms, steps)
-        return self._relax_lammps(atoms, steps)
+        return self._relax_lammps(atoms, steps, prelude)
 
     def energy(self, atoms: Atoms) -> float:
         """Potential energy (eV) of ``atoms`` as they are."""
@@ -150,7 +164,7 @@ class Relaxer:
         out.info["stress_zz"] = stress_zz
         return out, energy, n, fmax
 
-    def _relax_lammps(self, atoms: Atoms, steps: int) -> tuple[Atoms, float, int, float]:
+    def _relax_lammps(self, atoms: Atoms, steps: int, prelude: Sequence[str] = ()) -> tuple[Atoms, float, int, float]:
         from ase.calculators.lammps import Prism
 
         from datamodules.builders.amorphous_carbon import load_lammps
@@ -190,6 +204,8 @@ class Relaxer:
                 ]
             )
             lmp.command("thermo_style custom step pe fmax pzz lz")
+            if prelude:
+                lmp.commands_list([*prelude, "reset_timestep 0", "run 0"])
             if steps > 0 and self.cell == "normal":
                 # box/relax takes strain from the box each minimize starts with: repeat until lz settles
                 # positions first, at fixed cell (box/relax from a far-from-relaxed start wanders: a W Σ5(310)
@@ -222,7 +238,8 @@ class Relaxer:
             ids = np.array(lmp.numpy.extract_atom("id")[:n_atoms])
         finally:
             lmp.close()
-        if self.cell == "normal":  # only the z length changed (a, b in the xy plane: LAMMPS' z is ASE's z)
+        if new_lz != lz:  # only the z length changed (a, b in the xy plane: LAMMPS' z is ASE's z)
+            _check_normal_cell(atoms)
             cell = cell.copy()
             cell[2, 2] *= new_lz / lz
         out = Atoms(numbers=atoms.numbers, positions=prism.vector_to_ase(x[np.argsort(ids)]), cell=cell, pbc=True)
@@ -245,6 +262,16 @@ class Relaxer:
             options={"xatol": 1e-5},
         )
         return float(result.x), float(result.fun)
+
+    def bulk_modulus(self, lattice: str, a: float) -> float:
+        """Bulk modulus B = V d²E/dV² in GPa of the perfect ``lattice`` crystal at its equilibrium lattice constant
+        ``a`` Å (a central difference of the energy per atom over ±0.5% of a)."""
+        h = 0.005 * a
+        curvature = (
+            self.bulk_energy(lattice, a + h) - 2 * self.bulk_energy(lattice, a) + self.bulk_energy(lattice, a - h)
+        ) / h**2
+        atoms_per_cell = {"fcc": 4, "bcc": 2}[lattice]
+        return float(atoms_per_cell * curvature / (9.0 * a) * EV_PER_A3_IN_GPA)  # V = a³/m: B = m E''(a) / (9a)
 
     def bulk_energy(self, lattice: str, a: float) -> float:
         """Energy per atom (eV) of the perfect ``lattice`` crystal with lattice constant ``a`` Å."""

@@ -30,13 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
-sys.path.insert(0, str(HERE))
-
-from guided import data_density_range, density_scan_pool  # noqa: E402 - after the path inserts above
-
-from lightning_gcd.io import write_json_atomic  # noqa: E402
+from lightning_gcd.io import write_json_atomic
+from lightning_gcd.runner.results import save_figure
+from lightning_gcd.studies.amorphous_carbon import data_density_range, density_scan_pool
 
 
 def nearest_mean_density(train_spectra: np.ndarray, train_densities: np.ndarray, target: np.ndarray) -> float:
@@ -171,7 +167,7 @@ def plot(results: dict, path: Path) -> None:
     axes[1].set_title("scan curves (dashed: chosen)", fontsize=9)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

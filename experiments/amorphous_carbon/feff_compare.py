@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lightning_gcd.io import write_text_atomic
+
 
 def parse_setting(text: str) -> tuple[Path, str, str]:
     """``DIR:MODE@DENSITY`` -> (folder, mode, density setting)."""
@@ -143,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        write_text_atomic(args.out, text + "\n")
     return 0
 
 

@@ -24,12 +24,11 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from lightning_gcd.io import write_text_atomic
+from lightning_gcd.runner.trainer import build_trainer
 
 
 def fold_indices(densities: np.ndarray, folds: int) -> list[np.ndarray]:
@@ -56,17 +55,8 @@ def run_fold(path: str, train: np.ndarray, test: np.ndarray, epochs: int, seed: 
     dm = spectrum_datamodule(path)
     dm.splits = {"train": train, "val": test, "test": test}
     model = SpectrumModel(**model_args)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        check_val_every_n_epoch=10**6,
-        num_sanity_val_steps=0,
-    )
+    # validation never runs (check_val_every_n_epoch beyond any budget); its batches at Lightning's default
+    trainer = build_trainer(max_epochs=epochs, check_val_every_n_epoch=10**6, limit_val_batches=1.0)
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
     return dict(model.last_metrics)
@@ -123,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(ckpt: str, path: str, split: str) -> dict:
     """The same metrics for a trained forward model on one split of ``path``."""
-    import lightning as L
 
     from lightning_gcd.models.loading import load_model
     from lightning_gcd.spectra.forward_model import SpectrumModel
@@ -133,9 +122,7 @@ def evaluate(ckpt: str, path: str, split: str) -> dict:
     if split not in dm.splits or len(dm.splits[split]) == 0:
         raise SystemExit(f"--split {split}: {path} has no structures in that split")
     dm.splits = {**dm.splits, "test": dm.splits[split]}
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = build_trainer()
     trainer.test(model, dm, verbose=False)
     return {
         "data": path,
@@ -194,8 +181,7 @@ def report(result: dict, out: str | None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        write_text_atomic(out, text + "\n")
     return 0
 
 

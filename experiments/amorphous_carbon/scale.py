@@ -37,14 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from guided import min_distances, relax_samples, train_prior  # noqa: E402
-
-from lightning_gcd.io import write_json_atomic  # noqa: E402
-from lightning_gcd.structures import mass_density  # noqa: E402
+from lightning_gcd.io import write_json_atomic
+from lightning_gcd.runner.results import save_figure
+from lightning_gcd.structures import mass_density
+from lightning_gcd.studies.amorphous_carbon import min_distances, relax_samples, train_prior
 
 R_MAX, N_BINS = 6.0, 120
 # with --relax: the figures of the raw samples kept next to the relaxed ones
@@ -352,7 +348,7 @@ def plot(results: dict[str, Any], curves: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("density (g/cm³)")
     ax.set_ylabel("sp3 fraction")
     ax.legend(fontsize=7, ncol=2)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -26,7 +26,7 @@ the machine), ``results.md`` (the table), ``curves.json`` (g(r) curves and atom-
 ``phase_match.png``, ``rdf_<phase>.png``, ``n_atoms_<phase>.png``. ``results.json`` and ``results.md``
 are rewritten after every run, so a long run can be inspected while it goes.
 
-Profiles (all overridable: ``--steps``, ``--samples``, ``--batch-size``, ``--sigma``, ``--count``, ...):
+Profiles (YAML files in ``profiles/``; all overridable: ``--steps``, ``--samples``, ``--set KEY=VALUE``, ...):
 
 ``quick``  a 2-core CPU, all five phases and both models, two runs at a time (``--jobs 2``, one torch
            thread each), sized to finish in under 45 minutes.
@@ -40,239 +40,75 @@ parametrisation, restarts, budgets), the current results table and the supersede
 from __future__ import annotations
 
 import argparse
-import copy
-import datetime as _dt
 import json
-import logging
 import math
 import os
-import platform
-import re
 import sys
 import time
-import warnings
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PHASES = ("sc", "fcc", "bcc", "hcp", "diamond")
-MODELS = ("voxel", "particle", "particle_torus")
-MODEL_LABELS = {
-    "voxel": "GCDM voxel",
-    "particle": "particle (Cartesian VE + MPNN)",
-    "particle_torus": "particle (torus VE + all-pairs Fourier net)",
-}
+from lightning_gcd.io import to_jsonable, write_json_atomic, write_structures_atomic, write_text_atomic
+from lightning_gcd.runner.jobs import Job, run_jobs, write_job_output
+from lightning_gcd.runner.machine import machine_info
+from lightning_gcd.runner.profiles import apply_overrides, load_profile, profile_names, profile_path
+from lightning_gcd.runner.results import curves_from_json, new_figure, read_json, results_lock, save_figure
+from lightning_gcd.runner.trainer import build_trainer, checkpointing, quiet_lightning, set_threads
+from lightning_gcd.studies.crystal_scores import data_reference, evaluate, strict_match
+from lightning_gcd.studies.crystals import (
+    COLORS,
+    MODEL_LABELS,
+    MODELS,
+    PARTICLE_SECTION,
+    PHASES,
+    TORUS_SECTION,
+    VOXEL_SECTION,
+    model_and_data,
+    nearest_neighbour_distance,
+    particle_geometry,
+)
+from lightning_gcd.studies.sampler_specs import parse_variant
+
 #: training budgets (``--budget``): the profile's optimiser steps, the voxel model's training wall time on the
 #: same phase, or until the validation phase match stops improving (``RatePlateauStop``) within a step cap
 BUDGETS = ("steps", "walltime", "converge")
 BUDGET_LABELS = {"steps": "equal steps", "walltime": "equal wall time", "converge": "to convergence"}
-COLORS = {
-    "voxel": "tab:blue",
-    "particle": "tab:orange",
-    "particle_torus": "tab:green",
-    "particle_torus@steps": "yellowgreen",
-    "particle_torus@walltime": "darkolivegreen",
-    "data": "0.35",
-}
 STUDY = "crystals_compare"
 
-#: the torus model's --budget converge (both profiles): the study's step caps (20k on sc/fcc/bcc, 10k on hcp/diamond),
-#: batch 32 as the probe, EMA 0.999 (FlowMM), a validation of 64 samples every 1,000 steps, stop after no more than
-#: two standard errors of gain over five validations
-TORUS_CONVERGE: dict[str, Any] = {
-    "steps": {"sc": 20000, "fcc": 20000, "bcc": 20000, "hcp": 10000, "diamond": 10000},
-    "batch_size": 32,
-    "ema_decay": 0.999,
-    "val_every": 1000,
-    "val_samples": 64,
-    "window": 5,
-    "standard_errors": 2.0,
-}
-
-# ----------------------------------------------------------------------------------------------------
-# Profiles. Every number here is a choice; the comments say why, and the measurements behind them are in
-# experiments/crystals/RESULTS.md (History).
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "description": "2-core CPU, one torch thread per run, two runs at a time: all five phases, both models, < 45 "
-        "min",
-        "accelerator": "cpu",
-        "threads": 1,
-        # two runs at once, one per core, each with one torch thread: the ten runs are independent
-        "jobs": 2,
-        "num_workers": 0,
-        # data: 128 rattled cells per phase (80 % train); thermal sigma as the builder's default
-        "count": 128,
-        "thermal_sigma": 0.05,
-        "repeat": [2, 2, 2],
-        "data_seed": 0,
-        # the same budget for both models; 1200 steps is what fits the ten runs into 45 minutes on a shared
-        # 2-core CPU (RESULTS.md, History: budget)
-        "steps": 1200,
-        # per-phase budgets (both models alike) where 1200 steps are too few: diamond Si keeps improving up to
-        # 6000 steps, and on its 8^3 grid (see "grid_shapes") 6000 steps cost less than 3000 on 12^3
-        # (RESULTS.md, History: diamond)
-        "phase_steps": {"diamond": 6000},
-        "batch_size": 16,
-        # 64 samples: 32 left a binomial standard error too large to compare phases (RESULTS.md, History: samples)
-        "samples": 64,
-        # structures sampled in the 2x2x2 supercell of the training cell (--supercell-samples)
-        "supercell_samples": 16,
-        "seed": 0,
-        "voxel": {
-            # the capability-test recipe (tests/integration/test_voxel_model.py: 16-channel two-level U-Net, no
-            # attention),
-            # except lr 5e-4 instead of 2e-3: at 2e-3 diamond Si collapses to the mean grid (no atom decoded),
-            # while 5e-4 keeps fcc and hcp where they were (RESULTS.md, History: learning rate)
-            # offsets: "blend" (x0 = c x_t/sqrt(ā) + (1 - c) F, c = σ_d²/(σ² + σ_d²)) with σ_d = the data's thermal σ
-            # (0.05 Å) and the loss on x0: x0-prediction emits ideal crystals (the thermal spread collapses) at this
-            # budget, blend keeps the data's spread (RESULTS.md, History: offset parametrisation)
-            # restart sampling (2 restarts back to 0.5 T after the DDPM-100 chain: 200 network evaluations): it
-            # fixes most diamond samples the chain commits to a defect (RESULTS.md, History: restarts)
-            "model": {
-                "base_channels": 16,
-                "channel_mults": [1, 2],
-                "num_res_blocks": 1,
-                "attention": False,
-                "prediction": "x0",
-                "offset_prediction": "blend",
-                "offset_sigma_data": 0.05,
-                "loss_space": "x0",
-                "lr": 5e-4,
-                "warmup_steps": 20,
-                "ema_decay": 0.99,
-                "sample_restarts": 2,
-                "sample_restart_t": 0.5,
-            },
-            "spacing": None,  # the coarsest grid that keeps one atom per voxel (8^3 for fcc Cu)
-            # diamond Si: 8^3 (voxel a/4 = 1.36 Å, both fcc sublattices on the voxel lattice, bonds along voxel
-            # diagonals) instead of the 12^3 that the one-atom-per-voxel rule picks (its margin rejects 8^3; the
-            # DataModule redraws the rare translations that put two atoms into one voxel): more matches for a
-            # cheaper step (RESULTS.md, History: diamond)
-            "grid_shapes": {"diamond": [8, 8, 8]},
-            # ancestral DDPM-100 beat DDIM-50 and DDIM-200 on fcc Cu (RESULTS.md, History: sampler); DDIM-50 is
-            # reported too, as a variant row
-            "sampler": "ddpm",
-            "sample_steps": 100,
-        },
-        "particle": {
-            # hidden 64, 3 layers, sigma_max 2 and PC-300 from a colleague's 4-atom fcc study; lr 2e-3 beat 5e-4
-            # on sc Po (RESULTS.md, History: particle baseline)
-            "model": {
-                "hidden": 64,
-                "layers": 3,
-                "num_rbf": 32,
-                "sigma_min": 0.01,
-                "lr": 2e-3,
-                "warmup_steps": 20,
-                "ema_decay": 0.99,
-            },
-            # per phase: cutoff = cutoff_factor × nearest-neighbour distance (sc Po and hcp Mg have their
-            # first shell beyond the default 3 Å); sigma_max = sigma_max_factor × the longest cell edge,
-            # so that the VE prior is close to the uniform positions the sampler starts from
-            "cutoff_factor": 1.6,
-            "sigma_max_factor": 0.35,
-            "sigma_max_min": 2.0,
-            # predictor-corrector beat Euler-Maruyama on 4-atom fcc and on sc Po (RESULTS.md, History: particle
-            # baseline)
-            "sampler": "pc",
-            "sample_steps": 300,
-        },
-        "particle_torus": {
-            # DiffCSP's recipe (fractional wrapped-normal VE, sigma 0.005-0.5, normalised score, all-pairs Fourier
-            # network, predictor-corrector with step_lr 1e-5 over 1,000 levels) at the size of the probe in
-            # RESULTS.md (hidden 128, 4 layers, 32 frequencies: DiffCSP's 512 x 6 x 128 is GPU sized)
-            "model": {
-                "hidden": 128,
-                "layers": 4,
-                "frequencies": 32,
-                "sigma_min": 0.005,
-                "sigma_max": 0.5,
-                "step_lr": 1e-5,
-                "lr": 1e-3,
-                "warmup_steps": 20,
-                "ema_decay": 0.99,
-            },
-            "sampler": "pc",
-            "sample_steps": 1000,
-            "converge": copy.deepcopy(TORUS_CONVERGE),
-        },
-        # other sampler settings evaluated on the same trained models (cheap for the voxel model): the
-        # chain without restarts, and DDIM-50
-        "extra_samplers": ["voxel:ddpm-100+r0", "voxel:ddim-50+r0"],
-    },
-    "paper": {
-        "description": "one GPU: larger networks, more steps and samples",
-        "accelerator": "auto",
-        "threads": None,
-        "jobs": 1,  # one run at a time on the one GPU
-        "num_workers": 4,
-        "count": 1024,
-        "thermal_sigma": 0.05,
-        "repeat": [2, 2, 2],
-        "data_seed": 0,
-        "steps": 20000,
-        "batch_size": 32,
-        "samples": 256,
-        "supercell_samples": 64,
-        "seed": 0,
-        "voxel": {
-            "model": {
-                "base_channels": 32,
-                "channel_mults": [1, 2],
-                "num_res_blocks": 2,
-                "attention": True,
-                "prediction": "x0",
-                "offset_prediction": "blend",
-                "offset_sigma_data": 0.05,
-                "loss_space": "x0",
-                "lr": 1e-3,
-                "warmup_steps": 200,
-                "ema_decay": 0.999,
-                "sample_restarts": 2,
-                "sample_restart_t": 0.5,
-            },
-            "spacing": None,
-            "sampler": "ddpm",
-            "sample_steps": 250,
-        },
-        "particle": {
-            "model": {
-                "hidden": 128,
-                "layers": 4,
-                "num_rbf": 32,
-                "sigma_min": 0.01,
-                "lr": 1e-3,
-                "warmup_steps": 200,
-                "ema_decay": 0.999,
-            },
-            "cutoff_factor": 1.6,
-            "sigma_max_factor": 0.35,
-            "sigma_max_min": 2.0,
-            "sampler": "pc",
-            "sample_steps": 1000,
-        },
-        "particle_torus": {
-            "model": {
-                "hidden": 512,
-                "layers": 6,
-                "frequencies": 128,
-                "sigma_min": 0.005,
-                "sigma_max": 0.5,
-                "step_lr": 1e-5,
-                "lr": 1e-3,
-                "warmup_steps": 200,
-                "ema_decay": 0.999,
-            },
-            "sampler": "pc",
-            "sample_steps": 1000,
-            "converge": copy.deepcopy(TORUS_CONVERGE),
-        },
-        "extra_samplers": ["voxel:ddpm-250+r0", "voxel:ddim-100+r0", "particle:em-1000"],
-    },
+#: the study's profiles (``--profile quick``: ``profiles/quick.yaml``): every number in them is a choice, the
+#: comments there say why, and the measurements behind them are in experiments/crystals/RESULTS.md (History)
+PROFILES = Path(__file__).resolve().parent / "profiles"
+#: the keys a profile may hold (``lightning_gcd.runner.profiles``: None is any value, a mapping a section that
+#: may also be given as the path of another YAML file)
+PROFILE_SCHEMA = {
+    "description": str,
+    **dict.fromkeys(
+        (
+            "accelerator",
+            "threads",
+            "jobs",
+            "num_workers",
+            "count",
+            "thermal_sigma",
+            "repeat",
+            "data_seed",
+            "steps",
+            "phase_steps",
+            "batch_size",
+            "samples",
+            "supercell_samples",
+            "seed",
+            "extra_samplers",
+            "tolerance",
+            "strict_tolerance",
+        )
+    ),
+    "voxel": VOXEL_SECTION,
+    "particle": PARTICLE_SECTION,
+    "particle_torus": TORUS_SECTION,
 }
 
 
@@ -283,7 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the particle baseline and the grand canonical voxel model on the same crystal data "
         "with the same budget, sample both and compare them (results.json, results.md, PNGs).",
     )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="settings preset (default: quick)")
+    p.add_argument(
+        "--profile",
+        default="quick",
+        help=f"settings preset: one of {', '.join(profile_names(PROFILES))} (experiments/crystals/profiles/*.yaml) "
+        "or the path of a YAML profile of your own (default: quick)",
+    )
     p.add_argument(
         "--phases",
         nargs="+",
@@ -411,26 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _set_path(settings: dict[str, Any], key: str, raw: str) -> None:
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    node = settings
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
 def phase_steps(settings: dict[str, Any], phase: str) -> int:
     """Optimiser steps of both models on ``phase``: the profile's per-phase budget, else ``steps``."""
     return int((settings.get("phase_steps") or {}).get(phase, settings["steps"]))
 
 
+def budget_words(settings: dict[str, Any], phase: str, kind: str) -> str:
+    """What a run on ``phase`` trains for, in words, for the progress lines."""
+    if settings["budget"] == "walltime":
+        return f"for the voxel model's time for {phase_steps(settings, phase)} steps"
+    if settings["budget"] == "converge":
+        cap = settings[kind]["converge"]["steps"][phase]
+        return f"until the validation phase match plateaus (at most {cap} steps)"
+    return f"{phase_steps(settings, phase)} steps"
+
+
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The profile with the command line's overrides applied."""
-    s = copy.deepcopy(PROFILES[args.profile])
+    s = load_profile(profile_path(PROFILES, args.profile), PROFILE_SCHEMA)
     s["profile"] = args.profile
     for name, key in (
         ("steps", "steps"),
@@ -460,11 +299,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         s["voxel"]["sampler"] = args.voxel_sampler
     if args.extra_samplers is not None:
         s["extra_samplers"] = list(args.extra_samplers)
-    for item in args.set:
-        if "=" not in item:
-            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_path(s, key.strip(), raw)
+    apply_overrides(s, args.set)
     s.setdefault("extra_samplers", [])
     for spec in s["extra_samplers"]:
         parse_variant(spec)
@@ -481,62 +316,6 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         if int(s[key]) < 1:
             raise SystemExit(f"--{key.replace('_', '-')} must be at least 1")
     return s
-
-
-RESTARTS_SUFFIX = re.compile(r"\+r(\d+)(?:@([0-9.]+))?$")
-
-
-def split_restarts(spec: str) -> tuple[str, tuple[int, float] | None]:
-    """``"ddpm-100+r2@0.3"`` -> ("ddpm-100", (2, 0.3)): 2 restarts back to 0.3 T (the voxel model's restart
-    sampling); ``"ddpm-100+r0"`` -> ("ddpm-100", (0, 0.3)): none; without the suffix, None (the model's own)."""
-    match = RESTARTS_SUFFIX.search(spec)
-    if match is None:
-        return spec, None
-    restarts, level = int(match[1]), float(match[2]) if match[2] else 0.3
-    if restarts and match[2] is None or not 0.0 < level < 1.0:
-        raise SystemExit(f"{spec!r}: a restart suffix is +rN@T with T in (0, 1), e.g. +r2@0.3, or +r0 for none")
-    return spec[: match.start()], (restarts, level)
-
-
-def parse_variant(spec: str) -> tuple[str, str, int, tuple[int, float] | None]:
-    """``"voxel:ddim-200"`` -> ("voxel", "ddim", 200, None); ``"voxel:ddpm-100+r0"`` -> (..., (0, 0.3))."""
-    try:
-        kind, rest = spec.split(":", 1)
-        rest, restarts = split_restarts(rest)
-        sampler, steps = rest.rsplit("-", 1)
-        steps_i = int(steps)
-    except ValueError:
-        raise SystemExit(
-            f"--extra-samplers takes MODEL:SAMPLER-STEPS[+rN@T] (e.g. voxel:ddpm-100+r0), got {spec!r}"
-        ) from None
-    valid = {"voxel": ("ddim", "ddpm", "dpm2m", "dpm2m-sde"), "particle": ("em", "pc")}
-    if kind not in valid or sampler not in valid[kind] or steps_i < 1 or (restarts and kind != "voxel"):
-        raise SystemExit(f"--extra-samplers: {spec!r} is not one of voxel:ddim|ddpm-N[+rN@T], particle:em|pc-N")
-    return kind, sampler, steps_i, restarts
-
-
-def machine_info(settings: dict[str, Any]) -> dict[str, Any]:
-    import lightning
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "accelerator": settings["accelerator"],
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    try:
-        info["load_average"] = list(os.getloadavg())
-    except OSError:
-        pass
-    return info
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -567,161 +346,6 @@ def build_phase_dataset(phase: str, settings: dict[str, Any], workdir: Path, reb
         seed=int(settings["data_seed"]),
         progress=False,
     )
-
-
-def nearest_neighbour_distance(atoms) -> float:
-    """Smallest interatomic distance of a periodic structure (Å), images included."""
-    from ase.neighborlist import neighbor_list
-
-    d = neighbor_list("d", atoms, 6.0)
-    return float(d.min())
-
-
-def particle_geometry(ideal, settings: dict[str, Any]) -> dict[str, float]:
-    """Cutoff and sigma_max of the particle model for this phase (see the profile comments)."""
-    p = settings["particle"]
-    nn = nearest_neighbour_distance(ideal)
-    cutoff = p.get("cutoff") or round(float(p["cutoff_factor"]) * nn, 2)
-    longest = float(np.max(ideal.cell.lengths()))
-    sigma_max = p.get("sigma_max") or round(max(float(p["sigma_max_min"]), float(p["sigma_max_factor"]) * longest), 2)
-    return {"cutoff": float(cutoff), "sigma_max": float(sigma_max), "nearest_neighbour": nn}
-
-
-# ----------------------------------------------------------------------------------------------------
-# evaluation
-def _strict_match(samples: Sequence[Any], ideal, tolerance: float) -> tuple[float, float]:
-    """(rate, RMS displacement of the matched atoms) at ``tolerance``."""
-    from lightning_gcd.metrics.phase_match import phase_matches
-
-    matched, sq, cnt = 0, 0.0, 0
-    for atoms in samples:
-        ok, disp = phase_matches(atoms, ideal, tolerance)
-        if ok:
-            matched += 1
-            sq += float((disp**2).sum())
-            cnt += disp.size
-    rate = matched / len(samples) if samples else float("nan")
-    return rate, (math.sqrt(sq / cnt) if cnt else float("nan"))
-
-
-def evaluate(samples: Sequence[Any], metrics, ideal, strict_tolerance: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Scalar results and curves of generated structures (``metrics``: a ``StructureMetrics``)."""
-    metrics.reset()
-    nonempty = [a for a in samples if len(a) > 0]
-    if nonempty:
-        metrics.update(nonempty)
-    values = metrics.compute()
-    curves = metrics.curves()
-    counts = Counter(int(len(a)) for a in samples)
-    target = len(ideal)
-    out: dict[str, Any] = {
-        "n_samples": len(samples),
-        "phase_match": float(values.get("phase_match", float("nan"))) * len(nonempty) / max(1, len(samples)),
-        "displacement_rms": values.get("displacement_rms", float("nan")),
-        "rdf_l1": values["rdf_l1"],
-        "coordination_l1": values.get("coordination_l1", float("nan")),
-        "n_atoms_target": target,
-        "n_atoms_mean": float(np.mean([len(a) for a in samples])) if samples else float("nan"),
-        "n_atoms_error": float(np.mean([abs(len(a) - target) for a in samples])) if samples else float("nan"),
-        "n_atoms_exact": float(np.mean([len(a) == target for a in samples])) if samples else float("nan"),
-        "n_atoms_hist": {str(k): v for k, v in sorted(counts.items())},
-        "min_distance_violations": (values["min_distance_violations"] * len(nonempty) / max(1, len(samples))),
-        "min_distance": values["min_distance"],
-        "empty_samples": len(samples) - len(nonempty),
-    }
-    strict_rate, strict_rms = _strict_match(samples, ideal, strict_tolerance)
-    out["phase_match_strict"] = strict_rate
-    out["displacement_rms_strict"] = strict_rms
-    for key in ("phase_match", "min_distance_violations"):  # no structure at all: nothing matched
-        if not nonempty:
-            out[key] = 0.0 if key == "phase_match" else float("nan")
-    ints = ("n_samples", "n_atoms_target", "empty_samples", "n_atoms_hist")
-    return {k: (v if k in ints else float(v)) for k, v in out.items()}, curves
-
-
-def data_reference(path: Path, tolerance: float, strict_tolerance: float):
-    """``(ideal crystal, metrics object, training data's own numbers)`` of one phase's dataset file; the
-    metrics' reference is the training split."""
-    from datamodules.h5format import AtomsH5
-    from lightning_gcd.metrics.phase_match import ideal_for_dataset
-    from lightning_gcd.metrics.suite import StructureMetrics
-
-    ideal = ideal_for_dataset(path)[0]
-    with AtomsH5(path) as data:
-        train_atoms = [data.atoms(int(k)) for k in data.split("train")]
-    metrics = StructureMetrics(train_atoms, ideal=ideal, tolerance=tolerance)
-    ref = metrics.reference_metrics()
-    strict_rate, strict_rms = _strict_match(train_atoms, ideal, strict_tolerance)
-    data = {
-        "n_structures": len(train_atoms),
-        "n_atoms": int(len(train_atoms[0])),
-        "phase_match": float(ref["phase_match"]),
-        "phase_match_strict": strict_rate,
-        "displacement_rms": float(ref["displacement_rms"]),
-        "displacement_rms_strict": strict_rms,
-        "min_distance": float(metrics.reference_min_distance),
-        "min_distance_threshold": float(metrics.min_distance_threshold),
-    }
-    return ideal, metrics, data
-
-
-# ----------------------------------------------------------------------------------------------------
-# one run
-def _model_and_data(
-    kind: str, path: Path, settings: dict[str, Any], geometry: dict[str, float], phase: str | None = None
-):
-    from datamodules.datamodule import AtomsDataModule
-    from lightning_gcd.models.particle import ParticleDiffusion
-    from lightning_gcd.models.voxel import GrandCanonicalDiffusion
-
-    common = {"val_samples": 0, "sample_every_n_epochs": 0}
-    if kind == "voxel":
-        v = settings["voxel"]
-        dm = AtomsDataModule(
-            str(path),
-            view="voxel",
-            batch_size=int(settings["batch_size"]),
-            num_workers=int(settings["num_workers"]),
-            spacing=v.get("spacing"),
-            grid_shape=(v.get("grid_shapes") or {}).get(phase) or v.get("grid_shape"),
-            build={},
-        )
-        model = GrandCanonicalDiffusion(
-            **v["model"], sampler=v["sampler"], sample_steps=int(v["sample_steps"]), **common
-        )
-    elif kind == "particle":
-        p = settings["particle"]
-        dm = AtomsDataModule(
-            str(path),
-            view="particle",
-            batch_size=int(settings["batch_size"]),
-            num_workers=int(settings["num_workers"]),
-            build={},
-        )
-        model = ParticleDiffusion(
-            **p["model"],
-            cutoff=geometry["cutoff"],
-            sigma_max=geometry["sigma_max"],
-            sampler=p["sampler"],
-            sample_steps=int(p["sample_steps"]),
-            **common,
-        )
-    else:
-        from lightning_gcd.models.particle_torus import TorusParticleDiffusion
-
-        p = settings["particle_torus"]
-        options = dict(p["model"])
-        batch_size = int(settings["batch_size"])
-        if settings["budget"] == "converge":
-            c = p["converge"]
-            options["ema_decay"] = c["ema_decay"]
-            batch_size = int(c["batch_size"])
-            common = {"val_samples": int(c["val_samples"]), "sample_every_n_epochs": 1}
-        dm = AtomsDataModule(
-            str(path), view="particle", batch_size=batch_size, num_workers=int(settings["num_workers"]), build={}
-        )
-        model = TorusParticleDiffusion(**options, sampler=p["sampler"], sample_steps=int(p["sample_steps"]), **common)
-    return model, dm
 
 
 #: the results.json key of each model's headline budget; other budgets are stored as ``model@budget``
@@ -760,20 +384,9 @@ def step_seconds(kind: str, path: Path, settings: dict[str, Any], geometry: dict
             self.end = time.perf_counter()
 
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
-    model, dm = _model_and_data(kind, path, settings, geometry, phase)
+    model, dm = model_and_data(kind, path, settings, geometry, phase)
     timer = StepTimer()
-    trainer = L.Trainer(
-        max_steps=WALLTIME_WARMUP + WALLTIME_TIMED_STEPS,
-        accelerator=settings["accelerator"],
-        devices=1,
-        logger=False,
-        callbacks=[timer],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
+    trainer = build_trainer(settings, max_steps=WALLTIME_WARMUP + WALLTIME_TIMED_STEPS, callbacks=[timer])
     trainer.fit(model, dm)
     return (timer.end - float(timer.start)) / WALLTIME_TIMED_STEPS
 
@@ -868,7 +481,7 @@ def supercell_evaluation(model: Any, kind: str, ideal, metrics, settings: dict[s
         progress=False,
     )
     seconds = time.perf_counter() - t0
-    rate, rms = _strict_match(samples, big, float(settings["tolerance"]))
+    rate, rms = strict_match(samples, big, float(settings["tolerance"]))
     threshold = float(metrics.min_distance_threshold)
     overlap = [bool(len(a) > 1 and nearest_neighbour_distance(a) < threshold) for a in samples]
     return {
@@ -898,16 +511,14 @@ def run_one(
     import lightning as L
     import torch
 
-    from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO
     from lightning_gcd.callbacks.clock import TrainingClock
     from lightning_gcd.callbacks.plateau import RatePlateauStop
-    from lightning_gcd.io import write_json_atomic
 
     budget = settings["budget"]
     key = run_key(kind, settings, args.key)
     walltime = wall_time_steps(kind, path, settings, geometry, phase) if budget == "walltime" else {}
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
-    model, dm = _model_and_data(kind, path, settings, geometry, phase)
+    model, dm = model_and_data(kind, path, settings, geometry, phase)
     logger = (
         _wandb_logger(args, settings, phase, kind, workdir, geometry if kind == "particle" else {}, key)
         if args.wandb
@@ -917,15 +528,13 @@ def run_one(
     steps = phase_steps(settings, phase)
     clock = TrainingClock(chunk_seconds=60.0 * args.chunk_minutes if args.chunk_minutes else None)
     callbacks: list[Any] = [clock]
-    options: dict[str, Any] = {"limit_val_batches": 0, "enable_checkpointing": False}
+    options: dict[str, Any] = {}
     resume = None
     if budget == "walltime":
         steps = int(walltime["steps"])
     elif budget == "converge":
         if kind != "particle_torus":
             raise SystemExit("--budget converge is set up for particle_torus (its validation sampling and step caps)")
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
         c = settings[kind]["converge"]
         steps = int(c["steps"][phase])
         plateau = RatePlateauStop(
@@ -937,25 +546,21 @@ def run_one(
         )
         # last.ckpt after every validation (its rate already in the plateau history), not before it: a run stopped
         # while sampling for a validation resumes from the previous one and repeats it
-        callbacks += [plateau, ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)]
+        callbacks.append(plateau)
         options = {
+            **checkpointing(run_dir / "checkpoints"),
             "limit_val_batches": 1,
             "val_check_interval": int(c["val_every"]),
             "check_val_every_n_epoch": None,
-            "enable_checkpointing": True,
-            "plugins": [AtomicCheckpointIO()],
         }
+        callbacks += options.pop("callbacks")
         last = run_dir / "checkpoints" / "last.ckpt"
         resume = str(last) if last.is_file() else None
-    trainer = L.Trainer(
+    trainer = build_trainer(
+        settings,
         max_steps=steps,
-        accelerator=settings["accelerator"],
-        devices=1,
         logger=logger,
         callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, abs(steps) // 20)),
         default_root_dir=str(run_dir),
         **options,
@@ -965,7 +570,7 @@ def run_one(
     if budget == "converge" and finished.is_file():
         from lightning_gcd.models.loading import load_model
 
-        convergence = json.loads(finished.read_text())
+        convergence = read_json(finished)
         model = load_model(run_dir / "last.ckpt")
         global_step, loss = int(convergence["steps"]), convergence.get("final_train_loss")
     else:
@@ -1016,7 +621,7 @@ def run_one(
             steps=sample_steps,
             sampler=sampler,
             seed=int(settings["seed"]) + 1,
-            progress=False,
+            progress=not args.quiet,  # a bar in the run's log: the torus model's PC-1000 takes tens of minutes on a CPU
         )
         sample_s = time.perf_counter() - t0
         res, crv = evaluate(samples, metrics, ideal, float(settings["strict_tolerance"]))
@@ -1026,11 +631,7 @@ def run_one(
             res.update({"restarts": model.sample_restarts, "restart_t": model.sample_restart_t})
         nonempty = [a for a in samples if len(a)]
         if nonempty:  # keep the samples for later inspection
-            import ase.io
-
-            sample_dir = workdir / "samples"
-            sample_dir.mkdir(parents=True, exist_ok=True)
-            ase.io.write(sample_dir / f"{name}.extxyz", nonempty)
+            write_structures_atomic(workdir / "samples" / f"{name}.extxyz", nonempty)
         return res, crv
 
     results, curves = sample_and_evaluate(sampler, sample_steps, f"{phase}-{key}")
@@ -1126,38 +727,17 @@ def run_color(key: str) -> str:
     return COLORS.get(key) or COLORS.get(key.partition("@")[0], "0.5")
 
 
-class _locked:
-    """An exclusive lock on ``<out>/.lock`` (processes that merge into the same results folder take turns)."""
-
-    def __init__(self, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.path = out / ".lock"
-
-    def __enter__(self) -> _locked:
-        import fcntl
-
-        self.handle = open(self.path, "w")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        import fcntl
-
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
-
-
 def overlay_runs(
     out: Path, results: dict[str, Any], own_runs: dict[tuple[str, str], tuple[dict, dict]]
 ) -> tuple[dict, dict]:
     """``<out>/results.json`` and curves as they are on disk now, with this process's finished runs put in (so
     that processes merging into one folder at the same time keep each other's runs)."""
     if not (out / "results.json").is_file():
-        disk, disk_curves = json.loads(json.dumps(_jsonable(results))), {}
+        disk, disk_curves = json.loads(json.dumps(to_jsonable(results))), {}
     else:
-        disk = json.loads((out / "results.json").read_text())
-        raw = json.loads((out / "curves.json").read_text()) if (out / "curves.json").is_file() else {}
-        disk_curves = {phase: {k: _curves_from_json(c) for k, c in per.items()} for phase, per in raw.items()}
+        disk = read_json(out / "results.json")
+        raw = read_json(out / "curves.json", {})
+        disk_curves = {phase: {k: curves_from_json(c) for k, c in per.items()} for phase, per in raw.items()}
     record = results.get("merged", [])[-1:]  # this invocation's command, when it merges into an earlier folder
     disk.setdefault("merged", [])
     if record and record[0] not in disk["merged"]:
@@ -1176,8 +756,8 @@ def overlay_runs(
 def merged_start(results: dict[str, Any], curves: dict[str, dict[str, Any]], out: Path) -> tuple[dict, dict]:
     """``--merge``: the earlier results.json and curves.json of ``out``, to which this invocation's runs are added;
     this invocation's command and settings are recorded under ``merged`` (the first run's stay on top)."""
-    earlier = json.loads((out / "results.json").read_text())
-    raw = json.loads((out / "curves.json").read_text()) if (out / "curves.json").is_file() else {}
+    earlier = read_json(out / "results.json")
+    raw = read_json(out / "curves.json", {})
     earlier.setdefault("merged", []).append(
         {"command": results["command"], "settings": results["settings"], "machine": results["machine"]}
     )
@@ -1186,7 +766,7 @@ def merged_start(results: dict[str, Any], curves: dict[str, dict[str, Any]], out
         if kind in results["settings"]:
             earlier["settings"].setdefault(kind, results["settings"][kind])
     for phase, per in raw.items():
-        curves.setdefault(phase, {}).update({kind: _curves_from_json(c) for kind, c in per.items()})
+        curves.setdefault(phase, {}).update({kind: curves_from_json(c) for kind, c in per.items()})
     return earlier, curves
 
 
@@ -1306,19 +886,10 @@ def _supercell_text(run: dict[str, Any]) -> str:
     return f"{_pct(cell['phase_match'])} ({_pct(cell['overlap_fraction'])})"
 
 
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
     phases = list(results["phases"])
     kinds = sorted({k for p in phases for k in results["phases"][p]["models"]}, key=table_order)
-    fig = _figure((max(7.0, 1.6 * len(phases) + 2), 3.4 + 0.3 * (len(kinds) + 1)))
+    fig = new_figure((max(7.0, 1.6 * len(phases) + 2), 3.4 + 0.3 * (len(kinds) + 1)))
     ax = fig.add_subplot()
     x = np.arange(len(phases))
     width = 0.8 / (len(kinds) + 1)
@@ -1346,12 +917,12 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"Samples that are the crystal ({budget}): dark 0.2 Å, light 0.5 Å tolerance, % at 0.5 Å", fontsize=10)
     ax.legend(frameon=False, fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
 
 
 def plot_rdf(phase: str, entry: dict[str, Any], curves: dict[str, Any], path: Path) -> Path:
-    fig = _figure((6, 3.8))
+    fig = new_figure((6, 3.8))
     ax = fig.add_subplot()
     first = next(iter(curves.values()))
     r = np.asarray(first["r"])
@@ -1368,12 +939,12 @@ def plot_rdf(phase: str, entry: dict[str, Any], curves: dict[str, Any], path: Pa
     ax.set_xlim(0, float(r[-1]))
     ax.set_title(f"g(r), {phase} {entry['element']}")
     ax.legend(frameon=False)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
 
 
 def plot_counts(phase: str, entry: dict[str, Any], path: Path) -> Path:
-    fig = _figure((6, 3.5))
+    fig = new_figure((6, 3.5))
     ax = fig.add_subplot()
     target = entry["data"]["n_atoms"]
     kinds = list(entry["models"])
@@ -1406,39 +977,19 @@ def plot_counts(phase: str, entry: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"Atom counts, {phase} {entry['element']} (target {target})")
     ax.set_xlim(lo - 1.5, hi + 1.5)
     ax.legend(frameon=False)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def write_outputs(results: dict[str, Any], curves: dict[str, dict[str, Any]], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False))
-    tmp.replace(out / "results.json")
-    written.append(out / "results.json")
-    (out / "results.md").write_text(results_markdown(results))
-    written.append(out / "results.md")
+    written = [write_json_atomic(out / "results.json", results, indent=1)]
+    written.append(write_text_atomic(out / "results.md", results_markdown(results)))
     small = {
         phase: {kind: {"r": c["r"], "g": c["g"], "g_reference": c["g_reference"]} for kind, c in per.items()}
         for phase, per in curves.items()
     }
-    (out / "curves.json").write_text(json.dumps(_jsonable(small)))
-    written.append(out / "curves.json")
+    written.append(write_json_atomic(out / "curves.json", small))
     if results["phases"]:
         written.append(plot_phase_match(results, out / "phase_match.png"))
     for phase, entry in results["phases"].items():
@@ -1454,24 +1005,13 @@ def replot(out: Path, notes: Sequence[str] = ()) -> dict[str, Any]:
     results_path, curves_path = out / "results.json", out / "curves.json"
     if not results_path.is_file() or not curves_path.is_file():
         raise SystemExit(f"{out}: no results.json and curves.json to replot")
-    results = json.loads(results_path.read_text())
+    results = read_json(results_path)
     if notes:
         results["notes"] = [*results.get("notes", []), *notes]
-    raw = json.loads(curves_path.read_text())
-    curves = {phase: {kind: _curves_from_json(c) for kind, c in per.items()} for phase, per in raw.items()}
+    raw = read_json(curves_path)
+    curves = {phase: {kind: curves_from_json(c) for kind, c in per.items()} for phase, per in raw.items()}
     write_outputs(results, curves, out)
     return results
-
-
-def _quiet_lightning() -> None:
-    import lightning  # noqa: F401  (importing it sets its logger to INFO: import first, then lower it)
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*number of training batches.*")
-    warnings.filterwarnings("ignore", message=".*Total length of.*")
-    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
 def _prepare_phase(phase: str, settings: dict[str, Any], workdir: Path, rebuild: bool):
@@ -1506,10 +1046,7 @@ def _run_task(args: argparse.Namespace, settings: dict[str, Any], workdir: Path)
         print(f"[compare] {stop}", flush=True)
         raise SystemExit(3) from None
     task_out = Path(args.task_out)
-    task_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = task_out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable({"results": res, "curves": crv}), allow_nan=False))
-    tmp.replace(task_out)
+    write_job_output(task_out, {"results": res, "curves": crv})
     if logger:
         entry = _phase_entry(ideal, path, data_numbers, geometry)
         entry["models"][res["key"]] = res
@@ -1519,57 +1056,18 @@ def _run_task(args: argparse.Namespace, settings: dict[str, Any], workdir: Path)
     return res
 
 
-def _curves_from_json(raw: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: np.asarray([np.nan if x is None else x for x in v], dtype=float) if isinstance(v, list) else v
-        for k, v in raw.items()
-    }
-
-
-def _run_parallel(
-    tasks: Sequence[tuple[str, str]], argv: Sequence[str], workdir: Path, jobs: int, done: Any
-) -> list[str]:
-    """Run ``tasks`` (phase, model) as ``jobs`` concurrent worker processes of this script (``--task``), in the
-    given order; call ``done(phase, kind, results, curves)`` as each finishes. Returns the failures (one line
-    each, with the worker's log file); the other runs' results are kept."""
-    import subprocess
-
+def task_jobs(tasks: Sequence[tuple[str, str]], argv: Sequence[str], workdir: Path) -> list[Job]:
+    """The worker processes of ``--jobs N``: this script once per (phase, model) with ``--task PHASE:MODEL``,
+    writing ``<workdir>/tasks/<phase>-<model>.json`` and its log beside it, in the given order."""
     task_dir = workdir / "tasks"
-    task_dir.mkdir(parents=True, exist_ok=True)
     child_argv = [a for a in argv if a != "--rebuild"]  # the datasets exist by now
-    pending, running, failures = list(tasks), [], []
-    while pending or running:
-        while pending and len(running) < jobs:
-            phase, kind = pending.pop(0)
-            out = task_dir / f"{phase}-{kind}.json"
-            out.unlink(missing_ok=True)
-            log = task_dir / f"{phase}-{kind}.log"
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                *child_argv,
-                "--jobs",
-                "1",
-                "--task",
-                f"{phase}:{kind}",
-                "--task-out",
-                str(out),
-            ]
-            with open(log, "w") as handle:
-                proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)
-            running.append((proc, phase, kind, out, log))
-        time.sleep(0.5)
-        for item in list(running):
-            proc, phase, kind, out, log = item
-            if proc.poll() is None:
-                continue
-            running.remove(item)
-            if proc.returncode != 0 or not out.is_file():
-                failures.append(f"{phase}-{kind}: worker exited with {proc.returncode}; log {log}")
-                continue
-            raw = json.loads(out.read_text())
-            done(phase, kind, raw["results"], _curves_from_json(raw["curves"]))
-    return failures
+    jobs = []
+    for phase, kind in tasks:
+        out = task_dir / f"{phase}-{kind}.json"
+        command = [sys.executable, str(Path(__file__).resolve()), *child_argv, "--jobs", "1"]
+        command += ["--task", f"{phase}:{kind}", "--task-out", str(out)]
+        jobs.append(Job(f"{phase}-{kind}", command, out, task_dir / f"{phase}-{kind}.log"))
+    return jobs
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1585,9 +1083,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out) if args.out else workdir / "results"
     import torch
 
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
-    _quiet_lightning()
+    set_threads(settings.get("threads"))
+    quiet_lightning()
     if args.task:
         return _run_task(args, settings, workdir)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -1640,7 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["total_seconds"] = time.perf_counter() - start
         own_runs[(phase, key)] = (res, crv)
         if args.merge:  # another process may have added runs since this one started: take them in, under a lock
-            with _locked(out):
+            with results_lock(out):
                 merged, merged_curves = overlay_runs(out, results, own_runs)
                 written = write_outputs(merged, merged_curves, out)
         else:
@@ -1676,11 +1173,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"[compare] {len(tasks)} runs, {jobs} at a time, in this order: {' '.join(f'{p}-{k}' for p, k in tasks)}; "
             f"worker logs in {workdir / 'tasks'}"
         )
-        failures = _run_parallel(tasks, argv, workdir, jobs, done)
+        task_of = {f"{phase}-{kind}": (phase, kind) for phase, kind in tasks}  # the jobs' names
+
+        def job_done(job: Job, raw: dict[str, Any]) -> None:
+            done(*task_of[job.name], raw["results"], curves_from_json(raw["curves"]))
+
+        failures = run_jobs(task_jobs(tasks, argv, workdir), jobs, job_done)
     else:
         for i, (phase, kind) in enumerate(tasks, 1):
             path, ideal, metrics, _, geometry = prepared[phase]
-            say(f"[compare] run {i}/{len(tasks)}: {phase}-{kind} training {phase_steps(settings, phase)} steps ...")
+            say(f"[compare] run {i}/{len(tasks)}: {phase}-{kind} training {budget_words(settings, phase, kind)} ...")
             try:
                 res, crv, logger = run_one(kind, phase, path, ideal, metrics, settings, workdir, geometry, args)
             except ChunkEnded as stop:

@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from compare import PHASES, _jsonable, data_reference, evaluate, machine_info, split_restarts  # noqa: E402
-
-from lightning_gcd.io import write_json_atomic, write_text_atomic  # noqa: E402
+from lightning_gcd.io import write_json_atomic, write_text_atomic
+from lightning_gcd.runner.machine import machine_info
+from lightning_gcd.runner.results import save_figure
+from lightning_gcd.studies.crystal_scores import data_reference, evaluate
+from lightning_gcd.studies.crystals import PHASES
+from lightning_gcd.studies.sampler_specs import split_restarts
 
 DEFAULT_SAMPLERS = ["ddpm-100", "ddpm-10", "ddim-10", "dpm2m-10", "dpm2m-sde-10", "dpm2m-20", "ddim-20"]
 
@@ -143,7 +144,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -236,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "few_step.json", _jsonable(results), indent=1)
+    write_json_atomic(out / "few_step.json", results, indent=1)
     write_text_atomic(out / "few_step.md", _table(results))
     _plot(results, out / "few_step.png")
     print(_table(results))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import platform
 import sys
 import time
@@ -31,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lightning_gcd.io import write_json_atomic, write_text_atomic
+from lightning_gcd.runner.results import new_figure, save_figure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,11 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def write(result: dict[str, Any], out: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trapping.json").write_text(json.dumps(result, indent=1))
+    write_json_atomic(out / "trapping.json", result, keep_nan=True, indent=1)
     lines = [
         "# Trapping: sampling started from noised training crystals",
         "",
@@ -176,9 +174,8 @@ def write(result: dict[str, Any], out: Path) -> None:
             f"{r['sigma_angstrom']:.3f} | {100 * r['phase_match']:.0f}% | {100 * r['overlap_fraction']:.0f}% | "
             f"{r['seconds']:.0f} |"
         )
-    (out / "trapping.md").write_text("\n".join(lines) + "\n")
-    fig = Figure(figsize=(6, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
+    write_text_atomic(out / "trapping.md", "\n".join(lines) + "\n")
+    fig = new_figure((6, 3.8))
     ax = fig.add_subplot()
     for spec in dict.fromkeys(f"{r['sampler']}-{r['levels']}" for r in result["rows"]):
         rows = [r for r in result["rows"] if f"{r['sampler']}-{r['levels']}" == spec]
@@ -190,7 +187,7 @@ def write(result: dict[str, Any], out: Path) -> None:
     ax.set_ylabel("fraction of samples")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(frameon=False, fontsize=8)
-    fig.savefig(out / "trapping.png", dpi=120)
+    save_figure(fig, out / "trapping.png", dpi=120)
 
 
 if __name__ == "__main__":

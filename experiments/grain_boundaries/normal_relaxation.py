@@ -32,17 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from datamodules.builders.grain_boundaries import (  # noqa: E402
+from datamodules.builders.grain_boundaries import (
     BOUNDARIES,
     bicrystal,
     gb_energy,
     grain_boundary_records,
     lattice_of,
 )
-from datamodules.builders.relax import Relaxer  # noqa: E402
+from datamodules.builders.relax import Relaxer
+from lightning_gcd.io import write_json_atomic
+
+REPO = Path(__file__).resolve().parents[2]
 
 GRIP = Path(__file__).resolve().parent / "grip_reference.py"
 
@@ -214,7 +214,7 @@ def run_case(calculator: str, boundary: str, args: argparse.Namespace) -> dict:
                     str(args.reference_fmax),
                 ],
             )
-    path.write_text(json.dumps(case, indent=1))
+    write_json_atomic(path, case, keep_nan=True, indent=1)
     return case
 
 
@@ -257,7 +257,7 @@ def main(argv=None) -> list[dict]:
         for boundary in args.boundaries:
             rows.append(summary(run_case(calculator, boundary, args)))
             print(json.dumps(rows[-1]), flush=True)
-    (args.out / "summary.json").write_text(json.dumps(rows, indent=1))
+    write_json_atomic(args.out / "summary.json", rows, keep_nan=True, indent=1)
     print(
         "| boundary | potential | builder fixed | builder normal | GRIP setup | rel. diff | doubling: builder / GRIP |"
     )

@@ -28,7 +28,6 @@ relaxed samples ``samples/<model>.extxyz``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -39,88 +38,60 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "crystals"))
-from compare import (  # noqa: E402  (the crystal experiment's helpers)
+from lightning_gcd.io import write_json_atomic, write_structures_atomic, write_text_atomic
+from lightning_gcd.runner.machine import machine_info
+from lightning_gcd.runner.profiles import apply_overrides, load_profile, profile_names, profile_path
+from lightning_gcd.runner.results import new_figure, read_json, save_figure
+from lightning_gcd.runner.trainer import build_trainer, quiet_lightning, set_threads
+from lightning_gcd.studies.crystals import (
     COLORS,
     MODEL_LABELS,
-    _figure,
-    _jsonable,
-    _model_and_data,
-    _quiet_lightning,
-    _set_path,
-    machine_info,
+    PARTICLE_SECTION,
+    VOXEL_SECTION,
+    model_and_data,
     particle_geometry,
 )
-from compare import PROFILES as CRYSTAL_PROFILES  # noqa: E402
 
 MODELS = ("voxel", "particle")
 STUDY = "grain_boundaries"
 
-PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "description": "2-core CPU, one torch thread: Cu Σ5(100) twist with EMT, both models",
-        "accelerator": "cpu",
-        "threads": 1,
-        "num_workers": 0,
-        # 5.7 x 5.7 x 35.9 Å cells, 5 atoms per (002) plane: counts -3..+3 per boundary (n = -6..+6 per cell),
-        # 8 random grain translations each: 56 relaxed structures
-        "system": {
-            "element": "Cu",
-            "boundary": "twist100",
-            "calculator": None,
-            "fractions": [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6],
-            "translations": 8,
-            "repeat": None,
-            "fmax": 0.05,
-            "max_steps": 300,
-            "relax_cell": "normal",
-        },
-        "steps": 1500,
-        "batch_size": 16,
-        "seed": 0,
-        # in-painting: one template per reference count (from val/test when the split has one), 4 samples each
-        "templates_per_count": 1,
-        "samples_per_template": 4,
-        "boundary_width": 3.0,  # Å either side of each boundary plane: 2 (002) planes of each grain are free
-        "margin": 0.05,  # J/m²: "within the margin of the reference minimum"
-        # the models and samplers of the crystal experiment's quick profile (16-channel two-level U-Net, lr 5e-4,
-        # DDPM-100; MPNN hidden 64, 3 layers, lr 2e-3, PC-300): experiments/crystals/compare.py, and the
-        # measurements behind them in experiments/crystals/RESULTS.md
-        "voxel": copy.deepcopy(CRYSTAL_PROFILES["quick"]["voxel"]),
-        "particle": copy.deepcopy(CRYSTAL_PROFILES["quick"]["particle"]),
-    },
-    "paper": {
-        "description": "one GPU: the paper's system, W Σ5(100) twist with the Zhou EAM potential (LAMMPS)",
-        "accelerator": "auto",
-        "threads": None,
-        "num_workers": 4,
-        "system": {
-            "element": "W",
-            "boundary": "twist100",
-            "calculator": "lammps",
-            "fractions": [-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8],
-            "translations": 32,
-            "repeat": [2, 2, 4],
-            "fmax": 0.01,
-            "max_steps": 2000,
-            "relax_cell": "normal",
-        },
-        "steps": 20000,
-        "batch_size": 32,
-        "seed": 0,
-        "templates_per_count": 2,
-        "samples_per_template": 16,
-        "boundary_width": 3.0,
-        "margin": 0.05,
-        "voxel": copy.deepcopy(CRYSTAL_PROFILES["paper"]["voxel"]),
-        "particle": copy.deepcopy(CRYSTAL_PROFILES["paper"]["particle"]),
-    },
+#: the study's profiles (``--profile quick``: ``profiles/quick.yaml``); their model sections are the crystal
+#: study's (experiments/crystals/profiles/sections/), named by path in the YAML
+PROFILES = Path(__file__).resolve().parent / "profiles"
+#: the keys a profile may hold (``lightning_gcd.runner.profiles``)
+PROFILE_SCHEMA = {
+    "description": str,
+    **dict.fromkeys(
+        (
+            "accelerator",
+            "threads",
+            "num_workers",
+            "steps",
+            "batch_size",
+            "seed",
+            "templates_per_count",
+            "samples_per_template",
+            "boundary_width",
+            "margin",
+            "relax_steps",
+        )
+    ),
+    "system": dict.fromkeys(
+        ("element", "boundary", "calculator", "fractions", "translations", "repeat", "fmax", "max_steps", "relax_cell")
+    ),
+    "voxel": VOXEL_SECTION,
+    "particle": PARTICLE_SECTION,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile", choices=sorted(PROFILES), default="quick", help="settings preset (default: quick)")
+    p.add_argument(
+        "--profile",
+        default="quick",
+        help=f"settings preset: one of {', '.join(profile_names(PROFILES))} (experiments/grain_boundaries/profiles/"
+        "*.yaml) or the path of a YAML profile of your own (default: quick)",
+    )
     p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="models to run (default: both)")
     p.add_argument(
         "--workdir", default="runs/grain_boundaries", help="dataset, runs and samples (default: %(default)s)"
@@ -148,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
-    s = copy.deepcopy(PROFILES[args.profile])
+    s = load_profile(profile_path(PROFILES, args.profile), PROFILE_SCHEMA)
     s["profile"] = args.profile
     for name, key in (
         ("steps", "steps"),
@@ -160,11 +131,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if getattr(args, name) is not None:
             s[key] = getattr(args, name)
-    for item in args.set:
-        if "=" not in item:
-            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        _set_path(s, key.strip(), raw)
+    apply_overrides(s, args.set)
     s["models"] = list(args.models or MODELS)
     s.setdefault("relax_steps", None)
     return s
@@ -249,21 +216,10 @@ def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geomet
     import lightning as L
 
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
-    model, dm = _model_and_data(kind, path, settings, geometry)
+    model, dm = model_and_data(kind, path, settings, geometry)
     steps = int(settings["steps"])
     root = workdir / "runs" / kind
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator=settings["accelerator"],
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(root),
-    )
+    trainer = build_trainer(settings, max_steps=steps, default_root_dir=str(root))
     t0 = time.perf_counter()
     trainer.fit(model, dm)
     seconds = time.perf_counter() - t0
@@ -425,7 +381,7 @@ def results_markdown(results: dict[str, Any]) -> str:
 def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ref = results["reference"]
     margin = results["settings"]["margin"]
-    fig = _figure((6.4, 4.4))
+    fig = new_figure((6.4, 4.4))
     ax = fig.add_subplot()
     rn, re = np.asarray(ref["n"]), np.asarray(ref["gb_energy"])
     ax.scatter(rn, re, s=14, color=COLORS["data"], alpha=0.5, label="reference (dataset)")
@@ -461,8 +417,8 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title(f"{ref['element']} {results['settings']['system']['boundary']}: generated vs reference")
     ax.legend(fontsize=7)
     paths = [out / "egb_vs_n.png"]
-    fig.savefig(paths[0], dpi=120)
-    fig2 = _figure((6.0, 3.4))
+    save_figure(fig, paths[0], dpi=120)
+    fig2 = new_figure((6.0, 3.4))
     ax2 = fig2.add_subplot()
     for kind, m in results["models"].items():
         n = [r["n"] for r in m["samples"]]
@@ -480,14 +436,13 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ax2.set_ylabel("structures")
     ax2.legend(fontsize=7)
     paths.append(out / "counts.png")
-    fig2.savefig(paths[1], dpi=120)
+    save_figure(fig2, paths[1], dpi=120)
     return paths
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
-    (out / "results.md").write_text(results_markdown(results))
+    write_json_atomic(out / "results.json", results, indent=2)
+    write_text_atomic(out / "results.md", results_markdown(results))
     return [out / "results.json", out / "results.md", *plot_results(results, out)]
 
 
@@ -497,14 +452,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     workdir = Path(args.workdir)
     out = Path(args.out) if args.out else workdir / "results"
     if args.replot:
-        results = json.loads((out / "results.json").read_text())
+        results = read_json(out / "results.json")
         write_outputs(results, out)
         return results
-    import torch
 
-    if settings.get("threads"):
-        torch.set_num_threads(int(settings["threads"]))
-    _quiet_lightning()
+    set_threads(settings.get("threads"))
+    quiet_lightning()
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     start = time.perf_counter()
     from datamodules.h5format import AtomsH5
@@ -530,15 +483,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "templates": templates,
         "models": {},
     }
-    import ase.io
 
     for kind in settings["models"]:
         say(f"[gb] {kind}: training {settings['steps']} steps ...")
         model, train_info = train(kind, path, settings, workdir, geometry)
         records, structures, t_sample, t_relax = inpaint_and_relax(model, kind, path, templates, settings)
-        sample_dir = workdir / "samples"
-        sample_dir.mkdir(parents=True, exist_ok=True)
-        ase.io.write(sample_dir / f"{kind}.extxyz", [a for a in structures if len(a)])
+        write_structures_atomic(workdir / "samples" / f"{kind}.extxyz", [a for a in structures if len(a)])
         summary = summarize(records, reference, float(settings["margin"]))
         results["models"][kind] = {
             "train": train_info,

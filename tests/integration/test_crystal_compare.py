@@ -353,3 +353,44 @@ def test_budgets_wall_time_and_convergence_merge_into_one_results_file(tmp_path:
         .get_chemical_symbols()[0]
         == "Po"
     )
+
+
+def test_a_results_folder_written_before_the_runner_is_replotted_and_merged_into(tmp_path: Path) -> None:
+    """The shipped results.json and curves.json (written by compare.py before the runner and the YAML profiles)
+    are read back: --replot redraws them, and --merge adds a run beside the earlier ones, which stay."""
+    shipped = REPO / "experiments" / "crystals" / "results"
+    out = tmp_path / "results"
+    out.mkdir()
+    for name in ("results.json", "curves.json"):
+        (out / name).write_bytes((shipped / name).read_bytes())
+    before = json.loads((out / "results.json").read_text())
+    compare = _load_compare()
+    compare.main(["--replot", "--out", str(out)])
+    assert (out / "results.md").is_file() and (out / "rdf_sc.png").read_bytes()[:4] == b"\x89PNG"
+    compare.main(
+        [
+            *TINY,
+            "--models",
+            "voxel",
+            "--steps",
+            "2",
+            "--samples",
+            "1",
+            "--extra-samplers",
+            "--supercell-samples",
+            "0",
+            "--jobs",
+            "1",
+            "--merge",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
+    after = json.loads((out / "results.json").read_text())
+    assert after["settings"] == before["settings"] and len(after["merged"]) == len(before["merged"]) + 1
+    assert after["phases"]["fcc"]["models"]["voxel"]["steps"] == 2
+    for phase, entry in before["phases"].items():  # every earlier run is still there, unchanged but fcc-voxel
+        for key, run in entry["models"].items():
+            assert (phase, key) == ("fcc", "voxel") or after["phases"][phase]["models"][key] == run

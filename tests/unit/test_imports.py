@@ -104,3 +104,27 @@ def test_each_model_module_imports_first_in_a_fresh_interpreter(first: str) -> N
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "DiffusionModule"
+
+
+EXPERIMENTS = REPO / "experiments"
+
+
+def test_experiments_import_only_the_package_and_the_runner_never_each_other() -> None:
+    """The study scripts run as files; a script that edits ``sys.path`` or imports a sibling script (the
+    grain-boundary study once imported private helpers of the crystal study's compare.py) is a second
+    framework beside the package: shared helpers live in ``lightning_gcd.runner`` / ``lightning_gcd.studies``."""
+    scripts = sorted(EXPERIMENTS.rglob("*.py"))
+    stems = {p.stem for p in scripts}
+    found = []
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: sys.path")
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["." if node.level else (node.module or "").split(".")[0]]
+            found += [f"{path.relative_to(REPO)}:{node.lineno}: imports {n}" for n in names if n in stems | {"."}]
+    assert scripts and found == []

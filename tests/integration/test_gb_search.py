@@ -1,0 +1,277 @@
+"""The annealed grain-boundary search (issue #28): its cell and [n] sampling, a tiny real LAMMPS search, and its
+resumability — a search killed with SIGKILL and rerun with the same command ends with the same candidates as an
+uninterrupted one; shards merged equal the unsharded search; changed settings recompute, more candidates extend.
+
+REDUCED to keep the file near 30 s on one core: W Σ5(100) twist (the search's 230-atom cell), 4 candidates per
+search, 300 MD steps per anneal instead of 5,000-20,000.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import lammps_available, needs_engine, run_gcd
+
+import datamodules.builders.gb_search as search
+from datamodules.builders import build_dataset
+from datamodules.builders.grain_boundaries import BOUNDARIES, bicrystal
+from datamodules.builders.relax import Relaxer
+from datamodules.h5format import AtomsH5
+from datamodules.merge import merge_files
+from lightning_gcd.errors import GcdError
+
+needs_lammps = needs_engine(*lammps_available())
+
+OPTIONS = dict(element="W", boundaries=["twist100"], candidates=4, seed=3, workers=1, anneal=dict(md_steps=(300, 300)))
+CLI = [
+    "data",
+    "build",
+    "grain-boundary-search",
+    "--element",
+    "W",
+    "--boundaries",
+    "twist100",
+    "--candidates",
+    "4",
+    "--seed",
+    "3",
+    "--workers",
+    "1",
+    "--md-steps",
+    "300",
+    "300",
+    "--no-progress",
+]
+COMPARED = (
+    "gb_energy",
+    "energy",
+    "n_fraction",
+    "anneal_temperature",
+    "anneal_steps",
+    "translation",
+    "stress_zz",
+    "build_index",
+    "n_boundary_atoms",
+)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted, unsharded search."""
+    out = tmp_path_factory.mktemp("gbsearch") / "search.h5"
+    return build_dataset("grain-boundary-search", out, progress=False, **OPTIONS)
+
+
+def _assert_same_search(path: Path, reference: Path) -> None:
+    with AtomsH5(path) as a, AtomsH5(reference) as b:
+        assert len(a) == len(b) and a.labels == b.labels
+        for name in COMPARED:
+            np.testing.assert_allclose(a.structure_property(name), b.structure_property(name), rtol=1e-9, atol=1e-9)
+        for i in range(len(b)):
+            np.testing.assert_allclose(a.positions(i), b.positions(i), atol=1e-8)
+
+
+def test_search_cells_hold_ten_atoms_per_plane_and_sample_n_evenly() -> None:
+    for element, a in (("W", 3.1648), ("Cu", 3.6149)):
+        for name, spec in BOUNDARIES.items():
+            repeat = search.search_repeat(spec, element, a)
+            crystal = bicrystal(spec, element, a, repeat)
+            grain = crystal.atoms.cell.lengths()[2] / 2
+            assert crystal.atoms_per_plane >= search.MIN_ATOMS_PER_PLANE, (element, name, repeat)
+            assert search.MIN_GRAIN_THICKNESS <= grain < search.MIN_GRAIN_THICKNESS + 6.0, (element, name, grain)
+    # W twist: GRIP's 10.0 x 10.0 Å cell, 10 atoms per (002) plane; Cu tilt: 18.1 x 11.4 Å, 10 per (310) plane
+    assert search.search_repeat(BOUNDARIES["twist100"], "W", 3.1648) == (1, 1, 6)
+    assert search.search_repeat(BOUNDARIES["tilt310"], "Cu", 3.6149) == (5, 2, 3)
+    assert search.n_counts(None, 10) == list(range(10))
+    assert search.n_counts([0.4, 0.2, 0.21, 0.0], 10) == [0, 2, 4]
+    with pytest.raises(GcdError, match=r"\[0, 1\)"):
+        search.n_counts([1.0], 10)
+    relaxer = Relaxer("W", "lammps")
+    tasks = search._plan(
+        "W",
+        ["twist100"],
+        30,
+        None,
+        None,
+        3.1648,
+        -8.76,
+        310.0,
+        relaxer,
+        search._anneal_for("W", None),
+        0,
+        Path("parts"),
+    )
+    for block in range(3):  # every block of P = 10 candidates holds each [n] once, in a random order
+        assert sorted(t.kept for t in tasks[10 * block : 10 * block + 10]) == list(range(10))
+    assert [t.kept for t in tasks[:10]] != list(range(10))
+    assert search._anneal_for("Cu", None).temperatures == (300.0, 1200.0)
+    with pytest.raises(GcdError, match="temperatures"):
+        search._anneal_for("Ni", None)
+    with pytest.raises(GcdError, match="TMIN"):
+        search.Anneal(temperatures=(1200.0, 300.0))
+
+
+@needs_lammps
+def test_search_records_are_annealed_normal_relaxed_boundaries(built: Path, tmp_path: Path) -> None:
+    with AtomsH5(built) as f:
+        p = {name: f.structure_property(name) for name in (*COMPARED, "atoms_per_plane", "plane_fraction")}
+        assert len(f) == 4 and f.attrs["meta_builder"] == "grain-boundary-search" and f.attrs["meta_failed"] == 0
+        assert f.attrs["meta_relax_cell"] == "normal" and f.attrs["meta_potential"] == "W_zhou.eam.alloy"
+        n_atoms = [len(f.positions(i)) for i in range(len(f))]
+    kept = np.rint(p["n_fraction"] * 10).astype(int)
+    assert (p["atoms_per_plane"] == 10).all() and len(set(kept)) == 4  # 4 different [n] of the first block
+    removed = (10 - kept) % 10
+    np.testing.assert_array_equal(p["n_boundary_atoms"], -2 * removed)  # two boundaries per cell
+    np.testing.assert_array_equal(n_atoms, 240 - 2 * removed)
+    np.testing.assert_allclose(p["plane_fraction"], -removed / 10)
+    assert np.all(np.abs(p["stress_zz"]) < 0.05)  # zero normal stress after the normal relaxation (GPa)
+    assert np.all((p["gb_energy"] > 2.0) & (p["gb_energy"] < 4.5))  # W Σ5 twist: GRIP's minima 2.3-2.5 J/m²
+    assert np.all((p["anneal_temperature"] >= 1000) & (p["anneal_temperature"] <= 3300))
+    assert np.all(p["anneal_temperature"] % 100 == 0) and np.all(p["anneal_steps"] == 300)
+    # the anneal changes the result: the same start (translation, removed atoms) minimised without MD differs
+    relaxer = Relaxer("W", "lammps", None, 0.01, 5000, "normal")
+    a, e_coh = relaxer.bulk_reference("bcc")
+    cold = search._anneal_for("W", {"md_steps": (0, 0), "cool_steps": 0})
+    task = search._plan("W", ["twist100"], 1, None, None, a, e_coh, 310.0, relaxer, cold, 3, tmp_path)[0]
+    part = np.load(search.compute_candidate(task))
+    first = int(np.argmin(p["build_index"]))
+    np.testing.assert_allclose(part["translation"], p["translation"][first])
+    assert int(part["md_steps"]) == 0 and abs(float(part["energy"]) - p["energy"][first]) > 1e-3
+
+
+@needs_lammps
+def test_killed_search_resumes_to_the_same_candidates(built: Path, tmp_path: Path) -> None:
+    """SIGKILL the CLI once it has finished a candidate, rerun the same command: the finished parts are kept
+    (not recomputed), the rest computed, and the file equals the uninterrupted search's."""
+    parts = tmp_path / "search.h5.parts"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_gcd.cli", *CLI, "--out", "search.h5"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.npz"))) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the search ended before it was killed ({proc.returncode})"
+    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.npz")}
+    assert 1 <= len(finished) < 4 and not (tmp_path / "search.h5").exists()
+    run = run_gcd(*CLI, "--out", "search.h5", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in parts.glob("*.npz") if p.name in finished} == finished
+    assert len(list(parts.glob("*.npz"))) == 4 and not list(parts.glob(".*tmp*"))
+    _assert_same_search(tmp_path / "search.h5", built)
+
+
+@needs_lammps
+def test_shards_merge_to_the_unsharded_search(built: Path, tmp_path: Path) -> None:
+    run = run_gcd(*CLI, "--shard", "1/2", "--out", "s1.h5", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    build_dataset("grain-boundary-search", tmp_path / "s0.h5", progress=False, shard="0/2", **OPTIONS)
+    with AtomsH5(tmp_path / "s1.h5") as s1:
+        assert s1.structure_property("build_index").tolist() == [1, 3] and s1.attrs["meta_shard"] == "1/2"
+    merge_files([tmp_path / "s1.h5", tmp_path / "s0.h5"], tmp_path / "m.h5", sort_by="build_index")
+    _assert_same_search(tmp_path / "m.h5", built)
+
+
+@needs_lammps
+def test_reuse_needs_equal_settings_and_more_candidates_extend(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    computed: list[int] = []
+    real = search.compute_candidate
+    monkeypatch.setattr(search, "compute_candidate", lambda task: computed.append(task.candidate) or real(task))
+    out = tmp_path / "search.h5"
+    shutil.copytree(f"{built}.parts", f"{out}.parts")
+    build_dataset("grain-boundary-search", out, progress=False, **{**OPTIONS, "candidates": 5})
+    assert computed == [4]  # the 4 finished candidates reused, the fifth computed
+    computed.clear()
+    other = {**OPTIONS, "candidates": 2, "anneal": dict(md_steps=(200, 200))}
+    build_dataset("grain-boundary-search", out, progress=False, **other)
+    assert computed == [0, 1]  # other MD settings: recomputed, not reused
+    # a failed anneal is a result (its part says why), left out of the file and counted; all failed: an error
+    real_relax, anneals = Relaxer.relax, []
+
+    def lost_atoms(self: Relaxer, atoms, steps=None, prelude=()):
+        if prelude:  # an anneal: the first one fails; the bulk reference (no prelude) works
+            anneals.append(len(atoms))
+            if len(anneals) == 1:
+                raise RuntimeError("ERROR: Lost atoms: original 240 current 239")
+        return real_relax(self, atoms, steps, prelude)
+
+    monkeypatch.setattr(Relaxer, "relax", lost_atoms)
+    monkeypatch.setattr(search, "compute_candidate", real)
+    build_dataset("grain-boundary-search", tmp_path / "one.h5", progress=False, **{**OPTIONS, "candidates": 2})
+    with AtomsH5(tmp_path / "one.h5") as f:
+        assert len(f) == 1 and f.attrs["meta_failed"] == 1 and f.structure_property("build_index").tolist() == [1]
+    assert "Lost atoms" in str(np.load(tmp_path / "one.h5.parts" / "candidate_twist100_000000.npz")["error"])
+    anneals.clear()
+    with pytest.raises(GcdError, match="every candidate failed.*Lost atoms"):
+        build_dataset("grain-boundary-search", tmp_path / "failed.h5", progress=False, **{**OPTIONS, "candidates": 1})
+
+
+@needs_lammps
+def test_search_option_errors(tmp_path: Path) -> None:
+    run = run_gcd(*CLI, "--n-values", "1.2", "--out", "x.h5", cwd=tmp_path)
+    assert run.returncode != 0 and "[0, 1)" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    run = run_gcd(*CLI, "--shard", "2/2", "--out", "x.h5", cwd=tmp_path)
+    assert run.returncode != 0 and "--shard" in run.stderr
+    with pytest.raises(GcdError, match="grain core"):
+        build_dataset(
+            "grain-boundary-search",
+            tmp_path / "thin.h5",
+            progress=False,
+            **{**OPTIONS, "candidates": 1, "repeat": (1, 1, 2)},
+        )
+    assert not (tmp_path / "x.h5").exists()
+
+
+def _script(name: str):
+    """An experiments/grain_boundaries script as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "grain_boundaries" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gb_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_lammps
+def test_envelope_and_thickness_scripts(built: Path, tmp_path: Path) -> None:
+    envelope = _script("search_envelope")
+    summary = envelope.main([str(built), str(built), "--out", str(tmp_path)])  # the same file twice counts once
+    rows = summary["W_twist100"]["envelope"]
+    with AtomsH5(built) as f:
+        energies, n = f.structure_property("gb_energy"), f.structure_property("n_fraction")
+    assert summary["W_twist100"]["candidates"] == 4 and [r["candidates"] for r in rows] == [1, 1, 1, 1]
+    assert [r["min_gb_energy"] for r in rows] == pytest.approx(energies[np.argsort(n)].tolist())
+    assert {r["n"]: r.get("grip_gb_energy") for r in rows if r["n"] in (0.2, 0.4)} in (
+        {},
+        {0.2: 2.297},
+        {0.4: 2.469},
+        {0.2: 2.297, 0.4: 2.469},
+    )
+    assert (tmp_path / "envelope_W_twist100.png").stat().st_size > 10_000
+    assert len((tmp_path / "candidates.csv").read_text().splitlines()) == 5
+    # thickening: the stored grains gain 6 periods of bulk each (20 atoms per 3.16 Å period of the 1x1 W twist cell)
+    thickness = _script("search_thickness")
+    with AtomsH5(built) as f:
+        atoms, boundary_z = f.atoms(0), f.structure_property("boundary_z")[0]
+    thick, mismatch = thickness.thicken(atoms, boundary_z, 3.1648, 6)
+    assert len(thick) == len(atoms) + 2 * 6 * 20 and mismatch < thickness.BULK_TOLERANCE
+    assert thick.cell.lengths()[2] == pytest.approx(atoms.cell.lengths()[2] + 12 * 3.1648)
+    from ase.neighborlist import neighbor_list
+
+    # no atom put on top of another: the closest pair is the stored structure's own
+    assert neighbor_list("d", thick, 3.0).min() == pytest.approx(neighbor_list("d", atoms, 3.0).min(), abs=1e-6)

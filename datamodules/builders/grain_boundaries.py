@@ -23,7 +23,7 @@ duplicates dropped), and for each of ``translations`` random in-plane rigid tran
 
 then the positions are relaxed (FIRE for EMT, conjugate gradient in LAMMPS; ``fmax`` eV/Å, at most
 ``max_steps`` steps) together with the cell length normal to the boundaries (``relax_cell="normal"``, the
-default: zero normal stress σ_zz, in-plane cell fixed at the bulk lattice; ``datamodules.builders.relax``)
+default: zero normal stress σ_zz, in-plane cell fixed at the bulk lattice; ``lightning_gcd.relax``)
 or in the fixed cell (``relax_cell="fixed"``, how files were built before; their ``meta_relax_cell`` is
 absent and means fixed). ``translation_grid=(gx, gy)`` replaces the random translations by the regular
 gx × gy grid over one in-plane period of the grain cell. ``n_boundary_atoms = N − N_perfect = 2c`` for the
@@ -58,9 +58,9 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from datamodules.builders.relax import EV_PER_A2_IN_J_PER_M2, Relaxer, default_calculator, reference_lattice_constant
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.errors import GcdError
+from lightning_gcd.relax import EV_PER_A2_IN_J_PER_M2, Relaxer, default_calculator, reference_lattice_constant
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from datamodules.builders.grain_boundaries import (
     grain_boundary_records,
     lattice_of,
 )
-from datamodules.builders.relax import Relaxer
 from lightning_gcd.io import write_json_atomic
+from lightning_gcd.relax import Relaxer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 """Relaxing in-painted grain boundaries into their boundary energy E_gb (J/m²).
 
 Each generated structure is relaxed with the dataset's calculator (EMT or the LAMMPS EAM potential, same
-settings; ``datamodules.builders.relax``) and its cell mode — the normal cell length relaxed to zero normal
+settings; ``lightning_gcd.relax``) and its cell mode — the normal cell length relaxed to zero normal
 stress (in-plane cell fixed) for files built so, the fixed cell for files built before that (no
 ``meta_relax_cell``), so generated and reference energies are comparable — and gets ``total_energy`` (eV),
 ``gb_energy`` (J/m², (E − N·E_coh)/(2A), two boundaries per cell) and ``n_boundary_atoms`` (N − the perfect
@@ -30,7 +30,7 @@ def relax_boundaries(
     """Relax each structure with the dataset's calculator and cell mode (or ``calculator``, ``cell``: "fixed"
     or "normal") and score its E_gb."""
     from datamodules.builders.grain_boundaries import gb_energy, lattice_of, relaxer_for_file
-    from datamodules.builders.relax import relax_structures
+    from lightning_gcd.relax import relax_structures
 
     relaxer = relaxer_for_file(source.attrs, calculator, max_steps=max_steps, cell=cell)
     own = str(source.attrs.get("meta_calculator", ""))

@@ -135,7 +135,7 @@ def scan_samples(
     when given); the same seed at every density, so the candidates differ by their density only."""
     from tqdm.auto import tqdm
 
-    from datamodules.builders.relax import relax_structures
+    from lightning_gcd.relax import relax_structures
     from lightning_gcd.structures import cubic_cell
 
     composition = {int(z): float(f) for z, f in model.info["composition"].items()}

@@ -71,7 +71,7 @@ def train_prior(
 def relax_samples(structures, max_steps: int) -> tuple[list, list[float]]:
     """Each structure relaxed at fixed cell with the builder's Tersoff potential (``Relaxer("C", "lammps")``,
     at most ``max_steps`` conjugate-gradient steps), and its energy per atom (eV; NaN where it failed)."""
-    from datamodules.builders.relax import Relaxer, energies_per_atom, relax_structures
+    from lightning_gcd.relax import Relaxer, energies_per_atom, relax_structures
 
     relaxed = relax_structures(structures, Relaxer("C", "lammps", max_steps=max_steps))
     return relaxed, energies_per_atom(relaxed).tolist()
@@ -99,7 +99,7 @@ def density_scan_pool(model, forward, args, default_range: tuple[float, float], 
     """(densities (D,), predicted spectra (D, S, K)) of ``--density-scan-samples`` unconditional samples of
     the training size at each candidate density, relaxed with ``--relax`` when given: what
     ``choose_density`` needs to read any target's density (``gcd sample --density auto``)."""
-    from datamodules.builders.relax import Relaxer
+    from lightning_gcd.relax import Relaxer
     from lightning_gcd.spectra.density_scan import candidate_densities, predicted_spectra, scan_samples
 
     low, high = args.density_range or default_range

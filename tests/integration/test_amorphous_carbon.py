@@ -278,8 +278,8 @@ def test_tersoff_relaxation_of_carbon_in_any_cell() -> None:
     to a bond length, and ``relax_structures`` keeps an empty or a failing structure as a NaN result."""
     from ase.build import bulk
 
-    from datamodules.builders.relax import Relaxer, relax_structures
     from lightning_gcd.metrics.coordination import sp_fractions
+    from lightning_gcd.relax import Relaxer, relax_structures
 
     tersoff = Relaxer("C", "lammps", fmax=1e-3, max_steps=500)
     assert tersoff.pair_style == "tersoff" and tersoff.potential_name == "SiC.tersoff"

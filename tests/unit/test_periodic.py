@@ -338,11 +338,21 @@ def test_sweep_candidates_stay_close_to_pairs() -> None:
         assert stats["evaluated"] < max_ratio * pairs.distances.numel(), stats
 
 
-@pytest.mark.parametrize("method", ["compiled", pytest.param("vesin", marks=needs_vesin)])
 @pytest.mark.parametrize("half", [False, True])
-def test_compiled_and_vesin_random_batches_equal_dense(half: bool, method: str) -> None:
-    """The compiled (numba) search, ``auto``'s choice on the CPU, and vesin against the dense search on padded
-    batches of random triclinic cells, from much thinner than the cutoff to several bins wide."""
+def test_compiled_search_random_batches_equal_dense(half: bool) -> None:
+    """The compiled (numba) search, ``auto``'s choice on the CPU, against the dense search on padded batches of
+    random triclinic cells, from much thinner than the cutoff to several bins wide."""
+    _random_batches_equal_dense("compiled", half)
+
+
+@needs_vesin
+@pytest.mark.parametrize("half", [False, True])
+def test_vesin_random_batches_equal_dense(half: bool) -> None:
+    """vesin (``method="vesin"``) against the dense search on the same random batches."""
+    _random_batches_equal_dense("vesin", half)
+
+
+def _random_batches_equal_dense(method: str, half: bool) -> None:
     rng = np.random.default_rng(5)
     for trial in range(12):
         b, n = int(rng.integers(1, 4)), int(rng.integers(1, 40))

@@ -555,53 +555,6 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
     # a ρ sweep: only the DPS mode, once per ρ, from the checkpoints above; merged with the first run, the
     # table tells the ρ apart
     sweep = tmp_path / "sweep"
-    assert (
-        _script("guided").main(
-            [
-                "--data",
-                str(files["a_c_300"]),
-                "--out",
-                str(sweep),
-                "--targets",
-                "2",
-                "--models",
-                "particle",
-                "--modes",
-                "dps",
-                "--dps-scale-particle",
-                "100",
-                "400",
-                "--particle-ckpt",
-                str(out / "checkpoints" / "particle.ckpt"),
-                "--forward-ckpt",
-                str(out / "checkpoints" / "forward.ckpt"),
-                "--samples",
-                "1",
-                "--particle-steps",
-                "2",
-                "--n-atoms",
-                "128",
-                "--feff-structures",
-                "0",
-                "--relax",
-                "20",
-                "--density",
-                "3.0",
-            ]
-        )
-        == 0
-    )
-    swept = json.loads((sweep / "results.json").read_text())["runs"]
-    assert [(r["mode"], r["dps_scale"]) for r in swept] == [("dps", 100.0), ("dps", 400.0)]
-    for run in swept:  # --relax: measured on the Tersoff-relaxed samples, the raw ones kept as raw_*
-        assert {"raw_sp3_fraction", "raw_min_distance_mean", "relax_seconds"} <= set(run)
-        assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms_mean"] == 128
-        assert run["cell_density"] == 3.0 and run["density_mean"] == pytest.approx(
-            3.0
-        )  # --density: 128 atoms at 3.0 g/cm³
-    assert next(iter(results["targets"].values()))["density"] != pytest.approx(3.0)
-    # every run's samples are saved (relaxed and raw); a killed run rerun with the same command keeps the
-    # runs it finished and samples only the missing ones, to the same structures
     sweep_args = [
         "--data",
         str(files["a_c_300"]),
@@ -633,6 +586,17 @@ def test_guided_script_at_a_requested_size(tmp_path: Path) -> None:
         "--density",
         "3.0",
     ]
+    assert _script("guided").main(sweep_args) == 0
+    swept = json.loads((sweep / "results.json").read_text())["runs"]
+    assert [(r["mode"], r["dps_scale"]) for r in swept] == [("dps", 100.0), ("dps", 400.0)]
+    for run in swept:  # --relax: measured on the Tersoff-relaxed samples, the raw ones kept as raw_*
+        assert {"raw_sp3_fraction", "raw_min_distance_mean", "relax_seconds"} <= set(run)
+        assert run["relaxed_energy_per_atom"] < 0 and run["n_atoms_mean"] == 128
+        # --density: 128 atoms at 3.0 g/cm³
+        assert run["cell_density"] == 3.0 and run["density_mean"] == pytest.approx(3.0)
+    assert next(iter(results["targets"].values()))["density"] != pytest.approx(3.0)
+    # every run's samples are saved (relaxed and raw); a killed run rerun with the same command keeps the
+    # runs it finished and samples only the missing ones, to the same structures
     saved = {p.name for p in (sweep / "samples").iterdir()}
     assert saved == {f"particle_dps_3_rho{r}_target2{raw}.extxyz" for r in (100, 400) for raw in ("", "_raw")}
     relaxed = ase.io.read(sweep / "samples" / "particle_dps_3_rho400_target2.extxyz", index=":")

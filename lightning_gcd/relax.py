@@ -36,6 +36,7 @@ minimised by exactly the code path of every other (the grain-boundary search, ``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,21 +292,34 @@ def _check_normal_cell(atoms: Atoms) -> None:
         raise GcdError("relaxing the normal cell length needs cell vectors a and b in the xy plane and c with z > 0")
 
 
-def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bool = False) -> list[Atoms]:
+def relax_structures(
+    structures: Sequence[Atoms],
+    relaxer: Relaxer,
+    progress: bool = False,
+    preludes: Sequence[list[str]] | None = None,
+) -> list[Atoms]:
     """Each structure relaxed with ``relaxer`` (its cell mode) (a copy; the input is untouched), its ``info``
-    extended with ``total_energy`` (eV), ``relax_steps``, ``relax_fmax`` (eV/Å left), ``calculator`` and
-    ``potential`` (and ``stress_zz``, GPa). An empty structure or a failed relaxation is a result, not a crash: the
-    structure is kept as it was with NaN energy and ``relax_error`` saying why."""
+    extended with ``total_energy`` (eV), ``relax_steps``, ``relax_fmax`` (eV/Å left), ``calculator``,
+    ``potential``, ``relax_seconds`` (wall time) and ``stress_zz`` (GPa). ``preludes``: per structure, LAMMPS
+    commands run before the minimisation (e.g. an MD anneal; LAMMPS relaxers only). An empty structure or a
+    failed relaxation is a result, not a crash: the structure is kept as it was with NaN energy and
+    ``relax_error`` saying why."""
     from tqdm.auto import tqdm
 
+    if preludes is not None and len(preludes) != len(structures):
+        raise ValueError(f"{len(preludes)} preludes for {len(structures)} structures")
     out = []
-    for atoms in tqdm(structures, desc=f"relax ({relaxer.potential_name})", disable=not progress):
+    for i, atoms in enumerate(tqdm(structures, desc=f"relax ({relaxer.potential_name})", disable=not progress)):
         info = dict(atoms.info)
+        t0 = time.perf_counter()
         if len(atoms) == 0:
             relaxed, energy, steps, left, error = atoms.copy(), float("nan"), 0, float("nan"), "no atoms"
         else:
             try:
-                relaxed, energy, steps, left = relaxer.relax(atoms)
+                if preludes is None:
+                    relaxed, energy, steps, left = relaxer.relax(atoms)
+                else:
+                    relaxed, energy, steps, left = relaxer.relax(atoms, prelude=preludes[i])
                 error = ""
             except Exception as exc:  # noqa: BLE001 - a failed relaxation is a result (NaN), not a crash
                 relaxed, energy, steps, left, error = (
@@ -324,6 +338,7 @@ def relax_structures(structures: Sequence[Atoms], relaxer: Relaxer, progress: bo
                 "potential": relaxer.potential_name,
                 "relax_cell": relaxer.cell,
                 "stress_zz": float(relaxed.info.get("stress_zz", float("nan"))),
+                "relax_seconds": time.perf_counter() - t0,
             }
         )
         if error:

@@ -63,6 +63,7 @@ PROFILE_SCHEMA = {
     "description": str,
     **dict.fromkeys(
         (
+            "dataset",
             "accelerator",
             "threads",
             "num_workers",
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", default="runs/grain_boundaries", help="dataset, runs and samples (default: %(default)s)"
     )
     p.add_argument("--out", default=None, help="results folder (default: <workdir>/results)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="train on and in-paint from this grain-boundary HDF5 (e.g. a merged `gcd data build "
+        "grain-boundary-search`) instead of building one from the profile's system section",
+    )
     p.add_argument("--steps", type=int, default=None, help="optimiser steps of EACH model (profile default)")
     p.add_argument("--samples-per-template", type=int, default=None, help="in-paintings per template structure")
     p.add_argument("--margin", type=float, default=None, help="J/m² above the reference minimum that counts as found")
@@ -111,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--rebuild", action="store_true", help="rebuild the dataset even when it exists")
+    p.add_argument(
+        "--anneal-samples",
+        action="store_true",
+        help="run nothing new: give the structures a finished run generated (<workdir>/samples/<model>_generated"
+        ".extxyz) the annealed search's MD anneal, then the same relaxation; adds <model>_anneal to <out>/results.json",
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "--replot", action="store_true", help="run nothing: rewrite results.md and the PNGs from <out>/results.json"
@@ -128,12 +141,14 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         ("boundary_width", "boundary_width"),
         ("seed", "seed"),
         ("relax_steps", "relax_steps"),
+        ("dataset", "dataset"),
     ):
         if getattr(args, name) is not None:
             s[key] = getattr(args, name)
     apply_overrides(s, args.set)
     s["models"] = list(args.models or MODELS)
     s.setdefault("relax_steps", None)
+    s.setdefault("dataset", None)
     return s
 
 
@@ -194,6 +209,8 @@ def reference_table(path: Path) -> dict[str, Any]:
         "calculator": str(attrs.get("meta_calculator")),
         "potential": str(attrs.get("meta_potential")),
         "element": str(attrs.get("meta_element")),
+        "boundary": str(np.asarray(attrs.get("meta_boundaries", ["?"])).ravel()[0]),
+        "builder": str(attrs.get("meta_builder", "grain-boundaries")),
     }
 
 
@@ -239,7 +256,7 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
     from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, read_source, relax_boundaries
 
     cfg = settings[kind]
-    records, structures = [], []
+    records, structures, raw = [], [], []
     t_sample = t_relax = 0.0
     for j, index in enumerate(templates):
         source = read_source(f"{path}:{index}")
@@ -257,9 +274,13 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
         t1 = time.perf_counter()
         kept = [fixed_atoms_kept(a, source, fixed, tol=1e-3) for a in generated]
         relaxed = relax_boundaries(generated, source, max_steps=settings.get("relax_steps"))
-        t_relax += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        t_relax += t2 - t1
         t_sample += t1 - t0
-        for atoms, ok in zip(relaxed, kept, strict=False):
+        for atoms in generated:  # as generated, before relaxation: what a later anneal starts from
+            raw.append(atoms.copy())
+            raw[-1].info = {"template": int(index)}
+        for atoms, ok in zip(relaxed, kept, strict=True):
             info = atoms.info
             records.append(
                 {
@@ -272,10 +293,56 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
                     "relax_steps": int(info["relax_steps"]),
                     "relax_fmax": float(info["relax_fmax"]),
                     "fixed_region_kept": bool(ok),
+                    # wall time of this candidate: its share of the template batch's sampling + its relaxation
+                    "sample_seconds": (t1 - t0) / len(generated),
+                    "relax_seconds": float(atoms.info.get("relax_seconds", (t2 - t1) / len(generated))),
                 }
             )
             structures.append(atoms)
-    return records, structures, t_sample, t_relax
+    return records, structures, raw, t_sample, t_relax
+
+
+def anneal_samples(kind: str, path: Path, workdir: Path, settings: dict[str, Any], say) -> dict[str, Any]:
+    """In-painting + anneal: the structures ``kind`` generated, annealed as the search anneals its candidates
+    (``lightning_gcd.grain_boundaries.anneal``) and relaxed; records as ``inpaint_and_relax`` writes them."""
+    from ase.io import read
+
+    from lightning_gcd.grain_boundaries import anneal_boundaries, read_source
+
+    generated = read(workdir / "samples" / f"{kind}_generated.extxyz", index=":")
+    by_template: dict[int, list] = {}
+    for atoms in generated:
+        by_template.setdefault(int(atoms.info["template"]), []).append(atoms)
+    records, structures, t_relax = [], [], 0.0
+    for j, (index, batch) in enumerate(sorted(by_template.items())):
+        source = read_source(f"{path}:{index}")
+        t0 = time.perf_counter()
+        relaxed = anneal_boundaries(
+            batch, source, seed=int(settings["seed"]) + 1000 * (j + 1), max_steps=settings.get("relax_steps")
+        )
+        t_relax += time.perf_counter() - t0
+        for atoms in relaxed:
+            info = atoms.info
+            records.append(
+                {
+                    "template": int(index),
+                    "template_n": int(source.properties["n_boundary_atoms"]),
+                    "template_gb_energy": float(source.properties["gb_energy"]),
+                    "n": int(info["n_boundary_atoms"]),
+                    "n_atoms": len(atoms),
+                    "gb_energy": float(info["gb_energy"]),
+                    "relax_steps": int(info["relax_steps"]),
+                    "relax_fmax": float(info["relax_fmax"]),
+                    "fixed_region_kept": True,  # the grains were the template's when the anneal started
+                    "anneal_temperature": float(info["anneal_temperature"]),
+                    "anneal_steps": int(info["anneal_steps"]),
+                    "relax_seconds": float(info["relax_seconds"]),
+                }
+            )
+            structures.append(atoms)
+        say(f"[gb] {kind} + anneal: template {j + 1}/{len(by_template)} ({t_relax:.0f} s)")
+    write_structures_atomic(workdir / "samples" / f"{kind}_anneal.extxyz", structures)
+    return {"records": records, "relax_seconds": t_relax}
 
 
 def summarize(records: Sequence[dict[str, Any]], reference: dict[str, Any], margin: float) -> dict[str, Any]:
@@ -326,7 +393,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     margin = results["settings"]["margin"]
     sysd = results["settings"]["system"]
     lines = [
-        f"# Grain-boundary in-painting: {ref['element']} {sysd['boundary']} ({ref['potential']})",
+        f"# Grain-boundary in-painting: {ref['element']} {ref.get('boundary', sysd['boundary'])} ({ref['potential']})",
         "",
         f"Reference: {len(ref['n'])} relaxed structures; lowest E_gb {ref['min']:.3f} J/m² at n = {ref['n_at_min']:+d} "
         f"(n = N − N_perfect, whole cell, two boundaries). Margin {margin} J/m². Boundary slab "
@@ -414,7 +481,8 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylim(min(float(shown.min()), ref["min"]) - 0.1, float(shown.max()) + 0.1)
     ax.set_xlabel("n = N − N_perfect (boundary atoms, two boundaries)")
     ax.set_ylabel("E_gb (J/m²)")
-    ax.set_title(f"{ref['element']} {results['settings']['system']['boundary']}: generated vs reference")
+    boundary = ref.get("boundary", results["settings"]["system"]["boundary"])
+    ax.set_title(f"{ref['element']} {boundary}: generated vs reference")
     ax.legend(fontsize=7)
     paths = [out / "egb_vs_n.png"]
     save_figure(fig, paths[0], dpi=120)
@@ -455,14 +523,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results = read_json(out / "results.json")
         write_outputs(results, out)
         return results
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    if args.anneal_samples:
+        results = read_json(out / "results.json")
+        path = Path(results["dataset"])
+        for kind in [k for k in settings["models"] if k in results["models"]]:
+            done = anneal_samples(kind, path, workdir, results["settings"], say)
+            first = results["models"][kind]
+            per_template: dict[int, list[float]] = {}
+            for r in first["samples"]:
+                per_template.setdefault(r["template"], []).append(float(r.get("sample_seconds", float("nan"))))
+            for r in done["records"]:  # the generation this candidate started from
+                r["sample_seconds"] = float(np.mean(per_template.get(r["template"], [float("nan")])))
+            results["models"][f"{kind}_anneal"] = {
+                "train": first["train"],
+                "summary": summarize(done["records"], results["reference"], float(results["settings"]["margin"])),
+                "samples": done["records"],
+                "sample_seconds": first["sample_seconds"],
+                "relax_seconds": done["relax_seconds"],
+            }
+            write_outputs(results, out)
+        return results
 
     set_threads(settings.get("threads"))
     quiet_lightning()
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     start = time.perf_counter()
     from datamodules.h5format import AtomsH5
 
-    path = build_data(settings, workdir, args.rebuild)
+    path = Path(settings["dataset"]) if settings["dataset"] else build_data(settings, workdir, args.rebuild)
+    if not path.is_file():
+        raise SystemExit(f"run.py: no dataset file {path}")
     reference = reference_table(path)
     templates = choose_templates(path, int(settings["templates_per_count"]))
     with AtomsH5(path) as data:
@@ -487,8 +577,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for kind in settings["models"]:
         say(f"[gb] {kind}: training {settings['steps']} steps ...")
         model, train_info = train(kind, path, settings, workdir, geometry)
-        records, structures, t_sample, t_relax = inpaint_and_relax(model, kind, path, templates, settings)
+        records, structures, raw, t_sample, t_relax = inpaint_and_relax(model, kind, path, templates, settings)
         write_structures_atomic(workdir / "samples" / f"{kind}.extxyz", [a for a in structures if len(a)])
+        write_structures_atomic(workdir / "samples" / f"{kind}_generated.extxyz", [a for a in raw if len(a)])
         summary = summarize(records, reference, float(settings["margin"]))
         results["models"][kind] = {
             "train": train_info,

@@ -5,9 +5,11 @@ core imports nothing of it:
 
 * ``inpaint``: the in-painting template (the bulk grains fixed, slabs around the boundary planes generated);
 * ``relax``: relaxation of the generated structures with the dataset's calculator, and their E_gb (J/m²);
+* ``anneal``: the annealed search's MD anneal, then the same relaxation (in-painting + anneal);
 * ``sample``: ``gcd sample --inpaint``, the two in sequence, written to a file.
 """
 
+from lightning_gcd.grain_boundaries.anneal import anneal_boundaries
 from lightning_gcd.grain_boundaries.inpaint import (
     InpaintSource,
     fixed_atoms_kept,
@@ -21,6 +23,7 @@ from lightning_gcd.grain_boundaries.sample import sample_boundaries
 
 __all__ = [
     "InpaintSource",
+    "anneal_boundaries",
     "fixed_atoms_kept",
     "inpaint",
     "inpaint_template",

@@ -26,9 +26,11 @@ def relax_boundaries(
     max_steps: int | None = None,
     progress: bool = False,
     cell: str | None = None,
+    preludes: Sequence[list[str]] | None = None,
 ) -> list[Atoms]:
     """Relax each structure with the dataset's calculator and cell mode (or ``calculator``, ``cell``: "fixed"
-    or "normal") and score its E_gb."""
+    or "normal") and score its E_gb; ``preludes``: LAMMPS commands per structure run before its minimisation
+    (the anneal of ``grain_boundaries.anneal``)."""
     from datamodules.builders.grain_boundaries import gb_energy, lattice_of, relaxer_for_file
     from lightning_gcd.relax import relax_structures
 
@@ -42,7 +44,7 @@ def relax_boundaries(
     lengths = source.atoms.cell.lengths()
     area = source.properties.get("boundary_area", float(lengths[0] * lengths[1]))
     n_perfect = source.properties.get("n_atoms_perfect")
-    out = relax_structures(structures, relaxer, progress)
+    out = relax_structures(structures, relaxer, progress, preludes)
     for relaxed in out:
         energy = relaxed.info["total_energy"]
         relaxed.info["gb_energy"] = gb_energy(energy, len(relaxed), e_coh, area) if len(relaxed) else float("nan")

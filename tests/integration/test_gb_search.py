@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ase.io import read
 from conftest import lammps_available, needs_engine, run_gcd
 
 import datamodules.builders.gb_search as search
@@ -275,3 +276,75 @@ def test_envelope_and_thickness_scripts(built: Path, tmp_path: Path) -> None:
 
     # no atom put on top of another: the closest pair is the stored structure's own
     assert neighbor_list("d", thick, 3.0).min() == pytest.approx(neighbor_list("d", atoms, 3.0).min(), abs=1e-6)
+
+
+@needs_lammps
+def test_annealing_generated_boundaries_moves_their_atoms_and_relaxes_them_to_zero_normal_stress(built: Path) -> None:
+    """In-painting + anneal (issue #28, deliverable 3): a structure gets the search's own anneal — its grain cores
+    are the file's grains (one held, one rigid), its temperature and MD steps are drawn as the search draws them
+    — and then the search's minimisation, so it ends at zero normal stress with a finite E_gb; the same seed
+    gives the same result, and the anneal moves atoms that a plain relaxation leaves where they are."""
+    from lightning_gcd.grain_boundaries import anneal_boundaries, read_source, relax_boundaries
+    from lightning_gcd.grain_boundaries.anneal import grains_and_mobile
+
+    source = read_source(f"{built}:0")
+    with AtomsH5(built) as f:
+        grain = f.atom_property("grain", 0)
+    held, rigid, mobile = grains_and_mobile(source.atoms, source.boundary_z, 6.0)
+    assert held.any() and rigid.any() and mobile.any()
+    assert len(set(grain[held].tolist())) == 1 and len(set(grain[rigid].tolist())) == 1
+    assert set(grain[held].tolist()) != set(grain[rigid].tolist())
+
+    structures = [source.atoms.copy(), source.atoms.copy()]
+    annealed = anneal_boundaries(structures, source, seed=5, md_steps=(300, 300))
+    again = anneal_boundaries(structures[:1], source, seed=5, md_steps=(300, 300))
+    plain = relax_boundaries(structures[:1], source)
+    for atoms in annealed:
+        assert atoms.info["anneal_steps"] == 300
+        assert 1000.0 <= atoms.info["anneal_temperature"] <= 3300.0
+        assert np.isfinite(atoms.info["gb_energy"]) and atoms.info["gb_energy"] > 0
+        assert abs(atoms.info["stress_zz"]) < 0.05  # GPa
+        assert atoms.info["relax_seconds"] > 0
+    assert again[0].info["gb_energy"] == pytest.approx(annealed[0].info["gb_energy"], abs=1e-9)
+    moved = np.linalg.norm(annealed[0].positions - plain[0].positions, axis=1).max()
+    assert moved > 0.1  # Å: the anneal rearranged the boundary; the plain minimisation starts at a minimum
+
+
+@needs_lammps
+def test_study_trains_on_a_search_file_and_anneals_what_it_generated(built: Path, tmp_path: Path) -> None:
+    """run.py --dataset trains both models on a search file and in-paints its boundaries (each record with its
+    own sample and relaxation seconds, the raw generated structures kept); --anneal-samples then anneals and
+    relaxes exactly those structures as <model>_anneal, each with the search's MD steps."""
+    gb_run = _script("run")
+    common = ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--quiet"]
+    gb_run.main(
+        [
+            *common,
+            "--dataset",
+            str(built),
+            "--steps",
+            "2",
+            "--samples-per-template",
+            "1",
+            "--relax-steps",
+            "20",
+            "--set",
+            "voxel.sample_steps=2",
+            "--set",
+            "particle.sample_steps=2",
+            "--set",
+            "voxel.model.sample_restarts=0",
+        ]
+    )
+    results = gb_run.main([*common, "--anneal-samples", "--relax-steps", "20"])
+    with AtomsH5(built) as f:
+        counts = set(f.structure_property("n_boundary_atoms").astype(int).tolist())
+    assert results["reference"]["builder"] == "grain-boundary-search" and results["reference"]["boundary"] == "twist100"
+    for kind in ("voxel", "particle"):
+        first, annealed = results["models"][kind]["samples"], results["models"][f"{kind}_anneal"]["samples"]
+        assert len(first) == len(counts) and all(r["sample_seconds"] > 0 and r["relax_seconds"] > 0 for r in first)
+        generated = [a for a in read(tmp_path / "work" / "samples" / f"{kind}_generated.extxyz", index=":") if len(a)]
+        assert len(annealed) == len(generated)
+        assert all(r["anneal_steps"] == 300 and r["sample_seconds"] > 0 for r in annealed)
+        assert [r["template"] for r in annealed] == sorted(a.info["template"] for a in generated)
+    assert {r["n"] for r in results["models"]["particle_anneal"]["samples"]} == counts  # fixed N: templates' counts

@@ -311,10 +311,13 @@ def test_annealing_generated_boundaries_moves_their_atoms_and_relaxes_them_to_ze
 
 
 @needs_lammps
-def test_study_trains_on_a_search_file_and_anneals_what_it_generated(built: Path, tmp_path: Path) -> None:
+def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_with_the_search(
+    built: Path, tmp_path: Path
+) -> None:
     """run.py --dataset trains both models on a search file and in-paints its boundaries (each record with its
     own sample and relaxation seconds, the raw generated structures kept); --anneal-samples then anneals and
-    relaxes exactly those structures as <model>_anneal, each with the search's MD steps."""
+    relaxes exactly those structures as <model>_anneal, each with the search's MD steps; generator_vs_search.py
+    puts the five methods side by side at equal relaxations and equal wall time."""
     gb_run = _script("run")
     common = ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--quiet"]
     gb_run.main(
@@ -348,3 +351,15 @@ def test_study_trains_on_a_search_file_and_anneals_what_it_generated(built: Path
         assert all(r["anneal_steps"] == 300 and r["sample_seconds"] > 0 for r in annealed)
         assert [r["template"] for r in annealed] == sorted(a.info["template"] for a in generated)
     assert {r["n"] for r in results["models"]["particle_anneal"]["samples"]} == counts  # fixed N: templates' counts
+    compare = _script("generator_vs_search")
+    out = tmp_path / "comparison"
+    result = compare.main(["--search", str(built), "--runs", str(tmp_path / "out" / "results.json"), "--out", str(out)])
+    names = ["search", "voxel", "voxel_anneal", "particle", "particle_anneal"]
+    assert list(result["all_candidates"]) == names
+    assert result["relaxations"] == min(result["all_candidates"][n]["candidates"] for n in names)
+    for name in names:
+        assert result["equal_relaxations"][name]["candidates"] == result["relaxations"]
+        assert result["equal_wall_time"][name]["seconds"] <= result["seconds"] + 1e-9
+    for n in result["best_known"]:  # no reference files: each [n]'s best-known candidate is a hit of its method
+        assert sum(b["per_n"][n]["within_0.01"]["hits"] for b in result["all_candidates"].values() if n in b["per_n"])
+    assert (out / "envelope.png").stat().st_size > 0 and "annealed random search" in (out / "comparison.md").read_text()

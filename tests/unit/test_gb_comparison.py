@@ -1,0 +1,79 @@
+"""The generator-vs-search comparison of the grain-boundary study (issue #28): [n] of a generated cell, hits
+against the best-known E_gb at the same [n], Wilson intervals, equal relaxations and equal wall time."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lightning_gcd.studies.statistics import wilson_interval
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "grain_boundaries" / "generator_vs_search.py"
+
+
+@pytest.fixture(scope="module")
+def gvs():
+    spec = importlib.util.spec_from_file_location("generator_vs_search", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wilson_interval_matches_published_values_and_stays_in_the_unit_interval() -> None:
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert wilson_interval(10, 10) == pytest.approx((0.72247, 1.0), abs=1e-5)
+    low, high = wilson_interval(1, 200)
+    assert 0 < low < 1 / 200 < high < 0.03
+    assert all(np.isnan(wilson_interval(0, 0)))
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_plane_fraction_of_a_cell_is_the_searchs_n_fraction(gvs) -> None:
+    # the search removes P - k atoms next to each of the two boundaries: n = -2 (P - k), [n] = k / P
+    for k in range(10):
+        assert gvs.plane_fraction(-2 * ((10 - k) % 10), 10) == pytest.approx(k / 10)
+    assert gvs.plane_fraction(-15, 10) == pytest.approx(0.25)  # odd n: the mean of the two boundaries
+    assert gvs.plane_fraction(4, 10) == pytest.approx(0.2)  # an added atom per boundary: [n] counts mod 1
+
+
+def _cand(n: float, e: float, s: float = 1.0) -> dict[str, float]:
+    return {"n": n, "gb_energy": e, "seconds": s}
+
+
+def test_hits_count_against_the_best_known_energy_at_the_same_n(gvs) -> None:
+    methods = {
+        "search": [_cand(0.2, 2.30), _cand(0.2, 2.40), _cand(0.4, 2.50), _cand(0.4, float("nan"))],
+        "voxel": [_cand(0.2, 2.305), _cand(0.4, 2.47), _cand(0.4, 2.52), _cand(0.6, 3.0)],
+    }
+    result = gvs.compare(methods, reference=[[_cand(0.2, 2.296)]])
+    assert result["best_known"] == {"0.2": 2.296, "0.4": 2.47, "0.6": 3.0}
+    search, voxel = result["all_candidates"]["search"], result["all_candidates"]["voxel"]
+    assert search["within_0.01"]["hits"] == 1 and search["within_0.05"]["hits"] == 2  # 2.30 and 2.50
+    assert search["failed"] == 1 and search["candidates"] == 4
+    assert voxel["within_0.01"]["hits"] == 3 and voxel["within_0.05"]["hits"] == 4
+    assert voxel["per_n"]["0.4"]["lowest_gb_energy"] == 2.47 and voxel["per_n"]["0.4"]["candidates"] == 2
+    low, high = voxel["within_0.01"]["ci95"]
+    assert (low, high) == pytest.approx(wilson_interval(3, 4))
+
+
+def test_equal_budgets_subsample_to_the_fewest_relaxations_and_the_least_time(gvs) -> None:
+    rng = np.random.default_rng(0)
+    methods = {
+        "search": [_cand(0.0, 2.5 + rng.random(), 10.0) for _ in range(50)],  # 500 s in all
+        "voxel": [_cand(0.0, 2.5 + rng.random(), 2.0) for _ in range(30)],  # 60 s in all
+    }
+    result = gvs.compare(methods)
+    assert result["relaxations"] == 30 and result["seconds"] == pytest.approx(60.0)
+    assert result["equal_relaxations"]["search"]["candidates"] == 30
+    assert result["equal_relaxations"]["voxel"]["candidates"] == 30
+    assert result["equal_wall_time"]["search"]["candidates"] == 6  # 6 × 10 s fit in 60 s
+    assert result["equal_wall_time"]["voxel"]["candidates"] == 30
+    again = gvs.compare(methods)
+    assert again["equal_wall_time"] == result["equal_wall_time"]  # seeded
+    table = gvs.markdown({**result, "system": {"element": "W", "boundary": "twist100"}})
+    assert "| annealed random search | 6 |" in table and "| voxel in-painting | 30 |" in table

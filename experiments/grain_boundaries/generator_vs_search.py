@@ -147,6 +147,16 @@ def rates(candidates: Sequence[dict[str, float]], best: dict[float, float]) -> d
     }
 
 
+def envelope_minima(lowest: dict[float, float]) -> list[float]:
+    """The [n] values where a lower envelope (``[n] -> lowest E_gb``) is below both neighbours, [n] periodic
+    mod 1: the boundary phases it shows (GRIP's W twist: [n] = 0.2 and 0.4). Needs at least three [n]."""
+    ns = sorted(n for n, e in lowest.items() if np.isfinite(e))
+    if len(ns) < 3:
+        return []
+    e = [lowest[n] for n in ns]
+    return [ns[i] for i in range(len(ns)) if e[i] < e[i - 1] and e[i] < e[(i + 1) % len(ns)]]
+
+
 def subsample(candidates: Sequence[dict[str, float]], count: int, rng: np.random.Generator) -> list[dict[str, float]]:
     """``count`` candidates drawn at random without replacement (all of them, in a random order, if fewer)."""
     order = rng.permutation(len(candidates))[:count]
@@ -175,8 +185,17 @@ def compare(
     for i, (name, group) in enumerate(methods.items()):
         equal_relaxations[name] = rates(subsample(group, relaxations, np.random.default_rng([seed, i, 0])), best)
         equal_time[name] = rates(within_time(group, seconds, np.random.default_rng([seed, i, 1])), best)
+    minima = {}
+    for name, group in methods.items():
+        lowest: dict[float, float] = {}
+        for c in group:
+            if np.isfinite(c["gb_energy"]):
+                lowest[c["n"]] = min(lowest.get(c["n"], np.inf), c["gb_energy"])
+        minima[name] = [f"{n:g}" for n in envelope_minima(lowest)]
     return {
         "best_known": {f"{n:g}": e for n, e in sorted(best.items())},
+        "best_known_minima": [f"{n:g}" for n in envelope_minima(best)],
+        "envelope_minima": minima,
         "relaxations": int(relaxations),
         "seconds": float(seconds),
         "all_candidates": {name: rates(group, best) for name, group in methods.items()},
@@ -234,6 +253,14 @@ def markdown(result: dict[str, Any]) -> str:
             cells.append(f"{b['lowest_gb_energy']:.3f} ({b['within_0.05']['hits']}/{b['candidates']})" if b else "—")
         g = grip.get(float(n))
         lines.append(f"| {n} | {best:.3f} | " + " | ".join(cells) + (f" | {g:.3f} |" if g else " | — |"))
+    lines += [
+        "",
+        "Boundary phases — [n] where an envelope is below both neighbours: best known "
+        + (", ".join(result["best_known_minima"]) or "none")
+        + "; "
+        + "; ".join(f"{LABELS.get(k, k)}: {', '.join(v) or 'none'}" for k, v in result["envelope_minima"].items())
+        + ".",
+    ]
     training = result.get("training_seconds", {})
     if training:
         lines += [

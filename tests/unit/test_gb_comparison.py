@@ -77,3 +77,43 @@ def test_equal_budgets_subsample_to_the_fewest_relaxations_and_the_least_time(gv
     assert again["equal_wall_time"] == result["equal_wall_time"]  # seeded
     table = gvs.markdown({**result, "system": {"element": "W", "boundary": "twist100"}})
     assert "| annealed random search | 6 |" in table and "| voxel in-painting | 30 |" in table
+
+
+def test_envelope_minima_are_the_n_below_both_neighbours_periodically(gvs) -> None:
+    w = {0.0: 2.6, 0.1: 2.5, 0.2: 2.30, 0.3: 2.59, 0.4: 2.47, 0.5: 2.55, 0.9: 2.7}
+    assert gvs.envelope_minima(w) == [0.2, 0.4]
+    assert gvs.envelope_minima({0.0: 2.0, 0.5: 2.5, 0.9: 2.4}) == [0.0]  # [n] = 0 neighbours 0.9 (mod 1)
+    assert gvs.envelope_minima({0.0: 2.0, 0.5: 2.5}) == []
+    result = gvs.compare({"search": [_cand(n, e) for n, e in w.items()], "voxel": [_cand(0.2, 2.31), _cand(0.3, 2.62)]})
+    assert result["best_known_minima"] == ["0.2", "0.4"]
+    assert result["envelope_minima"] == {"search": ["0.2", "0.4"], "voxel": []}
+
+
+@pytest.fixture(scope="module")
+def phases():
+    path = SCRIPT.parent / "boundary_phases.py"
+    spec = importlib.util.spec_from_file_location("boundary_phases", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layer_profile_of_a_bicrystal_sees_the_atoms_removed_next_to_each_boundary(phases) -> None:
+    """The phase fingerprint: a perfect W twist bicrystal is full layers everywhere; removing 2 of the 10 atoms of
+    grain B's first plane at each boundary ([n] = 0.8) leaves one layer at 0.8 next to each boundary layer."""
+    from datamodules.builders.gb_search import search_repeat
+    from datamodules.builders.grain_boundaries import BOUNDARIES, bicrystal, change_boundary_count
+
+    spec, a = BOUNDARIES["twist100"], 3.16485
+    repeat = search_repeat(spec, "W", a)
+    perfect = bicrystal(spec, "W", a, repeat)
+    per_plane = perfect.atoms_per_plane
+    centres, counts, thickness = phases.atomic_layers(perfect.atoms)
+    assert per_plane == 10 and set(counts.tolist()) == {per_plane} and thickness.max() < 1e-6
+    profile, _ = phases.occupancy_profile(perfect.atoms, perfect.boundary_z, per_plane)
+    np.testing.assert_allclose(profile, 1.0)
+
+    removed = change_boundary_count(perfect, -2, np.random.default_rng(0))
+    profile, _ = phases.occupancy_profile(removed.atoms, removed.boundary_z, per_plane)
+    assert sorted(np.round(profile, 6).tolist()) == [0.8] + [1.0] * 6
+    assert abs(int(np.argmin(profile)) - phases.LAYERS) <= 1  # the depleted plane sits at the boundary

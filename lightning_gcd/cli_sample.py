@@ -174,6 +174,12 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="relaxation step cap (default: the dataset's with --inpaint, else 300)",
     )
+    p.add_argument(
+        "--anneal",
+        action="store_true",
+        help="with --inpaint: before the relaxation, the MD anneal of `gcd data build grain-boundary-search` "
+        "(the source file's anneal settings, else the element's defaults; LAMMPS)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -201,6 +207,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise GcdError("--boundary-z applies to --inpaint only")
     if args.relax_steps is not None and args.relax_steps < 1:
         raise GcdError(f"--relax-steps must be at least 1, got {args.relax_steps}")
+    if args.anneal and (args.inpaint is None or args.relax not in ("auto", "lammps")):
+        raise GcdError("--anneal applies to --inpaint with --relax auto or lammps (the anneal runs in LAMMPS)")
     if args.inpaint is not None and (
         args.grid or args.supercell or args.n_atoms or args.condition_from or args.spectrum or args.forward_ckpt
     ):
@@ -232,6 +240,7 @@ def run_sample(args: argparse.Namespace) -> int:
             boundary_z=args.boundary_z,
             relax=args.relax,
             relax_steps=args.relax_steps,
+            anneal=args.anneal,
             batch_size=args.batch_size,
             progress=progress,
             **sampling,

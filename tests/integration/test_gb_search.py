@@ -351,6 +351,15 @@ def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_wi
         assert all(r["anneal_steps"] == 300 and r["sample_seconds"] > 0 for r in annealed)
         assert [r["template"] for r in annealed] == sorted(a.info["template"] for a in generated)
     assert {r["n"] for r in results["models"]["particle_anneal"]["samples"]} == counts  # fixed N: templates' counts
+    # the same in-painting + anneal from the command line
+    sampled = tmp_path / "annealed.extxyz"
+    cli = [*("sample", "--ckpt", str(tmp_path / "work" / "runs" / "particle" / "last.ckpt"), "--inpaint", f"{built}:0")]
+    result = run_gcd(
+        *cli, "--n", "1", "--steps", "2", "--anneal", "--relax-steps", "20", "--out", str(sampled), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert read(sampled).info["anneal_steps"] == 300 and "annealed and relaxed" in result.stderr
+
     compare = _script("generator_vs_search")
     out = tmp_path / "comparison"
     result = compare.main(["--search", str(built), "--runs", str(tmp_path / "out" / "results.json"), "--out", str(out)])

@@ -324,6 +324,8 @@ def test_sample_cli_inpaint_relax_and_errors(gb_h5: Path, models, tmp_path: Path
         (["--inpaint", f"{gb_h5}:0", "--supercell", "2", "1", "1"], "drop --grid"),
         (["--boundary-z", "5"], "applies to --inpaint only"),
         (["--relax", "emt", "--relax-steps", "0"], "--relax-steps must be at least 1"),
+        (["--anneal"], "--anneal applies to --inpaint"),
+        (["--inpaint", f"{gb_h5}:0", "--anneal"], "--anneal runs in LAMMPS"),  # an EMT dataset
     ):
         result = run_gcd("sample", "--ckpt", str(ckpt), *args, "--out", str(tmp_path / "bad.extxyz"), cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)

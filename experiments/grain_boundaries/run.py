@@ -304,7 +304,9 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
 
 def anneal_samples(kind: str, path: Path, workdir: Path, settings: dict[str, Any], say) -> dict[str, Any]:
     """In-painting + anneal: the structures ``kind`` generated, annealed as the search anneals its candidates
-    (``lightning_gcd.grain_boundaries.anneal``) and relaxed; records as ``inpaint_and_relax`` writes them."""
+    (``lightning_gcd.grain_boundaries.anneal``) and relaxed; records as ``inpaint_and_relax`` writes them.
+    Resumable: each template's annealed structures are written to ``samples/<kind>_anneal.parts/`` as they
+    finish, and a rerun anneals only the templates without a part."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import anneal_boundaries, read_source
@@ -313,14 +315,18 @@ def anneal_samples(kind: str, path: Path, workdir: Path, settings: dict[str, Any
     by_template: dict[int, list] = {}
     for atoms in generated:
         by_template.setdefault(int(atoms.info["template"]), []).append(atoms)
-    records, structures, t_relax = [], [], 0.0
+    parts = workdir / "samples" / f"{kind}_anneal.parts"
+    records, structures = [], []
     for j, (index, batch) in enumerate(sorted(by_template.items())):
         source = read_source(f"{path}:{index}")
-        t0 = time.perf_counter()
-        relaxed = anneal_boundaries(
-            batch, source, seed=int(settings["seed"]) + 1000 * (j + 1), max_steps=settings.get("relax_steps")
-        )
-        t_relax += time.perf_counter() - t0
+        part = parts / f"template_{index}.extxyz"
+        if part.is_file():
+            relaxed = read(part, index=":")
+        else:
+            relaxed = anneal_boundaries(
+                batch, source, seed=int(settings["seed"]) + 1000 * (j + 1), max_steps=settings.get("relax_steps")
+            )
+            write_structures_atomic(part, relaxed)
         for atoms in relaxed:
             info = atoms.info
             records.append(
@@ -340,9 +346,9 @@ def anneal_samples(kind: str, path: Path, workdir: Path, settings: dict[str, Any
                 }
             )
             structures.append(atoms)
-        say(f"[gb] {kind} + anneal: template {j + 1}/{len(by_template)} ({t_relax:.0f} s)")
+        say(f"[gb] {kind} + anneal: template {j + 1}/{len(by_template)}")
     write_structures_atomic(workdir / "samples" / f"{kind}_anneal.extxyz", structures)
-    return {"records": records, "relax_seconds": t_relax}
+    return {"records": records, "relax_seconds": float(sum(r["relax_seconds"] for r in records))}
 
 
 def summarize(records: Sequence[dict[str, Any]], reference: dict[str, Any], margin: float) -> dict[str, Any]:

@@ -340,6 +340,17 @@ def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_wi
         ]
     )
     results = gb_run.main([*common, "--anneal-samples", "--relax-steps", "20"])
+    parts = sorted((tmp_path / "work" / "samples" / "voxel_anneal.parts").glob("template_*.extxyz"))
+    assert len(parts) == len(results["models"]["voxel"]["samples"])  # one per template (one sample each)
+    parts[0].unlink()  # a run killed before its first template finished: a rerun anneals that one only
+    again = gb_run.main([*common, "--anneal-samples", "--relax-steps", "20"])
+
+    def without_time(records: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "relax_seconds"} for r in records]
+
+    assert without_time(again["models"]["voxel_anneal"]["samples"]) == without_time(
+        results["models"]["voxel_anneal"]["samples"]
+    )
     with AtomsH5(built) as f:
         counts = set(f.structure_property("n_boundary_atoms").astype(int).tolist())
     assert results["reference"]["builder"] == "grain-boundary-search" and results["reference"]["boundary"] == "twist100"

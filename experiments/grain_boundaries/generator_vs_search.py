@@ -12,7 +12,10 @@ it cost:
   relaxation (``run.py --anneal-samples``); cost: sampling + anneal + relaxation.
 
 The best-known E_gb at each [n] is the lowest of everything read (all methods and ``--reference`` files, e.g.
-the search shards the models trained on). For each method: the fraction of candidates within 0.01 and 0.05
+the search shards the models trained on); at an [n] off the search's grid (a generated cell with an odd count,
+its two boundaries an atom apart) it is also no higher than the mean of the best-known values of the two
+neighbouring grid [n], so a method that alone visits an [n] is not scored against itself. The phases (minima
+of an envelope) are read on the grid. For each method: the fraction of candidates within 0.01 and 0.05
 J/m² of the best-known E_gb at their own [n], with 95 % Wilson intervals, overall and per [n], and the lowest
 E_gb per [n] (the method's lower envelope) — (a) at an equal number of relaxations (every method subsampled at
 random to the smallest method's count, or ``--relaxations``), (b) at equal wall time (each method's candidates
@@ -104,13 +107,30 @@ def read_run(path: Path) -> tuple[dict[str, list[dict[str, float]]], dict[str, A
     return methods, system, training
 
 
-def best_known(groups: Sequence[Sequence[dict[str, float]]]) -> dict[float, float]:
+def lowest_per_n(groups: Sequence[Sequence[dict[str, float]]]) -> dict[float, float]:
     """The lowest finite E_gb at each [n] over all candidates of all groups."""
     best: dict[float, float] = {}
     for group in groups:
         for c in group:
             if np.isfinite(c["gb_energy"]):
                 best[c["n"]] = min(best.get(c["n"], np.inf), c["gb_energy"])
+    return best
+
+
+def best_known(groups: Sequence[Sequence[dict[str, float]]], grid: Sequence[float]) -> dict[float, float]:
+    """The best-known E_gb at each [n]: the lowest of any cell there; off the search's ``grid`` of [n] (a cell
+    with an odd count, whose two boundaries differ by an atom) no lower than the mean of the best-known values
+    of the two neighbouring grid [n] either — what the two boundaries reach on their own — so no method is
+    scored against its own candidates alone."""
+    best = lowest_per_n(groups)
+    grid = sorted(set(grid))
+    if len(grid) < 2:
+        return best
+    half = min(np.diff(grid)) / 2
+    for n in [n for n in best if n not in grid]:
+        below, above = round((n - half) % 1.0, 4), round((n + half) % 1.0, 4)
+        if below in best and above in best:
+            best[n] = min(best[n], (best[below] + best[above]) / 2)
     return best
 
 
@@ -178,23 +198,23 @@ def compare(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The whole comparison (module docstring) of ``methods`` (name -> candidates)."""
-    best = best_known([*methods.values(), *reference])
+    grid = sorted({c["n"] for group in (methods.get("search", []), *reference) for c in group if np.isfinite(c["n"])})
+    best = best_known([*methods.values(), *reference], grid)
     relaxations = relaxations or min(len(c) for c in methods.values())
     seconds = seconds or min(sum(c["seconds"] for c in group) for group in methods.values())
     equal_relaxations, equal_time = {}, {}
     for i, (name, group) in enumerate(methods.items()):
         equal_relaxations[name] = rates(subsample(group, relaxations, np.random.default_rng([seed, i, 0])), best)
         equal_time[name] = rates(within_time(group, seconds, np.random.default_rng([seed, i, 1])), best)
-    minima = {}
-    for name, group in methods.items():
-        lowest: dict[float, float] = {}
-        for c in group:
-            if np.isfinite(c["gb_energy"]):
-                lowest[c["n"]] = min(lowest.get(c["n"], np.inf), c["gb_energy"])
-        minima[name] = [f"{n:g}" for n in envelope_minima(lowest)]
+
+    def on_grid(lowest: dict[float, float]) -> dict[float, float]:
+        return {n: e for n, e in lowest.items() if not grid or n in grid}
+
+    minima = {name: [f"{n:g}" for n in envelope_minima(on_grid(lowest_per_n([g])))] for name, g in methods.items()}
     return {
+        "grid": [f"{n:g}" for n in grid],
         "best_known": {f"{n:g}": e for n, e in sorted(best.items())},
-        "best_known_minima": [f"{n:g}" for n in envelope_minima(best)],
+        "best_known_minima": [f"{n:g}" for n in envelope_minima(on_grid(best))],
         "envelope_minima": minima,
         "relaxations": int(relaxations),
         "seconds": float(seconds),
@@ -219,7 +239,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Generator vs annealed random search: {system['element']} {system['boundary']}",
         "",
         "Hits: candidates within 0.01 / 0.05 J/m² of the best-known E_gb at their own [n] (fraction, 95 % Wilson "
-        "interval). Best known: the lowest E_gb of every candidate read, reference files included.",
+        "interval). Best known: the lowest E_gb of every candidate read, reference files included; off the "
+        "search's [n] grid (odd counts) also no higher than the mean of the two neighbouring grid values.",
         "",
     ]
     for key, title in (

@@ -117,3 +117,19 @@ def test_layer_profile_of_a_bicrystal_sees_the_atoms_removed_next_to_each_bounda
     profile, _ = phases.occupancy_profile(removed.atoms, removed.boundary_z, per_plane)
     assert sorted(np.round(profile, 6).tolist()) == [0.8] + [1.0] * 6
     assert abs(int(np.argmin(profile)) - phases.LAYERS) <= 1  # the depleted plane sits at the boundary
+
+
+def test_an_n_only_one_method_visits_is_scored_against_the_neighbouring_grid_values(gvs) -> None:
+    """A voxel cell with an odd count ([n] = 0.15, between the search's 0.1 and 0.2) is a hit only if it comes
+    within the margin of the mean of the best-known values at 0.1 and 0.2, not of its own energy."""
+    methods = {
+        "search": [_cand(0.1, 2.65), _cand(0.2, 2.30), _cand(0.3, 2.59)],
+        "voxel": [_cand(0.15, 2.55), _cand(0.25, 2.40)],
+    }
+    result = gvs.compare(methods)
+    assert result["grid"] == ["0.1", "0.2", "0.3"]
+    assert result["best_known"]["0.15"] == pytest.approx(2.475)  # (2.65 + 2.30) / 2 < 2.55
+    assert result["best_known"]["0.25"] == pytest.approx(2.40)  # below (2.30 + 2.59) / 2: its own value stands
+    voxel = result["all_candidates"]["voxel"]
+    assert voxel["within_0.05"]["hits"] == 1 and voxel["per_n"]["0.15"]["within_0.05"]["hits"] == 0
+    assert result["envelope_minima"]["voxel"] == []  # read on the grid only

@@ -74,7 +74,7 @@ def occupancy_profile(
     """(2 LAYERS + 1,) occupancy (atoms / P) and thickness (Å) of the layers around each boundary, averaged over
     the two: index LAYERS is the boundary layer — of the layers within ``reach`` Å of the boundary plane, the one
     most unlike a bulk plane (thickest plus farthest from P atoms: the reconstructed one) — and +k the k-th layer
-    from it towards the grain between the two planes."""
+    from it towards the grain between the two planes. NaN where no layer lies within ``reach`` of a plane."""
     lz = float(atoms.cell.lengths()[2])
     centres, counts, thickness = atomic_layers(atoms)
     planes = np.sort(np.mod(np.asarray(boundary_z, dtype=np.float64), lz))
@@ -82,8 +82,8 @@ def occupancy_profile(
     for i, b in enumerate(planes):
         d = (centres - b + lz / 2) % lz - lz / 2
         near = np.nonzero(np.abs(d) <= reach)[0]
-        if near.size == 0:
-            raise SystemExit(f"no atomic layer within {reach} Å of the boundary plane at {b:.2f} Å")
+        if near.size == 0:  # atoms missing around the boundary (a failed generation): no fingerprint
+            return np.full(2 * LAYERS + 1, np.nan), np.full(2 * LAYERS + 1, np.nan)
         towards = 1 if (planes[1 - i] - b) % lz < lz / 2 else -1
         # the boundary layer: the most irregular one (thickness + how far its count is from a full plane); ties
         # (an unreconstructed boundary) go to the nearest layer, then to the side of the grain between the planes
@@ -163,8 +163,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         everything["search"] += gvs.read_search(path)[0]
     for path in args.runs:
         everything.update(gvs.read_run(path)[0])
-    best_energy = gvs.best_known(list(everything.values()))
-    wanted = [round(v, 4) for v in args.n] if args.n else gvs.envelope_minima(best_energy)
+    grid = sorted({c["n"] for c in everything["search"] if np.isfinite(c["n"])})
+    best_energy = gvs.best_known(list(everything.values()), grid)
+    on_grid = {n: e for n, e in best_energy.items() if n in grid}
+    wanted = [round(v, 4) for v in args.n] if args.n else gvs.envelope_minima(on_grid)
     if not wanted:
         raise SystemExit("no [n] to profile: the best-known envelope has no local minimum; pass --n")
     search = search_best(args.search, wanted)

@@ -383,3 +383,13 @@ def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_wi
     for n in result["best_known"]:  # no reference files: each [n]'s best-known candidate is a hit of its method
         assert sum(b["per_n"][n]["within_0.01"]["hits"] for b in result["all_candidates"].values() if n in b["per_n"])
     assert (out / "envelope.png").stat().st_size > 0 and "annealed random search" in (out / "comparison.md").read_text()
+    phases = _script("boundary_phases")
+    with AtomsH5(built) as f:
+        first_n = float(np.round(f.structure_property("n_fraction")[0], 4))
+    found = phases.main(
+        [*("--search", str(built), "--runs", str(tmp_path / "out" / "results.json")), "--n", str(first_n)]
+        + ["--workdir", str(tmp_path / "work"), "--out", str(out)]
+    )
+    row = found["phases"][f"{first_n:g}"]["methods"]
+    assert row["search"]["profile_l1_to_search_best"] == 0.0 and len(row["search"]["profile"]) == 7
+    assert (out / "phases.png").stat().st_size > 0

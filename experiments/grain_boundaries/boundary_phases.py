@@ -3,14 +3,14 @@
 Grain-boundary phases of a Σ5(100) twist differ in the number of atoms at the boundary ([n]) and in how the
 atomic planes next to it are filled. For each method (the annealed search and every generator of ``run.py``
 results) and each [n] asked for (default: the [n] where the best-known lower envelope has a local minimum,
-the phases), the lowest-E_gb structure is taken and cut into its atomic layers normal to z (atoms whose heights
-follow each other within 0.5 Å); around each boundary the layer near the boundary plane most unlike a bulk
-plane is the boundary layer (a reconstructed one holds more or fewer atoms than a plane and is spread over
-about an ångström), and
-the occupancy (atoms / P, P atoms per full plane) and thickness of it and of the three layers on either side
-make the profile, averaged over the cell's two boundaries. A generator "recovers" a phase when its best
-structure at that [n] is within 0.05 J/m² of the best-known E_gb there and its profile matches the
-best-known structure's (L1 distance of the occupancies, reported).
+the phases), the lowest-E_gb single-phase structure (both boundaries at that [n]) is taken and cut into its
+atomic layers normal to z (atoms whose heights follow each other within 0.5 Å); around each boundary the layer
+near the boundary plane most unlike a bulk plane is the boundary layer (a reconstructed one holds more or
+fewer atoms than a plane and is spread over about an ångström), and the occupancy (atoms / P, P atoms per
+full plane) and thickness of it and of the three layers on either side make the profile, averaged over the
+cell's two boundaries. A generator "recovers" a phase when its best structure at that [n] is within 0.05 J/m²
+of the best-known E_gb there and its profile matches the best-known structure's (L1 distance of the
+occupancies, reported).
 
 Usage::
 
@@ -36,6 +36,7 @@ import numpy as np
 from ase import Atoms
 
 from datamodules.h5format import AtomsH5
+from lightning_gcd.grain_boundaries.layers import atomic_layers
 from lightning_gcd.io import write_json_atomic
 from lightning_gcd.runner.results import new_figure, read_json, save_figure
 
@@ -49,23 +50,6 @@ def _comparison_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def atomic_layers(atoms: Atoms, gap: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The atomic layers normal to z: atoms whose heights follow each other within ``gap`` Å (periodic) form one
-    layer. Returns (centre Å, atom count, thickness Å) per layer, by height."""
-    lz = float(atoms.cell.lengths()[2])
-    z = np.sort(np.mod(atoms.positions[:, 2], lz))
-    steps = np.diff(np.r_[z, z[0] + lz])
-    first = (int(np.argmax(steps)) + 1) % len(z)  # start after the widest gap so no layer straddles the cut
-    z = np.r_[z[first:], z[:first] + lz]
-    cuts = np.nonzero(np.diff(z) > gap)[0] + 1
-    layers = np.split(z, cuts)
-    return (
-        np.array([np.mod(layer.mean(), lz) for layer in layers]),
-        np.array([layer.size for layer in layers]),
-        np.array([layer[-1] - layer[0] for layer in layers]),
-    )
 
 
 def occupancy_profile(
@@ -127,17 +111,23 @@ def generated_best(results: dict[str, Any], workdir: Path, kind: str, wanted: Se
 
     from lightning_gcd.grain_boundaries import read_source
 
-    plane_fraction = _comparison_module().plane_fraction
     path = workdir / "samples" / f"{kind}.extxyz"
     if not path.is_file():
         return {}
+    pairs = iter(
+        p
+        for p, r in zip(
+            _comparison_module().boundary_pairs(results, workdir, kind), results["models"][kind]["samples"], strict=True
+        )
+        if r["n_atoms"]
+    )
     best: dict[float, dict[str, Any]] = {}
     for atoms in read(path, index=":"):
         info = atoms.info
-        n = plane_fraction(int(info["n_boundary_atoms"]), per_plane)
+        a, b = next(pairs)
         e = float(info.get("gb_energy", np.nan))
-        if n in wanted and np.isfinite(e) and (n not in best or e < best[n]["gb_energy"]):
-            best[n] = {"atoms": atoms, "gb_energy": e, "info": info}
+        if a == b and a in wanted and np.isfinite(e) and (a not in best or e < best[a]["gb_energy"]):
+            best[a] = {"atoms": atoms, "gb_energy": e, "info": info}
     for entry in best.values():
         info = entry.pop("info")
         template = info.get("template", str(info.get("inpaint_source", "")).rpartition(":")[2])
@@ -162,11 +152,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for path in args.search:
         everything["search"] += gvs.read_search(path)[0]
     for path in args.runs:
-        everything.update(gvs.read_run(path)[0])
-    grid = sorted({c["n"] for c in everything["search"] if np.isfinite(c["n"])})
-    best_energy = gvs.best_known(list(everything.values()), grid)
-    on_grid = {n: e for n, e in best_energy.items() if n in grid}
-    wanted = [round(v, 4) for v in args.n] if args.n else gvs.envelope_minima(on_grid)
+        everything.update(gvs.read_run(path, args.workdir)[0])
+    best_energy = {a: e for (a, b), e in gvs.best_known(list(everything.values())).items() if a == b}
+    wanted = [round(v, 4) for v in args.n] if args.n else gvs.envelope_minima(best_energy)
     if not wanted:
         raise SystemExit("no [n] to profile: the best-known envelope has no local minimum; pass --n")
     search = search_best(args.search, wanted)

@@ -11,19 +11,22 @@ it cost:
 * ``voxel_anneal``, ``particle_anneal``: the same generated structures given the search's anneal before the
   relaxation (``run.py --anneal-samples``); cost: sampling + anneal + relaxation.
 
-The best-known E_gb at each [n] is the lowest of everything read (all methods and ``--reference`` files, e.g.
-the search shards the models trained on); at an [n] off the search's grid (a generated cell with an odd count,
-its two boundaries an atom apart) it is also no higher than the mean of the best-known values of the two
-neighbouring grid [n], so a method that alone visits an [n] is not scored against itself. The phases (minima
-of an envelope) are read on the grid. For each method: the fraction of candidates within 0.01 and 0.05
-J/m² of the best-known E_gb at their own [n], with 95 % Wilson intervals, overall and per [n], and the lowest
-E_gb per [n] (the method's lower envelope) — (a) at an equal number of relaxations (every method subsampled at
-random to the smallest method's count, or ``--relaxations``), (b) at equal wall time (each method's candidates
-in a random order, as many as fit in the smallest method's total time, or ``--seconds``). The models' training
+A periodic cell holds two boundaries, and a generated one need not give both the same number of atoms
+(``lightning_gcd.grain_boundaries.layers.boundary_excess`` counts each from the structure and its template):
+a cell is **single-phase** when both boundaries have the same [n] (every search candidate), **mixed**
+otherwise, and its E_gb is then the mean of two boundaries in different states. The best-known E_gb of a
+single-phase [n] is the lowest single-phase cell there of everything read (all methods and ``--reference``
+files, e.g. the search shards the models trained on); of a mixed pair ([n]₁, [n]₂) it is the mean of the two
+single-phase values (what the two boundaries reach on their own), or a lower mixed cell of that pair. For each
+method: the fraction of candidates within 0.01 and 0.05 J/m² of the best-known E_gb of their own [n] or pair,
+with 95 % Wilson intervals, overall, per single-phase [n] and for its mixed cells, and the lowest
+single-phase E_gb per [n] (the method's lower envelope; its minima are the boundary phases it shows) — (a)
+at an equal number of relaxations (every method subsampled at random to the smallest method's count, or
+``--relaxations``), (b) at equal wall time (each method's candidates in a random order, as many as fit in the
+smallest method's total time, or ``--seconds``). The models' training
 time and the search time behind their training set are reported beside (b), not inside it.
 
-[n] of a generated cell: n = N − N_perfect counts the atoms of both boundaries, so the cell's [n] is
-((n / 2) mod P) / P with P atoms per plane — the mean of its two boundaries (a half step when n is odd).
+[n] of a boundary with n atoms more than the perfect bicrystal there: (n mod P) / P, P atoms per plane.
 
 Usage::
 
@@ -63,9 +66,15 @@ LABELS = {
 }
 
 
-def plane_fraction(n_cell: int, per_plane: int) -> float:
-    """[n] of a cell with ``n_cell`` atoms more than the perfect bicrystal (two boundaries), P atoms per plane."""
-    return round(((n_cell / 2.0) % per_plane) / per_plane, 4)
+def plane_fraction(n_boundary: int, per_plane: int) -> float:
+    """[n] of a boundary with ``n_boundary`` atoms more than the perfect bicrystal, P atoms per plane."""
+    return round((n_boundary % per_plane) / per_plane, 4)
+
+
+def candidate(pair: Sequence[float], gb_energy: float, seconds: float) -> dict[str, Any]:
+    """A candidate: its boundaries' [n] (sorted), ``n`` (their [n] when equal, else NaN: mixed), E_gb, cost."""
+    a, b = sorted(float(v) for v in pair)
+    return {"pair": (a, b), "n": a if a == b else float("nan"), "gb_energy": float(gb_energy), "seconds": seconds}
 
 
 def read_search(path: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
@@ -78,69 +87,104 @@ def read_search(path: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
         failed = int(attrs.get("meta_failed", 0))
     system = {"element": str(attrs["meta_element"]), "boundary": str(np.asarray(attrs["meta_boundaries"]).ravel()[0])}
     candidates = [
-        {"n": round(float(n), 4), "gb_energy": float(e), "seconds": float(s)}
+        candidate((round(float(n), 4),) * 2, e, float(s))
         for n, e, s in zip(fields["n_fraction"], fields["gb_energy"], fields["seconds"], strict=True)
     ]
     # a failed candidate (LAMMPS lost atoms) cost a try and found nothing; its [n] and time are not stored
-    candidates += [{"n": float("nan"), "gb_energy": float("nan"), "seconds": 0.0}] * failed
+    candidates += [candidate((float("nan"),) * 2, float("nan"), 0.0) for _ in range(failed)]
     return candidates, system
 
 
-def read_run(path: Path) -> tuple[dict[str, list[dict[str, float]]], dict[str, Any], dict[str, float]]:
-    """A run.py results file: candidates per model, the system, and each model's training seconds."""
+def boundary_pairs(results: dict[str, Any], workdir: Path, kind: str) -> list[tuple[float, float]]:
+    """Each of ``kind``'s candidates' two boundary [n] (``run.py``'s ``samples/<kind>.extxyz`` in ``workdir``,
+    in the order of its records; NaN for an empty structure)."""
+    from ase.io import read
+
+    from lightning_gcd.grain_boundaries import read_source
+    from lightning_gcd.grain_boundaries.layers import boundary_excess
+
+    path = workdir / "samples" / f"{kind}.extxyz"
+    if not path.is_file():
+        raise SystemExit(f"{path}: the structures of {kind} are needed to count atoms per boundary (--workdir)")
+    structures = iter(read(path, index=":"))
+    sources: dict[int, Any] = {}
+    per_plane = _atoms_per_plane(results["dataset"])
+    pairs = []
+    for r in results["models"][kind]["samples"]:
+        if r["n_atoms"] == 0:
+            pairs.append((float("nan"), float("nan")))
+            continue
+        atoms = next(structures)
+        index = int(r["template"])
+        if index not in sources:
+            sources[index] = read_source(f"{results['dataset']}:{index}")
+        source = sources[index]
+        half = int(source.properties["n_boundary_atoms"]) // 2  # search templates: the same count at both
+        excess = boundary_excess(atoms, source.atoms, source.boundary_z, (half, half))
+        pairs.append(tuple(plane_fraction(e, per_plane) for e in excess))
+    return pairs
+
+
+def _atoms_per_plane(dataset: str) -> int:
+    with AtomsH5(dataset) as f:
+        return int(f.structure_property("atoms_per_plane")[0])
+
+
+def read_run(path: Path, workdir: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], dict[str, float]]:
+    """A run.py results file (its structures in ``workdir``): candidates per model, the system, and each model's
+    training seconds."""
     results = read_json(path)
-    with AtomsH5(results["dataset"]) as f:
-        per_plane = int(f.structure_property("atoms_per_plane")[0])
     ref = results["reference"]
     system = {"element": ref["element"], "boundary": ref.get("boundary", results["settings"]["system"]["boundary"])}
     methods, training = {}, {}
     for kind, m in results["models"].items():
+        pairs = boundary_pairs(results, workdir, kind)
         methods[kind] = [
-            {
-                "n": plane_fraction(int(r["n"]), per_plane),
-                "gb_energy": float("nan") if r["gb_energy"] is None else float(r["gb_energy"]),
-                "seconds": float(r["sample_seconds"]) + float(r["relax_seconds"]),
-            }
-            for r in m["samples"]
+            candidate(
+                pair,
+                float("nan") if r["gb_energy"] is None else float(r["gb_energy"]),
+                float(r["sample_seconds"]) + float(r["relax_seconds"]),
+            )
+            for r, pair in zip(m["samples"], pairs, strict=True)
         ]
         training[kind] = float(m["train"]["train_seconds"])
     return methods, system, training
 
 
-def lowest_per_n(groups: Sequence[Sequence[dict[str, float]]]) -> dict[float, float]:
-    """The lowest finite E_gb at each [n] over all candidates of all groups."""
+def lowest_per_n(groups: Sequence[Sequence[dict[str, Any]]]) -> dict[float, float]:
+    """The lowest finite E_gb of the single-phase cells at each [n] over all candidates of all groups."""
     best: dict[float, float] = {}
     for group in groups:
         for c in group:
-            if np.isfinite(c["gb_energy"]):
+            if np.isfinite(c["gb_energy"]) and np.isfinite(c["n"]):
                 best[c["n"]] = min(best.get(c["n"], np.inf), c["gb_energy"])
     return best
 
 
-def best_known(groups: Sequence[Sequence[dict[str, float]]], grid: Sequence[float]) -> dict[float, float]:
-    """The best-known E_gb at each [n]: the lowest of any cell there; off the search's ``grid`` of [n] (a cell
-    with an odd count, whose two boundaries differ by an atom) no lower than the mean of the best-known values
-    of the two neighbouring grid [n] either — what the two boundaries reach on their own — so no method is
-    scored against its own candidates alone."""
-    best = lowest_per_n(groups)
-    grid = sorted(set(grid))
-    if len(grid) < 2:
-        return best
-    half = min(np.diff(grid)) / 2
-    for n in [n for n in best if n not in grid]:
-        below, above = round((n - half) % 1.0, 4), round((n + half) % 1.0, 4)
-        if below in best and above in best:
-            best[n] = min(best[n], (best[below] + best[above]) / 2)
+def best_known(groups: Sequence[Sequence[dict[str, Any]]]) -> dict[tuple[float, float], float]:
+    """The best-known E_gb per boundary pair ([n]₁, [n]₂): for a single-phase pair the lowest cell of it; for a
+    mixed pair the mean of the two single-phase values where both are known, or a lower mixed cell of that pair
+    (module docstring), so a method that alone visits a pair is not scored against itself where the boundaries
+    have been seen on their own."""
+    single = lowest_per_n(groups)
+    best = {(n, n): e for n, e in single.items()}
+    for group in groups:
+        for c in group:
+            a, b = c["pair"]
+            if a == b or not np.isfinite(c["gb_energy"]):
+                continue
+            bound = (single[a] + single[b]) / 2 if a in single and b in single else np.inf
+            best[(a, b)] = min(best.get((a, b), bound), bound, c["gb_energy"])
     return best
 
 
-def _hit(c: dict[str, float], best: dict[float, float], margin: float) -> bool:
-    return bool(np.isfinite(c["gb_energy"]) and c["gb_energy"] <= best[c["n"]] + margin)
+def _hit(c: dict[str, Any], best: dict[tuple[float, float], float], margin: float) -> bool:
+    return bool(np.isfinite(c["gb_energy"]) and c["gb_energy"] <= best.get(c["pair"], -np.inf) + margin)
 
 
-def rates(candidates: Sequence[dict[str, float]], best: dict[float, float]) -> dict[str, Any]:
-    """Hits within each of ``NEAR`` of the best-known E_gb at the candidate's [n]: overall and per [n], with 95 %
-    Wilson intervals, and the lowest E_gb per [n]."""
+def rates(candidates: Sequence[dict[str, Any]], best: dict[tuple[float, float], float]) -> dict[str, Any]:
+    """Hits within each of ``NEAR`` of the best-known E_gb of the candidate's boundary pair: overall, per
+    single-phase [n] and over the mixed cells, with 95 % Wilson intervals, and the lowest E_gb of each."""
 
     def block(group: Sequence[dict[str, float]]) -> dict[str, Any]:
         out: dict[str, Any] = {"candidates": len(group)}
@@ -158,9 +202,11 @@ def rates(candidates: Sequence[dict[str, float]], best: dict[float, float]) -> d
 
     per_n = {}
     for n in sorted({c["n"] for c in candidates if np.isfinite(c["n"])}):
-        per_n[f"{n:g}"] = {**block([c for c in candidates if c["n"] == n]), "best_known": best.get(n, float("nan"))}
+        per_n[f"{n:g}"] = {**block([c for c in candidates if c["n"] == n]), "best_known": best.get((n, n), np.nan)}
+    mixed = [c for c in candidates if not np.isfinite(c["n"]) and np.isfinite(c["pair"][0])]
     return {
         **block(candidates),
+        "mixed": block(mixed),
         "failed": sum(not np.isfinite(c["gb_energy"]) for c in candidates),
         "seconds": float(sum(c["seconds"] for c in candidates)),
         "per_n": per_n,
@@ -198,8 +244,8 @@ def compare(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The whole comparison (module docstring) of ``methods`` (name -> candidates)."""
-    grid = sorted({c["n"] for group in (methods.get("search", []), *reference) for c in group if np.isfinite(c["n"])})
-    best = best_known([*methods.values(), *reference], grid)
+    best = best_known([*methods.values(), *reference])
+    single = {a: e for (a, b), e in best.items() if a == b}
     relaxations = relaxations or min(len(c) for c in methods.values())
     seconds = seconds or min(sum(c["seconds"] for c in group) for group in methods.values())
     equal_relaxations, equal_time = {}, {}
@@ -207,14 +253,11 @@ def compare(
         equal_relaxations[name] = rates(subsample(group, relaxations, np.random.default_rng([seed, i, 0])), best)
         equal_time[name] = rates(within_time(group, seconds, np.random.default_rng([seed, i, 1])), best)
 
-    def on_grid(lowest: dict[float, float]) -> dict[float, float]:
-        return {n: e for n, e in lowest.items() if not grid or n in grid}
-
-    minima = {name: [f"{n:g}" for n in envelope_minima(on_grid(lowest_per_n([g])))] for name, g in methods.items()}
+    minima = {name: [f"{n:g}" for n in envelope_minima(lowest_per_n([g]))] for name, g in methods.items()}
     return {
-        "grid": [f"{n:g}" for n in grid],
-        "best_known": {f"{n:g}": e for n, e in sorted(best.items())},
-        "best_known_minima": [f"{n:g}" for n in envelope_minima(on_grid(best))],
+        "best_known": {f"{n:g}": e for n, e in sorted(single.items())},
+        "best_known_mixed": {f"{a:g}|{b:g}": e for (a, b), e in sorted(best.items()) if a != b},
+        "best_known_minima": [f"{n:g}" for n in envelope_minima(single)],
         "envelope_minima": minima,
         "relaxations": int(relaxations),
         "seconds": float(seconds),
@@ -239,8 +282,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Generator vs annealed random search: {system['element']} {system['boundary']}",
         "",
         "Hits: candidates within 0.01 / 0.05 J/m² of the best-known E_gb at their own [n] (fraction, 95 % Wilson "
-        "interval). Best known: the lowest E_gb of every candidate read, reference files included; off the "
-        "search's [n] grid (odd counts) also no higher than the mean of the two neighbouring grid values.",
+        "interval). Best known: the lowest single-phase E_gb of every candidate read, reference files included; "
+        "a mixed cell (its two boundaries at different [n]) is scored against the mean of its boundaries' "
+        "single-phase values.",
         "",
     ]
     for key, title in (
@@ -250,13 +294,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## {title}",
             "",
-            "| method | candidates | within 0.01 | within 0.05 | lowest E_gb (J/m²) | wall time (s) |",
-            "|---|---|---|---|---|---|",
+            "| method | candidates | within 0.01 | within 0.05 | lowest E_gb (J/m²) | wall time (s) | mixed cells "
+            "(within 0.05) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, block in result[key].items():
+            mixed = block["mixed"]
             lines.append(
                 f"| {LABELS.get(name, name)} | {block['candidates']} | {_fraction(block, 0.01)} | "
-                f"{_fraction(block, 0.05)} | {block['lowest_gb_energy']:.3f} | {block['seconds']:.0f} |"
+                f"{_fraction(block, 0.05)} | {block['lowest_gb_energy']:.3f} | {block['seconds']:.0f} | "
+                f"{mixed['candidates']} ({mixed['within_0.05']['hits']}) |"
             )
         lines.append("")
     names = list(result["all_candidates"])
@@ -324,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--search", nargs="+", type=Path, required=True, help="search files: the random-search arm")
     p.add_argument("--runs", nargs="+", type=Path, required=True, help="run.py results.json files (the generators)")
     p.add_argument("--reference", nargs="*", type=Path, default=[], help="more search files: best-known values only")
+    p.add_argument(
+        "--workdir", type=Path, default=Path("runs/grain_boundaries"), help="run.py --workdir (the structures)"
+    )
     p.add_argument("--relaxations", type=int, default=None, help="candidates per method (default: the fewest)")
     p.add_argument("--seconds", type=float, default=None, help="wall time per method (default: the least)")
     p.add_argument("--seed", type=int, default=0)
@@ -337,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         methods["search"] += candidates
         systems.append(system)
     for path in args.runs:
-        found, system, seconds = read_run(path)
+        found, system, seconds = read_run(path, args.workdir)
         for name, candidates in found.items():
             if name in methods:
                 raise SystemExit(f"{path}: model {name} given twice")

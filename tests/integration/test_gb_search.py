@@ -373,7 +373,10 @@ def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_wi
 
     compare = _script("generator_vs_search")
     out = tmp_path / "comparison"
-    result = compare.main(["--search", str(built), "--runs", str(tmp_path / "out" / "results.json"), "--out", str(out)])
+    result = compare.main(
+        ["--search", str(built), "--runs", str(tmp_path / "out" / "results.json"), "--out", str(out)]
+        + ["--workdir", str(tmp_path / "work")]
+    )
     names = ["search", "voxel", "voxel_anneal", "particle", "particle_anneal"]
     assert list(result["all_candidates"]) == names
     assert result["relaxations"] == min(result["all_candidates"][n]["candidates"] for n in names)

@@ -6,6 +6,7 @@ core imports nothing of it:
 * ``inpaint``: the in-painting template (the bulk grains fixed, slabs around the boundary planes generated);
 * ``relax``: relaxation of the generated structures with the dataset's calculator, and their E_gb (J/m²);
 * ``anneal``: the annealed search's MD anneal, then the same relaxation (in-painting + anneal);
+* ``layers``: the atomic layers of a bicrystal and the atom count of each of its two boundaries;
 * ``sample``: ``gcd sample --inpaint``, the two in sequence, written to a file.
 """
 

@@ -61,7 +61,14 @@ import numpy as np
 from ase import Atoms
 from tqdm.auto import tqdm
 
-from datamodules.builders.parts import available_cores, parse_shard, read_part, run_pool, write_part
+from datamodules.builders.parts import (
+    available_cores,
+    parse_shard,
+    read_part,
+    remove_stale_temporaries,
+    run_pool,
+    write_part,
+)
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.engines import load_feff10, load_lammps, potential_file, preload_mpi
 from lightning_gcd.errors import GcdError
@@ -497,6 +504,7 @@ def amorphous_carbon_records(
         parts_dir = tmp_parts.name
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(parts_dir)  # a killed build's half-written part
     tasks = {
         k: StructureTask(
             k,

@@ -72,7 +72,14 @@ from datamodules.builders.grain_boundaries import (
     gb_energy,
     lattice_of,
 )
-from datamodules.builders.parts import available_cores, parse_shard, read_part, run_pool, write_part
+from datamodules.builders.parts import (
+    available_cores,
+    parse_shard,
+    read_part,
+    remove_stale_temporaries,
+    run_pool,
+    write_part,
+)
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.errors import GcdError
 from lightning_gcd.relax import EV_PER_A2_IN_J_PER_M2, Relaxer, reference_lattice_constant
@@ -340,6 +347,7 @@ def grain_boundary_search_records(
         parts_dir = tmp_parts.name
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(parts_dir)  # a killed build's half-written part
     try:
         tasks = _plan(
             element, boundaries, candidates, fractions, repeat, a, e_coh, modulus, relaxer, anneal, seed, parts_dir

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -60,6 +61,29 @@ def write_part(path: str | Path, key: str, **arrays: Any) -> Path:
     with atomic_path(path) as tmp:  # the temporary name ends in .npz, so np.savez adds no suffix
         np.savez(tmp, key=np.array(key), **arrays)
     return path
+
+
+def remove_stale_temporaries(parts_dir: str | Path) -> int:
+    """Delete the half-written temporaries (``.<name>.tmp<pid>.npz``) that a build killed mid-write left in
+    ``parts_dir``, those of processes no longer running; returns how many. A live process's are kept."""
+    removed = 0
+    for tmp in Path(parts_dir).glob(".*.tmp*"):
+        match = re.search(r"\.tmp(\d+)", tmp.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def read_part(path: str | Path, key: str) -> dict[str, Any] | None:

@@ -158,12 +158,12 @@ def test_killed_search_resumes_to_the_same_candidates(built: Path, tmp_path: Pat
         stderr=subprocess.PIPE,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.npz"))) < 1:
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("candidate_*.npz"))) < 1:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the search ended before it was killed ({proc.returncode})"
-    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("*.npz")}
+    finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("candidate_*.npz")}
     assert 1 <= len(finished) < 4 and not (tmp_path / "search.h5").exists()
     run = run_gcd(*CLI, "--out", "search.h5", cwd=tmp_path)
     assert run.returncode == 0, run.stderr

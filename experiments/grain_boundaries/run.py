@@ -251,6 +251,22 @@ def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geomet
     }
 
 
+def _record(index: int, source, atoms) -> dict[str, Any]:
+    """What every generated boundary's record holds: its template (dataset index, count, E_gb) and its own
+    count, atoms, E_gb (J/m²) and relaxation."""
+    info = atoms.info
+    return {
+        "template": int(index),
+        "template_n": int(source.properties["n_boundary_atoms"]),
+        "template_gb_energy": float(source.properties["gb_energy"]),
+        "n": int(info["n_boundary_atoms"]),
+        "n_atoms": len(atoms),
+        "gb_energy": float(info["gb_energy"]),
+        "relax_steps": int(info["relax_steps"]),
+        "relax_fmax": float(info["relax_fmax"]),
+    }
+
+
 def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], settings: dict[str, Any]):
     """In-paint every template, relax, score; returns (records, relaxed structures, seconds)."""
     from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, read_source, relax_boundaries
@@ -281,17 +297,9 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
             raw.append(atoms.copy())
             raw[-1].info = {"template": int(index)}
         for atoms, ok in zip(relaxed, kept, strict=True):
-            info = atoms.info
             records.append(
                 {
-                    "template": int(index),
-                    "template_n": int(source.properties["n_boundary_atoms"]),
-                    "template_gb_energy": float(source.properties["gb_energy"]),
-                    "n": int(info["n_boundary_atoms"]),
-                    "n_atoms": len(atoms),
-                    "gb_energy": float(info["gb_energy"]),
-                    "relax_steps": int(info["relax_steps"]),
-                    "relax_fmax": float(info["relax_fmax"]),
+                    **_record(index, source, atoms),
                     "fixed_region_kept": bool(ok),
                     # wall time of this candidate: its share of the template batch's sampling + its relaxation
                     "sample_seconds": (t1 - t0) / len(generated),
@@ -331,14 +339,7 @@ def anneal_samples(kind: str, path: Path, workdir: Path, settings: dict[str, Any
             info = atoms.info
             records.append(
                 {
-                    "template": int(index),
-                    "template_n": int(source.properties["n_boundary_atoms"]),
-                    "template_gb_energy": float(source.properties["gb_energy"]),
-                    "n": int(info["n_boundary_atoms"]),
-                    "n_atoms": len(atoms),
-                    "gb_energy": float(info["gb_energy"]),
-                    "relax_steps": int(info["relax_steps"]),
-                    "relax_fmax": float(info["relax_fmax"]),
+                    **_record(index, source, atoms),
                     "fixed_region_kept": True,  # the grains were the template's when the anneal started
                     "anneal_temperature": float(info["anneal_temperature"]),
                     "anneal_steps": int(info["anneal_steps"]),

@@ -104,9 +104,9 @@ def search_best(paths: Sequence[Path], wanted: Sequence[float]) -> dict[float, d
     return best
 
 
-def generated_best(results: dict[str, Any], workdir: Path, kind: str, wanted: Sequence[float], per_plane: int):
-    """The lowest-E_gb relaxed structure ``kind`` generated at each wanted [n], with its template's boundary
-    planes scaled to its relaxed cell."""
+def generated_best(results: dict[str, Any], workdir: Path, kind: str, wanted: Sequence[float]):
+    """The lowest-E_gb relaxed single-phase structure (both boundaries at that [n]) ``kind`` generated at each
+    wanted [n], with its template's boundary planes scaled to its relaxed cell."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import read_source
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for path in args.runs:
         results = read_json(path)
         for kind in results["models"]:
-            methods[kind] = generated_best(results, args.workdir, kind, wanted, per_plane)
+            methods[kind] = generated_best(results, args.workdir, kind, wanted)
 
     out: dict[str, Any] = {"atoms_per_plane": per_plane, "layers": LAYERS, "phases": {}}
     for n in wanted:

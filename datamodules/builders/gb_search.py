@@ -331,7 +331,7 @@ def grain_boundary_search_records(
             raise GcdError(f"unknown boundary '{name}'; choose from {', '.join(BOUNDARIES)}")
     if candidates < 1:
         raise GcdError("--candidates must be at least 1")
-    anneal = _anneal_for(element, anneal)
+    anneal = anneal_for(element, anneal)
     workers = int(workers) if workers is not None else available_cores()
     if workers < 1:
         raise GcdError("--workers must be at least 1")
@@ -398,7 +398,7 @@ def grain_boundary_search_records(
             tmp_parts.cleanup()
 
 
-def _anneal_for(element: str, anneal: Anneal | dict | None) -> Anneal:
+def anneal_for(element: str, anneal: Anneal | dict | None) -> Anneal:
     """The anneal settings, with the element's default temperatures unless given."""
     fields = asdict(anneal) if isinstance(anneal, Anneal) else dict(anneal or {})
     if fields.get("temperatures") is None:

@@ -27,13 +27,13 @@ __all__ = ["anneal_boundaries", "anneal_settings", "grains_and_mobile"]
 def anneal_settings(source: InpaintSource, **overrides):
     """The search's ``Anneal`` of ``source``'s file (its ``meta_anneal``), else the element's defaults;
     ``overrides``: fields to change (e.g. ``md_steps=(5000, 5000)``)."""
-    from datamodules.builders.gb_search import _anneal_for
+    from datamodules.builders.gb_search import anneal_for
 
     element = str(source.attrs.get("meta_element", ""))
     stored = source.attrs.get("meta_anneal")
     fields = json.loads(stored) if stored else {}
     fields.update(overrides)
-    return _anneal_for(element, fields)
+    return anneal_for(element, fields)
 
 
 def grains_and_mobile(

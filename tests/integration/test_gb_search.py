@@ -104,16 +104,16 @@ def test_search_cells_hold_ten_atoms_per_plane_and_sample_n_evenly() -> None:
         -8.76,
         310.0,
         relaxer,
-        search._anneal_for("W", None),
+        search.anneal_for("W", None),
         0,
         Path("parts"),
     )
     for block in range(3):  # every block of P = 10 candidates holds each [n] once, in a random order
         assert sorted(t.kept for t in tasks[10 * block : 10 * block + 10]) == list(range(10))
     assert [t.kept for t in tasks[:10]] != list(range(10))
-    assert search._anneal_for("Cu", None).temperatures == (300.0, 1200.0)
+    assert search.anneal_for("Cu", None).temperatures == (300.0, 1200.0)
     with pytest.raises(GcdError, match="temperatures"):
-        search._anneal_for("Ni", None)
+        search.anneal_for("Ni", None)
     with pytest.raises(GcdError, match="TMIN"):
         search.Anneal(temperatures=(1200.0, 300.0))
 
@@ -138,7 +138,7 @@ def test_search_records_are_annealed_normal_relaxed_boundaries(built: Path, tmp_
     # the anneal changes the result: the same start (translation, removed atoms) minimised without MD differs
     relaxer = Relaxer("W", "lammps", None, 0.01, 5000, "normal")
     a, e_coh = relaxer.bulk_reference("bcc")
-    cold = search._anneal_for("W", {"md_steps": (0, 0), "cool_steps": 0})
+    cold = search.anneal_for("W", {"md_steps": (0, 0), "cool_steps": 0})
     task = search._plan("W", ["twist100"], 1, None, None, a, e_coh, 310.0, relaxer, cold, 3, tmp_path)[0]
     part = np.load(search.compute_candidate(task))
     first = int(np.argmin(p["build_index"]))

@@ -18,6 +18,8 @@ Usage::
     python experiments/grain_boundaries/run.py --profile quick      # Cu Σ5(100) twist, EMT, 2-core CPU
     python experiments/grain_boundaries/run.py --profile paper      # W Σ5(100) twist, LAMMPS EAM, GPU sized
     python experiments/grain_boundaries/run.py --steps 300 --set system.translations=2 --out /tmp/gb
+    python experiments/grain_boundaries/run.py --profile w_search --models voxel   # trained on the annealed search
+    python experiments/grain_boundaries/run.py --profile w_search --models voxel --anneal-samples  # + the anneal
 
 Outputs in ``--out`` (default ``<workdir>/results``): ``results.json`` (every number, every generated
 structure's n and E_gb, settings, machine), ``results.md`` (tables), ``egb_vs_n.png`` (E_gb against n:

@@ -348,13 +348,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.plot(xs, list(best.values()), color="0.2", lw=2.5, alpha=0.35, label="best known")
     markers = dict(zip(ORDER, "os^Dv", strict=True))
     for name, block in result["all_candidates"].items():
-        ns = sorted(block["per_n"], key=float)
+        per_n = block["per_n"]  # an [n] the method never reached breaks its line (NaN), not bridged
+        single = sum(per_n[n]["candidates"] for n in per_n)
         ax.plot(
-            [float(n) for n in ns],
-            [block["per_n"][n]["lowest_gb_energy"] for n in ns],
+            xs,
+            [per_n[n]["lowest_gb_energy"] if n in per_n else np.nan for n in best],
             marker=markers.get(name, "."),
             lw=1,
-            label=f"{LABELS.get(name, name)} ({block['candidates']})",
+            label=f"{LABELS.get(name, name)} ({block['candidates']}, {single} single-phase)",
         )
     grip = GRIP.get((result["system"]["element"], result["system"]["boundary"]), {})
     if grip:

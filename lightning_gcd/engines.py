@@ -13,11 +13,23 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from lightning_gcd.errors import GcdError
 
-__all__ = ["INSTALL_HINT", "load_feff10", "load_lammps", "potential_file", "preload_mpi"]
+__all__ = [
+    "INSTALL_HINT",
+    "LAMMPS_QUIET",
+    "load_feff10",
+    "load_lammps",
+    "one_species_cell",
+    "potential_file",
+    "preload_mpi",
+]
+
+#: LAMMPS command-line flags: no log file, nothing on the screen, no citation reminder
+LAMMPS_QUIET = ["-log", "none", "-screen", "none", "-nocite"]
 
 INSTALL_HINT = "install the optional dependencies: pip install 'lightning-gcd[amorphous]' (lammps[mpi], feff10-rs)"
 
@@ -109,3 +121,29 @@ def potential_file(name: str, needed_by: str = "this builder") -> Path:
         f"{name} (needed by {needed_by}) not found in the lammps package at {root}; "
         "set LAMMPS_POTENTIALS to LAMMPS' potentials folder"
     )
+
+
+def one_species_cell(region: str, mass: float, positions: Sequence[Sequence[float]]):
+    """A quiet LAMMPS instance holding one species of ``mass`` (g/mol) at ``positions`` (N, 3) Å in a periodic box
+    in metal units; ``region``: the box's shape and bounds in LAMMPS' syntax (``prism 0 lx 0 ly 0 lz xy xz yz``
+    or ``block 0 L 0 L 0 L``). Atom ``i`` is LAMMPS id ``i + 1``. The caller adds the potential and closes it."""
+    lmp = load_lammps().lammps(cmdargs=LAMMPS_QUIET)
+    try:
+        lmp.commands_list(
+            [
+                "units metal",
+                "atom_style atomic",
+                "boundary p p p",
+                "atom_modify map array",
+                f"region box {region}",
+                "create_box 1 box",
+                f"mass 1 {float(mass)!r}",
+            ]
+        )
+        flat = [float(v) for xyz in positions for v in xyz]
+        n_atoms = len(flat) // 3
+        lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, flat)
+    except BaseException:
+        lmp.close()
+        raise
+    return lmp

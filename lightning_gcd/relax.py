@@ -168,7 +168,7 @@ class Relaxer:
     def _relax_lammps(self, atoms: Atoms, steps: int, prelude: Sequence[str] = ()) -> tuple[Atoms, float, int, float]:
         from ase.calculators.lammps import Prism
 
-        from lightning_gcd.engines import load_lammps
+        from lightning_gcd.engines import one_species_cell
 
         if set(atoms.get_chemical_symbols()) - {self.element}:
             raise GcdError(
@@ -180,20 +180,9 @@ class Relaxer:
         lx, ly, lz, xy, xz, yz = (float(v) for v in prism.get_lammps_prism())
         positions = np.ascontiguousarray(prism.vector_to_lammps(atoms.positions, wrap=True))
         n_atoms = len(atoms)
-        lmp = load_lammps().lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+        region = f"prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r}"
+        lmp = one_species_cell(region, float(atomic_masses[atomic_numbers[self.element]]), positions)
         try:
-            lmp.commands_list(
-                [
-                    "units metal",
-                    "atom_style atomic",
-                    "boundary p p p",
-                    "atom_modify map array",
-                    f"region box prism 0 {lx!r} 0 {ly!r} 0 {lz!r} {xy!r} {xz!r} {yz!r}",
-                    "create_box 1 box",
-                    f"mass 1 {float(atomic_masses[atomic_numbers[self.element]])!r}",
-                ]
-            )
-            lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, positions.ravel().tolist())
             lmp.commands_list(
                 [
                     f"pair_style {self.pair_style}",

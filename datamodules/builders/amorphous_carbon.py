@@ -70,7 +70,14 @@ from datamodules.builders.parts import (
     write_part,
 )
 from datamodules.h5format import DatasetRecords
-from lightning_gcd.engines import load_feff10, load_lammps, potential_file, preload_mpi
+from lightning_gcd.engines import (
+    LAMMPS_QUIET,
+    load_feff10,
+    load_lammps,
+    one_species_cell,
+    potential_file,
+    preload_mpi,
+)
 from lightning_gcd.errors import GcdError
 
 DEFAULT_DENSITIES: tuple[float, ...] = (1.5, 2.0, 2.5, 3.0, 3.5)  # g/cm³
@@ -160,7 +167,7 @@ def dependencies_available() -> tuple[bool, str]:
         if libraries:
             ctypes.CDLL(str(libraries[0]), mode=ctypes.RTLD_GLOBAL)
         else:
-            lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"]).close()
+            lammps.lammps(cmdargs=LAMMPS_QUIET).close()
     except (GcdError, OSError) as exc:
         return False, str(exc)
     return True, ""
@@ -220,23 +227,10 @@ def melt_quench(
     n_atoms: int, density: float, rng: np.random.Generator, velocity_seed: int, md: MeltQuench
 ) -> tuple[Atoms, float]:
     """Run the melt-quench; return the final structure (wrapped) and its potential energy in eV."""
-    lammps = load_lammps()
     length = cube_length(n_atoms, density)
     start = random_positions(n_atoms, length, md.min_separation, rng)
-    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    lmp = one_species_cell(f"block 0 {length!r} 0 {length!r} 0 {length!r}", CARBON_MASS, start)
     try:
-        lmp.commands_list(
-            [
-                "units metal",
-                "atom_style atomic",
-                "boundary p p p",
-                "atom_modify map array",
-                f"region box block 0 {length!r} 0 {length!r} 0 {length!r}",
-                "create_box 1 box",
-                f"mass 1 {CARBON_MASS}",
-            ]
-        )
-        lmp.create_atoms(n_atoms, list(range(1, n_atoms + 1)), [1] * n_atoms, start.ravel().tolist())
         commands = [
             "pair_style tersoff",
             f'pair_coeff * * "{tersoff_file()}" C',

@@ -27,6 +27,7 @@ method, E_gb in the legend) in ``--out``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ LAYERS = 3  # atomic layers on each side of the boundary layer in the profile
 NEAR = 0.05  # J/m²: a generator's best within this of the best-known E_gb at the same [n]
 
 
+@functools.cache
 def _comparison_module():
     path = Path(__file__).resolve().parent / "generator_vs_search.py"
     spec = importlib.util.spec_from_file_location("generator_vs_search", path)
@@ -104,9 +106,12 @@ def search_best(paths: Sequence[Path], wanted: Sequence[float]) -> dict[float, d
     return best
 
 
-def generated_best(results: dict[str, Any], workdir: Path, kind: str, wanted: Sequence[float]):
+def generated_best(
+    results: dict[str, Any], workdir: Path, kind: str, wanted: Sequence[float], pairs: Sequence[tuple[float, float]]
+):
     """The lowest-E_gb relaxed single-phase structure (both boundaries at that [n]) ``kind`` generated at each
-    wanted [n], with its template's boundary planes scaled to its relaxed cell."""
+    wanted [n], with its template's boundary planes scaled to its relaxed cell; ``pairs``: each record's two
+    boundary [n] (``generator_vs_search.read_run``'s candidates)."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import read_source
@@ -114,13 +119,7 @@ def generated_best(results: dict[str, Any], workdir: Path, kind: str, wanted: Se
     path = workdir / "samples" / f"{kind}.extxyz"
     if not path.is_file():
         return {}
-    pairs = iter(
-        p
-        for p, r in zip(
-            _comparison_module().boundary_pairs(results, workdir, kind), results["models"][kind]["samples"], strict=True
-        )
-        if r["n_atoms"]
-    )
+    pairs = iter(p for p, r in zip(pairs, results["models"][kind]["samples"], strict=True) if r["n_atoms"])
     best: dict[float, dict[str, Any]] = {}
     for atoms in read(path, index=":"):
         info = atoms.info
@@ -165,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for path in args.runs:
         results = read_json(path)
         for kind in results["models"]:
-            methods[kind] = generated_best(results, args.workdir, kind, wanted)
+            pairs = [c["pair"] for c in everything[kind]]  # counted once, by read_run above
+            methods[kind] = generated_best(results, args.workdir, kind, wanted, pairs)
 
     out: dict[str, Any] = {"atoms_per_plane": per_plane, "layers": LAYERS, "phases": {}}
     for n in wanted:

@@ -44,7 +44,7 @@ from lightning_gcd.io import write_json_atomic, write_structures_atomic, write_t
 from lightning_gcd.runner.machine import machine_info
 from lightning_gcd.runner.profiles import apply_overrides, load_profile, profile_names, profile_path
 from lightning_gcd.runner.results import new_figure, read_json, save_figure
-from lightning_gcd.runner.trainer import build_trainer, quiet_lightning, set_threads
+from lightning_gcd.runner.trainer import build_trainer, checkpointing, quiet_lightning, set_threads
 from lightning_gcd.studies.crystals import (
     COLORS,
     MODEL_LABELS,
@@ -231,26 +231,62 @@ def choose_templates(path: Path, per_count: int) -> list[int]:
     return out
 
 
+#: optimiser steps between two saves of a run's ``checkpoints/last.ckpt`` (what a killed run resumes from)
+CHECKPOINT_EVERY = 100
+
+
 def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geometry: dict[str, float]):
+    """Train ``kind`` for ``settings["steps"]`` optimiser steps in ``<workdir>/runs/<kind>``; returns (model, info).
+
+    Resumable: ``checkpoints/last.ckpt`` is saved every ``CHECKPOINT_EVERY`` steps and a rerun continues from
+    it (the training clock too); a finished run (``finished.json`` beside its ``last.ckpt``) is loaded, not
+    trained again. A run folder that holds another dataset, step count or model section is refused."""
     import lightning as L
 
+    from lightning_gcd.callbacks.clock import TrainingClock
+    from lightning_gcd.models.loading import load_model
+
+    root = workdir / "runs" / kind
+    steps = int(settings["steps"])
+    identity = json.loads(
+        json.dumps(
+            {
+                "dataset": str(path),
+                "steps": steps,
+                "seed": settings["seed"],
+                "batch_size": settings["batch_size"],
+                kind: settings[kind],
+            }
+        )
+    )
+    run_file, finished = root / "run.json", root / "finished.json"
+    if run_file.is_file() and read_json(run_file) != identity:
+        raise SystemExit(
+            f"run.py: {root} holds a {kind} run with other settings ({run_file}); pass another --workdir or remove it"
+        )
+    if finished.is_file():
+        return load_model(root / "last.ckpt"), read_json(finished)
+    write_json_atomic(run_file, identity, indent=1)
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = model_and_data(kind, path, settings, geometry)
-    steps = int(settings["steps"])
-    root = workdir / "runs" / kind
-    trainer = build_trainer(settings, max_steps=steps, default_root_dir=str(root))
-    t0 = time.perf_counter()
-    trainer.fit(model, dm)
-    seconds = time.perf_counter() - t0
+    clock = TrainingClock()
+    options = checkpointing(root / "checkpoints", every_n_train_steps=CHECKPOINT_EVERY)
+    trainer = build_trainer(
+        settings, max_steps=steps, default_root_dir=str(root), callbacks=[clock, *options.pop("callbacks")], **options
+    )
+    last = root / "checkpoints" / "last.ckpt"
+    trainer.fit(model, dm, ckpt_path=str(last) if last.is_file() else None)
     trainer.save_checkpoint(root / "last.ckpt")
     loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
-    return model, {
+    info = {
         "steps": int(trainer.global_step),
-        "train_seconds": seconds,
+        "train_seconds": clock.seconds,
         "checkpoint": str(root / "last.ckpt"),
         "final_train_loss": float(loss) if loss is not None else float("nan"),
         "parameters": int(sum(p.numel() for p in model.net.parameters())),
     }
+    write_json_atomic(finished, info, indent=1)
+    return model, info
 
 
 def _record(index: int, source, atoms) -> dict[str, Any]:
@@ -269,37 +305,55 @@ def _record(index: int, source, atoms) -> dict[str, Any]:
     }
 
 
-def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], settings: dict[str, Any]):
-    """In-paint every template, relax, score; returns (records, relaxed structures, seconds)."""
+def inpaint_and_relax(
+    model, kind: str, path: Path, templates: Sequence[int], settings: dict[str, Any], parts: Path, say
+) -> tuple[list[dict[str, Any]], list, list, float, float]:
+    """In-paint every template, relax, score; returns (records, relaxed structures, generated structures,
+    sampling seconds, relaxation seconds).
+
+    Resumable: each template's records and structures are written to ``parts`` (``template_<index>.json``,
+    ``.extxyz`` relaxed, ``_generated.extxyz`` as generated) as it finishes; a rerun reads those and in-paints
+    only the rest (each template's seed is fixed by its place in ``templates``, so the result is the same)."""
+    from ase.io import read
+
     from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, read_source, relax_boundaries
 
     cfg = settings[kind]
-    records, structures, raw = [], [], []
-    t_sample = t_relax = 0.0
-    for j, index in enumerate(templates):
-        source = read_source(f"{path}:{index}")
-        t0 = time.perf_counter()
-        generated, fixed = inpaint(
-            model,
-            source,
-            float(settings["boundary_width"]),
-            int(settings["samples_per_template"]),
-            steps=int(cfg["sample_steps"]),
-            sampler=cfg["sampler"],
-            seed=int(settings["seed"]) + 1 + j,
-            batch_size=64,
+    identity = json.loads(
+        json.dumps(
+            {key: settings.get(key) for key in ("seed", "samples_per_template", "boundary_width", "relax_steps")}
+            | {"dataset": str(path), "templates": list(templates)}
+            | {"sample_steps": cfg["sample_steps"], "sampler": cfg["sampler"]}
         )
-        t1 = time.perf_counter()
-        kept = [fixed_atoms_kept(a, source, fixed, tol=1e-3) for a in generated]
-        relaxed = relax_boundaries(generated, source, max_steps=settings.get("relax_steps"))
-        t2 = time.perf_counter()
-        t_relax += t2 - t1
-        t_sample += t1 - t0
-        for atoms in generated:  # as generated, before relaxation: what a later anneal starts from
-            raw.append(atoms.copy())
-            raw[-1].info = {"template": int(index)}
-        for atoms, ok in zip(relaxed, kept, strict=True):
-            records.append(
+    )
+    marker = parts / "settings.json"
+    if marker.is_file() and read_json(marker) != identity:
+        raise SystemExit(
+            f"run.py: {parts} holds in-paintings with other settings ({marker}); pass another --workdir or remove it"
+        )
+    write_json_atomic(marker, identity, indent=1)
+    records, structures, raw = [], [], []
+    for j, index in enumerate(templates):
+        done = parts / f"template_{index}.json"
+        relaxed_file, generated_file = parts / f"template_{index}.extxyz", parts / f"template_{index}_generated.extxyz"
+        if not done.is_file():
+            source = read_source(f"{path}:{index}")
+            t0 = time.perf_counter()
+            generated, fixed = inpaint(
+                model,
+                source,
+                float(settings["boundary_width"]),
+                int(settings["samples_per_template"]),
+                steps=int(cfg["sample_steps"]),
+                sampler=cfg["sampler"],
+                seed=int(settings["seed"]) + 1 + j,
+                batch_size=64,
+            )
+            t1 = time.perf_counter()
+            kept = [fixed_atoms_kept(a, source, fixed, tol=1e-3) for a in generated]
+            relaxed = relax_boundaries(generated, source, max_steps=settings.get("relax_steps"))
+            t2 = time.perf_counter()
+            batch = [
                 {
                     **_record(index, source, atoms),
                     "fixed_region_kept": bool(ok),
@@ -307,8 +361,20 @@ def inpaint_and_relax(model, kind: str, path: Path, templates: Sequence[int], se
                     "sample_seconds": (t1 - t0) / len(generated),
                     "relax_seconds": float(atoms.info.get("relax_seconds", (t2 - t1) / len(generated))),
                 }
-            )
-            structures.append(atoms)
+                for atoms, ok in zip(relaxed, kept, strict=True)
+            ]
+            unrelaxed = [a.copy() for a in generated if len(a)]  # as generated: what a later anneal starts from
+            for atoms in unrelaxed:
+                atoms.info = {"template": int(index)}
+            write_structures_atomic(generated_file, unrelaxed)
+            write_structures_atomic(relaxed_file, [a for a in relaxed if len(a)])
+            write_json_atomic(done, batch, indent=1)  # last: the template's mark of completion
+        records += read_json(done)
+        structures += read(relaxed_file, index=":")
+        raw += read(generated_file, index=":")
+        say(f"[gb] {kind}: template {j + 1}/{len(templates)} in-painted and relaxed")
+    t_sample = float(sum(r["sample_seconds"] for r in records))
+    t_relax = float(sum(r["relax_seconds"] for r in records))
     return records, structures, raw, t_sample, t_relax
 
 
@@ -586,9 +652,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for kind in settings["models"]:
         say(f"[gb] {kind}: training {settings['steps']} steps ...")
         model, train_info = train(kind, path, settings, workdir, geometry)
-        records, structures, raw, t_sample, t_relax = inpaint_and_relax(model, kind, path, templates, settings)
-        write_structures_atomic(workdir / "samples" / f"{kind}.extxyz", [a for a in structures if len(a)])
-        write_structures_atomic(workdir / "samples" / f"{kind}_generated.extxyz", [a for a in raw if len(a)])
+        records, structures, raw, t_sample, t_relax = inpaint_and_relax(
+            model, kind, path, templates, settings, workdir / "samples" / f"{kind}.parts", say
+        )
+        write_structures_atomic(workdir / "samples" / f"{kind}.extxyz", structures)
+        write_structures_atomic(workdir / "samples" / f"{kind}_generated.extxyz", raw)
         summary = summarize(records, reference, float(settings["margin"]))
         results["models"][kind] = {
             "train": train_info,

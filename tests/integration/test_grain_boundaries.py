@@ -383,3 +383,35 @@ def test_experiment_end_to_end_tiny(tmp_path: Path) -> None:
     (tmp_path / "out" / "egb_vs_n.png").unlink()
     gb_run.main(["--replot", "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "egb_vs_n.png").stat().st_size > 0
+
+
+def test_experiment_rerun_resumes_training_and_inpainting_instead_of_repeating_them(tmp_path: Path) -> None:
+    """A killed run.py loses nothing: training continues from checkpoints/last.ckpt (its clock too), a finished
+    training is loaded, finished templates' in-paintings are read back, and a run folder with other settings
+    is refused with one line."""
+    spec = importlib.util.spec_from_file_location("gb_run", REPO / "experiments" / "grain_boundaries" / "run.py")
+    gb_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gb_run)
+    gb_run.CHECKPOINT_EVERY = 1
+    work = tmp_path / "work"
+    command = [
+        *("--workdir", str(work), "--out", str(tmp_path / "out"), "--models", "voxel", "--steps", "3", "--quiet"),
+        *("--set", "system.translations=1", "--set", "system.fractions=[-0.2,0,0.2]", "--set", "system.max_steps=40"),
+        *("--samples-per-template", "1", "--set", "voxel.sample_steps=2", "--relax-steps", "10"),
+    ]
+    first = gb_run.main(command)["models"]["voxel"]
+    root = work / "runs" / "voxel"
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    parts = work / "samples" / "voxel.parts"
+    assert len(list(parts.glob("template_*_generated.extxyz"))) == 3
+    # killed after its last checkpoint, before the end of training: the rerun resumes there and keeps the clock
+    (root / "finished.json").unlink()
+    (root / "last.ckpt").unlink()
+    (parts / f"template_{first['samples'][0]['template']}.json").unlink()  # and before its first template's end
+    again = gb_run.main(command)["models"]["voxel"]
+    assert again["train"]["steps"] == 3
+    assert again["train"]["train_seconds"] == pytest.approx(first["train"]["train_seconds"], rel=0.5)
+    assert [r["n"] for r in again["samples"]] == [r["n"] for r in first["samples"]]
+    assert again["samples"][1:] == first["samples"][1:]  # read back, times included: not in-painted again
+    with pytest.raises(SystemExit, match="holds a voxel run with other settings"):
+        gb_run.main([*command, "--steps", "4"])

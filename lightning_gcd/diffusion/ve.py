@@ -57,9 +57,9 @@ from lightning_gcd.periodic import minimum_image, perpendicular_widths
 from lightning_gcd.samplers.cartesian_base import CartesianDenoiser, CartesianRun, CartesianSampler, NetworkNoise
 from lightning_gcd.samplers.hooks import SamplingHook
 from lightning_gcd.samplers.registry import cartesian_sampler
-from lightning_gcd.structures import StructureBatch
+from lightning_gcd.structures import StructureBatch, wrap_unit
 
-__all__ = ["VEParticleDiffusion", "n_atoms_for_cell", "wrap_frac_torch"]
+__all__ = ["VEParticleDiffusion", "n_atoms_for_cell"]
 
 Model = Callable[..., torch.Tensor]
 
@@ -73,12 +73,6 @@ def _rand(
     if generator is None:
         return fn(tuple(shape), device=device, dtype=dtype)
     return fn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def wrap_frac_torch(frac: torch.Tensor) -> torch.Tensor:
-    """Wrap fractional coordinates into [0, 1) (guards against 1.0 from rounding)."""
-    wrapped = torch.remainder(frac, 1.0)
-    return torch.where(wrapped >= 1.0, torch.zeros_like(wrapped), wrapped)
 
 
 def n_atoms_for_cell(cell, density_atoms_per_A3: float) -> int:
@@ -181,7 +175,7 @@ class VEParticleDiffusion:
         eps = eps * mask[..., None].to(dtype)
         # Cartesian noise -> fractional: dx = df @ cell  ->  df = dx @ cell^-1
         dfrac = torch.linalg.solve(cell.transpose(1, 2), (sigma[:, None, None] * eps).transpose(1, 2)).transpose(1, 2)
-        noisy = wrap_frac_torch(frac + dfrac) * mask[..., None].to(dtype)
+        noisy = wrap_unit(frac + dfrac) * mask[..., None].to(dtype)
         with torch.no_grad():
             target = self.noise_target(frac, noisy, cell, sigma)
         keep = None

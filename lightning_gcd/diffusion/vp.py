@@ -45,6 +45,7 @@ import torch
 from lightning_gcd.diffusion.schedules import VPSchedule
 from lightning_gcd.samplers.cfg import classifier_free_guidance
 from lightning_gcd.samplers.hooks import SamplingHook
+from lightning_gcd.samplers.known_values import broadcasts_to
 from lightning_gcd.samplers.registry import VP_SAMPLERS, vp_sampler
 from lightning_gcd.samplers.restarts import Restarts, restart_steps
 from lightning_gcd.samplers.vp_base import VPDenoiser, VPRun, VPSampler
@@ -120,14 +121,6 @@ def _randn(
     if generator is None:
         return torch.randn(tuple(shape), device=device, dtype=dtype)
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
-    """Whether a tensor of ``shape`` broadcasts to exactly ``target``."""
-    try:
-        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
-    except RuntimeError:
-        return False
 
 
 class GaussianDiffusion:
@@ -438,7 +431,7 @@ class GaussianDiffusion:
             sq = (pred - self.target(x0, noise, t_index)) ** 2
         if weights is not None:
             weights = weights.to(device=device, dtype=sq.dtype)
-            if not _broadcasts_to(weights.shape, sq.shape):
+            if not broadcasts_to(weights.shape, sq.shape):
                 raise ValueError(f"weights of shape {tuple(weights.shape)} do not broadcast to {tuple(sq.shape)}")
             sq = sq * weights
         return sq.mean()

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from lightning_gcd.samplers.hooks import SamplingHook
 from lightning_gcd.samplers.vp_base import VPRun, VPStep
 
-__all__ = ["KnownValues"]
+__all__ = ["KnownValues", "broadcasts_to"]
 
 
-def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
-    """Whether a tensor of ``shape`` broadcasts to exactly ``target``."""
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (a mask or weights over x's entries)."""
     try:
-        return tuple(torch.broadcast_shapes(shape, target)) == target
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
     except RuntimeError:
         return False
 
@@ -38,7 +40,7 @@ class KnownValues(SamplingHook):
         self.known_mask = self.known_mask.to(device=run.device, dtype=torch.bool)
         if tuple(self.known.shape) != run.shape:
             raise ValueError(f"known has shape {tuple(self.known.shape)}, expected {run.shape}")
-        if not _broadcasts_to(tuple(self.known_mask.shape), run.shape):
+        if not broadcasts_to(tuple(self.known_mask.shape), run.shape):
             raise ValueError(f"known_mask of shape {tuple(self.known_mask.shape)} does not broadcast to {run.shape}")
 
     def impose(self, x: torch.Tensor, step: VPStep, run: VPRun) -> torch.Tensor:

@@ -7,11 +7,11 @@ import pytest
 import torch
 from ase.build import bulk
 
-from lightning_gcd.diffusion.ve import VEParticleDiffusion, n_atoms_for_cell, wrap_frac_torch
+from lightning_gcd.diffusion.ve import VEParticleDiffusion, n_atoms_for_cell
 from lightning_gcd.nets.mpnn import PeriodicMPNN
 from lightning_gcd.periodic import neighbor_pairs
 from lightning_gcd.samplers import PointCloudGuidance
-from lightning_gcd.structures import StructureBatch
+from lightning_gcd.structures import StructureBatch, wrap_unit
 
 
 def cu_batch(copies: int) -> StructureBatch:
@@ -39,7 +39,7 @@ def test_target_is_noise_for_small_sigma(target: str) -> None:
     sigma = torch.full((len(batch),), 0.05)
     eps = torch.randn(batch.frac_coords.shape, generator=gen)
     dfrac = torch.linalg.solve(batch.cell.transpose(1, 2), (sigma[:, None, None] * eps).transpose(1, 2)).transpose(1, 2)
-    noisy = wrap_frac_torch(batch.frac_coords + dfrac)
+    noisy = wrap_unit(batch.frac_coords + dfrac)
     got = ve.noise_target(batch.frac_coords, noisy, batch.cell, sigma)
     torch.testing.assert_close(got, eps, atol=1e-3, rtol=1e-3)
 

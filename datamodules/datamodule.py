@@ -268,20 +268,17 @@ class AtomsDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
-    def spectrum_energy(self) -> list[float] | None:
-        """The energy grid (eV) of the file's spectra (attribute ``meta_xanes_energy``), or None."""
-        with AtomsH5(self.path, validate=False) as data:
-            grid = data.attrs.get("meta_xanes_energy")
-        return None if grid is None else [float(e) for e in np.ravel(grid)]
-
     def condition_grid(self) -> list[float] | None:
         """The abscissa of the condition's components where the file gives one, else None: the energy grid (eV)
-        of a condition that is one spectrum on the file's grid (``spectrum_energy``). A model stores it, so
-        that a spectrum given as energy/intensity columns can be put on its grid when sampling."""
-        grid = self.spectrum_energy()
-        if grid is None or len(self.conditions) != 1 or int(self.cond_dim) != len(grid):
+        of a condition that is one field sampled on the file's grid for it (``AtomsH5.field_energy``, e.g. a
+        spectrum). A model stores it, so that a curve given as energy/value columns can be put on its grid
+        when sampling."""
+        if len(self.conditions) != 1:
             return None
-        return grid
+        self.setup()
+        with AtomsH5(self.path, validate=False) as data:
+            grid = data.field_energy(self.conditions[0])
+        return grid if grid is not None and int(self.cond_dim) == len(grid) else None
 
     def condition_values(self, split: str = "train") -> np.ndarray:
         """(S, cond_dim) float64: the conditions (``conditions``, concatenated as in ``batch["cond"]``) of a

@@ -13,6 +13,7 @@ Layout (the README documents it for users)::
     /atom_properties/<name> (A,...)   per-atom values
     /voxels/<encoding>      (S,C,D,H,W) float32 cache; attrs: spacing, species, channels, grid_shape
     /splits/<name>          (k,)      int64 structure indices (train, val, test)
+    attrs meta_<field>_energy (K,)    float64 eV: the energy grid of a field whose last axis is a curve of K values
 
 Atoms are the source of truth; voxel grids are a cache. Every reader validates the file and raises
 ``DatasetFormatError`` naming the file and the field. Writers write a temporary file beside the target
@@ -421,6 +422,12 @@ class AtomsH5:
     def structure_property(self, name: str, i: int | slice | np.ndarray | None = None) -> np.ndarray:
         ds = self.require_property(name)
         return ds[()] if i is None else ds[i]
+
+    def field_energy(self, name: str) -> list[float] | None:
+        """The energy grid (eV) that field ``name``'s last axis is sampled on (root attribute
+        ``meta_<name>_energy``, e.g. a spectrum's), or None when the file gives none."""
+        grid = self._h5.attrs.get(f"meta_{name}_energy")
+        return None if grid is None else [float(e) for e in np.ravel(grid)]
 
     def atom_property(self, name: str, i: int) -> np.ndarray:
         if name not in self.atom_property_names:

@@ -5,8 +5,8 @@
 - ``/properties`` and ``/atom_properties``: a field is kept when every input has it; its trailing shape
   (and kind: numbers or strings) must then match in every file, else the merge stops naming the file and
   the field. Fields missing from some inputs are dropped, with a note on stderr.
-- Spectra: when ``xanes*`` fields are merged and any input has a ``meta_xanes_energy`` grid, every input
-  must carry the same grid.
+- Curves: when a field is merged and any input gives its energy grid (``meta_<field>_energy``, e.g. a
+  spectrum's), every input must carry the same grid.
 - Root attributes ``meta_*`` are kept when equal in every input and dropped otherwise (e.g. ``meta_shard``).
 - Splits are drawn anew from ``split`` and ``seed`` over the merged structures.
 - Voxel caches ``/voxels/<encoding>`` are copied only when every input has that cache with identical grid
@@ -113,22 +113,26 @@ def _common_voxels(readers: Sequence[AtomsH5], notes: list[str]) -> list[str]:
     return keep
 
 
-def _merged_metadata(readers: Sequence[AtomsH5], spectra_kept: bool) -> dict[str, Any]:
+def _merged_metadata(readers: Sequence[AtomsH5], fields: Sequence[str]) -> dict[str, Any]:
     """``meta_*`` root attributes equal in every input (without the prefix).
 
-    When spectra are merged and any input carries their energy grid, every input must carry the same one.
+    When a merged field has an energy grid (``meta_<field>_energy``) in any input, every input must carry the
+    same one: its values are only comparable on one grid.
     """
     attrs = [r.attrs for r in readers]
     out: dict[str, Any] = {}
-    grids = [(r, a["meta_xanes_energy"]) for r, a in zip(readers, attrs, strict=True) if "meta_xanes_energy" in a]
-    if grids and spectra_kept:
+    for name in fields:
+        key = f"meta_{name}_energy"
+        grids = [(r, a[key]) for r, a in zip(readers, attrs, strict=True) if key in a]
+        if not grids:
+            continue
         ref_reader, ref = grids[0]
         for r, a in zip(readers, attrs, strict=True):
-            if "meta_xanes_energy" not in a or not _same(a["meta_xanes_energy"], ref):
+            if key not in a or not _same(a[key], ref):
                 raise DatasetFormatError(
                     r.path,
-                    "/ attrs meta_xanes_energy",
-                    f"spectrum energy grid missing or different from {ref_reader.path}; cannot merge spectra",
+                    f"/ attrs {key}",
+                    f"energy grid of {name} missing or different from {ref_reader.path}; cannot merge {name}",
                 )
     for key, value in attrs[0].items():
         if key.startswith("meta_") and all(key in a and _same(a[key], value) for a in attrs[1:]):
@@ -163,7 +167,7 @@ def _merge(
     props = _common_fields(readers, "properties", notes)
     aprops = _common_fields(readers, "atom_properties", notes)
     voxels = _common_voxels(readers, notes)
-    metadata = _merged_metadata(readers, spectra_kept=any(name.startswith("xanes") for name in props + aprops))
+    metadata = _merged_metadata(readers, [*props, *aprops])
     metadata["merged_from"] = [str(r.path) for r in readers]
 
     # every structure as (file, index), in input order, then optionally sorted

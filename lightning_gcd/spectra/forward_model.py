@@ -103,13 +103,14 @@ class SpectrumModel(L.LightningModule):
                 spectra = np.asarray(data.atom_property(hp.spectrum, int(i)), dtype=np.float64)
                 keep = np.asarray(data.atom_property(hp.spectrum_mask, int(i)), dtype=bool)
                 values.append(spectra[keep])
+            energy = data.field_energy(hp.spectrum)
         values = np.concatenate(values) if values else np.zeros((0, 0))
         if values.ndim != 2 or len(values) == 0:
             raise GcdError(f"{datamodule.path}: no labelled atoms ({hp.spectrum_mask}) in the train split")
         mean = values.mean(0)
         return {
             "n_out": int(values.shape[1]),
-            "energy": datamodule.spectrum_energy(),
+            "energy": energy,
             "mean": mean.tolist(),
             "scale": float(max((values - mean).std(), 1e-6)),
             "species": list(datamodule.species),

@@ -194,3 +194,25 @@ def test_translations_that_share_a_voxel_are_redrawn(fcc_h5: Path) -> None:
         np.testing.assert_allclose(np.mod(moved[1] - moved[0], 1.0), [0.9 / 8, 0.0, 0.0], atol=1e-12)
     dm = AtomsDataModule(str(fcc_h5), view="voxel", batch_size=4)
     assert dm.dataset("train").collision_grid.tolist() == list(dm.grid_shape)
+
+
+def test_condition_grid_is_the_energy_grid_of_any_one_curve_condition(tmp_path: Path) -> None:
+    """The data module names no application: a condition that is one curve field (here ``absorbance``) on a
+    file grid ``meta_<field>_energy`` gives that grid; two conditions, a length mismatch or no grid give None."""
+    from ase.build import bulk
+
+    from datamodules.h5format import DatasetRecords, write_dataset
+
+    energy = np.linspace(280.0, 300.0, 5)
+    atoms = [bulk("Cu", "fcc", a=3.6, cubic=True) for _ in range(4)]
+    props = {"absorbance": np.random.default_rng(0).random((4, 5)), "lattice_a": np.full(4, 3.6)}
+    meta = {"builder": "test", "absorbance_energy": energy}
+    path = write_dataset(tmp_path / "curves.h5", DatasetRecords(atoms, ["cu"] * 4, props, {}, "test", meta))
+    with AtomsH5(path) as data:
+        assert data.field_energy("absorbance") == pytest.approx(energy.tolist())
+        assert data.field_energy("lattice_a") is None
+    assert AtomsDataModule(str(path), conditions=["absorbance"], batch_size=2).condition_grid() == pytest.approx(
+        energy.tolist()
+    )
+    assert AtomsDataModule(str(path), conditions=["absorbance", "lattice_a"], batch_size=2).condition_grid() is None
+    assert AtomsDataModule(str(path), conditions=["lattice_a"], batch_size=2).condition_grid() is None

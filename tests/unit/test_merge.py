@@ -120,7 +120,7 @@ def test_merge_drops_voxels_on_different_grids_and_fields_missing_somewhere(
         assert len(m) == 6 + 2 + 1
 
 
-@pytest.mark.parametrize("case", ["shape", "kind", "xanes_grid", "missing_grid"])
+@pytest.mark.parametrize("case", ["shape", "kind", "xanes_grid", "missing_grid", "any_curve_grid"])
 def test_merge_errors_name_the_file_and_field(tmp_path: Path, case: str) -> None:
     grid = np.linspace(275, 315, 100)
     first = _records(1, xanes_grid=grid, extra={"tag": np.zeros((1, 3))})
@@ -131,8 +131,13 @@ def test_merge_errors_name_the_file_and_field(tmp_path: Path, case: str) -> None
         second, field = _records(1, xanes_grid=grid), "properties/tag"
     elif case == "xanes_grid":
         second = _records(1, xanes_grid=grid + 1.0, extra={"tag": np.zeros((1, 3))})
-    else:  # spectra without their energy grid
+    elif case == "missing_grid":  # spectra without their energy grid
         second = _records(1, extra={"tag": np.zeros((1, 3))}, xanes=True)
+    else:  # the rule is the format's, not the spectra's: any field on an energy grid
+        first = _records(1, extra={"tag": np.zeros((1, 3)), "absorbance": np.ones((1, 5))})
+        second = _records(1, extra={"tag": np.zeros((1, 3)), "absorbance": np.ones((1, 5))})
+        first.metadata["absorbance_energy"], second.metadata["absorbance_energy"] = np.arange(5.0), np.arange(5.0) + 1
+        field = "meta_absorbance_energy"
     write_dataset(tmp_path / "second.h5", second)
     if case == "kind":  # a text field where the first file has numbers
         with h5py.File(tmp_path / "second.h5", "a") as h5:

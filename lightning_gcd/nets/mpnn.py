@@ -49,7 +49,7 @@ from torch import nn
 from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, check_species, sinusoidal_embedding
 from lightning_gcd.periodic import radius_graph
 
-__all__ = ["GaussianRadialBasis", "PeriodicMPNN"]
+__all__ = ["GaussianRadialBasis", "MessageLayer", "PeriodicMPNN", "mlp"]
 
 
 class GaussianRadialBasis(nn.Module):
@@ -71,18 +71,24 @@ class GaussianRadialBasis(nn.Module):
         return rbf, env
 
 
-def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    """Three linear layers with SiLU between them: ``d_in`` → ``hidden`` → ``hidden`` → ``d_out``."""
     return nn.Sequential(
         nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, d_out)
     )
 
 
-class _MessageLayer(nn.Module):
+class MessageLayer(nn.Module):
+    """One residual message-passing update of atom features ``h`` (N, hidden) along the edges ``src`` → ``dst``
+    of a periodic radius graph: edge messages from both ends' features and the radial basis ``rbf`` (E, num_rbf),
+    weighted by the smooth cutoff ``env`` (E,), summed per atom and divided by ``avg_neighbors``; the update
+    also sees the conditioning ``c`` (N, hidden) (time, labels), so the same layer serves any per-atom head."""
+
     def __init__(self, hidden: int, num_rbf: int, avg_neighbors: float) -> None:
         super().__init__()
-        self.edge = _mlp(2 * hidden + num_rbf, hidden, hidden)
+        self.edge = mlp(2 * hidden + num_rbf, hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
-        self.node = _mlp(3 * hidden, hidden, hidden)
+        self.node = mlp(3 * hidden, hidden, hidden)
         self.avg_neighbors = avg_neighbors
 
     def forward(
@@ -138,8 +144,8 @@ class PeriodicMPNN(nn.Module):
         self.time = TimeEmbedding(hidden)
         self.cond = ConditionEmbedding(cond_dim, hidden, cond_mean, cond_std) if cond_dim > 0 else None
         self.rbf = GaussianRadialBasis(cutoff, num_rbf)
-        self.layers = nn.ModuleList(_MessageLayer(hidden, num_rbf, avg_neighbors) for _ in range(layers))
-        self.readout = _mlp(2 * hidden + num_rbf, hidden, 1)
+        self.layers = nn.ModuleList(MessageLayer(hidden, num_rbf, avg_neighbors) for _ in range(layers))
+        self.readout = mlp(2 * hidden + num_rbf, hidden, 1)
 
     def forward(
         self,

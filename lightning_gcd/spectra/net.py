@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_gcd.nets.mpnn import GaussianRadialBasis, _MessageLayer, _mlp
+from lightning_gcd.nets.mpnn import GaussianRadialBasis, MessageLayer, mlp
 from lightning_gcd.periodic import radius_graph
 
 __all__ = ["SpectrumNet"]
@@ -54,8 +54,8 @@ class SpectrumNet(nn.Module):
         self.species = nn.Embedding(max_z + 1, hidden)
         self.context = nn.Parameter(torch.zeros(hidden))  # the message layers' per-node context (no time here)
         self.rbf = GaussianRadialBasis(cutoff, num_rbf)
-        self.layers = nn.ModuleList(_MessageLayer(hidden, num_rbf, avg_neighbors) for _ in range(layers))
-        self.readout = _mlp(hidden, hidden, self.n_out)
+        self.layers = nn.ModuleList(MessageLayer(hidden, num_rbf, avg_neighbors) for _ in range(layers))
+        self.readout = mlp(hidden, hidden, self.n_out)
 
     def forward(
         self,

@@ -370,8 +370,9 @@ def inpaint_and_relax(
             write_structures_atomic(relaxed_file, [a for a in relaxed if len(a)])
             write_json_atomic(done, batch, indent=1)  # last: the template's mark of completion
         records += read_json(done)
-        structures += read(relaxed_file, index=":")
-        raw += read(generated_file, index=":")
+        # a template whose samples all decoded to no atoms leaves empty files, which ASE cannot read
+        structures += read(relaxed_file, index=":") if relaxed_file.stat().st_size else []
+        raw += read(generated_file, index=":") if generated_file.stat().st_size else []
         say(f"[gb] {kind}: template {j + 1}/{len(templates)} in-painted and relaxed")
     t_sample = float(sum(r["sample_seconds"] for r in records))
     t_relax = float(sum(r["relax_seconds"] for r in records))

@@ -235,6 +235,17 @@ def choose_templates(path: Path, per_count: int) -> list[int]:
 CHECKPOINT_EVERY = 100
 
 
+def _claim(marker: Path, identity: dict[str, Any], what: str) -> None:
+    """Mark ``marker``'s folder as holding work done with ``identity`` (settings as JSON), or stop with one line
+    when it already holds ``what`` done with other settings: a resume must never mix two runs."""
+    identity = json.loads(json.dumps(identity))
+    if marker.is_file() and read_json(marker) != identity:
+        raise SystemExit(
+            f"run.py: {marker.parent} holds {what} with other settings ({marker}); pass another --workdir or remove it"
+        )
+    write_json_atomic(marker, identity, indent=1)
+
+
 def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geometry: dict[str, float]):
     """Train ``kind`` for ``settings["steps"]`` optimiser steps in ``<workdir>/runs/<kind>``; returns (model, info).
 
@@ -248,25 +259,17 @@ def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geomet
 
     root = workdir / "runs" / kind
     steps = int(settings["steps"])
-    identity = json.loads(
-        json.dumps(
-            {
-                "dataset": str(path),
-                "steps": steps,
-                "seed": settings["seed"],
-                "batch_size": settings["batch_size"],
-                kind: settings[kind],
-            }
-        )
-    )
-    run_file, finished = root / "run.json", root / "finished.json"
-    if run_file.is_file() and read_json(run_file) != identity:
-        raise SystemExit(
-            f"run.py: {root} holds a {kind} run with other settings ({run_file}); pass another --workdir or remove it"
-        )
+    identity = {
+        "dataset": str(path),
+        "steps": steps,
+        "seed": settings["seed"],
+        "batch_size": settings["batch_size"],
+        kind: settings[kind],
+    }
+    finished = root / "finished.json"
+    _claim(root / "run.json", identity, f"a {kind} run")
     if finished.is_file():
         return load_model(root / "last.ckpt"), read_json(finished)
-    write_json_atomic(run_file, identity, indent=1)
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = model_and_data(kind, path, settings, geometry)
     clock = TrainingClock()
@@ -319,19 +322,12 @@ def inpaint_and_relax(
     from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, read_source, relax_boundaries
 
     cfg = settings[kind]
-    identity = json.loads(
-        json.dumps(
-            {key: settings.get(key) for key in ("seed", "samples_per_template", "boundary_width", "relax_steps")}
-            | {"dataset": str(path), "templates": list(templates)}
-            | {"sample_steps": cfg["sample_steps"], "sampler": cfg["sampler"]}
-        )
+    identity = (
+        {key: settings.get(key) for key in ("seed", "samples_per_template", "boundary_width", "relax_steps")}
+        | {"dataset": str(path), "templates": list(templates)}
+        | {"sample_steps": cfg["sample_steps"], "sampler": cfg["sampler"]}
     )
-    marker = parts / "settings.json"
-    if marker.is_file() and read_json(marker) != identity:
-        raise SystemExit(
-            f"run.py: {parts} holds in-paintings with other settings ({marker}); pass another --workdir or remove it"
-        )
-    write_json_atomic(marker, identity, indent=1)
+    _claim(parts / "settings.json", identity, "in-paintings")
     records, structures, raw = [], [], []
     for j, index in enumerate(templates):
         done = parts / f"template_{index}.json"

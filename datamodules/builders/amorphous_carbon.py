@@ -59,16 +59,8 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from tqdm.auto import tqdm
 
-from datamodules.builders.parts import (
-    available_cores,
-    parse_shard,
-    read_part,
-    remove_stale_temporaries,
-    run_pool,
-    write_part,
-)
+from datamodules.builders.parts import available_cores, compute_parts, parse_shard, parts_folder, read_part, write_part
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.engines import (
     LAMMPS_QUIET,
@@ -422,18 +414,9 @@ def load_part(task: StructureTask) -> dict[str, Any] | None:
     return read_part(task.part, task.key())
 
 
-def _run_pool(todo: Sequence[StructureTask], workers: int, bar: tqdm) -> None:
-    """One structure per task over ``workers`` spawned processes (``parts.run_pool``)."""
-    run_pool(_run_task, todo, workers, lambda _: bar.update(1), initializer=_worker_init)
-
-
 def _worker_init() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     preload_mpi()
-
-
-def _run_task(task: StructureTask) -> str:
-    return compute_structure(task)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -492,55 +475,36 @@ def amorphous_carbon_records(
     load_lammps()
     load_feff10()
 
-    tmp_parts = None
-    if parts_dir is None:
-        tmp_parts = tempfile.TemporaryDirectory(prefix="gcd-ac-parts-")
-        parts_dir = tmp_parts.name
-    parts_dir = Path(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(parts_dir)  # a killed build's half-written part
-    tasks = {
-        k: StructureTask(
-            k,
-            int(seed),
-            int(n_atoms),
-            densities[k % len(densities)],
-            int(xanes_sites),
-            md,
-            feff,
-            str(parts_dir / f"structure_{k:06d}.npz"),
-        )
-        for k in selected
-    }
-    parts = {k: load_part(t) for k, t in tasks.items()}
-    if finished_only:
-        selected = [k for k in selected if parts[k] is not None]
-        if not selected:
-            raise GcdError(f"--finished-only: no finished structure with these settings in {parts_dir}")
-    todo = [tasks[k] for k in selected if parts[k] is None]
-    try:
-        with tqdm(
-            total=len(selected),
-            initial=len(selected) - len(todo),
+    with parts_folder(parts_dir, "gcd-ac-parts-") as folder:
+        tasks = {
+            k: StructureTask(
+                k,
+                int(seed),
+                int(n_atoms),
+                densities[k % len(densities)],
+                int(xanes_sites),
+                md,
+                feff,
+                str(folder / f"structure_{k:06d}.npz"),
+            )
+            for k in selected
+        }
+        parts = {k: load_part(t) for k, t in tasks.items()}
+        if finished_only:
+            selected = [k for k in selected if parts[k] is not None]
+            if not selected:
+                raise GcdError(f"--finished-only: no finished structure with these settings in {folder}")
+        todo = [tasks[k] for k in selected if parts[k] is None]
+        compute_parts(
+            compute_structure,
+            todo,
+            len(selected) - len(todo),
+            workers,
             desc="a-C melt-quench + FEFF",
             unit="structure",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            if todo and min(workers, len(todo)) == 1:
-                saved = os.environ.get("OMP_NUM_THREADS")
-                os.environ["OMP_NUM_THREADS"] = "1"
-                try:
-                    for task in todo:
-                        compute_structure(task)
-                        bar.update(1)
-                finally:
-                    if saved is None:
-                        os.environ.pop("OMP_NUM_THREADS", None)
-                    else:
-                        os.environ["OMP_NUM_THREADS"] = saved
-            elif todo:
-                _run_pool(todo, min(workers, len(todo)), bar)
+            progress=progress,
+            initializer=_worker_init,
+        )
         for task in todo:
             parts[task.index] = load_part(task)
             if parts[task.index] is None:
@@ -559,9 +523,6 @@ def amorphous_carbon_records(
             md,
             feff,
         )
-    finally:
-        if tmp_parts is not None:
-            tmp_parts.cleanup()
 
 
 def _assemble(

@@ -52,7 +52,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -61,7 +60,6 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from tqdm.auto import tqdm
 
 from datamodules.builders.grain_boundaries import (
     BOUNDARIES,
@@ -72,14 +70,7 @@ from datamodules.builders.grain_boundaries import (
     gb_energy,
     lattice_of,
 )
-from datamodules.builders.parts import (
-    available_cores,
-    parse_shard,
-    read_part,
-    remove_stale_temporaries,
-    run_pool,
-    write_part,
-)
+from datamodules.builders.parts import available_cores, compute_parts, parse_shard, parts_folder, read_part, write_part
 from datamodules.h5format import DatasetRecords
 from lightning_gcd.errors import GcdError
 from lightning_gcd.relax import EV_PER_A2_IN_J_PER_M2, Relaxer, reference_lattice_constant
@@ -341,16 +332,9 @@ def grain_boundary_search_records(
     a, e_coh = relaxer.bulk_reference(lattice, reference_lattice_constant(element, lattice))
     modulus = relaxer.bulk_modulus(lattice, a)
 
-    tmp_parts = None
-    if parts_dir is None:
-        tmp_parts = tempfile.TemporaryDirectory(prefix="gcd-gbsearch-parts-")
-        parts_dir = tmp_parts.name
-    parts_dir = Path(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(parts_dir)  # a killed build's half-written part
-    try:
+    with parts_folder(parts_dir, "gcd-gbsearch-parts-") as folder:
         tasks = _plan(
-            element, boundaries, candidates, fractions, repeat, a, e_coh, modulus, relaxer, anneal, seed, parts_dir
+            element, boundaries, candidates, fractions, repeat, a, e_coh, modulus, relaxer, anneal, seed, folder
         )
         tasks = [t for t in tasks if t.build_index % n_shard == i_shard]
         if not tasks:
@@ -359,22 +343,18 @@ def grain_boundary_search_records(
         if finished_only:
             tasks = [t for t in tasks if parts[t.build_index] is not None]
             if not tasks:
-                raise GcdError(f"--finished-only: no finished candidate with these settings in {parts_dir}")
+                raise GcdError(f"--finished-only: no finished candidate with these settings in {folder}")
         todo = [t for t in tasks if parts[t.build_index] is None]
-        with tqdm(
-            total=len(tasks),
-            initial=len(tasks) - len(todo),
+        compute_parts(
+            compute_candidate,
+            todo,
+            len(tasks) - len(todo),
+            workers,
             desc=f"{element} grain-boundary search",
             unit="candidate",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            if todo and min(workers, len(todo)) == 1:
-                for task in todo:
-                    compute_candidate(task)
-                    bar.update(1)
-            elif todo:
-                run_pool(compute_candidate, todo, min(workers, len(todo)), lambda _: bar.update(1), _worker_init)
+            progress=progress,
+            initializer=_worker_init,
+        )
         for task in todo:
             parts[task.build_index] = read_part(task.part, task.key())
             if parts[task.build_index] is None:
@@ -393,9 +373,6 @@ def grain_boundary_search_records(
             seed,
             (i_shard, n_shard),
         )
-    finally:
-        if tmp_parts is not None:
-            tmp_parts.cleanup()
 
 
 def anneal_for(element: str, anneal: Anneal | dict | None) -> Anneal:

@@ -10,7 +10,9 @@ The long builders (``amorphous_carbon``, ``gb_search``) share this design:
   only the items in flight and a build with changed settings recomputes everything;
 * ``--shard I/N`` (``parse_shard``) builds only the items whose index is I mod N; the shard files are joined
   with ``gcd data merge`` (``--sort-by build_index`` restores the unsharded order);
-* ``run_pool`` computes items over fresh (spawned) worker processes.
+* ``parts_folder`` opens the folder (a temporary one when the caller keeps none) and ``compute_parts``
+  computes the missing items, in this process for one worker or over fresh (spawned) processes
+  (``run_pool``), with a progress bar.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lightning_gcd.errors import GcdError
 from lightning_gcd.io import atomic_path
@@ -128,3 +133,58 @@ def run_pool(
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def parts_folder(parts_dir: str | Path | None, prefix: str) -> Iterator[Path]:
+    """The folder of a build's finished parts: ``parts_dir`` (created, a killed build's half-written part
+    removed) or, when None, a temporary folder named ``prefix…`` that is removed on exit (no resume)."""
+    if parts_dir is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+        return
+    folder = Path(parts_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    yield folder
+
+
+@contextmanager
+def _one_openmp_thread() -> Iterator[None]:
+    """``OMP_NUM_THREADS=1`` while inside, as in the pool's workers: one item per core, not one per machine."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+
+
+def compute_parts(
+    compute: Callable[[Any], Any],
+    todo: Sequence[Any],
+    done: int,
+    workers: int,
+    *,
+    desc: str,
+    unit: str,
+    progress: bool = True,
+    initializer: Callable[[], None] | None = None,
+) -> None:
+    """``compute(task)`` (which writes the task's part) for every task of ``todo`` under a progress bar that
+    starts at ``done`` items already finished: in this process when one worker suffices, otherwise over
+    ``min(workers, len(todo))`` spawned processes (``run_pool``, with ``initializer``)."""
+    workers = min(int(workers), len(todo))
+    with tqdm(
+        total=done + len(todo), initial=done, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True
+    ) as bar:
+        if workers == 1:
+            with _one_openmp_thread():
+                for task in todo:
+                    compute(task)
+                    bar.update(1)
+        elif workers > 1:
+            run_pool(compute, todo, workers, lambda _: bar.update(1), initializer=initializer)

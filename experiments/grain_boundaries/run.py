@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from datamodules.builders.parts import parse_shard
+from lightning_gcd.errors import GcdError
 from lightning_gcd.io import write_json_atomic, write_structures_atomic, write_text_atomic
 from lightning_gcd.runner.machine import machine_info
 from lightning_gcd.runner.profiles import apply_overrides, load_profile, profile_names, profile_path
@@ -125,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run nothing new: give the structures a finished run generated (<workdir>/samples/<model>_generated"
         ".extxyz) the annealed search's MD anneal, then the same relaxation; adds <model>_anneal to <out>/results.json",
+    )
+    p.add_argument(
+        "--train-only", action="store_true", help="train (or resume training) each model and stop: no in-painting"
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="in-paint (with --anneal-samples: anneal) only the templates at places I mod N of the template list, "
+        "keep their parts and stop: N processes or cluster jobs share one workdir once training has finished; the "
+        "same command without --shard then collects every part into the results",
     )
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
@@ -246,12 +259,20 @@ def _claim(marker: Path, identity: dict[str, Any], what: str) -> None:
     write_json_atomic(marker, identity, indent=1)
 
 
-def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geometry: dict[str, float]):
+def train(
+    kind: str,
+    path: Path,
+    settings: dict[str, Any],
+    workdir: Path,
+    geometry: dict[str, float],
+    trained_only: bool = False,
+):
     """Train ``kind`` for ``settings["steps"]`` optimiser steps in ``<workdir>/runs/<kind>``; returns (model, info).
 
     Resumable: ``checkpoints/last.ckpt`` is saved every ``CHECKPOINT_EVERY`` steps and a rerun continues from
     it (the training clock too); a finished run (``finished.json`` beside its ``last.ckpt``) is loaded, not
-    trained again. A run folder that holds another dataset, step count or model section is refused."""
+    trained again. A run folder that holds another dataset, step count or model section is refused, and so is
+    an unfinished one when ``trained_only`` (in-painting shards must not train side by side)."""
     import lightning as L
 
     from lightning_gcd.callbacks.clock import TrainingClock
@@ -270,6 +291,10 @@ def train(kind: str, path: Path, settings: dict[str, Any], workdir: Path, geomet
     _claim(root / "run.json", identity, f"a {kind} run")
     if finished.is_file():
         return load_model(root / "last.ckpt"), read_json(finished)
+    if trained_only:
+        raise SystemExit(
+            f"run.py --shard: the {kind} model has not finished training in {root}; run --train-only first"
+        )
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = model_and_data(kind, path, settings, geometry)
     clock = TrainingClock()
@@ -309,14 +334,22 @@ def _record(index: int, source, atoms) -> dict[str, Any]:
 
 
 def inpaint_and_relax(
-    model, kind: str, path: Path, templates: Sequence[int], settings: dict[str, Any], parts: Path, say
+    model,
+    kind: str,
+    path: Path,
+    templates: Sequence[int],
+    settings: dict[str, Any],
+    parts: Path,
+    say,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[list[dict[str, Any]], list, list, float, float]:
     """In-paint every template, relax, score; returns (records, relaxed structures, generated structures,
     sampling seconds, relaxation seconds).
 
     Resumable: each template's records and structures are written to ``parts`` (``template_<index>.json``,
     ``.extxyz`` relaxed, ``_generated.extxyz`` as generated) as it finishes; a rerun reads those and in-paints
-    only the rest (each template's seed is fixed by its place in ``templates``, so the result is the same)."""
+    only the rest (each template's seed is fixed by its place in ``templates``, so the result is the same).
+    ``shard`` (i, n): only the templates at places i mod n (the others are skipped, not read)."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import fixed_atoms_kept, inpaint, read_source, relax_boundaries
@@ -330,6 +363,8 @@ def inpaint_and_relax(
     _claim(parts / "settings.json", identity, "in-paintings")
     records, structures, raw = [], [], []
     for j, index in enumerate(templates):
+        if j % shard[1] != shard[0]:
+            continue
         done = parts / f"template_{index}.json"
         relaxed_file, generated_file = parts / f"template_{index}.extxyz", parts / f"template_{index}_generated.extxyz"
         if not done.is_file():
@@ -375,11 +410,14 @@ def inpaint_and_relax(
     return records, structures, raw, t_sample, t_relax
 
 
-def anneal_samples(kind: str, path: Path, workdir: Path, settings: dict[str, Any], say) -> dict[str, Any]:
+def anneal_samples(
+    kind: str, path: Path, workdir: Path, settings: dict[str, Any], say, shard: tuple[int, int] = (0, 1)
+) -> dict[str, Any]:
     """In-painting + anneal: the structures ``kind`` generated, annealed as the search anneals its candidates
     (``lightning_gcd.grain_boundaries.anneal``) and relaxed; records as ``inpaint_and_relax`` writes them.
     Resumable: each template's annealed structures are written to ``samples/<kind>_anneal.parts/`` as they
-    finish, and a rerun anneals only the templates without a part."""
+    finish, and a rerun anneals only the templates without a part; ``shard`` (i, n): only the templates at
+    places i mod n."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import anneal_boundaries, read_source
@@ -391,6 +429,8 @@ def anneal_samples(kind: str, path: Path, workdir: Path, settings: dict[str, Any
     parts = workdir / "samples" / f"{kind}_anneal.parts"
     records, structures = [], []
     for j, (index, batch) in enumerate(sorted(by_template.items())):
+        if j % shard[1] != shard[0]:
+            continue
         source = read_source(f"{path}:{index}")
         part = parts / f"template_{index}.extxyz"
         if part.is_file():
@@ -596,11 +636,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_outputs(results, out)
         return results
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    try:
+        shard = parse_shard(args.shard)
+    except GcdError as err:
+        raise SystemExit(f"run.py: {err}") from None
+    sharded = args.shard is not None
     if args.anneal_samples:
         results = read_json(out / "results.json")
         path = Path(results["dataset"])
         for kind in [k for k in settings["models"] if k in results["models"]]:
-            done = anneal_samples(kind, path, workdir, results["settings"], say)
+            done = anneal_samples(kind, path, workdir, results["settings"], say, shard)
+            if sharded:
+                say(f"[gb] {kind} + anneal: shard {shard[0]}/{shard[1]} done; rerun without --shard to collect")
+                continue
             first = results["models"][kind]
             per_template: dict[int, list[float]] = {}
             for r in first["samples"]:
@@ -648,10 +696,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     for kind in settings["models"]:
         say(f"[gb] {kind}: training {settings['steps']} steps ...")
-        model, train_info = train(kind, path, settings, workdir, geometry)
+        model, train_info = train(kind, path, settings, workdir, geometry, trained_only=sharded)
+        if args.train_only:
+            say(f"[gb] {kind}: trained ({train_info['steps']} steps)")
+            continue
         records, structures, raw, t_sample, t_relax = inpaint_and_relax(
-            model, kind, path, templates, settings, workdir / "samples" / f"{kind}.parts", say
+            model, kind, path, templates, settings, workdir / "samples" / f"{kind}.parts", say, shard
         )
+        if sharded:
+            say(f"[gb] {kind}: shard {shard[0]}/{shard[1]} in-painted; rerun without --shard to collect")
+            continue
         write_structures_atomic(workdir / "samples" / f"{kind}.extxyz", structures)
         write_structures_atomic(workdir / "samples" / f"{kind}_generated.extxyz", raw)
         summary = summarize(records, reference, float(settings["margin"]))
@@ -671,6 +725,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"best {_fmt(summary['best_gb_energy'])} J/m² at n={summary['n_at_best']}, counts {summary['distinct_n']}; "
             f"train {train_info['train_seconds']:.0f} s, sample {t_sample:.0f} s, relax {t_relax:.0f} s"
         )
+    if sharded or args.train_only:
+        return results  # parts and checkpoints only: the run without --shard writes the results
     results["total_seconds"] = time.perf_counter() - start
     write_outputs(results, out)
     say(f"[gb] done in {results['total_seconds']:.0f} s: {out / 'results.md'}")

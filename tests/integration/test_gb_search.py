@@ -315,9 +315,10 @@ def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_wi
     built: Path, tmp_path: Path
 ) -> None:
     """run.py --dataset trains both models on a search file and in-paints its boundaries (each record with its
-    own sample and relaxation seconds, the raw generated structures kept); --anneal-samples then anneals and
-    relaxes exactly those structures as <model>_anneal, each with the search's MD steps; generator_vs_search.py
-    puts the five methods side by side at equal relaxations and equal wall time."""
+        own sample and relaxation seconds, the raw generated structures kept); --anneal-samples then anneals and
+        relaxes exactly those structures as <model>_anneal, each with the search's MD steps (resumable, and shardable
+    over processes with --shard); generator_vs_search.py
+        puts the five methods side by side at equal relaxations and equal wall time."""
     gb_run = _script("run")
     common = ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--quiet"]
     gb_run.main(
@@ -349,6 +350,16 @@ def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_wi
         return [{k: v for k, v in r.items() if k != "relax_seconds"} for r in records]
 
     assert without_time(again["models"]["voxel_anneal"]["samples"]) == without_time(
+        results["models"]["voxel_anneal"]["samples"]
+    )
+    for part in parts:  # two shards anneal every other template each; the run without --shard collects them
+        part.unlink()
+    gb_run.main([*common, "--anneal-samples", "--relax-steps", "20", "--models", "voxel", "--shard", "0/2"])
+    assert [p.exists() for p in parts] == [k % 2 == 0 for k in range(len(parts))]
+    gb_run.main([*common, "--anneal-samples", "--relax-steps", "20", "--models", "voxel", "--shard", "1/2"])
+    assert all(p.exists() for p in parts)
+    collected = gb_run.main([*common, "--anneal-samples", "--relax-steps", "20"])
+    assert without_time(collected["models"]["voxel_anneal"]["samples"]) == without_time(
         results["models"]["voxel_anneal"]["samples"]
     )
     with AtomsH5(built) as f:

@@ -415,3 +415,45 @@ def test_experiment_rerun_resumes_training_and_inpainting_instead_of_repeating_t
     assert again["samples"][1:] == first["samples"][1:]  # read back, times included: not in-painted again
     with pytest.raises(SystemExit, match="holds a voxel run with other settings"):
         gb_run.main([*command, "--steps", "4"])
+
+
+def test_experiment_shards_inpaint_their_own_templates_and_the_plain_run_collects_the_same_result(
+    tmp_path: Path,
+) -> None:
+    """--train-only trains and stops; --shard I/N in-paints only the templates at places I mod N (refused before
+    training has finished, so shards never train side by side); the same command without --shard then reads
+    every part back: the records of an unsharded run, with nothing in-painted twice."""
+    spec = importlib.util.spec_from_file_location("gb_run", REPO / "experiments" / "grain_boundaries" / "run.py")
+    gb_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gb_run)
+    tiny = [
+        *("--models", "voxel", "--steps", "2", "--quiet", "--samples-per-template", "1", "--relax-steps", "10"),
+        *("--set", "system.translations=1", "--set", "system.fractions=[-0.2,0,0.2]", "--set", "system.max_steps=40"),
+        *("--set", "voxel.sample_steps=2"),
+    ]
+    plain = gb_run.main([*tiny, "--workdir", str(tmp_path / "plain"), "--out", str(tmp_path / "plain_out")])
+    work, out = tmp_path / "work", tmp_path / "out"
+    command = [*tiny, "--workdir", str(work), "--out", str(out)]
+    with pytest.raises(SystemExit, match="has not finished training"):
+        gb_run.main([*command, "--shard", "0/2"])
+    with pytest.raises(SystemExit, match="need 0 <= I < N"):
+        gb_run.main([*command, "--shard", "2/2"])
+    gb_run.main([*command, "--train-only"])
+    assert (work / "runs" / "voxel" / "finished.json").is_file() and not (work / "samples").exists()
+    assert not (out / "results.json").exists()
+    templates = plain["templates"]
+    marks = [work / "samples" / "voxel.parts" / f"template_{index}.json" for index in templates]
+    gb_run.main([*command, "--shard", "1/2"])
+    assert [m.is_file() for m in marks] == [j % 2 == 1 for j in range(len(templates))]
+    assert not (out / "results.json").exists()
+    gb_run.main([*command, "--shard", "0/2"])
+    assert all(m.is_file() for m in marks)
+    written = {m: m.stat().st_mtime_ns for m in marks}
+    collected = gb_run.main(command)["models"]["voxel"]
+    assert {m: m.stat().st_mtime_ns for m in marks} == written  # read back, not in-painted again
+    assert [(r["template"], r["n"]) for r in collected["samples"]] == [
+        (r["template"], r["n"]) for r in plain["models"]["voxel"]["samples"]
+    ]
+    assert [r["gb_energy"] for r in collected["samples"]] == pytest.approx(
+        [r["gb_energy"] for r in plain["models"]["voxel"]["samples"]], abs=1e-6
+    )

@@ -49,7 +49,7 @@ from torch import nn
 from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, check_species, sinusoidal_embedding
 from lightning_gcd.periodic import radius_graph
 
-__all__ = ["GaussianRadialBasis", "MessageLayer", "PeriodicMPNN", "mlp"]
+__all__ = ["GaussianRadialBasis", "MessageLayer", "PeriodicMPNN", "mlp", "pair_mlp"]
 
 
 class GaussianRadialBasis(nn.Module):
@@ -78,6 +78,23 @@ def mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     )
 
 
+def pair_mlp(
+    net: nn.Sequential, h: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, rbf: torch.Tensor
+) -> torch.Tensor:
+    """``net(cat([h[src], h[dst], rbf]))`` for an ``mlp`` ``net`` over edges, with its first linear layer split
+    by input (``W [h_i, h_j, e] = W_i h_i + W_j h_j + W_e e``): the node terms are computed once per atom, not
+    once per edge. The same weights and function, about half the edge work. h: (N, H); src/dst: (E,);
+    rbf: (E, R) -> (E, d_out)."""
+    first, width = net[0], h.shape[-1]
+    weight = first.weight  # (hidden, 2H + R)
+    pre = (
+        nn.functional.linear(h, weight[:, :width])[src]
+        + nn.functional.linear(h, weight[:, width : 2 * width])[dst]
+        + nn.functional.linear(rbf, weight[:, 2 * width :], first.bias)
+    )
+    return net[1:](pre)
+
+
 class MessageLayer(nn.Module):
     """One residual message-passing update of atom features ``h`` (N, hidden) along the edges ``src`` → ``dst``
     of a periodic radius graph: edge messages from both ends' features and the radial basis ``rbf`` (E, num_rbf),
@@ -100,7 +117,7 @@ class MessageLayer(nn.Module):
         rbf: torch.Tensor,
         env: torch.Tensor,
     ) -> torch.Tensor:
-        m = self.edge(torch.cat([h[src], h[dst], rbf], dim=-1)) * env[:, None]
+        m = pair_mlp(self.edge, h, src, dst, rbf) * env[:, None]
         agg = torch.zeros_like(h).index_add_(0, src, m) / self.avg_neighbors
         return h + self.node(torch.cat([self.norm(h), agg, c], dim=-1))
 
@@ -194,7 +211,7 @@ class PeriodicMPNN(nn.Module):
         for layer in self.layers:
             h = layer(h, c_node, g.src, g.dst, rbf, env)
 
-        coef = self.readout(torch.cat([h[g.src], h[g.dst], rbf], dim=-1)).squeeze(-1) * env
+        coef = pair_mlp(self.readout, h, g.src, g.dst, rbf).squeeze(-1) * env
         contrib = coef[:, None] * vec / (d[:, None] + 1.0)
         out = torch.zeros(b * n, 3, dtype=dtype, device=frac_coords.device).index_add_(0, g.src, contrib)
         return out.reshape(b, n, 3) * mask[..., None].to(dtype)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_gcd import periodic_vesin
-from lightning_gcd.nets.mpnn import PeriodicMPNN
+from lightning_gcd.nets.mpnn import PeriodicMPNN, mlp, pair_mlp
 
 
 def random_rotation(gen: torch.Generator) -> torch.Tensor:
@@ -126,3 +126,15 @@ def test_vesin_graph_gives_the_same_output(setup) -> None:
     finally:
         net.graph_method = "auto"
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_split_first_layer_edge_mlp_equals_the_mlp_of_concatenated_edge_inputs() -> None:
+    """pair_mlp computes the first linear layer per atom, not per edge: the same function of the same weights."""
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    net = mlp(2 * 16 + 8, 16, 5).double()
+    h = torch.randn(12, 16, generator=gen, dtype=torch.float64)
+    src, dst = torch.randint(0, 12, (40,), generator=gen), torch.randint(0, 12, (40,), generator=gen)
+    rbf = torch.rand(40, 8, generator=gen, dtype=torch.float64)
+    expected = net(torch.cat([h[src], h[dst], rbf], dim=-1))
+    torch.testing.assert_close(pair_mlp(net, h, src, dst, rbf), expected, rtol=1e-12, atol=1e-12)

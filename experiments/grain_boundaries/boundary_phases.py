@@ -107,11 +107,11 @@ def search_best(paths: Sequence[Path], wanted: Sequence[float]) -> dict[float, d
 
 
 def generated_best(
-    results: dict[str, Any], workdir: Path, kind: str, wanted: Sequence[float], pairs: Sequence[tuple[float, float]]
+    results: dict[str, Any], workdir: Path, kind: str, wanted: Sequence[float], candidates: Sequence[dict[str, Any]]
 ):
     """The lowest-E_gb relaxed single-phase structure (both boundaries at that [n]) ``kind`` generated at each
-    wanted [n], with its template's boundary planes scaled to its relaxed cell; ``pairs``: each record's two
-    boundary [n] (``generator_vs_search.read_run``'s candidates)."""
+    wanted [n], with its template's boundary planes scaled to its relaxed cell; ``candidates``: each record's
+    two boundary [n] and E_gb (``generator_vs_search.read_run``'s: NaN where the grains were lost)."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import read_source
@@ -119,12 +119,12 @@ def generated_best(
     path = workdir / "samples" / f"{kind}.extxyz"
     if not path.is_file():
         return {}
-    pairs = iter(p for p, r in zip(pairs, results["models"][kind]["samples"], strict=True) if r["n_atoms"])
+    scored = iter(c for c, r in zip(candidates, results["models"][kind]["samples"], strict=True) if r["n_atoms"])
     best: dict[float, dict[str, Any]] = {}
     for atoms in read(path, index=":"):
         info = atoms.info
-        a, b = next(pairs)
-        e = float(info.get("gb_energy", np.nan))
+        cell = next(scored)
+        (a, b), e = cell["pair"], cell["gb_energy"]
         if a == b and a in wanted and np.isfinite(e) and (a not in best or e < best[a]["gb_energy"]):
             best[a] = {"atoms": atoms, "gb_energy": e, "info": info}
     for entry in best.values():
@@ -164,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for path in args.runs:
         results = read_json(path)
         for kind in results["models"]:
-            pairs = [c["pair"] for c in everything[kind]]  # counted once, by read_run above
-            methods[kind] = generated_best(results, args.workdir, kind, wanted, pairs)
+            # counted and scored once, by read_run above
+            methods[kind] = generated_best(results, args.workdir, kind, wanted, everything[kind])
 
     out: dict[str, Any] = {"atoms_per_plane": per_plane, "layers": LAYERS, "phases": {}}
     for n in wanted:

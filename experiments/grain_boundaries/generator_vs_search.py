@@ -11,6 +11,10 @@ it cost:
 * ``voxel_anneal``, ``particle_anneal``: the same generated structures given the search's anneal before the
   relaxation (``run.py --anneal-samples``); cost: sampling + anneal + relaxation.
 
+A generated cell whose relaxation destroyed one of its template's grains (``lightning_gcd.grain_boundaries.grains``:
+the grain cores' atoms more than 0.3 Å RMS from the template's sites after a rigid slide) holds no boundary:
+it has no [n] and no E_gb and counts as a try that found nothing (column "grains lost").
+
 A periodic cell holds two boundaries, and a generated one need not give both the same number of atoms
 (``lightning_gcd.grain_boundaries.layers.boundary_excess`` counts each from the structure and its template):
 a cell is **single-phase** when both boundaries have the same [n] (every search candidate), **mixed**
@@ -50,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.h5format import AtomsH5
+from lightning_gcd.grain_boundaries.grains import grains_kept
 from lightning_gcd.io import write_json_atomic, write_text_atomic
 from lightning_gcd.runner.results import new_figure, read_json, save_figure
 from lightning_gcd.studies.statistics import wilson_interval
@@ -95,12 +100,14 @@ def read_search(path: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
     return candidates, system
 
 
-def boundary_pairs(results: dict[str, Any], workdir: Path, kind: str) -> list[tuple[float, float]]:
-    """Each of ``kind``'s candidates' two boundary [n] (``run.py``'s ``samples/<kind>.extxyz`` in ``workdir``,
-    in the order of its records; NaN for an empty structure)."""
+def boundary_cells(results: dict[str, Any], workdir: Path, kind: str) -> list[tuple[tuple[float, float], float]]:
+    """Each of ``kind``'s candidates' two boundary [n] and grain core shift (Å, ``grain_boundaries.grains``),
+    from ``run.py``'s ``samples/<kind>.extxyz`` in ``workdir``, in the order of its records; NaN for an empty
+    structure."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import read_source
+    from lightning_gcd.grain_boundaries.grains import grain_core_shift
     from lightning_gcd.grain_boundaries.layers import boundary_excess
 
     path = workdir / "samples" / f"{kind}.extxyz"
@@ -109,10 +116,10 @@ def boundary_pairs(results: dict[str, Any], workdir: Path, kind: str) -> list[tu
     structures = iter(read(path, index=":"))
     sources: dict[int, Any] = {}
     per_plane = _atoms_per_plane(results["dataset"])
-    pairs = []
+    cells = []
     for r in results["models"][kind]["samples"]:
         if r["n_atoms"] == 0:
-            pairs.append((float("nan"), float("nan")))
+            cells.append(((float("nan"), float("nan")), float("nan")))
             continue
         atoms = next(structures)
         index = int(r["template"])
@@ -121,8 +128,8 @@ def boundary_pairs(results: dict[str, Any], workdir: Path, kind: str) -> list[tu
         source = sources[index]
         half = int(source.properties["n_boundary_atoms"]) // 2  # search templates: the same count at both
         excess = boundary_excess(atoms, source.atoms, source.boundary_z, (half, half))
-        pairs.append(tuple(plane_fraction(e, per_plane) for e in excess))
-    return pairs
+        cells.append((tuple(plane_fraction(e, per_plane) for e in excess), grain_core_shift(atoms, source)))
+    return cells
 
 
 def _atoms_per_plane(dataset: str) -> int:
@@ -138,15 +145,13 @@ def read_run(path: Path, workdir: Path) -> tuple[dict[str, list[dict[str, Any]]]
     system = {"element": ref["element"], "boundary": ref.get("boundary", results["settings"]["system"]["boundary"])}
     methods, training = {}, {}
     for kind, m in results["models"].items():
-        pairs = boundary_pairs(results, workdir, kind)
-        methods[kind] = [
-            candidate(
-                pair,
-                float("nan") if r["gb_energy"] is None else float(r["gb_energy"]),
-                float(r["sample_seconds"]) + float(r["relax_seconds"]),
-            )
-            for r, pair in zip(m["samples"], pairs, strict=True)
-        ]
+        methods[kind] = []
+        for r, (pair, shift) in zip(m["samples"], boundary_cells(results, workdir, kind), strict=True):
+            lost = not grains_kept(shift)  # no boundary left to count or score: a try that found nothing
+            energy = float("nan") if r["gb_energy"] is None or lost else float(r["gb_energy"])
+            pair = (float("nan"),) * 2 if lost else pair
+            seconds = float(r["sample_seconds"]) + float(r["relax_seconds"])
+            methods[kind].append({**candidate(pair, energy, seconds), "grains_lost": lost, "grain_core_shift": shift})
         training[kind] = float(m["train"]["train_seconds"])
     return methods, system, training
 
@@ -208,9 +213,21 @@ def rates(candidates: Sequence[dict[str, Any]], best: dict[tuple[float, float], 
         **block(candidates),
         "mixed": block(mixed),
         "failed": sum(not np.isfinite(c["gb_energy"]) for c in candidates),
+        "grains_lost": sum(bool(c.get("grains_lost")) for c in candidates),
+        "grain_core_shift_range": _shift_range(candidates),
         "seconds": float(sum(c["seconds"] for c in candidates)),
         "per_n": per_n,
     }
+
+
+def _shift_range(candidates: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Smallest and largest grain core shift (Å) of the candidates whose grains were kept and of those lost."""
+    out = {}
+    for name, lost in (("kept", False), ("lost", True)):
+        shifts = [c["grain_core_shift"] for c in candidates if c.get("grains_lost") is lost]
+        shifts = [v for v in shifts if np.isfinite(v)]
+        out[name] = [min(shifts), max(shifts)] if shifts else None
+    return out
 
 
 def envelope_minima(lowest: dict[float, float]) -> list[float]:
@@ -276,6 +293,10 @@ def _fraction(block: dict[str, Any], d: float) -> str:
     return f"{w['hits']}/{block['candidates']} = {w['fraction']:.1%} [{low:.1%}, {high:.1%}]"
 
 
+def _energy(value: float) -> str:
+    return f"{value:.3f}" if np.isfinite(value) else "—"
+
+
 def markdown(result: dict[str, Any]) -> str:
     system = result["system"]
     lines = [
@@ -284,7 +305,9 @@ def markdown(result: dict[str, Any]) -> str:
         "Hits: candidates within 0.01 / 0.05 J/m² of the best-known E_gb at their own [n] (fraction, 95 % Wilson "
         "interval). Best known: the lowest single-phase E_gb of every candidate read, reference files included; "
         "a mixed cell (its two boundaries at different [n]) is scored against the mean of its boundaries' "
-        "single-phase values.",
+        "single-phase values. Grains lost: candidates whose relaxation destroyed a template grain (core shift "
+        "above 0.3 Å, `lightning_gcd.grain_boundaries.grains`): no boundary is left, so they count as tries that "
+        "found nothing.",
         "",
     ]
     for key, title in (
@@ -295,15 +318,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"## {title}",
             "",
             "| method | candidates | within 0.01 | within 0.05 | lowest E_gb (J/m²) | wall time (s) | mixed cells "
-            "(within 0.05) |",
-            "|---|---|---|---|---|---|---|",
+            "(within 0.05) | grains lost |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, block in result[key].items():
             mixed = block["mixed"]
             lines.append(
                 f"| {LABELS.get(name, name)} | {block['candidates']} | {_fraction(block, 0.01)} | "
-                f"{_fraction(block, 0.05)} | {block['lowest_gb_energy']:.3f} | {block['seconds']:.0f} | "
-                f"{mixed['candidates']} ({mixed['within_0.05']['hits']}) |"
+                f"{_fraction(block, 0.05)} | {_energy(block['lowest_gb_energy'])} | {block['seconds']:.0f} | "
+                f"{mixed['candidates']} ({mixed['within_0.05']['hits']}) | {block.get('grains_lost', 0)} |"
             )
         lines.append("")
     names = list(result["all_candidates"])

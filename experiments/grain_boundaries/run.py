@@ -319,8 +319,11 @@ def train(
 
 def _record(index: int, source, atoms) -> dict[str, Any]:
     """What every generated boundary's record holds: its template (dataset index, count, E_gb) and its own
-    count, atoms, E_gb (J/m²) and relaxation."""
+    count, atoms, E_gb (J/m²), relaxation and grain core shift (Å; whether both grains survived it)."""
+    from lightning_gcd.grain_boundaries.grains import grain_core_shift, grains_kept
+
     info = atoms.info
+    shift = float(info["grain_core_shift"]) if "grain_core_shift" in info else grain_core_shift(atoms, source)
     return {
         "template": int(index),
         "template_n": int(source.properties["n_boundary_atoms"]),
@@ -330,7 +333,22 @@ def _record(index: int, source, atoms) -> dict[str, Any]:
         "gb_energy": float(info["gb_energy"]),
         "relax_steps": int(info["relax_steps"]),
         "relax_fmax": float(info["relax_fmax"]),
+        "grain_core_shift": shift,
+        "grains_kept": grains_kept(shift),
     }
+
+
+def _with_grain_check(batch: list[dict[str, Any]], relaxed: list, source) -> list[dict[str, Any]]:
+    """A template's records with the grain core shift of each relaxed structure (``relaxed``: the non-empty
+    ones, in the records' order) added where they lack it."""
+    from lightning_gcd.grain_boundaries.grains import grain_core_shift, grains_kept
+
+    structures = iter(relaxed)
+    out = []
+    for r in batch:
+        shift = grain_core_shift(next(structures), source) if r["n_atoms"] else float("nan")
+        out.append({**r, "grain_core_shift": shift, "grains_kept": grains_kept(shift)})
+    return out
 
 
 def inpaint_and_relax(
@@ -400,9 +418,13 @@ def inpaint_and_relax(
             write_structures_atomic(generated_file, unrelaxed)
             write_structures_atomic(relaxed_file, [a for a in relaxed if len(a)])
             write_json_atomic(done, batch, indent=1)  # last: the template's mark of completion
-        records += read_json(done)
+        batch = read_json(done)
         # a template whose samples all decoded to no atoms leaves empty files, which ASE cannot read
-        structures += read(relaxed_file, index=":") if relaxed_file.stat().st_size else []
+        relaxed = read(relaxed_file, index=":") if relaxed_file.stat().st_size else []
+        if any("grain_core_shift" not in r for r in batch):  # parts written before the grain check
+            batch = _with_grain_check(batch, relaxed, read_source(f"{path}:{index}"))
+        records += batch
+        structures += relaxed
         raw += read(generated_file, index=":") if generated_file.stat().st_size else []
         say(f"[gb] {kind}: template {j + 1}/{len(templates)} in-painted and relaxed")
     t_sample = float(sum(r["sample_seconds"] for r in records))
@@ -458,9 +480,12 @@ def anneal_samples(
 
 
 def summarize(records: Sequence[dict[str, Any]], reference: dict[str, Any], margin: float) -> dict[str, Any]:
+    """Rates and minima of ``records`` against the reference; a structure whose grains the relaxation destroyed
+    (``grains_kept`` false) has no E_gb and counts as not relaxed into a boundary."""
     e = np.array([r["gb_energy"] for r in records], dtype=float)
     n = np.array([r["n"] for r in records], dtype=int)
-    ok = np.isfinite(e)
+    kept = np.array([r.get("grains_kept", True) for r in records], dtype=bool)
+    ok = np.isfinite(e) & kept
     ref_min = reference["min"]
     per_ref = reference["per_count"]
     within_count = [
@@ -478,6 +503,7 @@ def summarize(records: Sequence[dict[str, Any]], reference: dict[str, Any], marg
     return {
         "n_samples": len(records),
         "relaxed_ok": int(ok.sum()),
+        "grains_lost": int((~kept).sum()),
         "within_margin_of_reference_min": float(np.mean(ok & (e <= ref_min + margin))) if len(e) else float("nan"),
         "below_reference_min": float(np.mean(ok & (e < ref_min))) if len(e) else float("nan"),
         "within_margin_of_reference_min_at_same_n": float(np.mean(within_count)) if len(e) else float("nan"),
@@ -511,14 +537,15 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"(n = N − N_perfect, whole cell, two boundaries). Margin {margin} J/m². Boundary slab "
         f"±{results['settings']['boundary_width']} Å.",
         "",
-        "| model | samples | relaxed | within margin of ref. min | below ref. min | within margin of ref. min at "
-        "same n | best E_gb (n) | median E_gb | n changed from template | fixed region kept |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | samples | relaxed into a boundary | grains lost | within margin of ref. min | below ref. min | "
+        "within margin of ref. min at same n | best E_gb (n) | median E_gb | n changed from template | fixed region "
+        "kept |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, m in results["models"].items():
         s = m["summary"]
         lines.append(
-            f"| {MODEL_LABELS.get(kind, kind)} | {s['n_samples']} | {s['relaxed_ok']} | "
+            f"| {MODEL_LABELS.get(kind, kind)} | {s['n_samples']} | {s['relaxed_ok']} | {s.get('grains_lost', '—')} | "
             f"{s['within_margin_of_reference_min']:.0%} | "
             f"{s['below_reference_min']:.0%} | {s['within_margin_of_reference_min_at_same_n']:.0%} | "
             f"{_fmt(s['best_gb_energy'])} ({s['n_at_best'] if s['n_at_best'] is not None else '—'}) | "

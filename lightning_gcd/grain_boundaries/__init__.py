@@ -5,12 +5,14 @@ core imports nothing of it:
 
 * ``inpaint``: the in-painting template (the bulk grains fixed, slabs around the boundary planes generated);
 * ``relax``: relaxation of the generated structures with the dataset's calculator, and their E_gb (J/m²);
+* ``grains``: whether a relaxed structure still holds its template's two grains (else it has no E_gb);
 * ``anneal``: the annealed search's MD anneal, then the same relaxation (in-painting + anneal);
 * ``layers``: the atomic layers of a bicrystal and the atom count of each of its two boundaries;
 * ``sample``: ``gcd sample --inpaint``, the two in sequence, written to a file.
 """
 
 from lightning_gcd.grain_boundaries.anneal import anneal_boundaries
+from lightning_gcd.grain_boundaries.grains import grain_core_shift, grains_kept
 from lightning_gcd.grain_boundaries.inpaint import (
     InpaintSource,
     fixed_atoms_kept,
@@ -26,6 +28,8 @@ __all__ = [
     "InpaintSource",
     "anneal_boundaries",
     "fixed_atoms_kept",
+    "grain_core_shift",
+    "grains_kept",
     "inpaint",
     "inpaint_template",
     "read_source",

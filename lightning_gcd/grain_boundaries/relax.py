@@ -4,8 +4,9 @@ Each generated structure is relaxed with the dataset's calculator (EMT or the LA
 settings; ``lightning_gcd.relax``) and its cell mode — the normal cell length relaxed to zero normal
 stress (in-plane cell fixed) for files built so, the fixed cell for files built before that (no
 ``meta_relax_cell``), so generated and reference energies are comparable — and gets ``total_energy`` (eV),
-``gb_energy`` (J/m², (E − N·E_coh)/(2A), two boundaries per cell) and ``n_boundary_atoms`` (N − the perfect
-bicrystal's count) in its ``info``.
+``gb_energy`` (J/m², (E − N·E_coh)/(2A), two boundaries per cell), ``n_boundary_atoms`` (N − the perfect
+bicrystal's count), ``grain_core_shift`` (Å) and ``grains_kept`` (``grain_boundaries.grains``: an E_gb is a
+boundary's only while both grains survived the relaxation) in its ``info``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from ase import Atoms
 
+from lightning_gcd.grain_boundaries.grains import grain_core_shift, grains_kept
 from lightning_gcd.grain_boundaries.inpaint import InpaintSource
 
 __all__ = ["relax_boundaries"]
@@ -51,4 +53,7 @@ def relax_boundaries(
         relaxed.info["cohesive_energy"] = float(e_coh)
         if n_perfect is not None:
             relaxed.info["n_boundary_atoms"] = int(len(relaxed) - int(n_perfect))
+        shift = grain_core_shift(relaxed, source)
+        relaxed.info["grain_core_shift"] = shift
+        relaxed.info["grains_kept"] = grains_kept(shift)
     return out

@@ -397,6 +397,11 @@ def test_study_trains_on_a_search_file_anneals_what_it_generated_and_compares_wi
     for n in result["best_known"]:  # no reference files: each [n]'s best-known candidate is a hit of its method
         assert sum(b["per_n"][n]["within_0.01"]["hits"] for b in result["all_candidates"].values() if n in b["per_n"])
     assert (out / "envelope.png").stat().st_size > 0 and "annealed random search" in (out / "comparison.md").read_text()
+    for kind in ("voxel", "particle", "voxel_anneal", "particle_anneal"):  # the grain check reaches the comparison
+        lost = sum(not r["grains_kept"] for r in results["models"][kind]["samples"])
+        assert result["all_candidates"][kind]["grains_lost"] == lost
+    assert result["all_candidates"]["search"]["grains_lost"] == 0
+    assert "| grains lost |" in (out / "comparison.md").read_text()
     phases = _script("boundary_phases")
     with AtomsH5(built) as f:
         first_n = float(np.round(f.structure_property("n_fraction")[0], 4))

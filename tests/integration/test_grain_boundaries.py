@@ -375,7 +375,9 @@ def test_experiment_end_to_end_tiny(tmp_path: Path) -> None:
         ):
             assert key in summary
         assert summary["n_samples"] == 3 and summary["fixed_region_kept"] == 1.0
-        assert all({"n", "gb_energy", "template"} <= set(r) for r in saved["models"][kind]["samples"])
+        records = saved["models"][kind]["samples"]
+        assert all({"n", "gb_energy", "template", "grain_core_shift", "grains_kept"} <= set(r) for r in records)
+        assert summary["grains_lost"] == sum(not r["grains_kept"] for r in records)
     assert {r["n"] for r in saved["models"]["particle"]["samples"]} == {-2, 0, 2}  # fixed N: the templates' counts
     for name in ("results.md", "egb_vs_n.png", "counts.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0

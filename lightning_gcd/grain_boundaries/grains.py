@@ -1,7 +1,7 @@
 """Whether a relaxed bicrystal still holds its template's two grains.
 
 An E_gb is the excess energy of a boundary between two given grains. A generated structure whose relaxation
-destroyed a grain (atoms generated on top of grain atoms blast the lattice apart in the first minimisation
+destroyed a grain (atoms generated on top of each other blast the lattice apart in the first minimisation
 steps; the debris relaxes into an amorphous cell, or into one crystal with no boundary at all, whose "E_gb"
 can lie far below the true minimum) has no E_gb to compare. This module measures it: the atoms of the
 template's grain cores (farther than ``depth`` Å from both boundary planes, where the in-painting held every
@@ -23,7 +23,7 @@ __all__ = ["CORE_DEPTH", "GRAIN_SHIFT_TOLERANCE", "grain_core_shift", "grains_ke
 #: Å from the nearest boundary plane beyond which the template's atoms form the grain cores
 CORE_DEPTH = 5.0
 #: Å of core shift above which a grain counts as lost: intact cores measured ≤ 0.24 Å (W and Cu, voxel
-#: in-painting, 800 cells) and lost ones ≥ 0.40 Å (experiments/grain_boundaries/RESULTS.md, "Lost grains")
+#: in-painting, ± anneal, 800 cells) and lost ones ≥ 0.37 Å (experiments/grain_boundaries/RESULTS.md, "Lost grains")
 GRAIN_SHIFT_TOLERANCE = 0.3
 
 

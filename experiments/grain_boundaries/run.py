@@ -338,16 +338,30 @@ def _record(index: int, source, atoms) -> dict[str, Any]:
     }
 
 
-def _with_grain_check(batch: list[dict[str, Any]], relaxed: list, source) -> list[dict[str, Any]]:
-    """A template's records with the grain core shift of each relaxed structure (``relaxed``: the non-empty
-    ones, in the records' order) added where they lack it."""
+def _closest_pair(atoms) -> float:
+    """Å between the two closest atoms of ``atoms`` as generated (periodic); inf (null in JSON) when none are
+    within 3 Å.
+    Stacked atoms (closest pairs of a few tenths of an Å) are what destroys grains in the relaxation."""
+    from ase.neighborlist import neighbor_list
+
+    distances = neighbor_list("d", atoms, 3.0) if len(atoms) else []
+    return float(np.min(distances)) if len(distances) else float("inf")
+
+
+def _with_checks(batch: list[dict[str, Any]], relaxed: list, generated: list, source) -> list[dict[str, Any]]:
+    """A template's records with the closest generated pair and the grain core shift of each structure added
+    where they lack them (parts written before these checks); ``relaxed`` and ``generated``: the non-empty
+    structures, in the records' order."""
     from lightning_gcd.grain_boundaries.grains import grain_core_shift, grains_kept
 
-    structures = iter(relaxed)
+    relaxed, generated = iter(relaxed), iter(generated)
     out = []
     for r in batch:
-        shift = grain_core_shift(next(structures), source) if r["n_atoms"] else float("nan")
-        out.append({**r, "grain_core_shift": shift, "grains_kept": grains_kept(shift)})
+        if r["n_atoms"]:
+            shift, closest = grain_core_shift(next(relaxed), source), _closest_pair(next(generated))
+        else:
+            shift, closest = float("nan"), float("inf")
+        out.append({"closest_pair": closest, "grain_core_shift": shift, "grains_kept": grains_kept(shift)} | r)
     return out
 
 
@@ -400,17 +414,19 @@ def inpaint_and_relax(
             )
             t1 = time.perf_counter()
             kept = [fixed_atoms_kept(a, source, fixed, tol=1e-3) for a in generated]
+            closest = [_closest_pair(a) for a in generated]
             relaxed = relax_boundaries(generated, source, max_steps=settings.get("relax_steps"))
             t2 = time.perf_counter()
             batch = [
                 {
                     **_record(index, source, atoms),
                     "fixed_region_kept": bool(ok),
+                    "closest_pair": near,
                     # wall time of this candidate: its share of the template batch's sampling + its relaxation
                     "sample_seconds": (t1 - t0) / len(generated),
                     "relax_seconds": float(atoms.info.get("relax_seconds", (t2 - t1) / len(generated))),
                 }
-                for atoms, ok in zip(relaxed, kept, strict=True)
+                for atoms, ok, near in zip(relaxed, kept, closest, strict=True)
             ]
             unrelaxed = [a.copy() for a in generated if len(a)]  # as generated: what a later anneal starts from
             for atoms in unrelaxed:
@@ -421,11 +437,12 @@ def inpaint_and_relax(
         batch = read_json(done)
         # a template whose samples all decoded to no atoms leaves empty files, which ASE cannot read
         relaxed = read(relaxed_file, index=":") if relaxed_file.stat().st_size else []
-        if any("grain_core_shift" not in r for r in batch):  # parts written before the grain check
-            batch = _with_grain_check(batch, relaxed, read_source(f"{path}:{index}"))
+        unrelaxed = read(generated_file, index=":") if generated_file.stat().st_size else []
+        if any("grain_core_shift" not in r or "closest_pair" not in r for r in batch):  # parts of older runs
+            batch = _with_checks(batch, relaxed, unrelaxed, read_source(f"{path}:{index}"))
         records += batch
         structures += relaxed
-        raw += read(generated_file, index=":") if generated_file.stat().st_size else []
+        raw += unrelaxed
         say(f"[gb] {kind}: template {j + 1}/{len(templates)} in-painted and relaxed")
     t_sample = float(sum(r["sample_seconds"] for r in records))
     t_relax = float(sum(r["relax_seconds"] for r in records))
@@ -504,6 +521,10 @@ def summarize(records: Sequence[dict[str, Any]], reference: dict[str, Any], marg
         "n_samples": len(records),
         "relaxed_ok": int(ok.sum()),
         "grains_lost": int((~kept).sum()),
+        # Å, the median over structures of each one's closest pair as generated (stacked atoms: tenths of an Å)
+        "closest_pair_median": float(np.median([r["closest_pair"] or np.inf for r in records if "closest_pair" in r]))
+        if any("closest_pair" in r for r in records)
+        else float("nan"),
         "within_margin_of_reference_min": float(np.mean(ok & (e <= ref_min + margin))) if len(e) else float("nan"),
         "below_reference_min": float(np.mean(ok & (e < ref_min))) if len(e) else float("nan"),
         "within_margin_of_reference_min_at_same_n": float(np.mean(within_count)) if len(e) else float("nan"),

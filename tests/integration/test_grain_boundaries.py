@@ -377,6 +377,7 @@ def test_experiment_end_to_end_tiny(tmp_path: Path) -> None:
         assert summary["n_samples"] == 3 and summary["fixed_region_kept"] == 1.0
         records = saved["models"][kind]["samples"]
         assert all({"n", "gb_energy", "template", "grain_core_shift", "grains_kept"} <= set(r) for r in records)
+        assert all(r["closest_pair"] > 0 for r in records) and summary["closest_pair_median"] > 0
         assert summary["grains_lost"] == sum(not r["grains_kept"] for r in records)
     assert {r["n"] for r in saved["models"]["particle"]["samples"]} == {-2, 0, 2}  # fixed N: the templates' counts
     for name in ("results.md", "egb_vs_n.png", "counts.png"):

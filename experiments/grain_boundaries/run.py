@@ -20,6 +20,10 @@ Usage::
     python experiments/grain_boundaries/run.py --steps 300 --set system.translations=2 --out /tmp/gb
     python experiments/grain_boundaries/run.py --profile w_search --models voxel   # trained on the annealed search
     python experiments/grain_boundaries/run.py --profile w_search --models voxel --anneal-samples  # + the anneal
+    python experiments/grain_boundaries/run.py --profile cu_search --models particle --train-only  # then, side by
+    python experiments/grain_boundaries/run.py --profile cu_search --models particle --shard 0/2    # side, shards
+    python experiments/grain_boundaries/run.py --profile cu_search --models particle --shard 1/2    # 0/2 and 1/2,
+    python experiments/grain_boundaries/run.py --profile cu_search --models particle                # then collect
 
 Outputs in ``--out`` (default ``<workdir>/results``): ``results.json`` (every number, every generated
 structure's n and E_gb, settings, machine), ``results.md`` (tables), ``egb_vs_n.png`` (E_gb against n:

@@ -61,13 +61,15 @@ from lightning_gcd.studies.statistics import wilson_interval
 
 NEAR = (0.01, 0.05)  # J/m² above the best-known E_gb at the same [n]
 GRIP = {("W", "twist100"): {0.2: 2.297, 0.4: 2.469}}  # J/m², GRIP's published W Σ5(001) twist minima
-ORDER = ("search", "voxel", "voxel_anneal", "particle", "particle_anneal")
+ORDER = ("search", "voxel", "voxel_anneal", "particle", "particle_anneal", "particle_torus", "particle_torus_anneal")
 LABELS = {
     "search": "annealed random search",
     "voxel": "voxel in-painting",
     "voxel_anneal": "voxel in-painting + anneal",
     "particle": "particle in-painting",
     "particle_anneal": "particle in-painting + anneal",
+    "particle_torus": "torus particle in-painting",
+    "particle_torus_anneal": "torus particle in-painting + anneal",
 }
 
 
@@ -369,7 +371,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     best = result["best_known"]
     xs = [float(n) for n in best]
     ax.plot(xs, list(best.values()), color="0.2", lw=2.5, alpha=0.35, label="best known")
-    markers = dict(zip(ORDER, "os^Dv", strict=True))
+    markers = dict(zip(ORDER, "os^DvPX", strict=True))
     for name, block in result["all_candidates"].items():
         per_n = block["per_n"]  # an [n] the method never reached breaks its line (NaN), not bridged
         single = sum(per_n[n]["candidates"] for n in per_n)

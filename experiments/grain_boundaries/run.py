@@ -55,12 +55,14 @@ from lightning_gcd.studies.crystals import (
     COLORS,
     MODEL_LABELS,
     PARTICLE_SECTION,
+    TORUS_SECTION,
     VOXEL_SECTION,
     model_and_data,
     particle_geometry,
 )
 
-MODELS = ("voxel", "particle")
+MODELS = ("voxel", "particle", "particle_torus")
+DEFAULT_MODELS = ("voxel", "particle")  # the torus model (#25) on request: hours of CPU on these cells
 STUDY = "grain_boundaries"
 
 #: the study's profiles (``--profile quick``: ``profiles/quick.yaml``); their model sections are the crystal
@@ -90,6 +92,7 @@ PROFILE_SCHEMA = {
     ),
     "voxel": VOXEL_SECTION,
     "particle": PARTICLE_SECTION,
+    "particle_torus": TORUS_SECTION,
 }
 
 
@@ -101,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"settings preset: one of {', '.join(profile_names(PROFILES))} (experiments/grain_boundaries/profiles/"
         "*.yaml) or the path of a YAML profile of your own (default: quick)",
     )
-    p.add_argument("--models", nargs="+", choices=MODELS, default=None, help="models to run (default: both)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=None,
+        help="models to run (default: voxel particle; particle_torus is DiffCSP's recipe over a radius graph)",
+    )
     p.add_argument(
         "--workdir", default="runs/grain_boundaries", help="dataset, runs and samples (default: %(default)s)"
     )
@@ -165,7 +174,13 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name) is not None:
             s[key] = getattr(args, name)
     apply_overrides(s, args.set)
-    s["models"] = list(args.models or MODELS)
+    s["models"] = list(args.models or DEFAULT_MODELS)
+    for kind in s["models"]:
+        if not {"model", "sampler", "sample_steps"} <= set(s.get(kind) or {}):
+            raise SystemExit(
+                f"run.py: profile {args.profile} has no {kind} section; add one (e.g. "
+                f"{kind}: sections/particle_torus_radius.yaml, as profiles/cu_search.yaml does)"
+            )
     s.setdefault("relax_steps", None)
     s.setdefault("dataset", None)
     return s

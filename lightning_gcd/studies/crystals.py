@@ -124,7 +124,7 @@ def model_and_data(
         p = settings["particle_torus"]
         options = dict(p["model"])
         batch_size = int(settings["batch_size"])
-        if settings["budget"] == "converge":
+        if settings.get("budget") == "converge":
             c = p["converge"]
             options["ema_decay"] = c["ema_decay"]
             batch_size = int(c["batch_size"])

@@ -359,8 +359,8 @@ def _record(index: int, source, atoms) -> dict[str, Any]:
 
 def _closest_pair(atoms) -> float:
     """Å between the two closest atoms of ``atoms`` as generated (periodic); inf (null in JSON) when none are
-    within 3 Å.
-    Stacked atoms (closest pairs of a few tenths of an Å) are what destroys grains in the relaxation."""
+    within 3 Å. Stacked atoms (closest pairs of a few tenths of an Å) are what destroys grains in the
+    relaxation."""
     from ase.neighborlist import neighbor_list
 
     distances = neighbor_list("d", atoms, 3.0) if len(atoms) else []

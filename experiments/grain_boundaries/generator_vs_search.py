@@ -103,9 +103,9 @@ def read_search(path: Path) -> tuple[list[dict[str, float]], dict[str, Any]]:
 
 
 def boundary_cells(results: dict[str, Any], workdir: Path, kind: str) -> list[tuple[tuple[float, float], float]]:
-    """Each of ``kind``'s candidates' two boundary [n] and grain core shift (Å, ``grain_boundaries.grains``),
-    from ``run.py``'s ``samples/<kind>.extxyz`` in ``workdir``, in the order of its records; NaN for an empty
-    structure."""
+    """Each of ``kind``'s candidates' two boundary [n] and grain core shift (Å, ``grain_boundaries.grains``: the
+    record's own, measured from ``run.py``'s ``samples/<kind>.extxyz`` in ``workdir`` for records written before
+    the check), in the order of its records; NaN for an empty structure."""
     from ase.io import read
 
     from lightning_gcd.grain_boundaries import read_source
@@ -130,7 +130,11 @@ def boundary_cells(results: dict[str, Any], workdir: Path, kind: str) -> list[tu
         source = sources[index]
         half = int(source.properties["n_boundary_atoms"]) // 2  # search templates: the same count at both
         excess = boundary_excess(atoms, source.atoms, source.boundary_z, (half, half))
-        cells.append((tuple(plane_fraction(e, per_plane) for e in excess), grain_core_shift(atoms, source)))
+        if "grain_core_shift" in r:  # run.py measured it at relaxation (null: unmeasured)
+            shift = float("nan") if r["grain_core_shift"] is None else float(r["grain_core_shift"])
+        else:  # a results file from before the grain check
+            shift = grain_core_shift(atoms, source)
+        cells.append((tuple(plane_fraction(e, per_plane) for e in excess), shift))
     return cells
 
 

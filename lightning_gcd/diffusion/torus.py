@@ -125,8 +125,12 @@ class TorusDiffusion:
 
     @staticmethod
     def score_norm(sigma: torch.Tensor) -> torch.Tensor:
-        """``lambda(sigma)`` (B,) in the dtype and device of ``sigma``."""
-        norm = wrapped_normal_score_norm(sigma.detach().double().cpu()).clamp(min=1e-12)  # 0 only for a uniform kernel
+        """``lambda(sigma)`` (B,) in the dtype and device of ``sigma``.
+
+        The quadrature runs once per distinct sigma: a sampler's batch shares one level, and the quadrature
+        over 4,096 points per row would otherwise cost a fifth of a small network's sampling time."""
+        distinct, index = torch.unique(sigma.detach().double().cpu(), return_inverse=True)
+        norm = wrapped_normal_score_norm(distinct).clamp(min=1e-12)[index]  # 0 only for a uniform kernel
         return norm.to(sigma.device, sigma.dtype)
 
     def score(self, prediction: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

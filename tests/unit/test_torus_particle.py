@@ -52,6 +52,13 @@ def test_score_norm_is_the_expected_squared_score() -> None:
     assert float(wrapped_normal_score_norm(torch.tensor(0.005))) == pytest.approx(1 / 0.005**2, rel=1e-6)
 
 
+def test_batch_score_norm_gives_each_row_its_own_sigma_value() -> None:
+    """``TorusDiffusion.score_norm`` computes each distinct sigma once; every row must still get its own."""
+    sigma = torch.tensor([0.3, 0.005, 0.3, 0.12, 0.5, 0.005, 0.3])
+    per_row = torch.stack([wrapped_normal_score_norm(s.double()) for s in sigma]).float()
+    assert torch.allclose(TorusDiffusion.score_norm(sigma), per_row, rtol=1e-6)
+
+
 def test_training_target_is_the_noise_at_small_sigma_and_unit_scale_everywhere() -> None:
     diffusion = TorusDiffusion()
     gen = torch.Generator().manual_seed(1)

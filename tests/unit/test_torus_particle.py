@@ -395,3 +395,24 @@ def test_trapping_script_scores_sampling_from_noised_crystals(fcc_h5, tmp_path) 
     assert (tmp_path / "trap" / "trapping.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="pc-LEVELS"):
         trapping.parse_sampler("ddpm-10")
+
+
+def test_all_pairs_sampling_blocks_give_the_whole_batch_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without gradients the all-pairs rounds run on blocks of structures; with them, on the whole batch."""
+    from lightning_gcd.nets import fourier_pairs
+
+    torch.manual_seed(0)
+    net = FourierPairNet(hidden=16, layers=2, frequencies=4).double()
+    b, n = 7, 6
+    frac = torch.rand(b, n, 3, dtype=torch.float64)
+    numbers = torch.full((b, n), 29)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[2, 4:] = False  # a structure with padding inside a block
+    lengths = torch.tensor([[3.6, 3.6 + 0.2 * i, 3.6] for i in range(b)], dtype=torch.float64)
+    cell = torch.diag_embed(lengths)  # a different cell shape per structure
+    t = torch.rand(b, dtype=torch.float64)
+    whole = net(frac, numbers, mask, cell, t)  # gradients on: one block
+    monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 3 * n * n * 16)  # blocks of 3, 3 and 1
+    with torch.no_grad():
+        blocks = net(frac, numbers, mask, cell, t)
+    assert torch.allclose(blocks, whole, atol=1e-12)

@@ -191,8 +191,8 @@ class FourierPairNet(nn.Module):
         h = self.species(numbers) + c[:, None, :]  # (B, N, H)
         shape = cell_shape_features(cell)
         if self.graph == "all_pairs":
-            # sampling on a CPU (no gradients): blocks of structures whose pair tensors stay near the cache size;
-            # the same function, 2.5x faster for 32- and 64-atom cells at batch 64 (experiments/bench_pair_blocks.py)
+            # sampling on a CPU (no gradients): blocks of structures whose pair tensors stay near the cache size,
+            # the same function (timed by experiments/bench_pair_blocks.py)
             on_cpu_without_grad = frac.device.type == "cpu" and not torch.is_grad_enabled()
             block = max(1, PAIR_BLOCK_ELEMENTS // (n * n * self.hidden)) if on_cpu_without_grad else b
             parts = [

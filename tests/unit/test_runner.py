@@ -190,6 +190,44 @@ def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
     assert saved["global_step"] == (6 if every_n_train_steps is None else 8)
 
 
+def test_a_resumed_run_keeps_writing_last_ckpt_when_the_checkpoint_came_from_another_saver(tmp_path: Path) -> None:
+    """Resuming from a last.ckpt written by a differently configured saver (an older version, the other mode)
+    must overwrite last.ckpt, not start last-v1.ckpt: the same command resumes from last.ckpt next time."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch: list[torch.Tensor], _: int) -> None:
+            self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=2)
+    folder = tmp_path / "ckpt"
+    for every_n_train_steps, max_steps in ((4, 4), (None, 9)):
+        trainer = build_trainer(
+            {"accelerator": "cpu"},
+            max_steps=max_steps,
+            limit_val_batches=1,
+            val_check_interval=3,
+            check_val_every_n_epoch=None,
+            **checkpointing(folder, every_n_train_steps=every_n_train_steps),
+        )
+        resume = folder / "last.ckpt"
+        trainer.fit(Tiny(), data, data, ckpt_path=resume if resume.is_file() else None)
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 9
+    assert not list(folder.glob("last-v*.ckpt"))
+
+
 # ----------------------------------------------------------------------------------------------------
 # the worker pool
 def _job(tmp_path: Path, name: str, code: str) -> Job:

@@ -89,20 +89,15 @@ def checkpointing(folder: str | Path, every_n_train_steps: int | None = None) ->
 
     from lightning_gcd.callbacks.checkpointing import AtomicCheckpointIO
 
-    # no version counter: resumed from a last.ckpt that another saver wrote (an older version, the other mode),
-    # ModelCheckpoint would otherwise write last-v1.ckpt, and the next resume would read the stale last.ckpt
     if every_n_train_steps:
-        saver = ModelCheckpoint(
-            dirpath=folder,
-            save_last=True,
-            save_top_k=0,
-            every_n_train_steps=every_n_train_steps,
-            enable_version_counter=False,
-        )
+        when: dict[str, Any] = {"save_top_k": 0, "every_n_train_steps": every_n_train_steps}
     else:
         # after every validation: ModelCheckpoint writes last.ckpt at a validation only when it also saved a top-k
         # checkpoint there, so keep one (the newest; no monitor) beside it — with save_top_k=0 it never writes
-        saver = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=1, enable_version_counter=False)
+        when = {"save_top_k": 1}
+    # no version counter: resumed from a last.ckpt that another saver wrote (an older version, the other mode),
+    # ModelCheckpoint would otherwise write last-v1.ckpt, and the next resume would read the stale last.ckpt
+    saver = ModelCheckpoint(dirpath=folder, save_last=True, enable_version_counter=False, **when)
     return {"enable_checkpointing": True, "plugins": [AtomicCheckpointIO()], "callbacks": [saver]}
 
 

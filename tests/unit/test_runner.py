@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,15 +149,10 @@ def test_build_trainer_with_resumable_checkpointing(tmp_path: Path) -> None:
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
-@pytest.mark.parametrize("every_n_train_steps", [None, 4])
-def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
-    tmp_path: Path, every_n_train_steps: int | None
-) -> None:
-    """A fit that dies in its 9th step resumes from step 6 (validations after steps 3 and 6) or step 8 (saved every
-    4 steps): last.ckpt is written during the run, not only by a run that ends normally."""
+def _tiny_module(killed_at_step: int | None = None) -> Any:
+    """A one-layer LightningModule with a logged validation loss; ``killed_at_step``: the process dies there."""
     import lightning as L
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
 
     class Tiny(L.LightningModule):
         def __init__(self) -> None:
@@ -164,7 +160,7 @@ def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
             self.layer = torch.nn.Linear(2, 1)
 
         def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
-            if self.global_step == 8:
+            if self.global_step == killed_at_step:
                 raise KeyboardInterrupt  # the process is killed
             return self.layer(batch[0]).pow(2).mean()
 
@@ -173,6 +169,18 @@ def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Tiny()
+
+
+@pytest.mark.parametrize("every_n_train_steps", [None, 4])
+def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
+    tmp_path: Path, every_n_train_steps: int | None
+) -> None:
+    """A fit that dies in its 9th step resumes from step 6 (validations after steps 3 and 6) or step 8 (saved every
+    4 steps): last.ckpt is written during the run, not only by a run that ends normally."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
 
     data = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=2)
     options = checkpointing(tmp_path / "ckpt", every_n_train_steps=every_n_train_steps)
@@ -185,7 +193,7 @@ def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
         **options,
     )
     with pytest.raises(SystemExit):  # Lightning turns the interrupt into an exit after its teardown
-        trainer.fit(Tiny(), data, data)
+        trainer.fit(_tiny_module(killed_at_step=8), data, data)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == (6 if every_n_train_steps is None else 8)
 
@@ -193,23 +201,8 @@ def test_a_killed_run_leaves_last_ckpt_of_its_last_validation_or_step(
 def test_a_resumed_run_keeps_writing_last_ckpt_when_the_checkpoint_came_from_another_saver(tmp_path: Path) -> None:
     """Resuming from a last.ckpt written by a differently configured saver (an older version, the other mode)
     must overwrite last.ckpt, not start last-v1.ckpt: the same command resumes from last.ckpt next time."""
-    import lightning as L
     import torch
     from torch.utils.data import DataLoader, TensorDataset
-
-    class Tiny(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
-            return self.layer(batch[0]).pow(2).mean()
-
-        def validation_step(self, batch: list[torch.Tensor], _: int) -> None:
-            self.log("val/loss", self.layer(batch[0]).pow(2).mean())
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
 
     data = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=2)
     folder = tmp_path / "ckpt"
@@ -223,7 +216,7 @@ def test_a_resumed_run_keeps_writing_last_ckpt_when_the_checkpoint_came_from_ano
             **checkpointing(folder, every_n_train_steps=every_n_train_steps),
         )
         resume = folder / "last.ckpt"
-        trainer.fit(Tiny(), data, data, ckpt_path=resume if resume.is_file() else None)
+        trainer.fit(_tiny_module(), data, data, ckpt_path=resume if resume.is_file() else None)
     assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 9
     assert not list(folder.glob("last-v*.ckpt"))
 

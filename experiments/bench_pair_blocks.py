@@ -13,19 +13,19 @@ speed-up and the largest difference.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import platform
-import time
 from unittest import mock
 
 import numpy as np
 import torch
 from ase.build import bulk
+from bench_pair_mlp import A_CU, best_of_in_turn, rattled_batch  # the sibling script (same folder)
 
 from lightning_gcd.nets import fourier_pairs
 from lightning_gcd.nets.fourier_pairs import FourierPairNet
-
-A_CU = 3.615  # Å, fcc Cu
 
 
 def fcc_batch(n_atoms: int, batch: int, seed: int = 0):
@@ -35,13 +35,7 @@ def fcc_batch(n_atoms: int, batch: int, seed: int = 0):
     while 4 * int(np.prod(reps)) < n_atoms:
         reps[axis] *= 2
         axis = (axis + 1) % 3
-    atoms = bulk("Cu", "fcc", a=A_CU, cubic=True).repeat(reps)
-    rng = np.random.default_rng(seed)
-    inv = np.linalg.inv(np.array(atoms.cell))
-    frac = [(atoms.positions + rng.normal(0, 0.1, atoms.positions.shape)) @ inv for _ in range(batch)]
-    frac = torch.tensor(np.mod(np.stack(frac), 1.0), dtype=torch.float32)
-    cell = torch.tensor(np.array(atoms.cell), dtype=torch.float32).expand(batch, 3, 3).contiguous()
-    return frac, torch.full(frac.shape[:2], 29), torch.ones(frac.shape[:2], dtype=torch.bool), cell
+    return rattled_batch(bulk("Cu", "fcc", a=A_CU, cubic=True).repeat(reps), batch, seed)
 
 
 def main() -> None:
@@ -59,16 +53,11 @@ def main() -> None:
     for size in args.sizes:
         frac, numbers, mask, cell = fcc_batch(size, args.batch)
         t = torch.full((args.batch,), 0.5)
-        best = {"blocks": float("inf"), "whole": float("inf")}
-        outputs = {}
-        with torch.no_grad():
-            for _ in range(args.repeats):
-                for way in best:  # in turn: a load change hits both
-                    limit = fourier_pairs.PAIR_BLOCK_ELEMENTS if way == "blocks" else whole_batch
-                    with mock.patch.object(fourier_pairs, "PAIR_BLOCK_ELEMENTS", limit):
-                        start = time.perf_counter()
-                        outputs[way] = net(frac, numbers, mask, cell, t)
-                        best[way] = min(best[way], time.perf_counter() - start)
+        ways = {
+            "blocks": contextlib.nullcontext,
+            "whole": functools.partial(mock.patch.object, fourier_pairs, "PAIR_BLOCK_ELEMENTS", whole_batch),
+        }
+        best, outputs = best_of_in_turn(ways, functools.partial(net, frac, numbers, mask, cell, t), args.repeats)
         cases.append(
             {
                 "atoms": int(frac.shape[1]),

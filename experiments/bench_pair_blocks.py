@@ -22,10 +22,12 @@ from unittest import mock
 import numpy as np
 import torch
 from ase.build import bulk
-from bench_pair_mlp import A_CU, best_of_in_turn, rattled_batch  # the sibling script (same folder)
 
 from lightning_gcd.nets import fourier_pairs
 from lightning_gcd.nets.fourier_pairs import FourierPairNet
+from lightning_gcd.runner.benchmarks import best_of_in_turn, rattled_batch
+
+A_CU = 3.615  # Å, fcc Cu
 
 
 def fcc_batch(n_atoms: int, batch: int, seed: int = 0):

@@ -18,9 +18,6 @@ import contextlib
 import functools
 import json
 import platform
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from unittest import mock
 
 import numpy as np
@@ -29,6 +26,7 @@ from ase.build import bulk
 
 from lightning_gcd.nets import mpnn
 from lightning_gcd.nets.mpnn import PeriodicMPNN
+from lightning_gcd.runner.benchmarks import best_of_in_turn, rattled_batch
 
 A_CU = 3.615  # Å, fcc Cu
 
@@ -42,35 +40,6 @@ def fcc_batch(n_atoms: int, batch: int, seed: int = 0):
     """``batch`` copies of the smallest cubic fcc Cu supercell with at least ``n_atoms`` atoms, 0.1 Å noise."""
     reps = int(np.ceil((n_atoms / 4) ** (1 / 3)))
     return rattled_batch(bulk("Cu", "fcc", a=A_CU, cubic=True).repeat(reps), batch, seed)
-
-
-def rattled_batch(atoms, batch: int, seed: int = 0):
-    """``batch`` copies of ``atoms`` with 0.1 Å Gaussian noise: frac (B, N, 3), numbers (B, N), mask (B, N),
-    cell (B, 3, 3) Å."""
-    rng = np.random.default_rng(seed)
-    cell = torch.tensor(np.array(atoms.cell), dtype=torch.float32)
-    inv = np.linalg.inv(np.array(atoms.cell))
-    frac = [(atoms.positions + rng.normal(0, 0.1, atoms.positions.shape)) @ inv for _ in range(batch)]
-    frac = torch.tensor(np.mod(np.stack(frac), 1.0), dtype=torch.float32)
-    numbers = torch.tensor(atoms.numbers).expand(batch, -1).contiguous()
-    return frac, numbers, torch.ones(frac.shape[:2], dtype=torch.bool), cell.expand(batch, 3, 3).contiguous()
-
-
-def best_of_in_turn(
-    ways: dict[str, Callable[[], AbstractContextManager]], forward: Callable[[], torch.Tensor], repeats: int
-):
-    """Best-of-``repeats`` seconds of one no-grad ``forward()`` inside each way's context, the ways timed in turn
-    (a load change hits all of them), and each way's last output: ({way: s}, {way: output})."""
-    best = dict.fromkeys(ways, float("inf"))
-    outputs = {}
-    with torch.no_grad():
-        for _ in range(repeats):
-            for way, context in ways.items():
-                with context():
-                    start = time.perf_counter()
-                    outputs[way] = forward()
-                    best[way] = min(best[way], time.perf_counter() - start)
-    return best, outputs
 
 
 def main() -> None:

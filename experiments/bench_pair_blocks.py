@@ -1,13 +1,15 @@
 """Benchmark of the torus particle network's all-pairs rounds in blocks of structures against the whole batch.
 
-Without gradients (sampling), ``lightning_gcd.nets.fourier_pairs.FourierPairNet`` runs its all-pairs rounds on
-blocks of structures whose pair tensors hold about ``PAIR_BLOCK_ELEMENTS`` numbers, so that they stay near the
-cache size; the same function. This times one no-grad forward pass both ways, in turn, on rattled fcc Cu cells
-(what a sampler evaluates), with the crystal study's torus recipe (hidden 128, 4 layers, 32 frequencies), and
-checks that the outputs agree. Prints one JSON object: per case the best-of-repeats time (ms) of each way, the
-speed-up and the largest difference.
+On a CPU, ``lightning_gcd.nets.fourier_pairs.FourierPairNet`` runs its all-pairs rounds on blocks of structures
+whose pair tensors hold about ``PAIR_BLOCK_ELEMENTS`` numbers, so that they stay near the cache size; the same
+function (when training, each block is checkpointed: recomputed in the backward pass). This times, both ways and
+in turn, one no-grad forward pass (what a sampler evaluates) and one forward + backward pass (a training step's
+network part) on rattled fcc Cu cells, with the crystal study's torus recipe (hidden 128, 4 layers, 32
+frequencies), and checks that the outputs (sampling) and the gradients (training) agree. Prints one JSON object:
+per case the best-of-repeats time (ms) of each way, the speed-up and the largest difference.
 
-    python experiments/bench_pair_blocks.py [--sizes 16 32 64] [--batch 64] [--repeats 3] [--threads 1]
+    python experiments/bench_pair_blocks.py [--sizes 16 32 64] [--batch 64] [--train-batch 32] [--repeats 3]
+        [--threads 1] [--checkpoint-elements 4194304]
 """
 
 from __future__ import annotations
@@ -40,37 +42,66 @@ def fcc_batch(n_atoms: int, batch: int, seed: int = 0):
     return rattled_batch(bulk("Cu", "fcc", a=A_CU, cubic=True).repeat(reps), batch, seed)
 
 
+def block_size(net: FourierPairNet, batch: int, atoms: int, grad: bool) -> int:
+    """The structures per block that the network uses on a CPU (the batch: no blocks)."""
+    elements = atoms * atoms * net.hidden
+    if grad and batch * elements <= fourier_pairs.CHECKPOINT_PAIR_ELEMENTS:
+        return batch
+    return min(batch, max(1, fourier_pairs.PAIR_BLOCK_ELEMENTS // elements))
+
+
+def training_step(net: FourierPairNet, frac, numbers, mask, cell, t) -> torch.Tensor:
+    """One forward and backward pass of a squared-output loss (the cost of a training step's network part);
+    returns the parameters' gradients, flattened."""
+    net.zero_grad()
+    net(frac, numbers, mask, cell, t).square().mean().backward()
+    return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="sampling batch")
+    p.add_argument("--train-batch", type=int, default=32, help="training batch (the crystal study's torus recipe)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--checkpoint-elements",
+        type=int,
+        default=fourier_pairs.CHECKPOINT_PAIR_ELEMENTS,
+        help="training batches above this many pair-tensor elements run in checkpointed blocks (0: every batch)",
+    )
     args = p.parse_args()
+    fourier_pairs.CHECKPOINT_PAIR_ELEMENTS = args.checkpoint_elements
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = FourierPairNet(hidden=128, layers=4, frequencies=32).eval()
+    net = FourierPairNet(hidden=128, layers=4, frequencies=32)
     whole_batch = 1 << 62  # a block larger than any batch: the whole batch at once
+    ways = {
+        "blocks": contextlib.nullcontext,
+        "whole": functools.partial(mock.patch.object, fourier_pairs, "PAIR_BLOCK_ELEMENTS", whole_batch),
+    }
     cases = []
-    for size in args.sizes:
-        frac, numbers, mask, cell = fcc_batch(size, args.batch)
-        t = torch.full((args.batch,), 0.5)
-        ways = {
-            "blocks": contextlib.nullcontext,
-            "whole": functools.partial(mock.patch.object, fourier_pairs, "PAIR_BLOCK_ELEMENTS", whole_batch),
-        }
-        best, outputs = best_of_in_turn(ways, functools.partial(net, frac, numbers, mask, cell, t), args.repeats)
-        cases.append(
-            {
-                "atoms": int(frac.shape[1]),
-                "batch": args.batch,
-                "block": max(1, fourier_pairs.PAIR_BLOCK_ELEMENTS // (frac.shape[1] ** 2 * net.hidden)),
-                "ms": {way: round(1e3 * s, 1) for way, s in best.items()},
-                "speedup": round(best["whole"] / best["blocks"], 3),
-                "max_abs_diff": float((outputs["blocks"] - outputs["whole"]).abs().max()),
-            }
-        )
+    for pass_, batch, grad in (("sample", args.batch, False), ("train", args.train_batch, True)):
+        for size in args.sizes:
+            frac, numbers, mask, cell = fcc_batch(size, batch)
+            t = torch.full((batch,), 0.5)
+            step = training_step if grad else FourierPairNet.__call__
+            forward = functools.partial(step, net, frac, numbers, mask, cell, t)
+            best, outputs = best_of_in_turn(ways, forward, args.repeats, grad=grad)
+            cases.append(
+                {
+                    "pass": pass_,  # sample: no-grad forward; train: forward + backward, gradients compared
+                    "atoms": int(frac.shape[1]),
+                    "batch": batch,
+                    "block": block_size(net, batch, int(frac.shape[1]), grad),
+                    "ms": {way: round(1e3 * s, 1) for way, s in best.items()},
+                    "speedup": round(best["whole"] / best["blocks"], 3),
+                    "max_abs_diff": float((outputs["blocks"] - outputs["whole"]).abs().max()),
+                }
+            )
     info = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine()}
+    info["checkpoint_elements"] = args.checkpoint_elements
     print(json.dumps({"benchmark": "pair_blocks", **info, "cases": cases}, indent=1))
 
 

@@ -23,18 +23,20 @@ Architecture:
 
 The first linear layer of the edge MLP is applied to its four inputs separately (``W [h_i, h_j, c, e] =
 W_i h_i + W_j h_j + W_c c + W_e e``): the same function, but the node terms are computed once per atom, not
-once per pair. Sampling on a CPU runs the all-pairs rounds on blocks of structures that keep the pair tensors
-near the cache size (``PAIR_BLOCK_ELEMENTS``). Pure PyTorch, no Lightning.
+once per pair. On a CPU the all-pairs rounds run on blocks of structures that keep the pair tensors near the
+cache size (``PAIR_BLOCK_ELEMENTS``), checkpointed block by block when training. Pure PyTorch, no Lightning.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, check_species, sinusoidal_embedding
 from lightning_gcd.nets.mpnn import GaussianRadialBasis
@@ -42,8 +44,11 @@ from lightning_gcd.periodic import radius_graph
 
 __all__ = ["FourierPairNet", "fourier_features", "cell_shape_features"]
 
-#: pair-tensor elements (B_block · N² · hidden) per block of structures when sampling on a CPU without gradients
+#: pair-tensor elements (B_block · N² · hidden) per block of structures on a CPU
 PAIR_BLOCK_ELEMENTS = 1 << 20
+#: with gradients, a CPU batch is checkpointed in blocks only above this many pair-tensor elements (B · N² · hidden):
+#: recomputing the blocks costs more than it saves below it (experiments/BENCHMARKS.md, pair blocks)
+CHECKPOINT_PAIR_ELEMENTS = 1 << 22
 
 
 def fourier_features(delta: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -191,15 +196,7 @@ class FourierPairNet(nn.Module):
         h = self.species(numbers) + c[:, None, :]  # (B, N, H)
         shape = cell_shape_features(cell)
         if self.graph == "all_pairs":
-            # sampling on a CPU (no gradients): blocks of structures whose pair tensors stay near the cache size,
-            # the same function (timed by experiments/bench_pair_blocks.py)
-            on_cpu_without_grad = frac.device.type == "cpu" and not torch.is_grad_enabled()
-            block = max(1, PAIR_BLOCK_ELEMENTS // (n * n * self.hidden)) if on_cpu_without_grad else b
-            parts = [
-                self._all_pairs(h[i : i + block], shape[i : i + block], frac[i : i + block], mask[i : i + block])
-                for i in range(0, b, block)
-            ]
-            h = torch.cat(parts)
+            h = self._all_pairs_in_blocks(h, shape, frac, mask)
         else:
             g = radius_graph(frac, cell, mask, self.cutoff)
             rbf, envelope = self.rbf(g.distances.to(dtype))
@@ -211,6 +208,26 @@ class FourierPairNet(nn.Module):
             h = flat.reshape(b, n, self.hidden)
         out = self.readout(self.final_norm(h))
         return out * mask[..., None].to(dtype)
+
+    def _all_pairs_in_blocks(
+        self, h: torch.Tensor, shape: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The all-pairs rounds, on a CPU on blocks of structures whose pair tensors hold about
+        ``PAIR_BLOCK_ELEMENTS`` numbers and so stay near the cache size; the same function. With gradients, and
+        a batch above ``CHECKPOINT_PAIR_ELEMENTS``, each block is checkpointed (its pair tensors are recomputed in
+        the backward pass, block by block, instead of being kept for the whole batch). On other devices the whole
+        batch is one block. Shapes as ``_all_pairs`` (timed by experiments/bench_pair_blocks.py)."""
+        b, n = h.shape[:2]
+        block = max(1, PAIR_BLOCK_ELEMENTS // (n * n * self.hidden)) if h.device.type == "cpu" else b
+        if torch.is_grad_enabled() and b * n * n * self.hidden <= CHECKPOINT_PAIR_ELEMENTS:
+            block = b
+        if block >= b:
+            return self._all_pairs(h, shape, frac, mask)
+        rounds = self._all_pairs
+        if torch.is_grad_enabled():
+            rounds = functools.partial(checkpoint, self._all_pairs, use_reentrant=False)
+        blocks = [slice(i, i + block) for i in range(0, b, block)]
+        return torch.cat([rounds(h[s], shape[s], frac[s], mask[s]) for s in blocks])
 
     def _all_pairs(self, h: torch.Tensor, shape: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The all-pairs rounds. h: (B, N, H); shape: (B, 9); frac: (B, N, 3); mask: (B, N) -> (B, N, H)."""

@@ -29,13 +29,16 @@ def rattled_batch(
 
 
 def best_of_in_turn(
-    ways: dict[str, Callable[[], AbstractContextManager]], forward: Callable[[], torch.Tensor], repeats: int
+    ways: dict[str, Callable[[], AbstractContextManager]],
+    forward: Callable[[], torch.Tensor],
+    repeats: int,
+    grad: bool = False,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Best-of-``repeats`` seconds of one no-grad ``forward()`` inside each way's context, the ways timed in turn,
-    and each way's last output: ({way: s}, {way: output})."""
+    """Best-of-``repeats`` seconds of one ``forward()`` (no-grad unless ``grad``: then it may run a backward pass
+    too) inside each way's context, the ways timed in turn, and each way's last output: ({way: s}, {way: output})."""
     best = dict.fromkeys(ways, float("inf"))
     outputs = {}
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         for _ in range(repeats):
             for way, context in ways.items():
                 with context():

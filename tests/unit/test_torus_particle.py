@@ -397,8 +397,9 @@ def test_trapping_script_scores_sampling_from_noised_crystals(fcc_h5, tmp_path) 
         trapping.parse_sampler("ddpm-10")
 
 
-def test_all_pairs_sampling_blocks_give_the_whole_batch_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without gradients the all-pairs rounds run on blocks of structures; with them, on the whole batch."""
+def test_all_pairs_blocks_give_the_whole_batch_result_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU the all-pairs rounds run on blocks of structures (checkpointed when training a large batch): the
+    outputs, the parameters' gradients and the coordinates' gradients equal those of the whole batch at once."""
     from lightning_gcd.nets import fourier_pairs
 
     torch.manual_seed(0)
@@ -411,8 +412,22 @@ def test_all_pairs_sampling_blocks_give_the_whole_batch_result(monkeypatch: pyte
     lengths = torch.tensor([[3.6, 3.6 + 0.2 * i, 3.6] for i in range(b)], dtype=torch.float64)
     cell = torch.diag_embed(lengths)  # a different cell shape per structure
     t = torch.rand(b, dtype=torch.float64)
-    whole = net(frac, numbers, mask, cell, t)  # gradients on: one block
+    weights = torch.randn(b, n, 3, dtype=torch.float64)
+
+    def output_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        net.zero_grad()
+        x = frac.clone().requires_grad_(True)
+        out = net(x, numbers, mask, cell, t)
+        (out * weights).sum().backward()
+        return out.detach(), [x.grad] + [p.grad.clone() for p in net.parameters()]
+
+    monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 1 << 40)  # one block: the whole batch
+    whole, whole_grads = output_and_gradients()
     monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 3 * n * n * 16)  # blocks of 3, 3 and 1
+    monkeypatch.setattr(fourier_pairs, "CHECKPOINT_PAIR_ELEMENTS", 0)  # training in blocks too
     with torch.no_grad():
-        blocks = net(frac, numbers, mask, cell, t)
-    assert torch.allclose(blocks, whole, atol=1e-12)
+        sampled = net(frac, numbers, mask, cell, t)
+    trained, trained_grads = output_and_gradients()
+    assert torch.allclose(sampled, whole, atol=1e-12)
+    assert torch.allclose(trained, whole, atol=1e-12)
+    assert all(torch.allclose(g, w, atol=1e-12) for g, w in zip(trained_grads, whole_grads, strict=True))

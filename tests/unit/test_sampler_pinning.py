@@ -1,8 +1,8 @@
-"""Pins the samplers' outputs, bit for bit, on fixed seeds: a refactor of the sampling code must not move them.
+"""Pins the samplers' outputs on fixed seeds: a refactor of the sampling code must not move them.
 
 Every case runs a tiny network with fixed weights (``INIT_SEED``) through one sampler and one combination of
 classifier-free guidance, posterior (DPS) guidance, in-painting and restarts, from a fixed sampling seed, and
-compares the result with ``torch.equal`` against ``tests/data/sampler_reference.pt``:
+compares the result against ``tests/data/sampler_reference.pt`` to float32 rounding (``RTOL``, ``ATOL``):
 
 * the VP voxel samplers (``ddpm``, ``ddim`` with eta 0 and 0.6, DPM-Solver++ ``dpm2m`` and ``dpm2m-sde``),
   each plain, with CFG (scale 2), with posterior guidance, in-painting, restarts, and all four together;
@@ -12,7 +12,10 @@ compares the result with ``torch.equal`` against ``tests/data/sampler_reference.
   structure at ``start_time`` 0.5.
 
 The networks use only elementwise operations and small sums (no convolutions or large matrix products), so
-their results do not depend on the number of threads. CPU, float32.
+their results do not depend on the number of threads. CPU, float32. They do depend, in the last bits, on the
+CPU: the reference machine reproduces it bit for bit, while a Xeon with AVX-512 FP16 differs by up to 1.4e-6
+relative (a few ulps through a trajectory), so the comparison allows 1e-5 relative; a changed step, schedule
+or guidance term moves the outputs by orders of magnitude more.
 
 The cases compose the samplers as the models do: guidance wraps the network (``ClassifierFreeGuidance``,
 ``PointCloudGuidance``), in-painting and posterior guidance are hooks, restarts wrap the sampler. Before the
@@ -282,6 +285,10 @@ for _sampler in ("em", "pc"):
         CASES[f"torus_{_sampler}_{_variant}"] = lambda s=_sampler, v=_variant: run_torus(s, v)
 
 
+#: float32 rounding that differs between CPUs (see the module docstring)
+RTOL, ATOL = 1e-5, 1e-6
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict[str, torch.Tensor]:
     return torch.load(REFERENCE, weights_only=True)["cases"]
@@ -298,7 +305,8 @@ def test_sampler_output_is_pinned(name: str, reference: dict[str, torch.Tensor])
     expected = reference[name]
     assert out.dtype == expected.dtype and out.shape == expected.shape
     assert torch.isfinite(out).all()
-    assert torch.equal(out, expected), f"{name}: max |difference| {float((out - expected).abs().max()):.3g}"
+    close = torch.allclose(out, expected, rtol=RTOL, atol=ATOL)
+    assert close, f"{name}: max |difference| {float((out - expected).abs().max()):.3g}"
 
 
 def write_reference() -> None:

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="training budget: the profile's steps (default), the voxel model's training wall time on the "
         "same phase (walltime: the steps that take as long as the voxel model's, both speeds measured side by "
         "side in this run), or until the validation phase match plateaus within the profile's step cap "
-        "(converge; resumable)",
+        "(converge). Every budget is resumable: the same command continues a killed run from its last.ckpt",
     )
     p.add_argument(
         "--key",
@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-minutes",
         type=float,
         default=None,
-        help="--budget converge: stop this process after so many minutes (its last.ckpt saved); the same "
-        "command continues the run (for sessions or jobs with a time limit)",
+        help="stop each run's training after so many minutes (its last.ckpt saved); the same command continues "
+        "it (for sessions or jobs with a time limit)",
     )
     p.add_argument(
         "--save-weights",
@@ -461,7 +461,33 @@ def _wandb_logger(
 
 
 class ChunkEnded(Exception):
-    """A ``--chunk-minutes`` chunk of a converge run ended before the run did (its last.ckpt is saved)."""
+    """A ``--chunk-minutes`` chunk of a run ended before the run did (its last.ckpt is saved)."""
+
+
+#: optimiser steps between the last.ckpt writes of an equal-steps or equal-wall-time run (a killed run loses less)
+RESUME_EVERY_STEPS = 250
+
+
+def run_settings(kind: str, phase: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a run's checkpoint depends on: a run folder's checkpoint resumes only a run with these settings."""
+    shared = ("profile", "count", "thermal_sigma", "repeat", "data_seed", "steps", "phase_steps", "batch_size", "seed")
+    return to_jsonable(
+        {"model": kind, "phase": phase, "budget": settings["budget"], kind: settings[kind]}
+        | {k: settings.get(k) for k in shared}
+    )
+
+
+def check_run_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
+    """Record a run's settings in its folder, or refuse (one line) to resume a checkpoint made with others."""
+    recorded = run_dir / "run_settings.json"
+    earlier = read_json(recorded, None)
+    if earlier is not None and earlier != wanted:
+        changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
+        raise SystemExit(
+            f"{run_dir} holds a run with other settings ({', '.join(changed)}); remove that folder to start it "
+            "again, or use another --workdir"
+        )
+    write_json_atomic(recorded, wanted, indent=1)
 
 
 def supercell_evaluation(model: Any, kind: str, ideal, metrics, settings: dict[str, Any]) -> dict[str, Any]:
@@ -516,7 +542,12 @@ def run_one(
 
     budget = settings["budget"]
     key = run_key(kind, settings, args.key)
-    walltime = wall_time_steps(kind, path, settings, geometry, phase) if budget == "walltime" else {}
+    run_dir = workdir / "runs" / f"{phase}-{key}"
+    check_run_settings(run_dir, run_settings(kind, phase, settings))
+    walltime = {}
+    if budget == "walltime":  # measured once per run: a resumed run keeps its step budget
+        walltime = read_json(run_dir / "wall_time.json", {}) or wall_time_steps(kind, path, settings, geometry, phase)
+        write_json_atomic(run_dir / "wall_time.json", walltime, indent=1)
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = model_and_data(kind, path, settings, geometry, phase)
     logger = (
@@ -524,15 +555,14 @@ def run_one(
         if args.wandb
         else False
     )
-    run_dir = workdir / "runs" / f"{phase}-{key}"
     steps = phase_steps(settings, phase)
     clock = TrainingClock(chunk_seconds=60.0 * args.chunk_minutes if args.chunk_minutes else None)
     callbacks: list[Any] = [clock]
-    options: dict[str, Any] = {}
-    resume = None
     if budget == "walltime":
         steps = int(walltime["steps"])
-    elif budget == "converge":
+    # every budget is resumable: last.ckpt every RESUME_EVERY_STEPS steps (converge: after every validation)
+    options: dict[str, Any] = checkpointing(run_dir / "checkpoints", every_n_train_steps=RESUME_EVERY_STEPS)
+    if budget == "converge":
         if kind != "particle_torus":
             raise SystemExit("--budget converge is set up for particle_torus (its validation sampling and step caps)")
         c = settings[kind]["converge"]
@@ -553,9 +583,9 @@ def run_one(
             "val_check_interval": int(c["val_every"]),
             "check_val_every_n_epoch": None,
         }
-        callbacks += options.pop("callbacks")
-        last = run_dir / "checkpoints" / "last.ckpt"
-        resume = str(last) if last.is_file() else None
+    callbacks += options.pop("callbacks")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.is_file() else None
     trainer = build_trainer(
         settings,
         max_steps=steps,
@@ -565,43 +595,37 @@ def run_one(
         default_root_dir=str(run_dir),
         **options,
     )
-    finished = run_dir / "finished.json"  # a converge run that ended: sample it again without training
-    convergence: dict[str, Any] = {}
-    if budget == "converge" and finished.is_file():
+    finished = run_dir / "finished.json"  # a run whose training ended: sample it again without training
+    trained: dict[str, Any] = read_json(finished, {})
+    if trained:
         from lightning_gcd.models.loading import load_model
 
-        convergence = read_json(finished)
         model = load_model(run_dir / "last.ckpt")
-        global_step, loss = int(convergence["steps"]), convergence.get("final_train_loss")
     else:
         trainer.fit(model, dm, ckpt_path=resume)
-        global_step = int(trainer.global_step)
         loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
-        loss = float(loss) if loss is not None else float("nan")
+        trained = {"steps": int(trainer.global_step), "final_train_loss": float("nan") if loss is None else float(loss)}
+        trainer.save_checkpoint(last)  # a run killed while sampling resumes here, without training again
+        if trained["steps"] < steps and not (budget == "converge" and plateau.stopped_step is not None):
+            raise ChunkEnded(
+                f"{phase}-{key}: chunk ended at step {trained['steps']} of "
+                f"{'at most ' * (budget == 'converge')}{steps}; the same command continues from {last}"
+            )
         if budget == "converge":
-            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-            if plateau.stopped_step is None and global_step < steps:
-                raise ChunkEnded(
-                    f"{phase}-{key}: chunk ended at step {global_step} of at most {steps}; the same "
-                    f"command continues from {run_dir / 'checkpoints' / 'last.ckpt'}"
-                )
-            convergence = {
-                "steps": global_step,
+            trained |= {
                 "step_cap": steps,
-                "final_train_loss": loss,
                 "stopped": "plateau" if plateau.stopped_step is not None else "step cap",
                 "validations": [{"step": st, "phase_match": r} for st, r in plateau.history],
-                "train_seconds": clock.seconds,
-                "validation_seconds": clock.validation_seconds,
             }
+        trained |= {"train_seconds": clock.seconds, "validation_seconds": clock.validation_seconds}
         trainer.save_checkpoint(run_dir / "last.ckpt")  # for later sampling / inspection (gcd sample --ckpt ...)
         if args.save_weights:  # slim (no optimiser state): small enough to ship as a pretrained model
             slim = Path(args.save_weights) / f"{phase}-{key}.ckpt"
             slim.parent.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(slim, weights_only=True)
-        if budget == "converge":
-            write_json_atomic(finished, convergence, indent=1)
-    train_s = convergence.get("train_seconds", clock.seconds)
+        write_json_atomic(finished, trained, indent=1)
+    global_step, loss, train_s = int(trained["steps"]), trained["final_train_loss"], trained["train_seconds"]
+    convergence = trained if budget == "converge" else {}
     ckpt = run_dir / "last.ckpt"
 
     sampler = settings[kind]["sampler"]

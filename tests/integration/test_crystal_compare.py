@@ -355,6 +355,28 @@ def test_budgets_wall_time_and_convergence_merge_into_one_results_file(tmp_path:
     )
 
 
+def test_an_equal_steps_run_resumes_after_a_chunk_and_refuses_other_settings(tmp_path: Path) -> None:
+    """An equal-steps run stopped after a chunk continues from its last.ckpt to the profile's steps; rerun, it
+    samples again without training; a checkpoint made with other settings is not resumed."""
+    compare = _load_compare()
+    out, work = tmp_path / "results", tmp_path / "work"
+    base = [*TINY, "--models", "voxel", "--extra-samplers", "--supercell-samples", "0", "--jobs", "1"]
+    base += ["--workdir", str(work), "--out", str(out)]
+    with pytest.raises(SystemExit, match="chunk ended at step"):
+        compare.main([*base, "--chunk-minutes", "0.0001"])
+    run = work / "runs" / "fcc-voxel"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "finished.json").exists()
+    compare.main(base)
+    finished = json.loads((run / "finished.json").read_text())
+    first = json.loads((out / "results.json").read_text())["phases"]["fcc"]["models"]["voxel"]
+    assert finished["steps"] == first["steps"] == 20
+    compare.main(base)  # trained already: sampled again, same training record
+    again = json.loads((out / "results.json").read_text())["phases"]["fcc"]["models"]["voxel"]
+    assert again["train_seconds"] == first["train_seconds"] and again["steps"] == 20
+    with pytest.raises(SystemExit, match=r"holds a run with other settings \(batch_size\)"):
+        compare.main([*base, "--batch-size", "2"])
+
+
 def test_a_results_folder_written_before_the_runner_is_replotted_and_merged_into(tmp_path: Path) -> None:
     """The shipped results.json and curves.json (written by compare.py before the runner and the YAML profiles)
     are read back: --replot redraws them, and --merge adds a run beside the earlier ones, which stay."""

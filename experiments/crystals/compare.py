@@ -485,7 +485,7 @@ def check_run_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
         changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
         raise SystemExit(
             f"{run_dir} holds a run with other settings ({', '.join(changed)}); remove that folder to start it "
-            "again, or use another --workdir"
+            "again, or only its run_settings.json to continue it with the new ones"
         )
     write_json_atomic(recorded, wanted, indent=1)
 
@@ -573,6 +573,7 @@ def run_one(
             int(c["window"]),
             float(c["standard_errors"]),
             every_n_steps=int(c["val_every"]),
+            min_steps=int((c.get("min_steps") or {}).get(phase, 0)),
         )
         # last.ckpt after every validation (its rate already in the plateau history), not before it: a run stopped
         # while sampling for a validation resumes from the previous one and repeats it

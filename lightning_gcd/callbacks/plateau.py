@@ -39,6 +39,9 @@ class RatePlateauStop(Callback):
         standard_errors: the gain, in standard errors of the difference, that counts as progress.
         every_n_steps: count only validations at multiples of this many steps (a validation that Lightning
             runs when a time-limited chunk stops elsewhere is then left out); None counts every validation.
+        min_steps: no stop before this global step (validations before it still count in the window): a
+            diffusion model's sampled rate can sit near zero for thousands of steps before it rises, and a flat
+            window there is the start of training, not its end.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class RatePlateauStop(Callback):
         window: int = 5,
         standard_errors: float = 2.0,
         every_n_steps: int | None = None,
+        min_steps: int = 0,
     ) -> None:
         if samples < 2 or window < 1:
             raise ValueError(f"need samples >= 2 and window >= 1, got {samples}, {window}")
@@ -56,6 +60,7 @@ class RatePlateauStop(Callback):
         self.window = int(window)
         self.standard_errors = float(standard_errors)
         self.every_n_steps = int(every_n_steps) if every_n_steps else None
+        self.min_steps = int(min_steps)
         self.history: list[tuple[int, float]] = []  # (global step, rate)
         self.stopped_step: int | None = None  # the step at which the plateau stopped training
 
@@ -70,6 +75,8 @@ class RatePlateauStop(Callback):
         if self.every_n_steps and trainer.global_step % self.every_n_steps:
             return
         self.history.append((int(trainer.global_step), rate))
+        if trainer.global_step < self.min_steps:
+            return
         if rate_has_plateaued([r for _, r in self.history], self.samples, self.window, self.standard_errors):
             trainer.should_stop = True
             self.stopped_step = int(trainer.global_step)

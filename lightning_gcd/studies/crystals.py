@@ -51,7 +51,7 @@ PARTICLE_SECTION = dict.fromkeys(
 )
 #: the torus model's ``--budget converge`` settings (experiments/crystals/profiles/sections/torus_converge.yaml)
 CONVERGE_SECTION = dict.fromkeys(
-    ("steps", "batch_size", "ema_decay", "val_every", "val_samples", "window", "standard_errors")
+    ("steps", "min_steps", "batch_size", "ema_decay", "val_every", "val_samples", "window", "standard_errors")
 )
 TORUS_SECTION = {**dict.fromkeys(("model", "sampler", "sample_steps")), "converge": CONVERGE_SECTION}
 

@@ -47,6 +47,20 @@ def test_plateau_stop_sets_should_stop_and_keeps_its_history_in_checkpoints() ->
         RatePlateauStop(samples=1)
 
 
+def test_plateau_stop_waits_for_min_steps_and_counts_the_earlier_validations() -> None:
+    """A flat start (sc's first validations sat at 3% before rising to 97%) does not stop a run before
+    ``min_steps``; from there the window reaches back over the earlier validations."""
+    stop = RatePlateauStop(samples=64, window=2, min_steps=40)
+    trainer = _Trainer()
+    for step in (10, 20, 30):
+        trainer.global_step, trainer.callback_metrics = step, {"val/phase_match": 0.03}
+        stop.on_validation_end(trainer, None)
+        assert not trainer.should_stop  # flat from step 30 on: without min_steps it would stop there
+    trainer.global_step, trainer.callback_metrics = 40, {"val/phase_match": 0.03}
+    stop.on_validation_end(trainer, None)
+    assert trainer.should_stop and stop.stopped_step == 40 and len(stop.history) == 4
+
+
 def test_training_clock_budget_and_resume() -> None:
     clock = TrainingClock(budget_seconds=0.0)
     trainer = _Trainer()

@@ -26,7 +26,7 @@ import torch
 from ase.build import bulk
 
 from lightning_gcd.nets import fourier_pairs
-from lightning_gcd.nets.fourier_pairs import FourierPairNet
+from lightning_gcd.nets.fourier_pairs import FourierPairNet, pair_block_size
 from lightning_gcd.runner.benchmarks import best_of_in_turn, rattled_batch
 
 A_CU = 3.615  # Å, fcc Cu
@@ -40,14 +40,6 @@ def fcc_batch(n_atoms: int, batch: int, seed: int = 0):
         reps[axis] *= 2
         axis = (axis + 1) % 3
     return rattled_batch(bulk("Cu", "fcc", a=A_CU, cubic=True).repeat(reps), batch, seed)
-
-
-def block_size(net: FourierPairNet, batch: int, atoms: int, grad: bool) -> int:
-    """The structures per block that the network uses on a CPU (the batch: no blocks)."""
-    elements = atoms * atoms * net.hidden
-    if grad and batch * elements <= fourier_pairs.CHECKPOINT_PAIR_ELEMENTS:
-        return batch
-    return min(batch, max(1, fourier_pairs.PAIR_BLOCK_ELEMENTS // elements))
 
 
 def training_step(net: FourierPairNet, frac, numbers, mask, cell, t) -> torch.Tensor:
@@ -94,7 +86,7 @@ def main() -> None:
                     "pass": pass_,  # sample: no-grad forward; train: forward + backward, gradients compared
                     "atoms": int(frac.shape[1]),
                     "batch": batch,
-                    "block": block_size(net, batch, int(frac.shape[1]), grad),
+                    "block": pair_block_size(batch, int(frac.shape[1]), net.hidden, on_cpu=True, grad=grad),
                     "ms": {way: round(1e3 * s, 1) for way, s in best.items()},
                     "speedup": round(best["whole"] / best["blocks"], 3),
                     "max_abs_diff": float((outputs["blocks"] - outputs["whole"]).abs().max()),

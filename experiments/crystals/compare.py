@@ -55,7 +55,14 @@ from lightning_gcd.io import to_jsonable, write_json_atomic, write_structures_at
 from lightning_gcd.runner.jobs import Job, run_jobs, write_job_output
 from lightning_gcd.runner.machine import machine_info
 from lightning_gcd.runner.profiles import apply_overrides, load_profile, profile_names, profile_path
-from lightning_gcd.runner.results import curves_from_json, new_figure, read_json, results_lock, save_figure
+from lightning_gcd.runner.results import (
+    claim_folder,
+    curves_from_json,
+    new_figure,
+    read_json,
+    results_lock,
+    save_figure,
+)
 from lightning_gcd.runner.trainer import build_trainer, checkpointing, quiet_lightning, set_threads
 from lightning_gcd.studies.crystal_scores import data_reference, evaluate, strict_match
 from lightning_gcd.studies.crystals import (
@@ -471,23 +478,9 @@ RESUME_EVERY_STEPS = 250
 def run_settings(kind: str, phase: str, settings: dict[str, Any]) -> dict[str, Any]:
     """What a run's checkpoint depends on: a run folder's checkpoint resumes only a run with these settings."""
     shared = ("profile", "count", "thermal_sigma", "repeat", "data_seed", "steps", "phase_steps", "batch_size", "seed")
-    return to_jsonable(
-        {"model": kind, "phase": phase, "budget": settings["budget"], kind: settings[kind]}
-        | {k: settings.get(k) for k in shared}
-    )
-
-
-def check_run_settings(run_dir: Path, wanted: dict[str, Any]) -> None:
-    """Record a run's settings in its folder, or refuse (one line) to resume a checkpoint made with others."""
-    recorded = run_dir / "run_settings.json"
-    earlier = read_json(recorded, None)
-    if earlier is not None and earlier != wanted:
-        changed = sorted(k for k in set(earlier) | set(wanted) if earlier.get(k) != wanted.get(k))
-        raise SystemExit(
-            f"{run_dir} holds a run with other settings ({', '.join(changed)}); remove that folder to start it "
-            "again, or only its run_settings.json to continue it with the new ones"
-        )
-    write_json_atomic(recorded, wanted, indent=1)
+    return {"model": kind, "phase": phase, "budget": settings["budget"], kind: settings[kind]} | {
+        k: settings.get(k) for k in shared
+    }
 
 
 def supercell_evaluation(model: Any, kind: str, ideal, metrics, settings: dict[str, Any]) -> dict[str, Any]:
@@ -543,11 +536,18 @@ def run_one(
     budget = settings["budget"]
     key = run_key(kind, settings, args.key)
     run_dir = workdir / "runs" / f"{phase}-{key}"
-    check_run_settings(run_dir, run_settings(kind, phase, settings))
-    walltime = {}
+    claim_folder(
+        run_dir / "run_settings.json",
+        run_settings(kind, phase, settings),
+        "a run",
+        "remove that folder to start it again, or only its run_settings.json to continue it with the new ones",
+    )
+    walltime: dict[str, Any] = {}
     if budget == "walltime":  # measured once per run: a resumed run keeps its step budget
-        walltime = read_json(run_dir / "wall_time.json", {}) or wall_time_steps(kind, path, settings, geometry, phase)
-        write_json_atomic(run_dir / "wall_time.json", walltime, indent=1)
+        walltime = read_json(run_dir / "wall_time.json", {})
+        if not walltime:
+            walltime = wall_time_steps(kind, path, settings, geometry, phase)
+            write_json_atomic(run_dir / "wall_time.json", walltime, indent=1)
     L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
     model, dm = model_and_data(kind, path, settings, geometry, phase)
     logger = (

@@ -49,7 +49,7 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.io import write_json_atomic, write_structures_atomic, write_text_atomic
 from lightning_gcd.runner.machine import machine_info
 from lightning_gcd.runner.profiles import apply_overrides, load_profile, profile_names, profile_path
-from lightning_gcd.runner.results import new_figure, read_json, save_figure
+from lightning_gcd.runner.results import claim_folder, new_figure, read_json, save_figure
 from lightning_gcd.runner.trainer import build_trainer, checkpointing, quiet_lightning, set_threads
 from lightning_gcd.studies.crystals import (
     COLORS,
@@ -267,17 +267,6 @@ def choose_templates(path: Path, per_count: int) -> list[int]:
 CHECKPOINT_EVERY = 100
 
 
-def _claim(marker: Path, identity: dict[str, Any], what: str) -> None:
-    """Mark ``marker``'s folder as holding work done with ``identity`` (settings as JSON), or stop with one line
-    when it already holds ``what`` done with other settings: a resume must never mix two runs."""
-    identity = json.loads(json.dumps(identity))
-    if marker.is_file() and read_json(marker) != identity:
-        raise SystemExit(
-            f"run.py: {marker.parent} holds {what} with other settings ({marker}); pass another --workdir or remove it"
-        )
-    write_json_atomic(marker, identity, indent=1)
-
-
 def train(
     kind: str,
     path: Path,
@@ -307,7 +296,7 @@ def train(
         kind: settings[kind],
     }
     finished = root / "finished.json"
-    _claim(root / "run.json", identity, f"a {kind} run")
+    claim_folder(root / "run.json", identity, f"a {kind} run")
     if finished.is_file():
         return load_model(root / "last.ckpt"), read_json(finished)
     if trained_only:
@@ -411,7 +400,7 @@ def inpaint_and_relax(
         | {"dataset": str(path), "templates": list(templates)}
         | {"sample_steps": cfg["sample_steps"], "sampler": cfg["sampler"]}
     )
-    _claim(parts / "settings.json", identity, "in-paintings")
+    claim_folder(parts / "settings.json", identity, "in-paintings")
     records, structures, raw = [], [], []
     for j, index in enumerate(templates):
         if j % shard[1] != shard[0]:

@@ -42,13 +42,23 @@ from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, che
 from lightning_gcd.nets.mpnn import GaussianRadialBasis
 from lightning_gcd.periodic import radius_graph
 
-__all__ = ["FourierPairNet", "fourier_features", "cell_shape_features"]
+__all__ = ["FourierPairNet", "fourier_features", "cell_shape_features", "pair_block_size"]
 
 #: pair-tensor elements (B_block · N² · hidden) per block of structures on a CPU
 PAIR_BLOCK_ELEMENTS = 1 << 20
 #: with gradients, a CPU batch is checkpointed in blocks only above this many pair-tensor elements (B · N² · hidden):
 #: recomputing the blocks costs more than it saves below it (experiments/BENCHMARKS.md, pair blocks)
 CHECKPOINT_PAIR_ELEMENTS = 1 << 22
+
+
+def pair_block_size(batch: int, atoms: int, hidden: int, on_cpu: bool, grad: bool) -> int:
+    """Structures per block of the all-pairs rounds (``batch``: the whole batch at once). On a CPU, blocks of
+    about ``PAIR_BLOCK_ELEMENTS`` pair-tensor elements; with gradients only for batches above
+    ``CHECKPOINT_PAIR_ELEMENTS``."""
+    elements = atoms * atoms * hidden  # one structure's pair tensor
+    if not on_cpu or (grad and batch * elements <= CHECKPOINT_PAIR_ELEMENTS):
+        return batch
+    return min(batch, max(1, PAIR_BLOCK_ELEMENTS // elements))
 
 
 def fourier_features(delta: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -218,9 +228,7 @@ class FourierPairNet(nn.Module):
         the backward pass, block by block, instead of being kept for the whole batch). On other devices the whole
         batch is one block. Shapes as ``_all_pairs`` (timed by experiments/bench_pair_blocks.py)."""
         b, n = h.shape[:2]
-        block = max(1, PAIR_BLOCK_ELEMENTS // (n * n * self.hidden)) if h.device.type == "cpu" else b
-        if torch.is_grad_enabled() and b * n * n * self.hidden <= CHECKPOINT_PAIR_ELEMENTS:
-            block = b
+        block = pair_block_size(b, n, self.hidden, h.device.type == "cpu", torch.is_grad_enabled())
         if block >= b:
             return self._all_pairs(h, shape, frac, mask)
         rounds = self._all_pairs

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from lightning_gcd.io import atomic_path
+from lightning_gcd.io import atomic_path, to_jsonable, write_json_atomic
 
-__all__ = ["curves_from_json", "new_figure", "read_json", "results_lock", "save_figure"]
+__all__ = ["claim_folder", "curves_from_json", "new_figure", "read_json", "results_lock", "save_figure"]
 
 
 class results_lock:  # noqa: N801  (a context manager, used like a function: ``with results_lock(out):``)
@@ -44,6 +44,22 @@ def read_json(path: str | Path, default: Any = None) -> Any:
     """The JSON in ``path``, or ``default`` when there is no such file."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else default
+
+
+def claim_folder(
+    marker: str | Path, identity: dict[str, Any], what: str, remedy: str = "remove it or pass another --workdir"
+) -> None:
+    """Mark ``marker``'s folder as holding ``what`` done with ``identity`` (the settings its files depend on,
+    written to ``marker`` as JSON), or stop with one line naming the settings that differ when it already holds
+    it with others: a resume must never mix two runs. ``remedy``: what the line tells the user to do."""
+    marker = Path(marker)
+    identity = to_jsonable(identity)
+    earlier = read_json(marker)
+    if earlier is None:
+        write_json_atomic(marker, identity, indent=1)
+    elif earlier != identity:
+        changed = sorted(k for k in set(earlier) | set(identity) if earlier.get(k) != identity.get(k))
+        raise SystemExit(f"{marker.parent} holds {what} with other settings ({', '.join(changed)}); {remedy}")
 
 
 def curves_from_json(raw: dict[str, Any]) -> dict[str, Any]:

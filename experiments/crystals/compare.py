@@ -1128,9 +1128,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jobs = int(settings["jobs"])
     start = time.perf_counter()
     say(
-        f"[compare] profile {settings['profile']}: phases {' '.join(settings['phases'])}, models "
-        f"{' '.join(settings['models'])}, {settings['steps']} steps × batch {settings['batch_size']}, "
-        f"{settings['samples']} samples; torch threads {torch.get_num_threads()} per run, {jobs} run(s) at a time; "
+        f"[compare] profile {settings['profile']}, budget {settings['budget']}: phases "
+        f"{' '.join(settings['phases'])}, models {' '.join(settings['models'])}, "
+        + (f"{settings['steps']} steps × batch {settings['batch_size']}, " if settings["budget"] == "steps" else "")
+        + f"{settings['samples']} samples; torch threads {torch.get_num_threads()} per run, {jobs} run(s) at a time; "
         f"out {out}"
     )
     prepared = {}

@@ -1,15 +1,16 @@
 """Benchmark of the torus particle network's all-pairs rounds in blocks of structures against the whole batch.
 
-On a CPU, ``lightning_gcd.nets.fourier_pairs.FourierPairNet`` runs its all-pairs rounds on blocks of structures
-whose pair tensors hold about ``PAIR_BLOCK_ELEMENTS`` numbers, so that they stay near the cache size; the same
-function (when training, each block is checkpointed: recomputed in the backward pass). This times, both ways and
-in turn, one no-grad forward pass (what a sampler evaluates) and one forward + backward pass (a training step's
-network part) on rattled fcc Cu cells, with the crystal study's torus recipe (hidden 128, 4 layers, 32
-frequencies), and checks that the outputs (sampling) and the gradients (training) agree. Prints one JSON object:
-per case the best-of-repeats time (ms) of each way, the speed-up and the largest difference.
+On a CPU, ``lightning_gcd.nets.fourier_pairs.FourierPairNet`` runs its no-grad all-pairs rounds on blocks of
+structures whose pair tensors hold about ``PAIR_BLOCK_ELEMENTS`` numbers, so that they stay near the cache size
+(the same function), and the torus model trains a larger batch in chunks of the same size, each chunk's
+forward and backward pass in turn (``lightning_gcd.models.chunked_loss``; the same loss and gradients). This
+times, both ways and in turn, one no-grad forward pass (what a sampler evaluates) and one forward + backward pass
+(a training step's network part) on rattled fcc Cu cells, with the crystal study's torus recipe (hidden 128, 4
+layers, 32 frequencies), and checks that the outputs (sampling) and the gradients (training) agree. Prints one
+JSON object: per case the best-of-repeats time (ms) of each way, the speed-up and the largest difference.
 
     python experiments/bench_pair_blocks.py [--sizes 16 32 64] [--batch 64] [--train-batch 32] [--repeats 3]
-        [--threads 1] [--checkpoint-elements 4194304]
+        [--threads 1] [--block-elements 1048576]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from ase.build import bulk
 
+from lightning_gcd.models.chunked_loss import loss_in_chunks
 from lightning_gcd.nets import fourier_pairs
 from lightning_gcd.nets.fourier_pairs import FourierPairNet, pair_block_size
 from lightning_gcd.runner.benchmarks import best_of_in_turn, rattled_batch
@@ -43,10 +45,18 @@ def fcc_batch(n_atoms: int, batch: int, seed: int = 0):
 
 
 def training_step(net: FourierPairNet, frac, numbers, mask, cell, t) -> torch.Tensor:
-    """One forward and backward pass of a squared-output loss (the cost of a training step's network part);
-    returns the parameters' gradients, flattened."""
+    """One forward and backward pass of a squared-output loss (the cost of a training step's network part), in
+    chunks of ``pair_block_size`` structures as the torus model trains; returns the parameters' gradients,
+    flattened."""
+    b, n = frac.shape[:2]
+    chunk = pair_block_size(b, n, net.hidden, on_cpu=True)
+
+    def loss(rows: slice) -> torch.Tensor:
+        return net(frac[rows], numbers[rows], mask[rows], cell[rows], t[rows]).square().mean()
+
+    rows = [slice(i, i + chunk) for i in range(0, b, chunk)]
     net.zero_grad()
-    net(frac, numbers, mask, cell, t).square().mean().backward()
+    loss_in_chunks(list(net.parameters()), ((functools.partial(loss, r), len(t[r]) / b) for r in rows)).backward()
     return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
 
 
@@ -58,13 +68,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
-        "--checkpoint-elements",
+        "--block-elements",
         type=int,
-        default=fourier_pairs.CHECKPOINT_PAIR_ELEMENTS,
-        help="training batches above this many pair-tensor elements run in checkpointed blocks (0: every batch)",
+        default=fourier_pairs.PAIR_BLOCK_ELEMENTS,
+        help="pair-tensor elements per block (sampling) and per chunk (training); one structure when it holds more",
     )
     args = p.parse_args()
-    fourier_pairs.CHECKPOINT_PAIR_ELEMENTS = args.checkpoint_elements
+    fourier_pairs.PAIR_BLOCK_ELEMENTS = args.block_elements
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = FourierPairNet(hidden=128, layers=4, frequencies=32)
@@ -86,14 +96,14 @@ def main() -> None:
                     "pass": pass_,  # sample: no-grad forward; train: forward + backward, gradients compared
                     "atoms": int(frac.shape[1]),
                     "batch": batch,
-                    "block": pair_block_size(batch, int(frac.shape[1]), net.hidden, on_cpu=True, grad=grad),
+                    "block": pair_block_size(batch, int(frac.shape[1]), net.hidden, on_cpu=True),
                     "ms": {way: round(1e3 * s, 1) for way, s in best.items()},
                     "speedup": round(best["whole"] / best["blocks"], 3),
                     "max_abs_diff": float((outputs["blocks"] - outputs["whole"]).abs().max()),
                 }
             )
     info = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine()}
-    info["checkpoint_elements"] = args.checkpoint_elements
+    info["block_elements"] = args.block_elements
     print(json.dumps({"benchmark": "pair_blocks", **info, "cases": cases}, indent=1))
 
 

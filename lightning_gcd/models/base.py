@@ -235,8 +235,13 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------
     # training
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        """The loss of one training batch, a scalar; a model may compute it in chunks of structures
+        (``lightning_gcd.models.chunked_loss``) where that trains faster."""
+        return self.diffusion_loss(batch)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        loss = self.diffusion_loss(batch)
+        loss = self.training_loss(batch)
         self.log(
             "train/loss",
             loss,

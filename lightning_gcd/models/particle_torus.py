@@ -14,6 +14,7 @@ Classifier-free guidance and in-painting (``inpaint_frac``/``inpaint_mask``) wor
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -22,8 +23,9 @@ from torch import nn
 from lightning_gcd.diffusion.torus import TorusDiffusion
 from lightning_gcd.errors import GcdError
 from lightning_gcd.models.base import Batch, DiffusionModule
+from lightning_gcd.models.chunked_loss import loss_in_chunks
 from lightning_gcd.models.particle import require_particle_view, with_fixed_count
-from lightning_gcd.nets.fourier_pairs import FourierPairNet
+from lightning_gcd.nets.fourier_pairs import FourierPairNet, pair_block_size
 from lightning_gcd.samplers import KnownAtoms, PosteriorGuidance, classifier_free_prediction, torus_sampler
 from lightning_gcd.structures import StructureBatch
 
@@ -109,6 +111,24 @@ class TorusParticleDiffusion(DiffusionModule):
             keep = torch.rand(len(frac), device=frac.device) >= self.hparams.cond_drop_prob
         return self.diffusion.training_loss(
             self.network, frac, batch["numbers"], batch["mask"], batch["cell"], cond=cond, cond_keep=keep, t=t, eps=eps
+        )
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        """The diffusion loss; on a CPU, an all-pairs batch too large for the cache is trained in chunks of
+        ``pair_block_size`` structures, each chunk's forward and backward pass in turn (the same loss and
+        gradients, each chunk weighted by its share of the batch's atoms, as the loss averages over atoms)."""
+        frac, mask = batch["frac_coords"], batch["mask"]
+        b, n = frac.shape[:2]
+        on_cpu = frac.device.type == "cpu"
+        chunk = pair_block_size(b, n, self.hparams.hidden, on_cpu) if self.hparams.graph == "all_pairs" else b
+        if chunk >= b or not torch.is_grad_enabled():
+            return self.diffusion_loss(batch)
+        atoms = mask.sum().clamp(min=1)
+        rows = [slice(i, i + chunk) for i in range(0, b, chunk)]
+        parts = [{k: v[r] if v.dim() and len(v) == b else v for k, v in batch.items()} for r in rows]
+        return loss_in_chunks(
+            list(self.net.parameters()),
+            ((functools.partial(self.diffusion_loss, part), part["mask"].sum() / atoms) for part in parts),
         )
 
     def sample_template(

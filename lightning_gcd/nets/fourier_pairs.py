@@ -23,20 +23,20 @@ Architecture:
 
 The first linear layer of the edge MLP is applied to its four inputs separately (``W [h_i, h_j, c, e] =
 W_i h_i + W_j h_j + W_c c + W_e e``): the same function, but the node terms are computed once per atom, not
-once per pair. On a CPU the all-pairs rounds run on blocks of structures that keep the pair tensors near the
-cache size (``PAIR_BLOCK_ELEMENTS``), checkpointed block by block when training. Pure PyTorch, no Lightning.
+once per pair. On a CPU the no-grad all-pairs rounds (sampling) run on blocks of structures that keep the pair
+tensors near the cache size (``PAIR_BLOCK_ELEMENTS``); with gradients the network takes the batch it is given,
+and the torus model trains a larger batch in chunks of the same size (``lightning_gcd.models.chunked_loss``).
+Pure PyTorch, no Lightning.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, check_species, sinusoidal_embedding
 from lightning_gcd.nets.mpnn import GaussianRadialBasis
@@ -44,21 +44,17 @@ from lightning_gcd.periodic import radius_graph
 
 __all__ = ["FourierPairNet", "fourier_features", "cell_shape_features", "pair_block_size"]
 
-#: pair-tensor elements (B_block · N² · hidden) per block of structures on a CPU
+#: pair-tensor elements (B_block · N² · hidden) per block of structures on a CPU: a no-grad pass's all-pairs rounds
+#: and a training batch's forward + backward chunks (experiments/BENCHMARKS.md, pair blocks)
 PAIR_BLOCK_ELEMENTS = 1 << 20
-#: with gradients, a CPU batch is checkpointed in blocks only above this many pair-tensor elements (B · N² · hidden):
-#: recomputing the blocks costs more than it saves below it (experiments/BENCHMARKS.md, pair blocks)
-CHECKPOINT_PAIR_ELEMENTS = 1 << 22
 
 
-def pair_block_size(batch: int, atoms: int, hidden: int, on_cpu: bool, grad: bool) -> int:
-    """Structures per block of the all-pairs rounds (``batch``: the whole batch at once). On a CPU, blocks of
-    about ``PAIR_BLOCK_ELEMENTS`` pair-tensor elements; with gradients only for batches above
-    ``CHECKPOINT_PAIR_ELEMENTS``."""
-    elements = atoms * atoms * hidden  # one structure's pair tensor
-    if not on_cpu or (grad and batch * elements <= CHECKPOINT_PAIR_ELEMENTS):
+def pair_block_size(batch: int, atoms: int, hidden: int, on_cpu: bool) -> int:
+    """Structures per block of all-pairs rounds (``batch``: the whole batch at once): on a CPU, blocks of about
+    ``PAIR_BLOCK_ELEMENTS`` pair-tensor elements, so that the pair tensors stay near the cache size."""
+    if not on_cpu:
         return batch
-    return min(batch, max(1, PAIR_BLOCK_ELEMENTS // elements))
+    return min(batch, max(1, PAIR_BLOCK_ELEMENTS // (atoms * atoms * hidden)))
 
 
 def fourier_features(delta: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -222,20 +218,17 @@ class FourierPairNet(nn.Module):
     def _all_pairs_in_blocks(
         self, h: torch.Tensor, shape: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """The all-pairs rounds, on a CPU on blocks of structures whose pair tensors hold about
-        ``PAIR_BLOCK_ELEMENTS`` numbers and so stay near the cache size; the same function. With gradients, and
-        a batch above ``CHECKPOINT_PAIR_ELEMENTS``, each block is checkpointed (its pair tensors are recomputed in
-        the backward pass, block by block, instead of being kept for the whole batch). On other devices the whole
-        batch is one block. Shapes as ``_all_pairs`` (timed by experiments/bench_pair_blocks.py)."""
+        """The all-pairs rounds; without gradients on a CPU on blocks of structures whose pair tensors hold about
+        ``PAIR_BLOCK_ELEMENTS`` numbers and so stay near the cache size (the same function). With gradients, or on
+        other devices, the whole batch is one block. Shapes as ``_all_pairs`` (timed by
+        experiments/bench_pair_blocks.py)."""
         b, n = h.shape[:2]
-        block = pair_block_size(b, n, self.hidden, h.device.type == "cpu", torch.is_grad_enabled())
+        on_cpu = h.device.type == "cpu"
+        block = b if torch.is_grad_enabled() else pair_block_size(b, n, self.hidden, on_cpu)
         if block >= b:
             return self._all_pairs(h, shape, frac, mask)
-        rounds = self._all_pairs
-        if torch.is_grad_enabled():
-            rounds = functools.partial(checkpoint, self._all_pairs, use_reentrant=False)
         blocks = [slice(i, i + block) for i in range(0, b, block)]
-        return torch.cat([rounds(h[s], shape[s], frac[s], mask[s]) for s in blocks])
+        return torch.cat([self._all_pairs(h[s], shape[s], frac[s], mask[s]) for s in blocks])
 
     def _all_pairs(self, h: torch.Tensor, shape: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The all-pairs rounds. h: (B, N, H); shape: (B, 9); frac: (B, N, 3); mask: (B, N) -> (B, N, H)."""

@@ -121,3 +121,57 @@ def test_two_process_ddp_fit_and_validate_match_one_process(tmp_path: Path) -> N
         assert "val/min_distance_violations" in result
         curves = json.loads((tmp_path / f"runs/validate{devices}/curves.json").read_text())
         assert sum(curves["n_atoms_hist"]) == 5, (devices, curves["n_atoms_hist"])
+
+
+#: two-rank DDP fit of a tiny torus particle model with each structure's noise seeded by its index; argv: data,
+#: PAIR_BLOCK_ELEMENTS, output file (rank 0's weights)
+TORUS_FIT = """
+import sys
+import lightning as L
+import torch
+from datamodules.datamodule import AtomsDataModule
+from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+from lightning_gcd.nets import fourier_pairs
+
+fourier_pairs.PAIR_BLOCK_ELEMENTS = int(sys.argv[2])
+loss = TorusParticleDiffusion.diffusion_loss
+TorusParticleDiffusion.diffusion_loss = lambda self, batch, fixed_noise=False: loss(self, batch, fixed_noise=True)
+L.seed_everything(0, verbose=False)
+model = TorusParticleDiffusion(hidden=16, layers=2, frequencies=4, val_samples=0, lr=1e-3)
+trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    limit_val_batches=0, default_root_dir=sys.argv[3] + ".dir")
+trainer.fit(model, AtomsDataModule(sys.argv[1], view="particle", batch_size=8, num_workers=0, build={}))
+weights = torch.cat([p.detach().flatten() for p in model.net.parameters()])
+torch.save(weights, f"{sys.argv[3]}.rank{trainer.global_rank}")
+"""
+
+
+def test_torus_training_in_chunks_under_ddp_gives_the_whole_batch_weights(fcc_h5: Path, tmp_path: Path) -> None:
+    """Training each rank's batch in chunks (gradients precomputed chunk by chunk, then reduced by DDP) ends
+    at the weights of whole batches, on both ranks."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    script = tmp_path / "torus_fit.py"
+    script.write_text(TORUS_FIT)
+    weights = {}
+    for name, elements in (("whole", 1 << 40), ("chunks", 3 * 32 * 32 * 16)):  # chunks of 3 of each rank's 8
+        out = tmp_path / name
+        run = subprocess.run(
+            [sys.executable, str(script), str(fcc_h5), str(elements), str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert _world_size(run) == 2, run.stderr[-4000:]
+        ranks = [torch.load(f"{out}.rank{rank}") for rank in (0, 1)]
+        torch.testing.assert_close(ranks[1], ranks[0], rtol=0, atol=0)  # gradients reduced over the ranks
+        weights[name] = ranks[0]
+    torch.testing.assert_close(weights["chunks"], weights["whole"], rtol=1e-5, atol=1e-7)

@@ -397,9 +397,9 @@ def test_trapping_script_scores_sampling_from_noised_crystals(fcc_h5, tmp_path) 
         trapping.parse_sampler("ddpm-10")
 
 
-def test_all_pairs_blocks_give_the_whole_batch_result_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a CPU the all-pairs rounds run on blocks of structures (checkpointed when training a large batch): the
-    outputs, the parameters' gradients and the coordinates' gradients equal those of the whole batch at once."""
+def test_all_pairs_blocks_give_the_whole_batch_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU the no-grad all-pairs rounds run on blocks of structures: the outputs equal those of the whole
+    batch at once; with gradients the network takes the whole batch it is given."""
     from lightning_gcd.nets import fourier_pairs
 
     torch.manual_seed(0)
@@ -412,22 +412,104 @@ def test_all_pairs_blocks_give_the_whole_batch_result_and_gradients(monkeypatch:
     lengths = torch.tensor([[3.6, 3.6 + 0.2 * i, 3.6] for i in range(b)], dtype=torch.float64)
     cell = torch.diag_embed(lengths)  # a different cell shape per structure
     t = torch.rand(b, dtype=torch.float64)
-    weights = torch.randn(b, n, 3, dtype=torch.float64)
-
-    def output_and_gradients() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        net.zero_grad()
-        x = frac.clone().requires_grad_(True)
-        out = net(x, numbers, mask, cell, t)
-        (out * weights).sum().backward()
-        return out.detach(), [x.grad] + [p.grad.clone() for p in net.parameters()]
 
     monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 1 << 40)  # one block: the whole batch
-    whole, whole_grads = output_and_gradients()
-    monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 3 * n * n * 16)  # blocks of 3, 3 and 1
-    monkeypatch.setattr(fourier_pairs, "CHECKPOINT_PAIR_ELEMENTS", 0)  # training in blocks too
     with torch.no_grad():
-        sampled = net(frac, numbers, mask, cell, t)
-    trained, trained_grads = output_and_gradients()
-    assert torch.allclose(sampled, whole, atol=1e-12)
-    assert torch.allclose(trained, whole, atol=1e-12)
-    assert all(torch.allclose(g, w, atol=1e-12) for g, w in zip(trained_grads, whole_grads, strict=True))
+        whole = net(frac, numbers, mask, cell, t)
+    monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 3 * n * n * 16)  # blocks of 3, 3 and 1
+    rounds = []
+    monkeypatch.setattr(
+        net, "_all_pairs", lambda h, *rest: rounds.append(len(h)) or FourierPairNet._all_pairs(net, h, *rest)
+    )
+    with torch.no_grad():
+        blocked = net(frac, numbers, mask, cell, t)
+    assert rounds == [3, 3, 1]
+    assert torch.allclose(blocked, whole, atol=1e-12)
+    net(frac, numbers, mask, cell, t)
+    assert rounds[3:] == [7]
+
+
+def fixed_noise_loss(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the torus model's training loss deterministic (each structure's noise seeded by its index, as in
+    validation), so that a batch in chunks and the whole batch see the same noise; returns the chunk sizes seen."""
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+    seen: list[int] = []
+    loss = TorusParticleDiffusion.diffusion_loss
+
+    def fixed(self, batch, fixed_noise: bool = False):
+        seen.append(len(batch["index"]))
+        return loss(self, batch, fixed_noise=True)
+
+    monkeypatch.setattr(TorusParticleDiffusion, "diffusion_loss", fixed)
+    return seen
+
+
+def test_training_in_chunks_gives_the_whole_batch_loss_and_gradients(fcc_h5, monkeypatch) -> None:
+    """A CPU batch above ``PAIR_BLOCK_ELEMENTS`` is trained in chunks (forward and backward per chunk): the
+    loss and the parameters' gradients equal the whole batch's, with chunks of unequal atom counts."""
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+    from lightning_gcd.nets import fourier_pairs
+
+    torch.manual_seed(0)
+    datamodule = fcc_datamodule(fcc_h5)
+    model = TorusParticleDiffusion(hidden=16, layers=2, frequencies=4, val_samples=0)
+    datamodule.setup("fit")
+    model.hparams["data_info"] = info = model.data_info_from(datamodule)
+    model._build(info)  # what setup() does with a Trainer's datamodule
+    batch = next(iter(datamodule.train_dataloader()))
+    batch["mask"][1, 20:] = False  # chunks with different atom counts: each weighs its share of the atoms
+    batch["numbers"][1, 20:] = 0
+    b, n = batch["frac_coords"].shape[:2]
+    seen = fixed_noise_loss(monkeypatch)
+
+    def loss_and_gradients() -> tuple[float, list[torch.Tensor]]:
+        model.net.zero_grad()
+        loss = model.training_loss(batch)
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in model.net.parameters()]
+
+    monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 1 << 40)
+    whole, whole_grads = loss_and_gradients()
+    monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", 3 * n * n * 16)  # chunks of 3, 3, 2
+    chunked, chunked_grads = loss_and_gradients()
+    assert seen == [b, 3, 3, 2]
+    assert chunked == pytest.approx(whole, rel=1e-6)
+    for g, w in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_a_fit_in_chunks_ends_at_the_whole_batch_weights(fcc_h5, tmp_path, monkeypatch) -> None:
+    """The real Trainer (gradient clipping, AdamW, EMA) over three steps: training every batch in chunks gives
+    the weights of training it whole."""
+    import lightning as L
+
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+    from lightning_gcd.nets import fourier_pairs
+
+    seen = fixed_noise_loss(monkeypatch)
+
+    def fit(chunk_elements: int) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", chunk_elements)
+        L.seed_everything(0, verbose=False)
+        model = TorusParticleDiffusion(hidden=16, layers=2, frequencies=4, val_samples=0, lr=1e-3, ema_decay=0.9)
+        trainer = L.Trainer(
+            max_steps=3,
+            accelerator="cpu",
+            gradient_clip_val=0.5,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=str(tmp_path),
+        )
+        trainer.fit(model, fcc_datamodule(fcc_h5))
+        return {**model.net.state_dict(), **{f"ema.{k}": v for k, v in model.ema.state_dict().items()}}
+
+    whole = fit(1 << 40)
+    chunked = fit(3 * 32 * 32 * 16)  # batches of 32-atom cells in chunks of 3
+    batches = seen[:3]
+    assert seen[3:] == [size for b in batches for size in [3] * (b // 3) + [b % 3] * (b % 3 > 0)] and max(batches) > 3
+    for key, value in whole.items():
+        torch.testing.assert_close(chunked[key], value, rtol=1e-5, atol=1e-6)

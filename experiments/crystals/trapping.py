@@ -104,7 +104,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     starts = [train[int(i)] for i in rng.integers(0, len(train), args.samples)]
     batch = StructureBatch.from_atoms(starts)
     edge = float(np.linalg.norm(ideal.cell[0]))
-    rows = []
+    rows: list[dict[str, Any]] = []
+    result = {
+        "command": [sys.argv[0], *argv],
+        "checkpoint": args.ckpt,
+        "dataset": args.dataset,
+        "samples": args.samples,
+        "min_distance_threshold": threshold,
+        "rows": rows,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+    }
     context = model.ema.swapped_in(model.net) if model.ema is not None else None
     if context is not None:
         context.__enter__()
@@ -135,24 +144,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     f"match {row['phase_match']:.0%}, overlap {row['overlap_fraction']:.0%} ({seconds:.0f} s)",
                     flush=True,
                 )
+                result["machine"]["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+                write(result, Path(args.out))  # after every row: an interrupted run keeps what it measured
     finally:
         if context is not None:
             context.__exit__(None, None, None)
-    result = {
-        "command": [sys.argv[0], *argv],
-        "checkpoint": args.ckpt,
-        "dataset": args.dataset,
-        "samples": args.samples,
-        "min_distance_threshold": threshold,
-        "rows": rows,
-        "machine": {
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        },
-    }
-    write(result, Path(args.out))
     return result
 
 

@@ -201,6 +201,7 @@ class TorusParticleDiffusion(DiffusionModule):
         template = {"cell": structures.cell.float(), "numbers": structures.numbers, "mask": mask}
         return self._sample(template, start, float(start_time), steps, sampler, 0.0, generator, False)
 
+    @torch.no_grad()  # nothing here needs gradients; without it a direct generate() keeps every level's graph
     def _sample(
         self,
         template: Batch,

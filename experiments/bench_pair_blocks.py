@@ -28,7 +28,7 @@ from ase.build import bulk
 
 from lightning_gcd.models.chunked_loss import loss_in_chunks
 from lightning_gcd.nets import fourier_pairs
-from lightning_gcd.nets.fourier_pairs import FourierPairNet, pair_block_size
+from lightning_gcd.nets.fourier_pairs import FourierPairNet, block_rows, pair_block_size
 from lightning_gcd.runner.benchmarks import best_of_in_turn, rattled_batch
 
 A_CU = 3.615  # Å, fcc Cu
@@ -54,9 +54,9 @@ def training_step(net: FourierPairNet, frac, numbers, mask, cell, t) -> torch.Te
     def loss(rows: slice) -> torch.Tensor:
         return net(frac[rows], numbers[rows], mask[rows], cell[rows], t[rows]).square().mean()
 
-    rows = [slice(i, i + chunk) for i in range(0, b, chunk)]
+    chunks = ((functools.partial(loss, r), len(t[r]) / b) for r in block_rows(b, chunk))
     net.zero_grad()
-    loss_in_chunks(list(net.parameters()), ((functools.partial(loss, r), len(t[r]) / b) for r in rows)).backward()
+    loss_in_chunks(list(net.parameters()), chunks).backward()
     return torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
 
 

@@ -25,7 +25,7 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.models.base import Batch, DiffusionModule
 from lightning_gcd.models.chunked_loss import loss_in_chunks
 from lightning_gcd.models.particle import require_particle_view, with_fixed_count
-from lightning_gcd.nets.fourier_pairs import FourierPairNet, pair_block_size
+from lightning_gcd.nets.fourier_pairs import FourierPairNet, block_rows, pair_block_size
 from lightning_gcd.samplers import KnownAtoms, PosteriorGuidance, classifier_free_prediction, torus_sampler
 from lightning_gcd.structures import StructureBatch
 
@@ -124,8 +124,7 @@ class TorusParticleDiffusion(DiffusionModule):
         if chunk >= b or not torch.is_grad_enabled():
             return self.diffusion_loss(batch)
         atoms = mask.sum().clamp(min=1)
-        rows = [slice(i, i + chunk) for i in range(0, b, chunk)]
-        parts = [{k: v[r] if v.dim() and len(v) == b else v for k, v in batch.items()} for r in rows]
+        parts = [{k: v[r] if v.dim() and len(v) == b else v for k, v in batch.items()} for r in block_rows(b, chunk)]
         return loss_in_chunks(
             list(self.net.parameters()),
             ((functools.partial(self.diffusion_loss, part), part["mask"].sum() / atoms) for part in parts),

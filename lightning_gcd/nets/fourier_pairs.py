@@ -42,7 +42,7 @@ from lightning_gcd.nets.embeddings import ConditionEmbedding, TimeEmbedding, che
 from lightning_gcd.nets.mpnn import GaussianRadialBasis
 from lightning_gcd.periodic import radius_graph
 
-__all__ = ["FourierPairNet", "fourier_features", "cell_shape_features", "pair_block_size"]
+__all__ = ["FourierPairNet", "fourier_features", "cell_shape_features", "pair_block_size", "block_rows"]
 
 #: pair-tensor elements (B_block · N² · hidden) per block of structures on a CPU: a no-grad pass's all-pairs rounds
 #: and a training batch's forward + backward chunks (experiments/BENCHMARKS.md, pair blocks)
@@ -55,6 +55,11 @@ def pair_block_size(batch: int, atoms: int, hidden: int, on_cpu: bool) -> int:
     if not on_cpu:
         return batch
     return min(batch, max(1, PAIR_BLOCK_ELEMENTS // (atoms * atoms * hidden)))
+
+
+def block_rows(batch: int, block: int) -> list[slice]:
+    """Consecutive row slices of at most ``block`` structures that cover a batch of ``batch``."""
+    return [slice(i, i + block) for i in range(0, batch, block)]
 
 
 def fourier_features(delta: torch.Tensor, frequencies: int) -> torch.Tensor:
@@ -227,8 +232,7 @@ class FourierPairNet(nn.Module):
         block = b if torch.is_grad_enabled() else pair_block_size(b, n, self.hidden, on_cpu)
         if block >= b:
             return self._all_pairs(h, shape, frac, mask)
-        blocks = [slice(i, i + block) for i in range(0, b, block)]
-        return torch.cat([self._all_pairs(h[s], shape[s], frac[s], mask[s]) for s in blocks])
+        return torch.cat([self._all_pairs(h[s], shape[s], frac[s], mask[s]) for s in block_rows(b, block)])
 
     def _all_pairs(self, h: torch.Tensor, shape: torch.Tensor, frac: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The all-pairs rounds. h: (B, N, H); shape: (B, 9); frac: (B, N, 3); mask: (B, N) -> (B, N, H)."""

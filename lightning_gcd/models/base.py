@@ -307,7 +307,11 @@ class DiffusionModule(L.LightningModule):
             return False
         if self.trainer.sanity_checking:
             return False
-        return self.current_epoch % every == 0 or self.trainer.state.fn != "fit"
+        if self.trainer.state.fn != "fit":
+            return True
+        if self.trainer.should_stop and not _on_validation_schedule(self.trainer):
+            return False  # the validation Lightning adds when training stops between scheduled ones
+        return self.current_epoch % every == 0
 
     def _templates(self, n: int) -> Batch:
         """``n`` rows cycled from this rank's validation batches (their cells, counts, conditions)."""
@@ -506,6 +510,22 @@ def restore_rng_state(state: dict[str, Any], rank: int = 0) -> None:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
+
+
+def _on_validation_schedule(trainer: L.Trainer) -> bool:
+    """Whether the validation now running is one the trainer's schedule asked for (every ``val_check_interval``
+    training batches, or at the end of an epoch), not the extra one Lightning runs when a callback stops
+    training between two (a time-limited chunk's end, a ``max_time`` timer). Sampling at that extra validation
+    would cost as much as at a scheduled one, at a step no other run of the schedule is measured at."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if getattr(trainer, "_val_check_time_interval", None) is not None:  # time-based: every validation counts
+        return True
+    if epoch_loop.batch_progress.is_last_batch:
+        return True
+    if trainer.val_check_batch == float("inf"):
+        return False
+    batches = epoch_loop.total_batch_idx if trainer.check_val_every_n_epoch is None else epoch_loop.batch_idx
+    return (batches + 1) % int(trainer.val_check_batch) == 0
 
 
 def _pad_cat(values: list[torch.Tensor]) -> torch.Tensor:

@@ -514,3 +514,52 @@ def test_a_fit_in_chunks_ends_at_the_whole_batch_weights(fcc_h5, tmp_path, monke
     assert seen[3:] == [size for b in batches for size in [3] * (b // 3) + [b % 3] * (b % 3 > 0)] and max(batches) > 3
     for key, value in whole.items():
         torch.testing.assert_close(chunked[key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("stop_at", "sampled_at"), [(3, [2]), (4, [2, 4])])
+def test_a_stop_between_validations_validates_without_sampling(fcc_h5, tmp_path, stop_at, sampled_at) -> None:
+    """A callback that stops training between two scheduled validations (a time-limited chunk's end) makes
+    Lightning validate once more; the model logs val/loss there but samples only at the scheduled steps."""
+    import lightning as L
+
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+    class StopAt(L.Callback):
+        def __init__(self) -> None:
+            self.validated_at: list[int] = []
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            trainer.should_stop = trainer.should_stop or trainer.global_step == stop_at
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self.validated_at.append(trainer.global_step)
+
+    L.seed_everything(0, verbose=False)
+    model = TorusParticleDiffusion(hidden=16, layers=2, frequencies=4, val_samples=2, sample_steps=2, warmup_steps=1)
+    sampled_steps: list[int] = []
+    sample = model._sample_and_evaluate
+
+    def counted_sample() -> None:
+        sampled_steps.append(model.global_step)
+        sample()
+
+    model._sample_and_evaluate = counted_sample
+    stop = StopAt()
+    trainer = L.Trainer(
+        max_steps=20,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=[stop],
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(model, fcc_datamodule(fcc_h5, batch_size=4))
+    assert trainer.global_step == stop_at
+    assert stop.validated_at == [2, stop_at]
+    assert sampled_steps == sampled_at

@@ -62,6 +62,7 @@ from lightning_gcd.runner.results import (
     read_json,
     results_lock,
     save_figure,
+    study_command,
 )
 from lightning_gcd.runner.trainer import build_trainer, checkpointing, quiet_lightning, set_threads
 from lightning_gcd.studies.crystal_scores import data_reference, evaluate, strict_match
@@ -1118,7 +1119,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "study": args.study,
         "settings": settings,
         "machine": machine_info(settings),
-        "command": [sys.argv[0], *argv],
+        "command": study_command(__file__, argv),
         "phases": {},
         "notes": list(args.note),
     }

@@ -25,7 +25,7 @@ from typing import Any
 
 from lightning_gcd.io import write_json_atomic, write_text_atomic
 from lightning_gcd.runner.machine import machine_info
-from lightning_gcd.runner.results import save_figure
+from lightning_gcd.runner.results import save_figure, study_command
 from lightning_gcd.studies.crystal_scores import data_reference, evaluate
 from lightning_gcd.studies.crystals import PHASES
 from lightning_gcd.studies.sampler_specs import split_restarts
@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seed": args.seed,
         "margin": args.margin,
         "machine": machine_info(settings),
-        "command": [sys.argv[0], *(argv or sys.argv[1:])],
+        "command": study_command(__file__, argv or sys.argv[1:]),
         "phases": {},
     }
     for phase in phases:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from lightning_gcd.io import write_json_atomic, write_text_atomic
-from lightning_gcd.runner.results import new_figure, save_figure
+from lightning_gcd.runner.results import new_figure, save_figure, study_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     edge = float(np.linalg.norm(ideal.cell[0]))
     rows: list[dict[str, Any]] = []
     result = {
-        "command": [sys.argv[0], *argv],
+        "command": study_command(__file__, argv),
         "checkpoint": args.ckpt,
         "dataset": args.dataset,
         "samples": args.samples,

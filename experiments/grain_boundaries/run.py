@@ -49,7 +49,7 @@ from lightning_gcd.errors import GcdError
 from lightning_gcd.io import write_json_atomic, write_structures_atomic, write_text_atomic
 from lightning_gcd.runner.machine import machine_info
 from lightning_gcd.runner.profiles import apply_overrides, load_profile, profile_names, profile_path
-from lightning_gcd.runner.results import claim_folder, new_figure, read_json, save_figure
+from lightning_gcd.runner.results import claim_folder, new_figure, read_json, save_figure, study_command
 from lightning_gcd.runner.trainer import build_trainer, checkpointing, quiet_lightning, set_threads
 from lightning_gcd.studies.crystals import (
     COLORS,
@@ -743,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "study": STUDY,
         "settings": settings,
         "machine": machine_info(settings),
-        "command": [sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        "command": study_command(__file__, argv if argv is not None else sys.argv[1:]),
         "dataset": str(path),
         "reference": reference,
         "templates": templates,

@@ -8,6 +8,7 @@ the same folder at the same time (``compare.py --merge``) take turns under ``res
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,15 @@ import numpy as np
 
 from lightning_gcd.io import atomic_path, to_jsonable, write_json_atomic
 
-__all__ = ["claim_folder", "curves_from_json", "new_figure", "read_json", "results_lock", "save_figure"]
+__all__ = [
+    "claim_folder",
+    "curves_from_json",
+    "new_figure",
+    "read_json",
+    "results_lock",
+    "save_figure",
+    "study_command",
+]
 
 
 class results_lock:  # noqa: N801  (a context manager, used like a function: ``with results_lock(out):``)
@@ -38,6 +47,15 @@ class results_lock:  # noqa: N801  (a context manager, used like a function: ``w
 
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def study_command(script: str | Path, argv: Sequence[str]) -> list[str]:
+    """The command that ran a study script as a user types it in the repository root (``python
+    experiments/<study>/<script>.py ...``), whichever checkout or folder it ran from: a results file names no
+    path of the machine that measured it."""
+    parts = Path(script).resolve().parts
+    top = max((i for i, part in enumerate(parts) if part == "experiments"), default=len(parts) - 1)
+    return ["python", str(Path(*parts[top:])), *argv]
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:

@@ -279,3 +279,17 @@ def test_reading_results_and_curves_back(tmp_path: Path) -> None:
     assert read_json(tmp_path / "r.json") == {"a": 1}
     curves = curves_from_json({"r": [0.0, 1.0], "g": [1.0, None], "label": "x"})
     assert np.isnan(curves["g"][1]) and curves["r"].dtype == float and curves["label"] == "x"
+
+
+def test_study_command_names_the_script_from_the_repository_root(tmp_path: Path) -> None:
+    """A run from another checkout (a worktree, a cluster copy) records the command a user types, not its path."""
+    from lightning_gcd.runner.results import study_command
+
+    script = tmp_path / "checkout" / "experiments" / "crystals" / "trapping.py"
+    assert study_command(script, ["--samples", "32"]) == [
+        "python",
+        "experiments/crystals/trapping.py",
+        "--samples",
+        "32",
+    ]
+    assert study_command(tmp_path / "elsewhere.py", []) == ["python", "elsewhere.py"]

@@ -265,6 +265,15 @@ def phase_steps(settings: dict[str, Any], phase: str) -> int:
     return int((settings.get("phase_steps") or {}).get(phase, settings["steps"]))
 
 
+def _steps_words(settings: dict[str, Any]) -> str:
+    """The steps budget of the phases run, e.g. "1200 steps (diamond 6000)"."""
+    own = {phase: phase_steps(settings, phase) for phase in settings["phases"]}
+    other = ", ".join(f"{phase} {steps}" for phase, steps in own.items() if steps != int(settings["steps"]))
+    if other and all(steps != int(settings["steps"]) for steps in own.values()):
+        return f"{other} steps"
+    return f"{settings['steps']} steps" + (f" ({other})" if other else "")
+
+
 def budget_words(settings: dict[str, Any], phase: str, kind: str) -> str:
     """What a run on ``phase`` trains for, in words, for the progress lines."""
     if settings["budget"] == "walltime":
@@ -1131,7 +1140,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     say(
         f"[compare] profile {settings['profile']}, budget {settings['budget']}: phases "
         f"{' '.join(settings['phases'])}, models {' '.join(settings['models'])}, "
-        + (f"{settings['steps']} steps × batch {settings['batch_size']}, " if settings["budget"] == "steps" else "")
+        + (f"{_steps_words(settings)} × batch {settings['batch_size']}, " if settings["budget"] == "steps" else "")
         + f"{settings['samples']} samples; torch threads {torch.get_num_threads()} per run, {jobs} run(s) at a time; "
         f"out {out}"
     )

@@ -66,6 +66,19 @@ def test_the_command_line_profile_is_the_yaml_with_its_overrides() -> None:
     assert gb_settings["voxel"] == snapshot["crystals"]["paper"]["voxel"]
 
 
+def test_the_opening_line_names_each_phases_own_steps() -> None:
+    """The quick profile trains diamond for 6,000 steps, the other phases for 1,200: a diamond run must not
+    announce 1,200."""
+    compare = _script("crystals/compare.py")
+
+    def words(*phases: str) -> str:
+        return compare._steps_words(compare.resolve_settings(compare.build_parser().parse_args(["--phases", *phases])))
+
+    assert words("diamond") == "diamond 6000 steps"
+    assert words("sc", "diamond") == "1200 steps (diamond 6000)"
+    assert words("sc", "fcc") == "1200 steps"
+
+
 # ----------------------------------------------------------------------------------------------------
 # profiles: composition, checks, overrides
 def test_a_section_given_by_path_is_read_relative_to_the_file_that_names_it(tmp_path: Path) -> None:

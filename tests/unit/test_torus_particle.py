@@ -206,6 +206,22 @@ def test_classifier_free_prediction_scales() -> None:
 
 # ------------------------------------------------------------------------------------------------------
 # the Lightning model
+def quiet_trainer(tmp_path, **options):
+    """A real CPU Trainer without logger, checkpoints, progress bar, summary or sanity validation."""
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        **options,
+    )
+
+
 def fcc_datamodule(fcc_h5, batch_size: int = 8):
     from datamodules.datamodule import AtomsDataModule
 
@@ -224,16 +240,10 @@ def test_torus_model_fits_samples_and_reloads(fcc_h5, tmp_path) -> None:
     model = TorusParticleDiffusion(
         hidden=32, layers=2, frequencies=8, val_samples=4, sample_steps=5, lr=1e-3, warmup_steps=2
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
     )
     trainer.fit(model, fcc_datamodule(fcc_h5))
     assert trainer.global_step == 6
@@ -279,16 +289,10 @@ def test_radius_torus_model_samples_a_supercell(fcc_h5, tmp_path) -> None:
     model = TorusParticleDiffusion(
         hidden=16, layers=1, graph="radius", cutoff=4.0, atom_scaled_sigma=True, val_samples=0, sample_steps=3
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
     )
     trainer.fit(model, fcc_datamodule(fcc_h5))
     template = model.sample_template(2, supercell=(2, 2, 2))
@@ -352,16 +356,10 @@ def test_trapping_script_scores_sampling_from_noised_crystals(fcc_h5, tmp_path) 
 
     L.seed_everything(0, verbose=False)
     model = TorusParticleDiffusion(hidden=16, layers=1, frequencies=4, val_samples=0)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
     )
     trainer.fit(model, fcc_datamodule(fcc_h5))
     ckpt = tmp_path / "torus.ckpt"
@@ -494,16 +492,11 @@ def test_a_fit_in_chunks_ends_at_the_whole_batch_weights(fcc_h5, tmp_path, monke
         monkeypatch.setattr(fourier_pairs, "PAIR_BLOCK_ELEMENTS", chunk_elements)
         L.seed_everything(0, verbose=False)
         model = TorusParticleDiffusion(hidden=16, layers=2, frequencies=4, val_samples=0, lr=1e-3, ema_decay=0.9)
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
+            tmp_path,
             max_steps=3,
-            accelerator="cpu",
             gradient_clip_val=0.5,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             limit_val_batches=0,
-            default_root_dir=str(tmp_path),
         )
         trainer.fit(model, fcc_datamodule(fcc_h5))
         return {**model.net.state_dict(), **{f"ema.{k}": v for k, v in model.ema.state_dict().items()}}
@@ -545,19 +538,13 @@ def test_a_stop_between_validations_validates_without_sampling(fcc_h5, tmp_path,
 
     model._sample_and_evaluate = counted_sample
     stop = StopAt()
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        tmp_path,
         max_steps=20,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=1,
         val_check_interval=2,
         check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
         callbacks=[stop],
-        default_root_dir=str(tmp_path),
     )
     trainer.fit(model, fcc_datamodule(fcc_h5, batch_size=4))
     assert trainer.global_step == stop_at

@@ -20,6 +20,9 @@ class TrainingClock(Callback):
             validation sampling does not eat into); None: no budget.
         chunk_seconds: stop once this process has run this long (a chunk of a longer run that a later
             process resumes from ``last.ckpt``); ``chunk_ended`` then says so. None: no chunk limit.
+
+    Under DDP each rank keeps its own clock and the stop is decided over all ranks: one rank past a limit
+    stops every rank at the same step.
     """
 
     def __init__(self, budget_seconds: float | None = None, chunk_seconds: float | None = None) -> None:
@@ -37,9 +40,17 @@ class TrainingClock(Callback):
         now = time.perf_counter()
         self.seconds += now - self._mark
         self._mark = now
-        if self.budget_seconds is not None and self.seconds >= self.budget_seconds:
+        if self.budget_seconds is None and self.chunk_seconds is None:
+            return
+        budget_spent = self.budget_seconds is not None and self.seconds >= self.budget_seconds
+        chunk_over = self.chunk_seconds is not None and now - self._started >= self.chunk_seconds
+        # Each rank keeps its own clock; under DDP one rank's stop must be every rank's stop (as Lightning's
+        # Timer does), or the rank that stops waits forever for the others' gradients.
+        reduce = trainer.strategy.reduce_boolean_decision
+        budget_spent, chunk_over = reduce(budget_spent, all=False), reduce(chunk_over, all=False)
+        if budget_spent:
             trainer.should_stop = True
-        if self.chunk_seconds is not None and now - self._started >= self.chunk_seconds:
+        if chunk_over:
             trainer.should_stop = self.chunk_ended = True
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

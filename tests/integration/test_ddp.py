@@ -175,3 +175,56 @@ def test_torus_training_in_chunks_under_ddp_gives_the_whole_batch_weights(fcc_h5
         torch.testing.assert_close(ranks[1], ranks[0], rtol=0, atol=0)  # gradients reduced over the ranks
         weights[name] = ranks[0]
     torch.testing.assert_close(weights["chunks"], weights["whole"], rtol=1e-5, atol=1e-7)
+
+
+CLOCK_FIT = """
+import json, sys
+import lightning as L
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning_gcd.callbacks import TrainingClock
+
+class RankClock(TrainingClock):
+    '''Rank 0's chunk is over at its first step; rank 1's never is: the ranks' own clocks disagree.'''
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        self.chunk_seconds = 0.0 if trainer.global_rank == 0 else 1e9
+
+clock = RankClock(chunk_seconds=1e9)
+trainer = L.Trainer(max_steps=20, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    limit_val_batches=0, callbacks=[clock], default_root_dir=sys.argv[1] + ".dir")
+trainer.fit(BoringModel())
+with open(f"{sys.argv[1]}.rank{trainer.global_rank}", "w") as handle:
+    json.dump({"step": trainer.global_step, "chunk_ended": clock.chunk_ended}, handle)
+"""
+
+
+def test_a_chunk_limit_reached_on_one_rank_stops_both_ranks_at_the_same_step(tmp_path: Path) -> None:
+    """A chunk or budget limit crossed on one rank's clock stops every rank at that step (the decision is
+    reduced over ranks); a rank stopping alone would leave the other waiting for its gradients."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script, out = tmp_path / "clock_fit.py", tmp_path / "clock"
+    script.write_text(CLOCK_FIT)
+    run = subprocess.Popen(
+        [sys.executable, str(script), str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = run.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        raise AssertionError("the ranks did not stop together: one waited for the other") from None
+    assert run.returncode == 0, stderr[-4000:]
+    unfinished = [rank for rank in (0, 1) if not Path(f"{out}.rank{rank}").exists()]
+    assert not unfinished, f"rank {unfinished} did not finish its fit: {stderr[-2000:]}"
+    ranks = [json.loads(Path(f"{out}.rank{rank}").read_text()) for rank in (0, 1)]
+    assert ranks == [{"step": 1, "chunk_ended": True}] * 2

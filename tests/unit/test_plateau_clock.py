@@ -27,6 +27,13 @@ class _Trainer:
         self.callback_metrics: dict = {}
         self.global_step = 0
         self.should_stop = False
+        self.strategy = _OneProcess()
+
+
+class _OneProcess:
+    @staticmethod
+    def reduce_boolean_decision(decision: bool, all: bool = True) -> bool:
+        return decision
 
 
 def test_plateau_stop_sets_should_stop_and_keeps_its_history_in_checkpoints() -> None:

@@ -45,7 +45,7 @@ class TrainingClock(Callback):
         budget_spent = self.budget_seconds is not None and self.seconds >= self.budget_seconds
         chunk_over = self.chunk_seconds is not None and now - self._started >= self.chunk_seconds
         # Each rank keeps its own clock; under DDP one rank's stop must be every rank's stop (as Lightning's
-        # Timer does), or the rank that stops waits forever for the others' gradients.
+        # Timer does): a rank that stopped alone leaves the others' gradient reduction without a partner.
         reduce = trainer.strategy.reduce_boolean_decision
         budget_spent, chunk_over = reduce(budget_spent, all=False), reduce(chunk_over, all=False)
         if budget_spent:

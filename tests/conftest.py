@@ -118,6 +118,24 @@ def run_gcd(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None):
     )
 
 
+def quiet_trainer(root: Path | None = None, **options):
+    """A real CPU Trainer without logger, checkpoints, progress bar, summary or sanity validation; ``root``
+    its ``default_root_dir`` (None: Lightning's default)."""
+    import lightning as L
+
+    where = {} if root is None else {"default_root_dir": str(root)}
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **where,
+        **options,
+    )
+
+
 @pytest.fixture()
 def extxyz_file(tmp_path: Path) -> Path:
     path = tmp_path / "mine.extxyz"

@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, lammps_available, needs_engine, run_gcd
+from conftest import REPO, lammps_available, needs_engine, quiet_trainer, run_gcd
 
 from datamodules.builders import build_dataset
 from datamodules.builders.grain_boundaries import (
@@ -162,14 +162,9 @@ def _train(kind: str, path: Path, steps: int):
         )
     else:
         model = ParticleDiffusion(hidden=16, layers=2, val_samples=0, ema_decay=0.9)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
         limit_val_batches=0,
-        enable_model_summary=False,
-        enable_checkpointing=False,
     )
     trainer.fit(model, dm)
     ckpt = path.parent / f"{kind}.ckpt"

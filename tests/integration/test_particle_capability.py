@@ -14,6 +14,8 @@ import math
 import sys
 from pathlib import Path
 
+from conftest import quiet_trainer
+
 TRAIN_STEPS = 2000
 SAMPLES = 32
 LEVELS = 200
@@ -64,16 +66,10 @@ def capability_rate(data: Path, seed: int, root: Path) -> float:
         sampler="pc",
     )
     dm = AtomsDataModule(str(data), view="particle", batch_size=32, num_workers=0, build={})
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        root,
         max_steps=TRAIN_STEPS,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
-        num_sanity_val_steps=0,
-        default_root_dir=str(root),
     )
     trainer.fit(model, dm)
     samples = model.sample(model.sample_template(SAMPLES), batch_size=SAMPLES, seed=seed + 100, progress=False)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from conftest import quiet_trainer
 
 from datamodules.h5format import AtomsH5, DatasetRecords, write_dataset
 from lightning_gcd.cli import main as gcd_main
@@ -78,17 +79,10 @@ def spectrum_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _trainer(epochs: int):
-    import lightning as L
 
-    return L.Trainer(
+    return quiet_trainer(
         max_epochs=epochs,
-        accelerator="cpu",
         devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         check_val_every_n_epoch=10**6,
     )
 
@@ -249,14 +243,8 @@ def voxel_prior(spectrum_h5: Path):
     model = GrandCanonicalDiffusion(
         base_channels=8, channel_mults=(1, 2), attention=False, ema_decay=0.0, val_samples=0, lr=1e-3, warmup_steps=10
     )  # 2e-3 can collapse (test_voxel_model)
-    L.Trainer(
+    quiet_trainer(
         max_steps=600,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
     ).fit(model, dm)
     return model.eval()
@@ -521,14 +509,8 @@ def test_cli_end_to_end(spectrum_h5: Path, tmp_path: Path, capsys, monkeypatch) 
     L.seed_everything(0, verbose=False)
     dm = AtomsDataModule(str(spectrum_h5), view="particle", batch_size=5, conditions=["xanes"])
     prior = ParticleDiffusion(hidden=16, layers=1, sigma_max=0.8, val_samples=2, sample_steps=3)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         callbacks=[SpectrumL2(forward_ckpt)],
     )
     trainer.fit(prior, dm)
@@ -601,14 +583,8 @@ def test_condition_is_standardised_and_older_checkpoints_resume(spectrum_h5: Pat
 
     def fit(model, steps: int, ckpt_path: str | None = None):
         L.seed_everything(0, verbose=False)
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
             max_steps=steps,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
             limit_val_batches=0,
         )
         trainer.fit(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
+from conftest import quiet_trainer
 
 from lightning_gcd.diffusion.torus import TorusDiffusion, wrap_unit, wrapped_normal_score, wrapped_normal_score_norm
 from lightning_gcd.errors import GcdError
@@ -206,22 +207,6 @@ def test_classifier_free_prediction_scales() -> None:
 
 # ------------------------------------------------------------------------------------------------------
 # the Lightning model
-def quiet_trainer(tmp_path, **options):
-    """A real CPU Trainer without logger, checkpoints, progress bar, summary or sanity validation."""
-    import lightning as L
-
-    return L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(tmp_path),
-        **options,
-    )
-
-
 def fcc_datamodule(fcc_h5, batch_size: int = 8):
     from datamodules.datamodule import AtomsDataModule
 

@@ -201,7 +201,8 @@ with open(f"{sys.argv[1]}.rank{trainer.global_rank}", "w") as handle:
 
 def test_a_chunk_limit_reached_on_one_rank_stops_both_ranks_at_the_same_step(tmp_path: Path) -> None:
     """A chunk or budget limit crossed on one rank's clock stops every rank at that step (the decision is
-    reduced over ranks); a rank stopping alone would leave the other waiting for its gradients."""
+    reduced over ranks); a rank stopping alone leaves the other's gradient reduction without a partner, and
+    that rank's fit fails (or hangs until the timeout)."""
     import os
     import signal
     import subprocess

@@ -520,10 +520,10 @@ def _on_validation_schedule(trainer: L.Trainer) -> bool:
     epoch_loop = trainer.fit_loop.epoch_loop
     if getattr(trainer, "_val_check_time_interval", None) is not None:  # time-based: every validation counts
         return True
-    if epoch_loop.batch_progress.is_last_batch:
-        return True
-    if trainer.val_check_batch == float("inf"):
-        return False
+    if trainer.val_check_batch == float("inf"):  # a dataset without a length: validated at each epoch's end
+        return bool(epoch_loop.batch_progress.is_last_batch)
+    # every val_check_batch batches (of the run, or of the epoch, whose last batch is then on the schedule):
+    # an epoch's last batch off that count is not, as in Lightning's own rule
     batches = epoch_loop.total_batch_idx if trainer.check_val_every_n_epoch is None else epoch_loop.batch_idx
     return (batches + 1) % int(trainer.val_check_batch) == 0
 

@@ -494,10 +494,9 @@ def test_a_fit_in_chunks_ends_at_the_whole_batch_weights(fcc_h5, tmp_path, monke
         torch.testing.assert_close(chunked[key], value, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("stop_at", "sampled_at"), [(3, [2]), (4, [2, 4])])
-def test_a_stop_between_validations_validates_without_sampling(fcc_h5, tmp_path, stop_at, sampled_at) -> None:
-    """A callback that stops training between two scheduled validations (a time-limited chunk's end) makes
-    Lightning validate once more; the model logs val/loss there but samples only at the scheduled steps."""
+def _fit_stopped_at(fcc_h5, tmp_path, stop_at: int, val_every: int) -> tuple[int, list[int], list[int]]:
+    """Fit a tiny torus model whose callback stops training after ``stop_at`` steps, validating every
+    ``val_every`` steps; returns the last step, the steps validated at and the steps sampled at."""
     import lightning as L
 
     from lightning_gcd.models.particle_torus import TorusParticleDiffusion
@@ -527,11 +526,31 @@ def test_a_stop_between_validations_validates_without_sampling(fcc_h5, tmp_path,
         tmp_path,
         max_steps=20,
         limit_val_batches=1,
-        val_check_interval=2,
+        val_check_interval=val_every,
         check_val_every_n_epoch=None,
         callbacks=[stop],
     )
     trainer.fit(model, fcc_datamodule(fcc_h5, batch_size=4))
-    assert trainer.global_step == stop_at
-    assert stop.validated_at == [2, stop_at]
+    return trainer.global_step, stop.validated_at, sampled_steps
+
+
+@pytest.mark.parametrize(("stop_at", "sampled_at"), [(3, [2]), (4, [2, 4])])
+def test_a_stop_between_validations_validates_without_sampling(fcc_h5, tmp_path, stop_at, sampled_at) -> None:
+    """A callback that stops training between two scheduled validations (a time-limited chunk's end) makes
+    Lightning validate once more; the model logs val/loss there but samples only at the scheduled steps."""
+    step, validated_at, sampled_steps = _fit_stopped_at(fcc_h5, tmp_path, stop_at, val_every=2)
+    assert step == stop_at
+    assert validated_at == [2, stop_at]
     assert sampled_steps == sampled_at
+
+
+def test_a_stop_at_an_epoch_end_off_the_step_schedule_validates_without_sampling(fcc_h5, tmp_path) -> None:
+    """Validating every N steps (``check_val_every_n_epoch=None``), an epoch's end is not on the schedule: a
+    chunk that ends on an epoch's last batch validates (Lightning's rule) but must not sample there."""
+    dm = fcc_datamodule(fcc_h5, batch_size=4)
+    dm.setup("fit")
+    epoch = len(dm.train_dataloader())  # batches per epoch
+    step, validated_at, sampled_steps = _fit_stopped_at(fcc_h5, tmp_path, epoch, val_every=epoch + 1)
+    assert step == epoch
+    assert validated_at == [epoch]
+    assert sampled_steps == []

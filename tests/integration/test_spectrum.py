@@ -79,7 +79,7 @@ def spectrum_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _trainer(epochs: int):
-
+    """A quiet CPU Trainer for `epochs` epochs that never validates while fitting."""
     return quiet_trainer(
         max_epochs=epochs,
         devices=1,

@@ -748,13 +748,15 @@ def table_order(key: str) -> tuple[int, int]:
     return (MODELS.index(kind) if kind in MODELS else len(MODELS), rank.get(budget or HEADLINE_BUDGET.get(kind, ""), 3))
 
 
-def run_label(run: dict[str, Any]) -> str:
-    """The model's name and, for a budget other than the profile's steps, which budget."""
+def run_label(run: dict[str, Any], with_steps: bool = True) -> str:
+    """The model's name and, for a budget other than the profile's steps, which budget (and its step count
+    unless ``with_steps`` is off: a figure over phases whose runs trained for different steps says them per bar)."""
     kind = run.get("model", "voxel")
     budget = run.get("budget", "steps")
     label = MODEL_LABELS.get(kind, kind)
     if kind == "particle_torus" or budget != "steps":
-        label += f" [{BUDGET_LABELS.get(budget, budget)}, {run.get('steps', '?')} steps]"
+        steps = f", {run.get('steps', '?')} steps" if with_steps else ", steps below the bars"
+        label += f" [{BUDGET_LABELS.get(budget, budget)}{steps}]"
     return label
 
 
@@ -936,17 +938,21 @@ def plot_phase_match(results: dict[str, Any], path: Path) -> Path:
         loose = [_num((get(p) or {}).get("phase_match")) for p in phases]
         strict = [_num((get(p) or {}).get("phase_match_strict")) for p in phases]
         runs = [get(p) for p in phases if get(p)]
-        label = "training data" if name == "data" else (run_label(runs[0]) if runs else name)
+        same_steps = len({run.get("steps") for run in runs}) <= 1
+        label = "training data" if name == "data" else (run_label(runs[0], same_steps) if runs else name)
         ax.bar(pos, loose, width=width, color=run_color(name), alpha=0.45, label=f"{label} (0.5 Å)")
         ax.bar(pos, strict, width=width, color=run_color(name), label=f"{label} (0.2 Å)")
-        for xp, v in zip(pos, loose, strict=False):
+        for xp, v, p in zip(pos, loose, phases, strict=True):
             if v == v:  # not NaN: the 0.5 Å rate above the bar, so that 0 % is visible too
                 ax.text(xp, v + 0.01, f"{100 * v:.0f}", ha="center", va="bottom", fontsize=7)
+            if not same_steps and get(p):  # each bar's own step count, under the axis
+                ax.text(xp, -0.02, f"{round(get(p)['steps'] / 1000, 1):g}k", ha="center", va="top", fontsize=6)
     ax.set_xticks(x, [f"{p} {results['phases'][p]['element']}" for p in phases])
+    ax.tick_params(axis="x", pad=10)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("phase-match rate")
     s = results["settings"]
-    budget = f"{s['steps']} steps each" + "".join(
+    budget = f"equal budgets {s['steps']} steps" + "".join(
         f", {p} {n}" for p, n in (s.get("phase_steps") or {}).items() if p in s["phases"]
     )
     ax.set_title(f"Samples that are the crystal ({budget}): dark 0.2 Å, light 0.5 Å tolerance, % at 0.5 Å", fontsize=10)

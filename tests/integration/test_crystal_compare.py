@@ -416,3 +416,25 @@ def test_a_results_folder_written_before_the_runner_is_replotted_and_merged_into
     for phase, entry in before["phases"].items():  # every earlier run is still there, unchanged but fcc-voxel
         for key, run in entry["models"].items():
             assert (phase, key) == ("fcc", "voxel") or after["phases"][phase]["models"][key] == run
+
+
+def test_the_phase_match_figure_gives_each_bar_its_steps_where_a_series_trained_for_different_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A convergence series stops at a different step on each phase: its legend must not name one phase's
+    steps for all of them, and each of its bars says its own under the axis."""
+    compare = _load_compare()
+    shipped = json.loads((REPO / "experiments" / "crystals" / "results" / "results.json").read_text())
+    figures = []
+    monkeypatch.setattr(compare, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    compare.plot_phase_match(shipped, tmp_path / "phase_match.png")
+    ax = figures[0].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    torus = [shipped["phases"][p]["models"]["particle_torus"]["steps"] for p in shipped["phases"]]
+    assert len(set(torus)) > 1  # the shipped convergence runs stopped at different steps
+    converge = [t for t in legend if "to convergence" in t]
+    assert converge and all("steps below the bars" in t and str(torus[0]) not in t for t in converge)
+    under_axis = {t.get_text() for t in ax.texts if t.get_position()[1] < 0}
+    assert {f"{round(s / 1000, 1):g}k" for s in torus} <= under_axis
+    voxel = [t for t in legend if t.startswith("GCDM voxel")]
+    assert voxel and all("steps" not in t for t in voxel)  # the equal-steps model keeps its plain name

@@ -537,7 +537,7 @@ class GaussianDiffusion:
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(desc=f"{sampler.name} sampling", total=sampler.chain_evaluations(timesteps, self.T))
+            bar = tqdm(desc=f"{sampler.name} sampling", total=sampler.chain_evaluations(timesteps, self.T), leave=False)
         run = VPRun(
             self,
             shape,

@@ -459,6 +459,7 @@ class DiffusionModule(L.LightningModule):
                     sampler=sampler,
                     guidance_scale=guidance_scale,
                     generator=generator,
+                    progress=progress,  # a second bar over the batch's noise levels: one batch can take an hour
                     posterior=posterior,
                 )
                 out.extend(structures.to_atoms())

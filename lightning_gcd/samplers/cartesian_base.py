@@ -117,7 +117,7 @@ class CartesianSampler(Sampler):
     ) -> torch.Tensor:
         """From ``frac`` (B, N, 3) (uniform positions: the prior) to the sample, wrapped into [0, 1)."""
         times = [1.0 - k / self.steps for k in range(self.steps + 1)]
-        for k in tqdm(range(self.steps), disable=not progress, desc="VE sampling"):
+        for k in tqdm(range(self.steps), disable=not progress, desc="VE sampling", leave=False):
             t = times[k]
             sigma, sigma_next = run.diffusion.sigma(t), run.diffusion.sigma(times[k + 1])
             frac = run.impose(frac, sigma)

@@ -81,7 +81,7 @@ class TorusSampler(Sampler):
         times = self.times(start_time)
         if not times:
             raise ValueError(f"start_time {start_time} lies below the schedule's last level")
-        for k in tqdm(range(len(times)), disable=not progress, desc=f"torus {self.name}"):
+        for k in tqdm(range(len(times)), disable=not progress, desc=f"torus {self.name}", leave=False):
             t = times[k]
             tb = torch.full(n_atoms.shape, t, dtype=frac.dtype, device=frac.device)
             sigma = diffusion.sigma(tb, n_atoms)

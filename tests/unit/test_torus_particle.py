@@ -290,6 +290,24 @@ def test_radius_torus_model_samples_a_supercell(fcc_h5, tmp_path) -> None:
     assert float(sig[1] / sig[0]) == pytest.approx(0.5)
 
 
+def test_sampling_shows_a_bar_over_each_batchs_noise_levels(fcc_h5, tmp_path, capsys) -> None:
+    """One batch of PC-1000 runs for tens of minutes on a CPU: besides the bar over structures (which moves only
+    when a batch ends) ``sample`` shows the levels of the batch in flight."""
+    import lightning as L
+
+    from lightning_gcd.models.particle_torus import TorusParticleDiffusion
+
+    L.seed_everything(0, verbose=False)
+    model = TorusParticleDiffusion(hidden=16, layers=1, val_samples=0, sample_steps=3)
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, fcc_datamodule(fcc_h5))
+    capsys.readouterr()
+    model.sample(model.sample_template(2), steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert "sampling" in err and "torus pc" in err and "/3 [" in err
+    model.sample(model.sample_template(2), steps=3, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_torus_model_rejects_the_voxel_view(fcc_h5) -> None:
     from datamodules.datamodule import AtomsDataModule
     from lightning_gcd.models.particle_torus import TorusParticleDiffusion
